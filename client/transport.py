@@ -1,0 +1,105 @@
+"""The client's channel: address, credentials, deadlines, retries and error mapping."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from varstore.errors import UnavailableError, from_rpc_error
+
+# gRPC's own limit; streams of 1 MiB chunks carry anything larger.
+MAX_MESSAGE_BYTES = (1 << 31) - 1
+DEFAULT_CONNECT_TIMEOUT = 10.0
+RETRIES = 4
+BACKOFF_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS settings: the CA that signed the server, and a client certificate for mTLS."""
+
+    ca_cert: str | Path | None = None
+    client_cert: str | Path | None = None
+    client_key: str | Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials for these settings."""
+        def read(path: str | Path | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert), private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert))
+
+
+class Transport:
+    """One gRPC channel with the client's token, TLS, deadlines and retry policy."""
+
+    def __init__(self, address: str, *, token: str | None = None, tls: Any = None,
+                 timeout: float | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        token = token or os.environ.get("VARSTORE_TOKEN")
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls:
+            config = tls if isinstance(tls, TLSConfig) else TLSConfig()
+            if config.server_name:
+                options.append(("grpc.ssl_target_name_override", config.server_name))
+            self.channel = grpc.secure_channel(address, config.credentials(), options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self.channel.close()
+
+    def wait_ready(self) -> None:
+        """Waits until the server answers; raises ``UnavailableError`` naming the address."""
+        wait = self.timeout if self.timeout is not None else DEFAULT_CONNECT_TIMEOUT
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=wait)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(
+                f"cannot reach a varstore server at {self.address} within {wait:g}s "
+                f"(is `varstore serve` running there?)") from None
+
+    def call(self, method: Callable[..., Any], request: Any, *,
+             timeout: float | None = None, idempotent: bool = False) -> Any:
+        """Calls ``method``; maps failures to varstore errors.
+
+        Calls marked ``idempotent`` are retried with backoff while the server is unavailable.
+        """
+        attempts = RETRIES if idempotent else 1
+        for attempt in range(attempts):
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+                    time.sleep(BACKOFF_SECONDS * 2 ** attempt)
+                    continue
+                raise self._error(e) from e
+        raise AssertionError("unreachable")
+
+    def iterate(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
+        """Calls a server-streaming ``method``; yields its messages, mapping failures."""
+        try:
+            yield from method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise self._error(e) from e
+
+    def _error(self, e: grpc.RpcError) -> Exception:
+        error = from_rpc_error(e)
+        if isinstance(error, UnavailableError):
+            error = UnavailableError(f"varstore server at {self.address} is unavailable: "
+                                     f"{error.message}")
+        return error

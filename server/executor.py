@@ -1,0 +1,216 @@
+"""Executes a request's op graph atomically against the variable store.
+
+A request first creates or binds its variables, then evaluates the nodes its fetches and
+targets need. Every variable those nodes touch is locked (in name order) for the whole
+evaluation, so ``assign(c, c + 1)`` never loses an update and reads are never torn, while
+requests on other variables run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from varstore.dtypes import DType
+from varstore.errors import InvalidArgumentError, NotFoundError, OpError, ResourceExhaustedError
+from varstore.server.kernels import OPS, NodeDef
+from varstore.server.store import Variable, VariableStore, validate_name
+
+log = logging.getLogger(__name__)
+
+MAX_NODES = 100_000
+
+
+@dataclass
+class VariableSpec:
+    """A variable a request creates (when missing) or binds to."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    trainable: bool = True
+    bind_only: bool = False
+    initializer: int | None = None
+    created_by: str = "Variable"
+    initializer_desc: str = ""
+
+
+@dataclass
+class Graph:
+    """A request as plain values: variables to create or bind, nodes, tensors, outputs."""
+
+    variables: list[VariableSpec] = field(default_factory=list)
+    nodes: list[NodeDef] = field(default_factory=list)
+    tensors: list[np.ndarray] = field(default_factory=list)
+    fetches: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """Fetched values (None for ops without output) and the request's variables."""
+
+    values: list[np.ndarray | None]
+    variables: list[tuple[Variable, bool]]
+
+
+class Executor:
+    """Runs graphs against one :class:`VariableStore`."""
+
+    def __init__(self, store: VariableStore, max_tensor_bytes: int = 1 << 36) -> None:
+        self.store = store
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def run(self, graph: Graph) -> Result:
+        """Creates or binds ``graph.variables``, then evaluates fetches and targets.
+
+        Raises ``InvalidArgumentError`` for a malformed graph, ``NotFoundError`` for a missing
+        variable, and the kernels' errors; variables the request created are removed again
+        when creating a later one fails.
+        """
+        self._validate(graph)
+        memo: dict[int, Any] = {}
+        bound = self._create_variables(graph, memo)
+        wanted = list(graph.fetches) + list(graph.targets)
+        values = self._evaluate(graph, wanted, memo, graph.fetches)
+        return Result(values, bound)
+
+    def _validate(self, graph: Graph) -> None:
+        if len(graph.nodes) > MAX_NODES:
+            raise InvalidArgumentError(f"graph has {len(graph.nodes)} nodes > {MAX_NODES}")
+        for i, node in enumerate(graph.nodes):
+            opdef = OPS.get(node.op)
+            if opdef is None:
+                raise InvalidArgumentError(f"node {i}: unknown op {node.op[:64]!r}")
+            if opdef.arity is not None and len(node.inputs) != opdef.arity:
+                raise InvalidArgumentError(
+                    f"node {i}: op {node.op} takes {opdef.arity} inputs, got {len(node.inputs)}")
+            for j in (*node.inputs, *node.control_inputs):
+                if not 0 <= j < i:
+                    raise InvalidArgumentError(f"node {i}: input {j} is not an earlier node")
+            if opdef.uses_variable and not node.variable:
+                raise InvalidArgumentError(f"node {i}: op {node.op} needs a variable")
+            if node.variable:
+                validate_name(node.variable)
+        for j in (*graph.fetches, *graph.targets):
+            if not 0 <= j < len(graph.nodes):
+                raise InvalidArgumentError(f"fetch or target {j} is not a node")
+        for spec in graph.variables:
+            validate_name(spec.name)
+            if spec.initializer is not None and not 0 <= spec.initializer < len(graph.nodes):
+                raise InvalidArgumentError(f"initializer of {spec.name} is not a node")
+
+    def _create_variables(self, graph: Graph, memo: dict[int, Any]
+                          ) -> list[tuple[Variable, bool]]:
+        missing = [s for s in graph.variables if self.store.find(s.name) is None]
+        for spec in missing:
+            if spec.bind_only:
+                raise NotFoundError(f"Variable {spec.name} does not exist on the server")
+        init_nodes = [s.initializer for s in missing if s.initializer is not None]
+        if init_nodes:
+            self._evaluate(graph, init_nodes, memo, [])
+        bound: list[tuple[Variable, bool]] = []
+        try:
+            for spec in graph.variables:
+                if spec.bind_only:
+                    bound.append((self.store.get(spec.name), False))
+                    continue
+                value = None
+                if spec.initializer is not None and spec.initializer in memo:
+                    value = self._initial_value(spec, memo[spec.initializer])
+                var, created = self.store.create(Variable(
+                    spec.name, spec.dtype, spec.shape, spec.trainable, spec.created_by,
+                    spec.initializer_desc, value))
+                bound.append((var, created))
+        except Exception:
+            for var, created in bound:
+                if created:
+                    self.store.delete(var.name)
+            raise
+        return bound
+
+    @staticmethod
+    def _initial_value(spec: VariableSpec, value: Any) -> np.ndarray:
+        value = np.asarray(value)
+        if value.dtype != spec.dtype.np_dtype and not (spec.dtype.is_string
+                                                       and value.dtype == object):
+            raise InvalidArgumentError(
+                f"initial value of {spec.name} has dtype {value.dtype}, expected "
+                f"{spec.dtype.name}")
+        if value.shape != spec.shape:
+            raise InvalidArgumentError(
+                f"initial value of {spec.name} has shape {list(value.shape)}, expected "
+                f"{list(spec.shape)}")
+        return np.array(value, copy=True)
+
+    def _evaluate(self, graph: Graph, wanted: list[int], memo: dict[int, Any],
+                  fetches: list[int]) -> list[Any]:
+        needed = _closure(graph.nodes, wanted, memo)
+        names = {graph.nodes[i].variable for i in needed if graph.nodes[i].variable}
+        variables = {n: self.store.get(n) for n in sorted(names)}
+        ctx = _Context(self, graph.tensors, variables)
+        with self.store.locked(variables.values()):
+            for i in needed:
+                node = graph.nodes[i]
+                memo[i] = _call(ctx, node, [memo[j] for j in node.inputs], i)
+            return [_detach(memo[i], variables) for i in fetches]
+
+
+def _closure(nodes: list[NodeDef], wanted: list[int], memo: dict[int, Any]) -> list[int]:
+    """Indices of the nodes ``wanted`` depends on (not yet evaluated), in ascending order."""
+    seen: set[int] = set()
+    stack = [i for i in wanted if i not in memo]
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = nodes[i]
+        stack.extend(j for j in (*node.inputs, *node.control_inputs)
+                     if j not in seen and j not in memo)
+    return sorted(seen)
+
+
+def _call(ctx: _Context, node: NodeDef, inputs: list[Any], index: int) -> Any:
+    try:
+        return OPS[node.op].kernel(ctx, node, inputs)
+    except OpError:
+        raise
+    except MemoryError:
+        raise ResourceExhaustedError(f"out of memory evaluating {node.op} (node {index})") \
+            from None
+    except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError) as e:
+        raise InvalidArgumentError(f"{node.op} (node {index}): {e}") from None
+
+
+def _detach(value: Any, variables: dict[str, Variable]) -> Any:
+    """A fetched value that no longer aliases variable storage (copied under the lock)."""
+    if isinstance(value, np.ndarray) and (not value.flags.owndata or any(
+            value is v.value for v in variables.values())):
+        return value.copy()
+    return value
+
+
+class _Context:
+    """What kernels see of an evaluation: the store, the request's tensors, locked variables."""
+
+    def __init__(self, executor: Executor, tensors: list[np.ndarray],
+                 variables: dict[str, Variable]) -> None:
+        self.store = executor.store
+        self.tensors = tensors
+        self._variables = variables
+        self._max_bytes = executor.max_tensor_bytes
+
+    def variable(self, node: NodeDef) -> Variable:
+        return self._variables[node.variable]
+
+    def check_alloc(self, shape: tuple[int, ...], dtype: DType) -> None:
+        size = math.prod(shape) * max(dtype.itemsize, 1)
+        if size > self._max_bytes:
+            raise ResourceExhaustedError(
+                f"a tensor of shape {list(shape)} and dtype {dtype.name} ({size} bytes) "
+                f"exceeds the server's limit of {self._max_bytes} bytes")

@@ -1,0 +1,68 @@
+"""Turns protocol messages into the executor's plain values and results back into messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from varstore import convert, dtypes
+from varstore.errors import InvalidArgumentError
+from varstore.proto import varstore_pb2 as pb
+from varstore.server.executor import Graph, Result, VariableSpec
+from varstore.server.kernels import NodeDef
+from varstore.server.store import Variable
+
+MAX_ATTRS = 64
+
+
+def graph_from_proto(request: pb.RunRequest, streamed: list[np.ndarray | None]) -> Graph:
+    """A validated :class:`Graph` for ``request``; ``streamed`` holds arrays of tensors whose
+    bytes came in stream chunks (None for inline tensors)."""
+    tensors = [array if array is not None else convert.tensor_from_proto(t)
+               for t, array in zip(request.tensors, streamed, strict=True)]
+    nodes = [NodeDef(n.op, tuple(n.inputs), tuple(n.control_inputs), n.variable, n.tensor,
+                     _attrs(n)) for n in request.nodes]
+    specs = [VariableSpec(
+        name=v.name, dtype=convert.dtype_from_proto(v.dtype),
+        shape=convert.shape_from_proto(v.shape.dim), trainable=v.trainable,
+        bind_only=v.mode == pb.BIND, initializer=v.initializer - 1 if v.initializer else None,
+        created_by=v.created_by[:64], initializer_desc=v.initializer_desc[:256])
+        for v in request.variables]
+    return Graph(specs, nodes, tensors, list(request.fetches), list(request.targets))
+
+
+def _attrs(node: pb.Node) -> dict[str, Any] | None:
+    if not node.attrs:
+        return None
+    if len(node.attrs) > MAX_ATTRS:
+        raise InvalidArgumentError(f"node {node.op[:64]!r} has too many attributes")
+    out: dict[str, Any] = {}
+    for key, value in node.attrs.items():
+        kind = value.WhichOneof("value")
+        if kind is None:
+            raise InvalidArgumentError(f"attribute {key[:64]!r} has no value")
+        out[key] = list(value.shape.dim) if kind == "shape" else getattr(value, kind)
+    return out
+
+
+def variable_info(var: Variable, created: bool = False) -> pb.VariableInfo:
+    """The ``VariableInfo`` message describing ``var``."""
+    return pb.VariableInfo(
+        name=var.name, dtype=var.dtype.enum, shape=convert.shape_to_proto(var.shape),
+        trainable=var.trainable, initialized=var.initialized, version=var.version,
+        created_by=var.created_by, initializer_desc=var.initializer_desc, nbytes=var.nbytes,
+        created=created)
+
+
+def result_to_proto(result: Result, stream: bool
+                    ) -> tuple[pb.RunResponse, list[bytes | memoryview]]:
+    """The response for ``result``; with ``stream``, tensor bytes are returned separately."""
+    arrays = []
+    for value in result.values:
+        array = np.asarray(value if value is not None else np.zeros((0,), np.float32))
+        arrays.append((array, dtypes.as_dtype(array.dtype)))
+    tensors, payloads = convert.pack_tensors(arrays, stream)
+    response = pb.RunResponse(values=tensors,
+                              variables=[variable_info(v, c) for v, c in result.variables])
+    return response, payloads
