@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from varstore.errors import OpError
 
@@ -24,6 +25,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Runs a server."""
     from varstore.server.main import serve
     return serve(args)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stops a server started with ``--pidfile``: SIGTERM, then waits until it exited."""
+    from varstore.server.daemon import DaemonError, stop
+    try:
+        pid = stop(args.pidfile, args.timeout)
+    except DaemonError as e:
+        print(f"varstore stop: {e}", file=sys.stderr)
+        return 1
+    print(f"stopped the varstore server (pid {pid})")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -96,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a server")
     add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+    stop = sub.add_parser("stop", help="stop a server started with --pidfile (e.g. --daemon)")
+    stop.add_argument("--pidfile", type=Path, required=True, help="the server's pidfile")
+    stop.add_argument("--timeout", type=float, default=60.0,
+                      help="seconds to wait for it to finish and exit (default 60)")
+    stop.set_defaults(func=cmd_stop)
 
     def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str
                        ) -> argparse.ArgumentParser:

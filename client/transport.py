@@ -12,12 +12,29 @@ from typing import Any
 import grpc
 
 from varstore.errors import UnavailableError, from_rpc_error
+from varstore.proto import varstore_pb2 as pb
 
 # gRPC's own limit; streams of 1 MiB chunks carry anything larger.
 MAX_MESSAGE_BYTES = (1 << 31) - 1
 DEFAULT_CONNECT_TIMEOUT = 10.0
-RETRIES = 4
+# Attempts of a call that is safe to repeat; the waits between them (0.1 s doubling) add up to
+# about 3 s, long enough for a restarted server to come back.
+RETRIES = 6
 BACKOFF_SECONDS = 0.1
+# Requests that change nothing on the server, so repeating them after UNAVAILABLE is safe.
+_READ_ONLY_REQUESTS = (pb.ListVariablesRequest, pb.StatusRequest, pb.LatestCheckpointRequest,
+                       pb.WaitInitializedRequest)
+_READ_ONLY_OPS = frozenset({"const", "read", "gather", "is_initialized"})
+
+
+def is_read_only(request: Any) -> bool:
+    """Whether ``request`` only reads: a status or listing request, or a ``RunRequest`` that
+    creates no variable and whose nodes only read (``read``, ``gather``, ``is_initialized``,
+    ``const``)."""
+    if isinstance(request, _READ_ONLY_REQUESTS):
+        return True
+    return (isinstance(request, pb.RunRequest) and not request.variables
+            and all(node.op in _READ_ONLY_OPS for node in request.nodes))
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,11 @@ class Transport:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC waits 1 s and more before reconnecting to a server that went away; start at
+            # 0.1 s so that retries find a restarted server again.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if tls:
             config = tls if isinstance(tls, TLSConfig) else TLSConfig()
@@ -74,11 +96,14 @@ class Transport:
                 f"(is `varstore serve` running there?)") from None
 
     def call(self, method: Callable[..., Any], request: Any, *,
-             timeout: float | None = None, idempotent: bool = False) -> Any:
+             timeout: float | None = None, idempotent: bool | None = None) -> Any:
         """Calls ``method``; maps failures to varstore errors.
 
-        Calls marked ``idempotent`` are retried with backoff while the server is unavailable.
+        Calls that are safe to repeat (``idempotent``, by default :func:`is_read_only` of the
+        request) are retried with backoff while the server is unavailable.
         """
+        if idempotent is None:
+            idempotent = is_read_only(request)
         attempts = RETRIES if idempotent else 1
         for attempt in range(attempts):
             try:

@@ -101,6 +101,7 @@ class Executor:
                 raise InvalidArgumentError(f"fetch or target {j} is not a node")
         for spec in graph.variables:
             validate_name(spec.name)
+            check_alloc(spec.shape, spec.dtype, self.max_tensor_bytes)
             if spec.initializer is not None and not 0 <= spec.initializer < len(graph.nodes):
                 raise InvalidArgumentError(f"initializer of {spec.name} is not a node")
 
@@ -209,8 +210,14 @@ class _Context:
         return self._variables[node.variable]
 
     def check_alloc(self, shape: tuple[int, ...], dtype: DType) -> None:
-        size = math.prod(shape) * max(dtype.itemsize, 1)
-        if size > self._max_bytes:
-            raise ResourceExhaustedError(
-                f"a tensor of shape {list(shape)} and dtype {dtype.name} ({size} bytes) "
-                f"exceeds the server's limit of {self._max_bytes} bytes")
+        check_alloc(shape, dtype, self._max_bytes)
+
+
+def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int) -> None:
+    """Raises ``ResourceExhaustedError`` when a tensor of ``shape`` and ``dtype`` would take
+    more than ``limit`` bytes."""
+    size = math.prod(shape) * max(dtype.itemsize, 1)
+    if size > limit:
+        raise ResourceExhaustedError(
+            f"a tensor of shape {list(shape)} and dtype {dtype.name} ({size} bytes) "
+            f"exceeds the server's limit of {limit} bytes")

@@ -17,6 +17,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from varstore.server.app import DEFAULT_PORT, ServerConfig, create_server
+from varstore.server.daemon import DaemonError, ServeProcess
 
 log = logging.getLogger("varstore.server")
 
@@ -47,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", type=Path,
                         help="file of accepted bearer tokens, one per line")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-file", type=Path, help="append the log here (default stderr)")
+    parser.add_argument("--pidfile", type=Path,
+                        help="write the server's pid here (for `varstore stop`)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="detach and run in the background (needs --pidfile and "
+                        "--log-file); returns once the server listens")
 
 
 def _size(text: str) -> int:
@@ -84,23 +91,28 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Runs the server in the foreground until SIGTERM/SIGINT; returns the exit code."""
-    logging.basicConfig(level=args.log_level.upper(),
+    """Runs the server (detached with ``--daemon``) until SIGTERM/SIGINT; returns the exit
+    code."""
+    logging.basicConfig(level=args.log_level.upper(), filename=args.log_file,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    process = ServeProcess(args.pidfile, args.log_file, args.daemon)
     try:
         config = config_from_args(args)
+        process.start()
         server = create_server(config)
-    except (OSError, ValueError) as e:
-        print(f"varstore serve: {e}", file=sys.stderr)
+    except (OSError, ValueError, DaemonError) as e:
+        process.failed(f"varstore serve: {e}")
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"varstore serving on {config.host}:{server.port} "
-          f"(checkpoints in {config.checkpoint_dir})", flush=True)
+    metrics = f", metrics on port {server.metrics_port}" if server.metrics_port is not None else ""
+    process.ready(f"varstore serving on {config.host}:{server.port} "
+                  f"(checkpoints in {config.checkpoint_dir}{metrics})")
     stop.wait()
     log.info("shutting down")
     server.stop(grace=10.0)
+    process.close()
     log.info("stopped")
     return 0

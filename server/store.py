@@ -32,7 +32,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
 
 def validate_name(name: str) -> str:
     """Returns ``name`` if it is a valid full variable name, else raises ``InvalidArgumentError``."""
-    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name) or "//" in name \
+    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name) or "//" in name \
             or name.endswith("/"):
         raise InvalidArgumentError(f"invalid variable name {name[:100]!r}")
     return name
