@@ -17,6 +17,7 @@ import numpy as np
 
 from varstore.dtypes import DType
 from varstore.errors import InvalidArgumentError, NotFoundError, OpError, ResourceExhaustedError
+from varstore.server import optimizers, sync  # noqa: F401 - registers the training ops
 from varstore.server.kernels import OPS, NodeDef
 from varstore.server.store import Variable, VariableStore, validate_name
 
