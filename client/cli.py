@@ -100,6 +100,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Prints the tensors of a checkpoint on disk; needs no server."""
+    from varstore.server.inspect import describe
+    try:
+        for line in describe(args.path_prefix, values=args.values):
+            print(line)
+    except OSError as e:
+        print(f"varstore inspect: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``varstore`` command."""
     parser = argparse.ArgumentParser(prog="varstore", description="varstore parameter server")
@@ -137,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore = client_command("restore", cmd_restore, "restore a checkpoint")
     restore.add_argument("prefix", help="checkpoint prefix, or 'latest'")
     restore.add_argument("--quiet", action="store_true", help="no progress bar")
+    inspect = sub.add_parser("inspect", help="list a checkpoint on disk (TensorFlow's too)")
+    inspect.add_argument("path_prefix", metavar="PATH_PREFIX",
+                         help="checkpoint prefix, its .index file, or a folder (its newest)")
+    inspect.add_argument("--values", action="store_true", help="print the values too")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 

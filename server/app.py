@@ -70,12 +70,15 @@ class Server:
         self.grpc_server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.checkpoints.start()
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Reports NOT_SERVING, stops accepting calls and waits up to ``grace`` seconds for
-        those in flight; then closes the metrics endpoint."""
+        those in flight; finishes a checkpoint in progress and, with ``save_every``, writes a
+        final one; then closes the metrics endpoint."""
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        self.checkpoints.stop()
         self.metrics.close()
 
 
@@ -84,13 +87,16 @@ def create_server(config: ServerConfig) -> Server:
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use) or a TLS or
     token file cannot be read, ``ValueError`` for inconsistent TLS settings or an empty token
-    file.
+    file, ``OpError`` (NotFoundError, DataLossError...) when ``config.restore`` fails.
     """
     store = VariableStore(max_memory=config.max_memory)
     executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
-    checkpoints = CheckpointManager(store, Path(config.checkpoint_dir))
-    servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes)
     metrics = ServerMetrics(store)
+    checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics,
+                                    save_every=config.save_every, keep=config.keep)
+    # Before the port is bound: no client ever sees a store that is still being restored.
+    checkpoints.recover(config.restore)
+    servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes)
     # Metrics first: it also counts the calls that authentication turns away.
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
     if config.token_file is not None:

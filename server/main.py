@@ -16,6 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from varstore.errors import OpError
 from varstore.server.app import DEFAULT_PORT, ServerConfig, create_server
 from varstore.server.daemon import DaemonError, ServeProcess
 
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", type=Path,
                         help="folder for checkpoints (default ./checkpoints)")
     parser.add_argument("--restore", metavar="latest|PREFIX",
-                        help="restore a checkpoint before accepting requests")
+                        help="restore a checkpoint before accepting requests ('latest': the "
+                        "newest one, if there is one yet)")
     parser.add_argument("--save-every", type=float, metavar="SECONDS",
                         help="save a checkpoint on this period")
     parser.add_argument("--keep", type=int, metavar="N", help="checkpoints kept (default 5)")
@@ -100,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         process.start()
         server = create_server(config)
-    except (OSError, ValueError, DaemonError) as e:
+    except (OSError, ValueError, DaemonError, OpError) as e:
         process.failed(f"varstore serve: {e}")
         return 1
     stop = threading.Event()
