@@ -5,7 +5,7 @@
 TF 1.x graph mode over the server.
 """
 
-from varstore import errors
+from varstore import errors, train
 from varstore.client import Client, RemoteVariable, VariableInfo, connect
 from varstore.dtypes import (
     DType,
@@ -48,6 +48,6 @@ __all__ = [
     "VariableScope", "as_dtype", "bfloat16", "bool_", "complex64", "complex128", "connect",
     "constant_initializer", "double", "errors", "float16", "float32", "float64",
     "glorot_uniform_initializer", "half", "int8", "int16", "int32", "int64", "ones_initializer",
-    "random_normal_initializer", "random_uniform_initializer", "string",
+    "random_normal_initializer", "random_uniform_initializer", "string", "train",
     "truncated_normal_initializer", "uint8", "uint16", "uint32", "uint64", "zeros_initializer",
 ]

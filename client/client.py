@@ -6,6 +6,7 @@ client (:mod:`varstore.scopes`) and are shared with other clients by full name o
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from varstore import convert, dtypes, initializers
+from varstore import convert, dtypes, initializers, train
 from varstore.dtypes import DType
 from varstore.errors import NotFoundError, from_rpc_error
 from varstore.proto import varstore_pb2 as pb
@@ -65,6 +66,9 @@ class RemoteVariable:
         self.dtype = dtype
         self.shape = shape
         self.trainable = trainable
+        # Adds the node computing the initial value to a request; None for a variable this
+        # client bound to but did not create. Used by initialize_or_restore.
+        self._initializer: Callable[[RequestBuilder], int] | None = None
 
     @property
     def name(self) -> str:
@@ -154,6 +158,7 @@ class Client:
         self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
         self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
         self.naming = Naming()
+        self._deferred = False
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -226,11 +231,8 @@ class Client:
         dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer(initial_value)
         value = dtypes.to_numpy(initial_value, dtype)
         full = self.naming.variable_name(name)
-        b = RequestBuilder()
-        b.variable(full, dtype, value.shape, trainable, initializer=b.const(value, dtype),
-                   created_by="Variable", initializer_desc="initial_value")
-        _, infos = self.run(b)
-        return self._handle(infos[0])
+        return self._create(full, dtype, value.shape, trainable,
+                            lambda b: b.const(value, dtype), "Variable", "initial_value")
 
     def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
                      initializer: Any = None, trainable: bool = True) -> RemoteVariable:
@@ -254,16 +256,41 @@ class Client:
                 raise ValueError(f"Shape of a new variable ({full}) must be fully defined, "
                                  f"but instead was <unknown>.")
             init_obj = initializers.resolve(init, dtype)
-            b = RequestBuilder()
-            node = init_obj.build(b, value_shape, dtype)
-            b.variable(full, dtype, value_shape, trainable, initializer=node,
-                       created_by="get_variable", initializer_desc=init_obj.describe())
-            _, infos = self.run(b)
-            return self._handle(infos[0])
+            return self._create(full, dtype, value_shape, trainable,
+                                lambda b: init_obj.build(b, value_shape, dtype),
+                                "get_variable", init_obj.describe())
 
         return self.naming.get_variable(
             name, shape, dtype if dtype != dtypes.float32 or shape is not None else None,
             create, find_elsewhere=self._find, describe=lambda v: (v.shape, v.dtype))
+
+    def _create(self, full: str, dtype: DType, shape: Sequence[int], trainable: bool,
+                initializer: Callable[[RequestBuilder], int], created_by: str,
+                description: str) -> RemoteVariable:
+        """Creates ``full`` initialized (uninitialized when deferred), or binds to it."""
+        b = RequestBuilder()
+        b.variable(full, dtype, shape, trainable,
+                   initializer=None if self._deferred else initializer(b),
+                   created_by=created_by, initializer_desc=description)
+        _, infos = self.run(b)
+        var = self._handle(infos[0])
+        var._initializer = initializer
+        return var
+
+    @contextlib.contextmanager
+    def deferred_initialization(self) -> Iterator[None]:
+        """Inside, ``Variable`` and ``get_variable`` create missing variables uninitialized
+        on the server (and bind to existing ones as always).
+
+        Build the model inside it in chief and workers alike; then the chief calls
+        :meth:`initialize_or_restore` and workers :meth:`wait_until_ready`, so no worker
+        trains on initial values that a checkpoint is about to replace.
+        """
+        previous, self._deferred = self._deferred, True
+        try:
+            yield
+        finally:
+            self._deferred = previous
 
     def _find(self, full: str) -> RemoteVariable | None:
         """The server's variable ``full``, or None when it has none."""
@@ -307,6 +334,26 @@ class Client:
             pb.WaitInitializedRequest(names=list(names), timeout_seconds=timeout),
             timeout=timeout + 10.0)
         return list(response.uninitialized)
+
+    # --- training (varstore.train) ----------------------------------------------------------
+
+    def apply_gradients(self, optimizer: train.Optimizer, grads: Mapping[RemoteVariable, Any],
+                        global_step: RemoteVariable | None = None,
+                        local_step: int | None = None) -> int | None:
+        """Applies ``{variable: gradient}`` on the server with ``optimizer`` in one round trip
+        (see :func:`varstore.train.apply_gradients`); returns the new global step."""
+        return train.apply_gradients(self, optimizer, grads, global_step, local_step)
+
+    def initialize_or_restore(self, variables: Sequence[RemoteVariable],
+                              checkpoint_dir: str | None = None) -> str | None:
+        """The chief's start: restores the newest checkpoint, or initializes ``variables``
+        (see :func:`varstore.train.initialize_or_restore`); returns the checkpoint restored."""
+        return train.initialize_or_restore(self, variables, checkpoint_dir)
+
+    def wait_until_ready(self, variables: Sequence[Any], timeout: float = 600.0) -> None:
+        """A worker's start: waits until ``variables`` are initialized (see
+        :func:`varstore.train.wait_until_ready`); raises ``DeadlineExceededError``."""
+        train.wait_until_ready(self, variables, timeout)
 
     # --- checkpoints and status -------------------------------------------------------------
 
