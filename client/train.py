@@ -439,25 +439,32 @@ def wait_until_ready(client: Client, variables: Sequence[Any], timeout: float = 
 
 
 class CheckpointSaver:
-    """Saves ``prefix-STEP`` checkpoints on the server every ``save_secs`` seconds; only the
-    chief should have one. ``maybe_save(step)`` is cheap to call every step."""
+    """Saves ``<checkpoint_dir>/model.ckpt-STEP`` on the server every ``save_secs`` seconds,
+    as TensorFlow's ``CheckpointSaverHook``; only the chief should have one.
 
-    def __init__(self, client: Client, save_secs: float = 600.0,
-                 prefix: str = "model.ckpt", max_to_keep: int = 5) -> None:
+    ``checkpoint_dir`` is a folder inside the server's checkpoint folder (its root by
+    default), the one :func:`initialize_or_restore` restores from.
+    """
+
+    def __init__(self, client: Client, checkpoint_dir: str | None = None,
+                 save_secs: float = 600.0, checkpoint_basename: str = "model.ckpt",
+                 max_to_keep: int = 5) -> None:
         self.client = client
         self.save_secs = save_secs
-        self.prefix = prefix
+        self.prefix = f"{checkpoint_dir}/{checkpoint_basename}" if checkpoint_dir \
+            else checkpoint_basename
         self.max_to_keep = max_to_keep
         self._last = time.monotonic()
 
     def maybe_save(self, step: int) -> str | None:
-        """Saves when ``save_secs`` passed since the last save; returns the path saved."""
+        """Saves when ``save_secs`` passed since the last save (or the start); returns the
+        path saved, else None. Cheap enough to call every step."""
         if time.monotonic() - self._last < self.save_secs:
             return None
         return self.save(step)
 
     def save(self, step: int) -> str:
-        """Saves now; returns the checkpoint's path."""
+        """Saves ``prefix-step`` now; returns its path. Raises the server's errors."""
         path = self.client.save(self.prefix, global_step=step, max_to_keep=self.max_to_keep)
         self._last = time.monotonic()
         log.info("saved %s", path)

@@ -248,3 +248,46 @@ def test_updates_match_tensorflow(client: vs.Client, case: str) -> None:
                            for n in names])
     for name, value in zip(names, got, strict=True):
         np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("case", ["momentum", "adagrad", "adam"])
+def test_checkpoint_keys_match_what_tensorflow_writes(server: Any, client: vs.Client,
+                                                      tmp_path: Any, case: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    tf1 = tf.compat.v1
+    tf_optimizers = {
+        "momentum": lambda: tf1.train.MomentumOptimizer(0.1, 0.9),
+        "adagrad": lambda: tf1.train.AdagradOptimizer(0.1, initial_accumulator_value=0.2),
+        "adam": lambda: tf1.train.AdamOptimizer(0.1),
+    }
+    graph = tf.Graph()
+    with graph.as_default():
+        with tf1.variable_scope("net"):
+            w = tf1.get_variable("W", initializer=W0)
+            e = tf1.get_variable("E", initializer=E0)
+        step = tf1.train.get_or_create_global_step()
+        grad_w, indices, rows = _inputs(0)
+        train_op = tf_optimizers[case]().apply_gradients(
+            [(tf.constant(grad_w), w),
+             (tf.IndexedSlices(tf.constant(rows), tf.constant(indices, tf.int64),
+                               tf.constant(E0.shape, tf.int64)), e)], global_step=step)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            sess.run(train_op)
+            tf_path = tf1.train.Saver().save(sess, str(tmp_path / "tf" / "model.ckpt"),
+                                             global_step=step)
+    with client.variable_scope("net"):
+        ours = [client.get_variable("W", initializer=W0), client.get_variable("E", initializer=E0)]
+    global_step = vs.train.get_or_create_global_step(client)
+    client.apply_gradients(CASES[case][0](), {ours[0]: grad_w, ours[1]: (indices, rows)},
+                           global_step=global_step)
+    path = client.save("model.ckpt", global_step=int(global_step.numpy()))
+    expected = tf.train.load_checkpoint(tf_path)
+    got = tf.train.load_checkpoint(str(server.checkpoints.directory / path))
+    assert got.get_variable_to_dtype_map() == expected.get_variable_to_dtype_map()
+    assert got.get_variable_to_shape_map() == expected.get_variable_to_shape_map()
+    for key in expected.get_variable_to_shape_map():
+        np.testing.assert_allclose(got.get_tensor(key), expected.get_tensor(key), rtol=1e-6,
+                                   atol=1e-7, err_msg=key)
