@@ -25,6 +25,9 @@ from varstore.scopes import Naming, VariableScope
 from varstore.transport import Transport
 
 DEFAULT_ADDRESS = "localhost:7011"
+# Called with varstore's chunk codec (convert.serialize_chunk/parse_chunk) instead of the
+# generated stub's protobuf one: same bytes on the wire, fewer copies.
+RUN_STREAM_METHOD = "/varstore.v1.VariableService/RunStream"
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,9 @@ class Client:
         self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
         self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
         self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
+        self.run_stream = self.transport.channel.stream_stream(
+            RUN_STREAM_METHOD, request_serializer=convert.serialize_chunk,
+            response_deserializer=convert.parse_chunk)
         self.naming = Naming()
         self._deferred = False
 
@@ -185,7 +191,7 @@ class Client:
             values = [convert.tensor_from_proto(t) for t in response.values]
             return values, list(response.variables)
         chunks = convert.split_chunks(pb.RunChunk(request=request), payloads)
-        replies = self.transport.call(self.stub.RunStream, chunks)
+        replies = self.transport.call(self.run_stream, chunks)
         try:
             header, arrays = convert.join_chunks(iter(replies), "response", 1 << 62)
         except grpc.RpcError as e:

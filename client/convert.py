@@ -21,10 +21,14 @@ from varstore.proto import varstore_pb2 as pb
 
 MAX_RANK = 32
 # Payloads up to this size go in one unary message; larger ones are streamed in chunks.
-# 1 MiB chunks keep each protobuf parse cheap while amortizing per-message overhead.
-CHUNK_BYTES = 1 << 20
 STREAM_THRESHOLD = 1 << 20
+# Stream chunks: large enough to amortize gRPC's per-message cost, small enough that the
+# sender's and receiver's copies overlap and that one chunk never holds the GIL for long.
+CHUNK_BYTES = 1 << 20
+MIN_CHUNK_BYTES = 64 << 10
 _LEN = np.dtype("<u8")
+# RunChunk.data is field 3, length-delimited: its tag byte is (3 << 3) | 2.
+_DATA_TAG = b"\x1a"
 
 
 def shape_to_proto(shape: Sequence[int]) -> pb.Shape:
@@ -136,32 +140,90 @@ def pack_tensors(arrays: Sequence[tuple[np.ndarray, DType]], stream: bool
     return messages, payloads
 
 
+def data_frame(parts: Sequence[bytes | memoryview]) -> bytes:
+    """The wire bytes of ``RunChunk(data=<parts joined>)``, built with a single copy.
+
+    It is the protobuf encoding of that message (the ``data`` field's tag and length, then
+    the bytes), so any protobuf peer reads it as a ``RunChunk``.
+    """
+    return b"".join([_DATA_TAG, _varint(sum(len(p) for p in parts)), *parts])
+
+
+def serialize_chunk(message: pb.RunChunk | bytes) -> bytes:
+    """RunStream's serializer: a ``RunChunk``'s encoding, or a :func:`data_frame` as is."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class DataChunk:
+    """A ``RunChunk`` that carries only ``data``: a view of the received bytes, not a copy."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+
+
+def parse_chunk(raw: bytes) -> pb.RunChunk | DataChunk:
+    """RunStream's deserializer: a data-only chunk as a :class:`DataChunk` viewing ``raw``,
+    any other chunk as a parsed ``RunChunk`` (protobuf's ``DecodeError`` when malformed)."""
+    if raw[:1] == _DATA_TAG:
+        size, pos = _read_varint(raw, 1)
+        if pos + size == len(raw):
+            return DataChunk(memoryview(raw)[pos:])
+    return pb.RunChunk.FromString(raw)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it; (-1, pos) when it is malformed."""
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(raw))):
+        value |= (raw[i] & 0x7F) << shift
+        if raw[i] < 0x80:
+            return value, i + 1
+        shift += 7
+    return -1, pos
+
+
+def chunk_size(total: int) -> int:
+    """Data bytes per chunk for a stream carrying ``total`` bytes: about an eighth of the
+    payload (so the two ends overlap their work), within [MIN_CHUNK_BYTES, CHUNK_BYTES]."""
+    return max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, total // 8))
+
+
 def split_chunks(header: pb.RunChunk, payloads: Sequence[bytes | memoryview],
-                 chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.RunChunk]:
-    """The header message, then the payloads' bytes in chunks of ``chunk_bytes``."""
+                 chunk_bytes: int | None = None) -> Iterator[pb.RunChunk | bytes]:
+    """The header message, then the payloads' bytes as :func:`data_frame` chunks of
+    ``chunk_bytes`` (by default :func:`chunk_size` of the total); send with
+    :func:`serialize_chunk`. Frames are built lazily, one per message sent."""
+    views = [memoryview(p).cast("B") for p in payloads]
+    if chunk_bytes is None:
+        chunk_bytes = chunk_size(sum(len(v) for v in views))
     yield header
     parts: list[memoryview] = []
     size = 0
-    for payload in payloads:
-        view = memoryview(payload).cast("B") if not isinstance(payload, bytes) else \
-            memoryview(payload)
+    for view in views:
         while len(view):
             part = view[:chunk_bytes - size]
             view = view[len(part):]
             parts.append(part)
             size += len(part)
             if size == chunk_bytes:
-                yield pb.RunChunk(data=_join(parts))
+                yield data_frame(parts)
                 parts, size = [], 0
     if parts:
-        yield pb.RunChunk(data=_join(parts))
+        yield data_frame(parts)
 
 
-def _join(parts: list[memoryview]) -> bytes:
-    return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-
-
-def join_chunks(chunks: Iterator[pb.RunChunk], field: str, limit: int
+def join_chunks(chunks: Iterator[pb.RunChunk | DataChunk], field: str, limit: int
                 ) -> tuple[Any, list[np.ndarray | None]]:
     """Reads a chunked message: returns its header (``request`` or ``response``) and, for each
     of its tensors, the decoded array of streamed ones (None for inline ones).
@@ -174,6 +236,8 @@ def join_chunks(chunks: Iterator[pb.RunChunk], field: str, limit: int
         first = next(chunks)
     except StopIteration:
         raise InvalidArgumentError("empty stream") from None
+    if isinstance(first, DataChunk):
+        raise InvalidArgumentError("stream does not start with a header chunk")
     header = getattr(first, field)
     tensors = header.tensors if field == "request" else header.values
     declared = 0
@@ -191,7 +255,9 @@ def join_chunks(chunks: Iterator[pb.RunChunk], field: str, limit: int
     if declared > limit:
         raise ResourceExhaustedError(
             f"request of {declared} bytes exceeds the limit of {limit} bytes")
-    pending = [(i, bytearray(t.streamed_bytes)) for i, t in enumerate(tensors)
+    # numpy buffers rather than bytearrays: numpy asks the kernel for huge pages on large
+    # allocations, which makes filling fresh memory several times cheaper.
+    pending = [(i, np.empty(t.streamed_bytes, np.uint8)) for i, t in enumerate(tensors)
                if t.streamed_bytes]
     arrays: list[np.ndarray | None] = [None] * len(tensors)
     bufs = iter(pending)
@@ -204,7 +270,9 @@ def join_chunks(chunks: Iterator[pb.RunChunk], field: str, limit: int
                 raise InvalidArgumentError("stream carries more bytes than its header declares")
             index, buf = current
             take = min(len(data), len(buf) - filled)
-            buf[filled:filled + take] = data[:take]
+            # A memoryview copy keeps the GIL (numpy's would drop and retake it per chunk,
+            # waiting on gRPC's threads each time).
+            memoryview(buf)[filled:filled + take] = data[:take]
             data = data[take:]
             filled += take
             if filled == len(buf):

@@ -13,12 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from varstore.proto import varstore_pb2 as pb
-from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
-from varstore.server.servicer import VariableServicer
+from varstore.server.servicer import VariableServicer, add_to_server
 from varstore.server.store import VariableStore
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,7 @@ def create_server(config: ServerConfig) -> Server:
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_VariableServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -16,6 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from varstore.allocator import keep_freed_memory
 from varstore.errors import OpError
 from varstore.server.app import DEFAULT_PORT, ServerConfig, create_server
 from varstore.server.daemon import DaemonError, ServeProcess
@@ -101,6 +102,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         process.start()
+        # Large transfers reuse freed buffers instead of faulting in fresh pages each time.
+        keep_freed_memory()
         server = create_server(config)
     except (OSError, ValueError, DaemonError, OpError) as e:
         process.failed(f"varstore serve: {e}")

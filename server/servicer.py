@@ -109,6 +109,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                                                self.max_request_bytes)
         graph = wire.graph_from_proto(header, streamed)
         response, payloads = wire.result_to_proto(self.executor.run(graph), stream=True)
+        # The request's tensors are garbage by now: free them before the response streams.
+        del graph, streamed
         yield from convert.split_chunks(pb.RunChunk(response=response), payloads)
 
     @rpc_errors
@@ -153,3 +155,33 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
             last_checkpoint=last[0] if last else "", last_checkpoint_time=last[1] if last else 0,
             checkpoint_dir=str(self.checkpoints.directory) if self.checkpoints else "",
             max_memory=self.store.max_memory)
+
+
+# RunStream's chunks go through varstore's own codec: the same protobuf bytes on the wire, but
+# data chunks are framed from tensor memory and parsed as views, without protobuf's copies.
+_CODECS = {"RunStream": (convert.parse_chunk, convert.serialize_chunk)}
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:
+    """Registers ``servicer`` for every method of ``varstore.v1.VariableService`` (as the
+    generated ``add_VariableServiceServicer_to_server`` does, with RunStream's fast codec)."""
+    service = pb.DESCRIPTOR.services_by_name["VariableService"]
+    handlers = {}
+    for method in service.methods:
+        deserialize, serialize = _CODECS.get(method.name, (
+            getattr(pb, method.input_type.name).FromString,
+            getattr(pb, method.output_type.name).SerializeToString))
+        kind = _HANDLER_KINDS[method.client_streaming, method.server_streaming]
+        handlers[method.name] = kind(getattr(servicer, method.name),
+                                     request_deserializer=deserialize,
+                                     response_serializer=serialize)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    # Registered methods skip gRPC's per-call lookup through the generic handlers.
+    server.add_registered_method_handlers(service.full_name, handlers)
