@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from varstore.errors import (
+    AlreadyExistsError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -57,6 +58,7 @@ _ERRNO_ERRORS: dict[int, type[OpError]] = {
     errno.ENAMETOOLONG: InvalidArgumentError,
     errno.EISDIR: InvalidArgumentError,
     errno.ENOTDIR: InvalidArgumentError,
+    errno.EEXIST: AlreadyExistsError,
 }
 
 

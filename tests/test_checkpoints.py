@@ -23,6 +23,7 @@ from tests.conftest import ServerProcess
 from tests.test_bundle import SHAPES, _sample
 from varstore import dtypes
 from varstore.errors import (
+    AlreadyExistsError,
     DataLossError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -144,6 +145,24 @@ def test_save_writes_tensorflow_files_and_the_state_file(client: vs.Client, ckpt
     assert client.latest_checkpoint("sub") is None
     assert client.status().last_checkpoint == "sub/dir/model.ckpt"
     assert w.name == "n2/W:0" and step.numpy() == 7
+
+
+def test_saves_and_restores_are_counted_in_the_metrics(client: vs.Client, server: Server) -> None:
+    client.Variable(np.zeros(10, np.float64), name="v")
+    client.save("a")
+    client.save("b")
+    client.restore("a")
+    registry = server.metrics.registry
+    assert registry.get_sample_value("varstore_checkpoints_total", {"kind": "save"}) == 2
+    assert registry.get_sample_value("varstore_checkpoints_total", {"kind": "restore"}) == 1
+    assert registry.get_sample_value("varstore_checkpoint_last_bytes", {"kind": "save"}) == 80
+
+
+def test_a_file_in_the_way_of_a_prefix_is_a_clear_error(client: vs.Client) -> None:
+    client.Variable(1.0, name="v")
+    client.save("model.ckpt")
+    with pytest.raises(AlreadyExistsError, match="cannot write checkpoint checkpoint/model"):
+        client.save("checkpoint/model")  # "checkpoint" is the state file
 
 
 def test_absolute_prefix_inside_the_folder_is_returned_as_given(client: vs.Client,
@@ -581,6 +600,7 @@ def test_cli_inspect_lists_tensorflow_checkpoints() -> None:
     assert lines[0] == "b\tbool\t[3]"
     assert "part/P\tfloat32\t[10, 4]" in lines and "strs\tstring\t[3]" in lines
     assert len(lines) == len(EXPECTED["golden"])
+    assert varstore("inspect", str(TF_DATA)).stdout == listed.stdout  # the folder's newest
     obj = varstore("inspect", str(TF_DATA / "tf2obj"))
     assert "model/w/.ATTRIBUTES/VARIABLE_VALUE\tfloat32\t[2, 2]" in obj.stdout.splitlines()
     values = varstore("inspect", str(TF_DATA / "golden"), "--values")
