@@ -153,11 +153,13 @@ class Naming:
         new_reuse = reuse if reuse is not None else (inherited or None)
         with contextlib.ExitStack() as stack:
             if auxiliary_name_scope:
+                leaf = scope_name.rsplit("/", 1)[-1]
                 if name_scope is None:
-                    leaf = scope_name.rsplit("/", 1)[-1]
                     name_scope = stack.enter_context(self.name_scope(leaf))
-                else:
-                    stack.enter_context(self.name_scope(name_scope or None))
+                elif leaf:
+                    # As TF: a scope object opens a new unique name scope (foo_1) and keeps
+                    # its original_name_scope.
+                    stack.enter_context(self.name_scope(leaf))
             scope = VariableScope(new_reuse, scope_name, initializer or init, dtype or dt,
                                   name_scope or "")
             self.var_scope = scope

@@ -439,3 +439,39 @@ _reduce("reduce_mean", np.mean)
 _reduce("reduce_max", np.max)
 _reduce("reduce_min", np.min)
 
+
+# --- graph-mode helpers (varstore.v1) ---------------------------------------------------------
+
+@register("read_if_initialized", 1, uses_variable=True)
+def _read_if_initialized(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
+    """The variable's value when it is initialized, else the input (``initialized_value()``)."""
+    var = ctx.variable(node)
+    return var.read() if var.initialized else np.asarray(inputs[0])
+
+
+@register("stack", None)
+def _stack(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
+    """Packs its inputs (same dtype and shape) along a new ``axis`` (default 0)."""
+    if not inputs:
+        raise InvalidArgumentError("stack needs at least one input")
+    values = [np.asarray(x) for x in inputs]
+    for other in values[1:]:
+        _same_dtype(node, values[0], other)
+        if other.shape != values[0].shape:
+            raise InvalidArgumentError(
+                f"stack: inputs have different shapes {list(values[0].shape)} and "
+                f"{list(other.shape)}")
+    return np.stack(values, axis=int(node.attr("axis", 0)))
+
+
+@register("boolean_mask", 2)
+def _boolean_mask(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
+    """The rows of input 0 where the boolean input 1 is true."""
+    values, mask = np.asarray(inputs[0]), np.asarray(inputs[1])
+    if mask.dtype != np.bool_:
+        raise InvalidArgumentError(f"boolean_mask: mask must be bool, got {mask.dtype}")
+    if mask.ndim == 0 or values.shape[:mask.ndim] != mask.shape:
+        raise InvalidArgumentError(
+            f"boolean_mask: mask of shape {list(mask.shape)} does not match tensor of shape "
+            f"{list(values.shape)}")
+    return values[mask]
