@@ -73,9 +73,9 @@ def _progress_bar(label: str) -> Callable[[object], None]:
         done = getattr(p, "bytes_done", 0)
         width = 30
         filled = int(width * done / total)
+        tensors = f"{getattr(p, 'tensors_done', 0)}/{getattr(p, 'tensors_total', 0)}"
         sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB "
-                         f"{getattr(p, 'tensors_done', 0)}/{getattr(p, 'tensors_total', 0)} tensors")
+                         f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {tensors} tensors")
         if getattr(p, "done", False):
             sys.stderr.write("\n")
         sys.stderr.flush()

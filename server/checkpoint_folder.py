@@ -112,7 +112,7 @@ class CheckpointFolder:
                     f"checkpoint {named!r}: {path.name} points outside the server's checkpoint "
                     f"folder {self.directory}")
 
-    def named(self, path: str, base: str, base_name: str) -> str:
+    def client_path(self, path: str, base: str, base_name: str) -> str:
         """``path`` as a client names it: relative to ``base``, which it called ``base_name``.
 
         Raises ``PermissionDeniedError`` if ``path`` lies outside the folder."""

@@ -281,7 +281,7 @@ class CheckpointManager:
         except OSError as e:
             raise os_error(e, f"cannot read the checkpoint state of {directory or '.'}") \
                 from None
-        return None if found is None else self.folder.named(found, base, directory)
+        return None if found is None else self.folder.client_path(found, base, directory)
 
     def recover(self, restore: str | None = None) -> str | None:
         """Start-up: cleans up after interrupted saves, then restores ``restore`` (a prefix or
