@@ -40,6 +40,7 @@ from varstore.server.bundle import (
     BundleReader,
     BundleWriter,
     TensorInfo,
+    index_path,
     latest_checkpoint,
     read_state,
     update_state,
@@ -294,6 +295,13 @@ class CheckpointManager:
         except OSError as e:
             raise os_error(e, f"cannot clean up the checkpoint folder {self.directory}") \
                 from None
+        try:
+            newest = self.latest()
+            if newest is not None:  # until this server saves, status shows the folder's newest
+                written = os.path.getmtime(index_path(self.folder.resolve(newest)))
+                self.last_saved = (newest, written)
+        except (OpError, OSError) as e:
+            log.warning("cannot tell the newest checkpoint in %s: %s", self.directory, e)
         if not restore:
             return None
         try:

@@ -506,6 +506,8 @@ def test_stop_writes_a_final_checkpoint_that_start_up_restores(tmp_path: Path) -
     try:
         w = srv.store.get("w")
         _same(w.read(), np.arange(3, dtype=np.float64))  # before the port serves
+        assert srv.checkpoints.last_saved is not None
+        assert srv.checkpoints.last_saved[0] == "model.ckpt-1"
     finally:
         srv.stop(grace=1.0)
     assert _state(tmp_path / "ckpt").model_checkpoint_path == "model.ckpt-2"  # the counter goes on
