@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from varstore import convert, dtypes, initializers, train
 from varstore.dtypes import DType
-from varstore.errors import NotFoundError, from_rpc_error
+from varstore.errors import NotFoundError, OpError, from_rpc_error
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
@@ -59,10 +59,18 @@ def _as_int_indices(indices: Any) -> np.ndarray:
     return idx.astype(np.int64, copy=False)
 
 
-class RemoteVariable:
-    """A handle to a variable on the server; every method is one atomic round trip."""
+Reply = tuple[list[np.ndarray], list[pb.VariableInfo]]
+# A client method written once as a generator of requests: it yields (request, expected
+# response bytes), is sent each reply (or thrown its error), and returns the method's result.
+# Client runs the steps with blocking calls; varstore.aio awaits them.
+Steps = Generator[tuple[RequestBuilder, int], Reply, Any]
 
-    def __init__(self, client: Client, name: str, dtype: DType, shape: tuple[int, ...],
+
+class RemoteVariable:
+    """A handle to a variable on the server; every method is one atomic round trip (with
+    ``varstore.aio``, the same methods return awaitables)."""
+
+    def __init__(self, client: ClientBase, name: str, dtype: DType, shape: tuple[int, ...],
                  trainable: bool = True) -> None:
         self._client = client
         self.op_name = name
@@ -90,6 +98,9 @@ class RemoteVariable:
         return dtypes.to_numpy(value, self.dtype)
 
     def _update(self, op: str, *values: np.ndarray, fetch: bool = False) -> Any:
+        return self._client._drive(self._update_steps(op, values, fetch))
+
+    def _update_steps(self, op: str, values: Sequence[np.ndarray], fetch: bool) -> Steps:
         b = RequestBuilder()
         inputs = [b.const(v, dtypes.as_dtype(v.dtype)) for v in values]
         node = b.node(op, inputs, variable=self.op_name)
@@ -97,15 +108,19 @@ class RemoteVariable:
             b.fetch(node)
         else:
             b.target(node)
-        out = self._client.run(b, expect_bytes=self._nbytes() if fetch else 0)
-        return out[0][0] if fetch else self
+        fetched, _ = yield b, self._nbytes() if fetch else 0
+        return fetched[0] if fetch else self
 
     def _nbytes(self) -> int:
         return convert.num_elements(self.shape) * max(self.dtype.itemsize, 1)
 
     def numpy(self) -> np.ndarray:
         """The current value; raises ``FailedPreconditionError`` if uninitialized."""
-        return self._client.pull([self])[0]
+        return self._client._drive(self._read_steps())
+
+    def _read_steps(self) -> Steps:
+        (value,) = yield from self._client._pull_steps([self])
+        return value
 
     read_value = numpy
     value = numpy
@@ -136,69 +151,38 @@ class RemoteVariable:
 
     def gather(self, indices: Any) -> np.ndarray:
         """Rows ``indices`` of the value, read atomically."""
-        idx = _as_int_indices(indices)
+        return self._client._drive(self._gather_steps(_as_int_indices(indices)))
+
+    def _gather_steps(self, idx: np.ndarray) -> Steps:
         row = convert.num_elements(self.shape[1:]) * max(self.dtype.itemsize, 1)
         b = RequestBuilder()
         b.fetch(b.node("gather", [b.const(idx, dtypes.int64)], variable=self.op_name))
-        return self._client.run(b, expect_bytes=idx.size * row)[0][0]
+        (rows,), _ = yield b, idx.size * row
+        return rows
 
     def is_initialized(self) -> bool:
         """Whether the variable holds a value on the server."""
+        return self._client._drive(self._is_initialized_steps())
+
+    def _is_initialized_steps(self) -> Steps:
         b = RequestBuilder()
         b.fetch(b.node("is_initialized", variable=self.op_name))
-        return bool(self._client.run(b)[0][0])
+        (flag,), _ = yield b, 0
+        return bool(flag)
 
 
-class Client:
-    """A connection to a varstore server, with its own TF-style naming state.
+class ClientBase:
+    """What the blocking :class:`Client` and ``varstore.aio.Client`` share: the naming state,
+    scopes, and every method made of Run requests, written once as :data:`Steps` that the
+    subclass's ``_drive`` runs (blocking, or as a coroutine)."""
 
-    Use as a context manager or call :meth:`close`.
-    """
-
-    def __init__(self, address: str | None = None, *, token: str | None = None,
-                 tls: Any = None, timeout: float | None = None) -> None:
-        self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
-        self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
-        self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
-        self.run_stream = self.transport.channel.stream_stream(
-            RUN_STREAM_METHOD, request_serializer=convert.serialize_chunk,
-            response_deserializer=convert.parse_chunk)
+    def __init__(self) -> None:
         self.naming = Naming()
         self._deferred = False
 
-    # --- plumbing -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Closes the channel."""
-        self.transport.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def run(self, builder: RequestBuilder, expect_bytes: int = 0
-            ) -> tuple[list[np.ndarray], list[pb.VariableInfo]]:
-        """Sends one request; returns the fetched arrays and the variables' infos.
-
-        Requests or expected responses past one message go through the chunked stream.
-        """
-        stream = max(builder.payload_bytes(), expect_bytes) > convert.STREAM_THRESHOLD
-        request, payloads = builder.build(stream)
-        if not stream:
-            response = self.transport.call(self.stub.Run, request)
-            values = [convert.tensor_from_proto(t) for t in response.values]
-            return values, list(response.variables)
-        chunks = convert.split_chunks(pb.RunChunk(request=request), payloads)
-        replies = self.transport.call(self.run_stream, chunks)
-        try:
-            header, arrays = convert.join_chunks(iter(replies), "response", 1 << 62)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        values = [a if a is not None else convert.tensor_from_proto(t)
-                  for t, a in zip(header.values, arrays, strict=True)]
-        return values, list(header.variables)
+    def _drive(self, steps: Steps) -> Any:
+        """Runs ``steps``, sending each request and feeding back its reply or error."""
+        raise NotImplementedError
 
     # --- scopes ---------------------------------------------------------------------------
 
@@ -237,8 +221,9 @@ class Client:
         dtype = dtypes.as_dtype(dtype) if dtype is not None else dtypes.infer(initial_value)
         value = dtypes.to_numpy(initial_value, dtype)
         full = self.naming.variable_name(name)
-        return self._create(full, dtype, value.shape, trainable,
-                            lambda b: b.const(value, dtype), "Variable", "initial_value")
+        return self._drive(self._create_steps(full, dtype, value.shape, trainable,
+                                              lambda b: b.const(value, dtype), "Variable",
+                                              "initial_value"))
 
     def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
                      initializer: Any = None, trainable: bool = True) -> RemoteVariable:
@@ -247,9 +232,19 @@ class Client:
         A variable another client created on the server is bound to, never re-initialized.
         Raises ``ValueError`` for the reuse mistakes TF rejects (same messages).
         """
+        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+
+    def _get_variable_steps(self, name: str, shape: Sequence[int] | None, dtype: Any,
+                            initializer: Any, trainable: bool) -> Steps:
         scope = self.naming.var_scope
         dtype = dtypes.as_dtype(dtype or scope.dtype or dtypes.float32)
         shape = None if shape is None else tuple(int(d) for d in shape)
+        full = self.naming.full_name(name)
+        # Naming asks for variables it does not know only under reuse: look on the server first.
+        found = None
+        if full not in self.naming.shared and scope.reuse:
+            found = yield from self._find_steps(full)
+        creation: list[Steps] = []
 
         def create(full: str) -> RemoteVariable:
             init = initializer if initializer is not None else scope.initializer
@@ -262,23 +257,34 @@ class Client:
                 raise ValueError(f"Shape of a new variable ({full}) must be fully defined, "
                                  f"but instead was <unknown>.")
             init_obj = initializers.resolve(init, dtype)
-            return self._create(full, dtype, value_shape, trainable,
-                                lambda b: init_obj.build(b, value_shape, dtype),
-                                "get_variable", init_obj.describe())
+            creation.append(self._create_steps(
+                full, dtype, value_shape, trainable,
+                lambda b: init_obj.build(b, value_shape, dtype), "get_variable",
+                init_obj.describe()))
+            return RemoteVariable(self, full, dtype, tuple(value_shape), trainable)
 
-        return self.naming.get_variable(
+        var = self.naming.get_variable(
             name, shape, dtype if dtype != dtypes.float32 or shape is not None else None,
-            create, find_elsewhere=self._find, describe=lambda v: (v.shape, v.dtype))
+            create, find_elsewhere=lambda _: found, describe=lambda v: (v.shape, v.dtype))
+        if creation:
+            try:
+                created = yield from creation[0]
+            except BaseException:
+                self.naming.shared.pop(full, None)
+                raise
+            self.naming.shared[full] = created
+            return created
+        return var
 
-    def _create(self, full: str, dtype: DType, shape: Sequence[int], trainable: bool,
-                initializer: Callable[[RequestBuilder], int], created_by: str,
-                description: str) -> RemoteVariable:
+    def _create_steps(self, full: str, dtype: DType, shape: Sequence[int], trainable: bool,
+                      initializer: Callable[[RequestBuilder], int], created_by: str,
+                      description: str) -> Steps:
         """Creates ``full`` initialized (uninitialized when deferred), or binds to it."""
         b = RequestBuilder()
         b.variable(full, dtype, shape, trainable,
                    initializer=None if self._deferred else initializer(b),
                    created_by=created_by, initializer_desc=description)
-        _, infos = self.run(b)
+        _, infos = yield b, 0
         var = self._handle(infos[0])
         var._initializer = initializer
         return var
@@ -298,39 +304,106 @@ class Client:
         finally:
             self._deferred = previous
 
-    def _find(self, full: str) -> RemoteVariable | None:
+    def _find_steps(self, full: str) -> Steps:
         """The server's variable ``full``, or None when it has none."""
-        if not self.naming.var_scope.reuse:
-            return None
         b = RequestBuilder()
         b.variable(full, dtypes.float32, (), bind_only=True)
         try:
-            _, infos = self.run(b)
+            _, infos = yield b, 0
         except NotFoundError:
             return None
         return self._handle(infos[0])
+
+    def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
+        """The values of ``variables``, read in one round trip."""
+        return self._drive(self._pull_steps(list(variables)))
+
+    def _pull_steps(self, variables: list[RemoteVariable]) -> Steps:
+        b = RequestBuilder()
+        for v in variables:
+            b.fetch(b.node("read", variable=v.op_name))
+        values, _ = yield b, sum(v._nbytes() for v in variables)
+        return values
+
+    def push(self, values: Mapping[RemoteVariable, Any]) -> None:
+        """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
+        return self._drive(self._push_steps(values))
+
+    def _push_steps(self, values: Mapping[RemoteVariable, Any]) -> Steps:
+        b = RequestBuilder()
+        for var, value in values.items():
+            array = var._value(value)
+            b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
+        yield b, 0
+
+
+class Client(ClientBase):
+    """A connection to a varstore server, with its own TF-style naming state.
+
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, address: str | None = None, *, token: str | None = None,
+                 tls: Any = None, timeout: float | None = None) -> None:
+        super().__init__()
+        self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
+        self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
+        self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
+        self.run_stream = self.transport.channel.stream_stream(
+            RUN_STREAM_METHOD, request_serializer=convert.serialize_chunk,
+            response_deserializer=convert.parse_chunk)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
+        """Sends one request; returns the fetched arrays and the variables' infos.
+
+        Requests or expected responses past one message go through the chunked stream.
+        """
+        stream = max(builder.payload_bytes(), expect_bytes) > convert.STREAM_THRESHOLD
+        request, payloads = builder.build(stream)
+        if not stream:
+            response = self.transport.call(self.stub.Run, request)
+            values = [convert.tensor_from_proto(t) for t in response.values]
+            return values, list(response.variables)
+        chunks = convert.split_chunks(pb.RunChunk(request=request), payloads)
+        replies = self.transport.call(self.run_stream, chunks)
+        try:
+            header, arrays = convert.join_chunks(iter(replies), "response", 1 << 62)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+        values = [a if a is not None else convert.tensor_from_proto(t)
+                  for t, a in zip(header.values, arrays, strict=True)]
+        return values, list(header.variables)
+
+    def _drive(self, steps: Steps) -> Any:
+        try:
+            request = next(steps)
+            while True:
+                try:
+                    reply = self.run(*request)
+                except OpError as e:
+                    request = steps.throw(e)
+                else:
+                    request = steps.send(reply)
+        except StopIteration as done:
+            return done.value
 
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on the server (all, or those under ``scope``), sorted by name."""
         response = self.transport.call(self.stub.ListVariables,
                                        pb.ListVariablesRequest(scope=scope or ""))
         return [VariableInfo.from_proto(v) for v in response.variables]
-
-    def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
-        """The values of ``variables``, read in one round trip."""
-        variables = list(variables)
-        b = RequestBuilder()
-        for v in variables:
-            b.fetch(b.node("read", variable=v.op_name))
-        return self.run(b, expect_bytes=sum(v._nbytes() for v in variables))[0]
-
-    def push(self, values: Mapping[RemoteVariable, Any]) -> None:
-        """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
-        b = RequestBuilder()
-        for var, value in values.items():
-            array = var._value(value)
-            b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
-        self.run(b)
 
     def wait_initialized(self, names: Sequence[str] = (), timeout: float = 60.0) -> list[str]:
         """Blocks until the named variables (all when empty) are initialized on the server or
