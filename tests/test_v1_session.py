@@ -237,3 +237,32 @@ def test_graphs_have_their_own_names_and_reset(fresh_graph: tf.Graph) -> None:
     assert first.op.type == "VariableV2"
     with pytest.raises(KeyError, match="refers to an Operation not in the graph"):
         fresh_graph.get_operation_by_name("nothere")
+
+
+def test_initializers_in_graph_mode(address: str) -> None:
+    z = tf.zeros_initializer()([2, 2], dtype=tf.int32)
+    c = tf.constant_initializer([1.0, 2.0])([2])
+    lam = tf.get_variable("lam", [3], initializer=lambda shape, dtype: tf.ones(shape, dtype) * 4)
+    from_fn = tf.Variable(lambda: tf.fill([2], 9), name="from_fn")
+    glorot = tf.get_variable("glorot", [40, 60])
+    ints = tf.get_variable("ints", [2], dtype=tf.int64)
+    assert (z.name, c.name, z.dtype) == ("zeros:0", "Const:0", tf.int32)
+    assert from_fn.initial_value.name == "from_fn/Initializer/Fill:0"
+    with tf.Session(address) as sess:
+        sess.run(tf.global_variables_initializer())
+        assert sess.run(z).tolist() == [[0, 0], [0, 0]] and sess.run(c).tolist() == [1.0, 2.0]
+        assert lam.eval().tolist() == [4.0] * 3 and from_fn.eval().tolist() == [9, 9]
+        g = glorot.eval()
+        assert np.abs(g).max() <= np.sqrt(6 / 100) and g.std() > 0
+        assert ints.eval().tolist() == [0, 0] and ints.dtype == tf.int64
+    with vs.connect(address) as client:
+        infos = {v.name: v for v in client.list_variables()}
+    assert infos["lam"].created_by == "get_variable" and infos["from_fn"].created_by == "Variable"
+    assert infos["glorot"].initializer.startswith("glorot_uniform_initializer")
+
+
+def test_duplicate_op_names_are_refused() -> None:
+    tf.constant(1, name="a")
+    assert tf.constant(2, name="a").name == "a_1:0"
+    with pytest.raises(ValueError, match="Duplicate node name in graph: 'a'"):
+        tf.constant(3, name="a/")

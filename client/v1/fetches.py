@@ -31,14 +31,13 @@ class FetchStructure:
         return self._rebuild(values)
 
     def _flatten(self, fetch: Any) -> Rebuild:
+        kind: Any = type(fetch)
         if isinstance(fetch, Mapping):
             keys = list(fetch)
             parts = [self._flatten(fetch[k]) for k in keys]
-            kind = type(fetch)
             return lambda values: kind((k, p(values)) for k, p in zip(keys, parts, strict=True))
         if isinstance(fetch, list | tuple):
             parts = [self._flatten(f) for f in fetch]
-            kind = type(fetch)
             if hasattr(fetch, "_fields"):
                 return lambda values: kind(*(p(values) for p in parts))
             return lambda values: kind(p(values) for p in parts)

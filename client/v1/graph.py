@@ -10,6 +10,7 @@ as in TF.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -185,12 +186,11 @@ class Graph:
     @contextlib.contextmanager
     def as_default(self) -> Iterator[Graph]:
         """Makes this graph the default graph inside the ``with`` block."""
-        stack = _graph_stack()
-        stack.append(self)
+        _stacks.graphs.append(self)
         try:
             yield self
         finally:
-            stack.pop()
+            _stacks.graphs.pop()
 
     # --- names -----------------------------------------------------------------------------
 
@@ -211,7 +211,9 @@ class Graph:
                   attrs: dict[str, Any] | None = None) -> Operation:
         """Adds an operation named exactly ``name`` (already made unique) with one output of
         ``dtype`` and ``shape``, or none when ``dtype`` is None; ``attrs`` are the server op's
-        attributes. Returns the operation."""
+        attributes. Returns the operation; raises ``ValueError`` when ``name`` is taken."""
+        if name in self._ops:
+            raise ValueError(f"Duplicate node name in graph: '{name}'")
         for t in inputs:
             if t.graph is not self:
                 raise ValueError(f"Tensor {t} must be from the same graph as the operation "
@@ -314,12 +316,12 @@ class Graph:
         self._collections.setdefault(name, []).append(value)
 
     def get_collection(self, name: str, scope: str | None = None) -> list[Any]:
-        """A copy of the collection ``name``; with ``scope``, only items whose name starts
-        with it."""
+        """A copy of the collection ``name``; with ``scope``, only items whose name matches
+        it (``re.match``, as TF)."""
         items = list(self._collections.get(name, []))
         if scope is None:
             return items
-        return [v for v in items if getattr(v, "name", "").startswith(scope)]
+        return [v for v in items if re.match(scope, getattr(v, "name", ""))]
 
 
 # --- default graph and session -------------------------------------------------------------
@@ -332,10 +334,6 @@ class _ThreadStacks(threading.local):
 
 _stacks = _ThreadStacks()
 _global_graph = Graph()
-
-
-def _graph_stack() -> list[Graph]:
-    return _stacks.graphs
 
 
 def get_default_graph() -> Graph:

@@ -125,9 +125,10 @@ def broadcast(a: TensorShape, b: TensorShape, name: str, op_type: str) -> Tensor
     """The shape of an elementwise op on ``a`` and ``b``; raises TF's ``ValueError``."""
     if a.dims is None or b.dims is None:
         return TensorShape(None)
-    x, y = a.dims, b.dims
-    n = max(len(x), len(y))
-    x, y = [1] * (n - len(x)) + x, [1] * (n - len(y)) + y
+    n = max(len(a.dims), len(b.dims))
+    ones: list[Dim] = [1] * n
+    x = ones[:n - len(a.dims)] + a.dims
+    y = ones[:n - len(b.dims)] + b.dims
     out: list[Dim] = []
     for p, q in zip(x, y, strict=True):
         if p == 1:
