@@ -469,7 +469,7 @@ class _Tally:
 
 
 def _progress_stream(job: Callable[[ProgressSink], str]) -> Iterator[pb.CheckpointProgress]:
-    """Runs ``job`` on its own thread and yields its progress as it goes, then a last message
+    """Runs ``job`` on its own thread and yields its progress reports, then a last message
     with ``done`` and the path ``job`` returned; re-raises what ``job`` raised. A client that
     goes away does not stop the job: a checkpoint operation, once started, completes."""
     relay = _Relay()
@@ -479,21 +479,19 @@ def _progress_stream(job: Callable[[ProgressSink], str]) -> Iterator[pb.Checkpoi
 
 
 class _Relay:
-    """Hands a job's progress from the job's thread to the RPC's thread. Reports that come
-    faster than the client takes them are coalesced: the RPC sends the newest."""
+    """Hands a job's progress reports from the job's thread to the RPC's thread, every one
+    of them (:class:`_Tally` keeps them few), without ever making the job wait."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._latest = Progress()
-        self._fresh = False
+        self._pending: deque[Progress] = deque()
         self._finished = False
         self._path = ""
         self._error: BaseException | None = None
 
     def report(self, progress: Progress) -> None:
         with self._cond:
-            self._latest = progress
-            self._fresh = True
+            self._pending.append(progress)
             self._cond.notify_all()
 
     def run(self, job: Callable[[ProgressSink], str]) -> None:
@@ -507,16 +505,19 @@ class _Relay:
             self._cond.notify_all()
 
     def messages(self) -> Iterator[pb.CheckpointProgress]:
+        last = Progress()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._fresh or self._finished)
-                progress, finished, self._fresh = self._latest, self._finished, False
+                self._cond.wait_for(lambda: bool(self._pending) or self._finished)
+                reports, finished = list(self._pending), self._finished
+                self._pending.clear()
+            for last in reports:
+                yield _progress_message(last)
             if finished:
                 break
-            yield _progress_message(progress)
         if self._error is not None:
             raise self._error
-        yield _progress_message(progress, path=self._path, done=True)
+        yield _progress_message(last, path=self._path, done=True)
 
 
 def _progress_message(p: Progress, path: str = "", done: bool = False) -> pb.CheckpointProgress:
