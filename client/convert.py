@@ -223,61 +223,88 @@ def split_chunks(header: pb.RunChunk, payloads: Sequence[bytes | memoryview],
         yield data_frame(parts)
 
 
-def join_chunks(chunks: Iterator[pb.RunChunk | DataChunk], field: str, limit: int
-                ) -> tuple[Any, list[np.ndarray | None]]:
-    """Reads a chunked message: returns its header (``request`` or ``response``) and, for each
-    of its tensors, the decoded array of streamed ones (None for inline ones).
+class ChunkReader:
+    """Reassembles a chunked message fed one chunk at a time (by a blocking or an async loop).
 
-    Raises ``InvalidArgumentError`` when the stream is malformed or its sizes disagree with
-    the tensors' shapes, and ``ResourceExhaustedError`` when it declares more than ``limit``
-    bytes (checked before anything is allocated).
+    The first chunk is the header (``request`` or ``response``); the tensors it marks as
+    streamed are filled from the data chunks that follow, in order.
     """
-    try:
-        first = next(chunks)
-    except StopIteration:
-        raise InvalidArgumentError("empty stream") from None
-    if isinstance(first, DataChunk):
-        raise InvalidArgumentError("stream does not start with a header chunk")
-    header = getattr(first, field)
-    tensors = header.tensors if field == "request" else header.values
-    declared = 0
-    for t in tensors:
-        if t.streamed_bytes < 0 or (t.streamed_bytes and t.content):
-            raise InvalidArgumentError("malformed streamed tensor")
-        dtype = dtype_from_proto(t.dtype)
-        if t.streamed_bytes and not dtype.is_string:
-            expected = num_elements(shape_from_proto(t.shape)) * dtype.itemsize
-            if t.streamed_bytes != expected:
-                raise InvalidArgumentError(
-                    f"tensor of dtype {dtype.name} and shape {list(t.shape)} needs {expected} "
-                    f"bytes, header declares {t.streamed_bytes}")
-        declared += t.streamed_bytes
-    if declared > limit:
-        raise ResourceExhaustedError(
-            f"request of {declared} bytes exceeds the limit of {limit} bytes")
-    # numpy buffers rather than bytearrays: numpy asks the kernel for huge pages on large
-    # allocations, which makes filling fresh memory several times cheaper.
-    pending = [(i, np.empty(t.streamed_bytes, np.uint8)) for i, t in enumerate(tensors)
-               if t.streamed_bytes]
-    arrays: list[np.ndarray | None] = [None] * len(tensors)
-    bufs = iter(pending)
-    current = next(bufs, None)
-    filled = 0
-    for chunk in chunks:
+
+    def __init__(self, field: str, limit: int) -> None:
+        self.field = field
+        self.limit = limit
+        self.header: Any = None
+        self._tensors: Any = None
+        self._arrays: list[np.ndarray | None] = []
+        self._pending: Iterator[tuple[int, np.ndarray]] = iter(())
+        self._current: tuple[int, np.ndarray] | None = None
+        self._filled = 0
+
+    def feed(self, chunk: pb.RunChunk | DataChunk) -> None:
+        """Takes the next chunk. Raises ``InvalidArgumentError`` when the stream is malformed
+        or its sizes disagree with the tensors' shapes, and ``ResourceExhaustedError`` when the
+        header declares more than ``limit`` bytes (checked before anything is allocated)."""
+        if self.header is None:
+            self._start(chunk)
+            return
         data = memoryview(chunk.data)
         while len(data):
-            if current is None:
+            if self._current is None:
                 raise InvalidArgumentError("stream carries more bytes than its header declares")
-            index, buf = current
-            take = min(len(data), len(buf) - filled)
+            index, buf = self._current
+            take = min(len(data), len(buf) - self._filled)
             # A memoryview copy keeps the GIL (numpy's would drop and retake it per chunk,
             # waiting on gRPC's threads each time).
-            memoryview(buf)[filled:filled + take] = data[:take]
+            memoryview(buf)[self._filled:self._filled + take] = data[:take]
             data = data[take:]
-            filled += take
-            if filled == len(buf):
-                arrays[index] = tensor_from_proto(tensors[index], buf)
-                current, filled = next(bufs, None), 0
-    if current is not None:
-        raise InvalidArgumentError("stream ended before all tensor bytes arrived")
-    return header, arrays
+            self._filled += take
+            if self._filled == len(buf):
+                self._arrays[index] = tensor_from_proto(self._tensors[index], buf)
+                self._current, self._filled = next(self._pending, None), 0
+
+    def _start(self, first: pb.RunChunk | DataChunk) -> None:
+        if isinstance(first, DataChunk):
+            raise InvalidArgumentError("stream does not start with a header chunk")
+        header = getattr(first, self.field)
+        tensors = header.tensors if self.field == "request" else header.values
+        declared = 0
+        for t in tensors:
+            if t.streamed_bytes < 0 or (t.streamed_bytes and t.content):
+                raise InvalidArgumentError("malformed streamed tensor")
+            dtype = dtype_from_proto(t.dtype)
+            if t.streamed_bytes and not dtype.is_string:
+                expected = num_elements(shape_from_proto(t.shape)) * dtype.itemsize
+                if t.streamed_bytes != expected:
+                    raise InvalidArgumentError(
+                        f"tensor of dtype {dtype.name} and shape {list(t.shape)} needs "
+                        f"{expected} bytes, header declares {t.streamed_bytes}")
+            declared += t.streamed_bytes
+        if declared > self.limit:
+            raise ResourceExhaustedError(
+                f"request of {declared} bytes exceeds the limit of {self.limit} bytes")
+        self.header, self._tensors = header, tensors
+        self._arrays = [None] * len(tensors)
+        # numpy buffers rather than bytearrays: numpy asks the kernel for huge pages on large
+        # allocations, which makes filling fresh memory cheaper.
+        self._pending = iter([(i, np.empty(t.streamed_bytes, np.uint8))
+                              for i, t in enumerate(tensors) if t.streamed_bytes])
+        self._current = next(self._pending, None)
+
+    def result(self) -> tuple[Any, list[np.ndarray | None]]:
+        """The header and, per tensor, the decoded array of streamed ones (None for inline
+        ones); raises ``InvalidArgumentError`` when the stream ended early."""
+        if self.header is None:
+            raise InvalidArgumentError("empty stream")
+        if self._current is not None:
+            raise InvalidArgumentError("stream ended before all tensor bytes arrived")
+        return self.header, self._arrays
+
+
+def join_chunks(chunks: Iterable[pb.RunChunk | DataChunk], field: str, limit: int
+                ) -> tuple[Any, list[np.ndarray | None]]:
+    """Reads a whole chunked message with a :class:`ChunkReader`; returns its header and the
+    streamed tensors' arrays (None for inline ones)."""
+    reader = ChunkReader(field, limit)
+    for chunk in chunks:
+        reader.feed(chunk)
+    return reader.result()

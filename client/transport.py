@@ -59,7 +59,8 @@ class Transport:
     """One gRPC channel with the client's token, TLS, deadlines and retry policy."""
 
     def __init__(self, address: str, *, token: str | None = None, tls: Any = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, aio: bool = False) -> None:
+        """With ``aio``, the channel is a ``grpc.aio`` one (for ``varstore.aio``)."""
         self.address = address
         self.timeout = timeout
         token = token or os.environ.get("VARSTORE_TOKEN")
@@ -73,13 +74,15 @@ class Transport:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
+        channels: Any = grpc.aio if aio else grpc
         if tls:
             config = tls if isinstance(tls, TLSConfig) else TLSConfig()
             if config.server_name:
                 options.append(("grpc.ssl_target_name_override", config.server_name))
-            self.channel = grpc.secure_channel(address, config.credentials(), options=options)
+            self.channel = channels.secure_channel(address, config.credentials(),
+                                                   options=options)
         else:
-            self.channel = grpc.insecure_channel(address, options=options)
+            self.channel = channels.insecure_channel(address, options=options)
 
     def close(self) -> None:
         """Closes the channel."""
@@ -87,13 +90,21 @@ class Transport:
 
     def wait_ready(self) -> None:
         """Waits until the server answers; raises ``UnavailableError`` naming the address."""
-        wait = self.timeout if self.timeout is not None else DEFAULT_CONNECT_TIMEOUT
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=wait)
+            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
-            raise UnavailableError(
-                f"cannot reach a varstore server at {self.address} within {wait:g}s "
-                f"(is `varstore serve` running there?)") from None
+            raise self.unreachable() from None
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to wait for the server when connecting."""
+        return self.timeout if self.timeout is not None else DEFAULT_CONNECT_TIMEOUT
+
+    def unreachable(self) -> UnavailableError:
+        """The error for a server that did not answer within :attr:`connect_timeout`."""
+        return UnavailableError(
+            f"cannot reach a varstore server at {self.address} within "
+            f"{self.connect_timeout:g}s (is `varstore serve` running there?)")
 
     def call(self, method: Callable[..., Any], request: Any, *,
              timeout: float | None = None, idempotent: bool | None = None) -> Any:
@@ -112,7 +123,7 @@ class Transport:
                 if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
                     time.sleep(BACKOFF_SECONDS * 2 ** attempt)
                     continue
-                raise self._error(e) from e
+                raise self.error(e) from e
         raise AssertionError("unreachable")
 
     def iterate(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
@@ -120,9 +131,10 @@ class Transport:
         try:
             yield from method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as e:
-            raise self._error(e) from e
+            raise self.error(e) from e
 
-    def _error(self, e: grpc.RpcError) -> Exception:
+    def error(self, e: grpc.RpcError) -> Exception:
+        """The varstore error for a failed call (UNAVAILABLE names the address)."""
         error = from_rpc_error(e)
         if isinstance(error, UnavailableError):
             error = UnavailableError(f"varstore server at {self.address} is unavailable: "
