@@ -266,3 +266,14 @@ def test_duplicate_op_names_are_refused() -> None:
     assert tf.constant(2, name="a").name == "a_1:0"
     with pytest.raises(ValueError, match="Duplicate node name in graph: 'a'"):
         tf.constant(3, name="a/")
+
+
+def test_constant_with_a_shape(address: str) -> None:
+    filled = tf.constant(1.5, shape=[2, 2])
+    reshaped = tf.constant([1, 2, 3, 4], shape=[2, 2])
+    with pytest.raises(ValueError, match=r"Cannot make a tensor of shape \(2, 2\) from 3 "
+                                         r"elements"):
+        tf.constant([1, 2, 3], shape=[2, 2])
+    with tf.Session(address) as sess:
+        assert sess.run(filled).tolist() == [[1.5, 1.5]] * 2
+        assert sess.run(reshaped).tolist() == [[1, 2], [3, 4]]

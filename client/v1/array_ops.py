@@ -64,8 +64,8 @@ def _check_python_value(value: Any, dtype: DType) -> None:
 def constant(value: Any, dtype: Any = None, shape: Any = None, name: str = "Const") -> Tensor:
     """A tensor holding ``value``, sent with the request that needs it.
 
-    With ``shape``, a scalar is broadcast and a value with as many elements is reshaped.
-    Raises ``TypeError`` when ``value`` does not fit ``dtype``.
+    With ``shape``, a scalar is broadcast and a value with as many elements is reshaped
+    (``ValueError`` otherwise). Raises ``TypeError`` when ``value`` does not fit ``dtype``.
     """
     if dtype is None:
         dtype = infer_dtype(value)
@@ -81,9 +81,7 @@ def constant(value: Any, dtype: Any = None, shape: Any = None, name: str = "Cons
         elif array.size == count:
             array = array.reshape(target)
         else:
-            raise ValueError(f"Too many elements provided. Takes at most {count}, but got "
-                             f"{array.size}" if array.size > count else
-                             f"Cannot make a tensor of shape {target} from {array.size} "
+            raise ValueError(f"Cannot make a tensor of shape {target} from {array.size} "
                              f"elements")
     with op_scope(name, "Const") as (graph, op_name):
         return graph.create_op(op_name, "Const", "const", (), dtype, array.shape,
