@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -60,20 +60,35 @@ class Slot:
     value: float = 0.0
 
 
+@dataclass(frozen=True)
+class NonSlot:
+    """A scalar shared by all variables (Adam's ``beta1_power``): created with the first
+    variable's dtype at the value of hyperparameter ``hyper``, and multiplied by it once
+    after every step."""
+
+    name: str
+    hyper: str
+
+
+# A node of whatever graph an optimizer step is built into (request node, v1 tensor).
+N = TypeVar("N")
+
+
 class Optimizer:
     """Base class of the server-side optimizers.
 
     A subclass names its kernel (``op``; the sparse one is ``"sparse_" + op``), its slots, its
-    scalar hyperparameters, and lays out its kernel's inputs like TensorFlow's training op.
-    Subclasses take TensorFlow's arguments; ``use_locking`` is accepted for compatibility, as
-    every update is atomic on the server anyway.
+    hyperparameters, and lays out its kernel's inputs like TensorFlow's training op; the same
+    definition builds eager requests (:meth:`build`) and ``varstore.v1`` graphs. Subclasses
+    take TensorFlow's arguments; ``use_locking`` is accepted for compatibility, as every
+    update is atomic on the server anyway.
     """
 
     op = ""
 
-    def __init__(self, name: str, **hyper: float) -> None:
+    def __init__(self, name: str, **hyper: Any) -> None:
         self._name = name
-        self._hyper = {key: float(value) for key, value in hyper.items()}
+        self._hyper = hyper
         self._scope: str | None = None
 
     def get_name(self) -> str:
@@ -84,27 +99,20 @@ class Optimizer:
         """The slots each trained variable gets on the server."""
         return []
 
-    def non_slot_variables(self) -> list[tuple[str, float]]:
-        """Shared scalars (name, initial value), created with the first variable's dtype."""
+    def non_slots(self) -> list[NonSlot]:
+        """The shared scalars the optimizer keeps on the server."""
         return []
 
-    def slot_names(self, variable: str) -> list[str]:
-        """Full names of the slot variables of ``variable`` (a full variable name)."""
-        return [f"{variable}/{slot.suffix}" for slot in self.slots()]
-
-    def _inputs(self, slots: list[int], shared: dict[str, int], grad: int,
-                indices: int | None) -> list[int]:
+    def _inputs(self, slots: list[N], shared: Mapping[str, N], grad: N,
+                indices: N | None) -> list[N]:
+        """The kernel's inputs after the variable: slot refs, ``shared`` (hyperparameters and
+        non-slot refs by name), the gradient, and ``indices`` for the sparse kernel."""
         raise NotImplementedError
-
-    def _finish(self, b: RequestBuilder, shared: dict[str, int], dtype: DType,
-                updates: list[int]) -> list[int]:
-        """Nodes run once after all updates (Adam's beta powers); returns them."""
-        return []
 
     def build(self, b: RequestBuilder, grads: Sequence[tuple[Trainable, GradientNodes]],
               global_step: str | None = None, scope: str = "") -> int:
         """Adds one optimizer step to ``b``: slot variables (created where missing), one update
-        per variable, the finishing nodes, then ``global_step``'s increment.
+        per variable, the non-slot updates, then ``global_step``'s increment.
 
         Non-slot variables are created under the name scope ``scope`` the first time and keep
         that scope. Returns the node to fetch: the global step after the step, or a no-op.
@@ -115,27 +123,32 @@ class Optimizer:
             self._scope = scope
         first = min((var for var, _ in grads), key=lambda v: v.op_name)
         shared: dict[str, int] = {}
-        for name, value in self.non_slot_variables():
-            full = f"{self._scope}/{name}" if self._scope else name
-            init = initializers.constant_initializer(value)
+        non_slots = {}
+        for non_slot in self.non_slots():
+            full = f"{self._scope}/{non_slot.name}" if self._scope else non_slot.name
+            init = initializers.constant_initializer(self._hyper[non_slot.hyper])
             b.variable(full, first.dtype, (), trainable=False,
                        initializer=init.build(b, (), first.dtype), created_by="optimizer",
                        initializer_desc=init.describe())
-            shared[name] = b.node("ref", variable=full)
+            shared[non_slot.name] = b.node("ref", variable=full)
+            non_slots[full] = non_slot
         consts: dict[tuple[str, DType], int] = {}
+
+        def const(key: str, dtype: DType) -> int:
+            if (key, dtype) not in consts:
+                consts[key, dtype] = b.const(dtypes.to_numpy(self._hyper[key], dtype), dtype)
+            return consts[key, dtype]
+
         updates = []
         for var, grad in grads:
-            for key, value in self._hyper.items():
-                if (key, var.dtype) not in consts:
-                    consts[key, var.dtype] = b.const(dtypes.to_numpy(value, var.dtype),
-                                                     var.dtype)
-                shared[key] = consts[key, var.dtype]
+            shared.update({key: const(key, var.dtype) for key in self._hyper})
             slots = [self._slot(b, var, slot) for slot in self.slots()]
             grad_node, indices = (grad[1], grad[0]) if isinstance(grad, tuple) else (grad, None)
             op = self.op if indices is None else f"sparse_{self.op}"
             updates.append(b.node(op, self._inputs(slots, shared, grad_node, indices),
                                   variable=var.op_name, **self._attrs()))
-        finish = self._finish(b, shared, first.dtype, updates)
+        finish = [b.node("assign_mul", [const(non_slot.hyper, first.dtype), *updates],
+                         variable=full) for full, non_slot in non_slots.items()]
         if global_step is None:
             return b.node("no_op", control_inputs=updates + finish)
         return b.node("increment", updates, variable=global_step, control_inputs=finish)
@@ -171,8 +184,8 @@ class GradientDescentOptimizer(Optimizer):
                  name: str = "GradientDescent") -> None:
         super().__init__(name, lr=learning_rate)
 
-    def _inputs(self, slots: list[int], shared: dict[str, int], grad: int,
-                indices: int | None) -> list[int]:
+    def _inputs(self, slots: list[N], shared: Mapping[str, N], grad: N,
+                indices: N | None) -> list[N]:
         return [shared["lr"], grad, *_opt(indices)]
 
 
@@ -193,8 +206,8 @@ class MomentumOptimizer(Optimizer):
     def _attrs(self) -> dict[str, Any]:
         return {"use_nesterov": self.use_nesterov}
 
-    def _inputs(self, slots: list[int], shared: dict[str, int], grad: int,
-                indices: int | None) -> list[int]:
+    def _inputs(self, slots: list[N], shared: Mapping[str, N], grad: N,
+                indices: N | None) -> list[N]:
         return [slots[0], shared["lr"], grad, *_opt(indices), shared["momentum"]]
 
 
@@ -215,8 +228,8 @@ class AdagradOptimizer(Optimizer):
     def slots(self) -> list[Slot]:
         return [Slot(self._name, self.initial_accumulator_value)]
 
-    def _inputs(self, slots: list[int], shared: dict[str, int], grad: int,
-                indices: int | None) -> list[int]:
+    def _inputs(self, slots: list[N], shared: Mapping[str, N], grad: N,
+                indices: N | None) -> list[N]:
         return [slots[0], shared["lr"], grad, *_opt(indices)]
 
 
@@ -234,28 +247,16 @@ class AdamOptimizer(Optimizer):
     def slots(self) -> list[Slot]:
         return [Slot(self._name), Slot(f"{self._name}_1")]
 
-    def non_slot_variables(self) -> list[tuple[str, float]]:
-        return [("beta1_power", self._hyper["beta1"]), ("beta2_power", self._hyper["beta2"])]
+    def non_slots(self) -> list[NonSlot]:
+        return [NonSlot("beta1_power", "beta1"), NonSlot("beta2_power", "beta2")]
 
-    def _inputs(self, slots: list[int], shared: dict[str, int], grad: int,
-                indices: int | None) -> list[int]:
+    def _inputs(self, slots: list[N], shared: Mapping[str, N], grad: N,
+                indices: N | None) -> list[N]:
         return [*slots, shared["beta1_power"], shared["beta2_power"], shared["lr"],
                 shared["beta1"], shared["beta2"], shared["epsilon"], grad, *_opt(indices)]
 
-    def _finish(self, b: RequestBuilder, shared: dict[str, int], dtype: DType,
-                updates: list[int]) -> list[int]:
-        out = []
-        for power, beta in (("beta1_power", "beta1"), ("beta2_power", "beta2")):
-            factor = b.const(dtypes.to_numpy(self._hyper[beta], dtype), dtype)
-            out.append(b.node("assign_mul", [factor, *updates],
-                              variable=self._power_name(power)))
-        return out
 
-    def _power_name(self, name: str) -> str:
-        return f"{self._scope}/{name}" if self._scope else name
-
-
-def _opt(node: int | None) -> list[int]:
+def _opt(node: N | None) -> list[N]:
     return [] if node is None else [node]
 
 
@@ -286,9 +287,6 @@ class SyncReplicasOptimizer(Optimizer):
         self.replicas_to_aggregate = int(replicas_to_aggregate)
         self.timeout = float(timeout)
         self.stale_gradients = 0
-
-    def slot_names(self, variable: str) -> list[str]:
-        return self.optimizer.slot_names(variable)
 
     def _run(self, client: Client, b: RequestBuilder,
              grads: list[tuple[Trainable, GradientNodes]], global_step: str | None,
