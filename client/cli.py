@@ -68,16 +68,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _progress_bar(label: str) -> Callable[[object], None]:
+    interactive = sys.stderr.isatty()
+
     def show(p: object) -> None:
         total = getattr(p, "bytes_total", 0) or 1
         done = getattr(p, "bytes_done", 0)
         width = 30
         filled = int(width * done / total)
         tensors = f"{getattr(p, 'tensors_done', 0)}/{getattr(p, 'tensors_total', 0)}"
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {tensors} tensors")
-        if getattr(p, "done", False):
-            sys.stderr.write("\n")
+        finished = getattr(p, "done", False)
+        # On a terminal the bar redraws in place; in a log each update is a line of its own.
+        start = "\r" if interactive else ""
+        end = "\n" if finished or not interactive else ""
+        sys.stderr.write(f"{start}{label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {tensors} tensors{end}")
         sys.stderr.flush()
     return show
 
