@@ -59,14 +59,11 @@ class PidFile:
         os.pwrite(self._fd, f"{pid}\n".encode(), 0)
         os.fsync(self._fd)
 
-    def release(self) -> None:
-        """Removes the pidfile and drops the lock."""
-        if self._fd is None:
-            return
-        if _same_file(self._fd, self.path):
+    def remove(self) -> None:
+        """Removes the pidfile (the process is exiting). The lock is kept: the system drops it
+        when the process has exited, which is what ``varstore stop`` waits for."""
+        if self._fd is not None and _same_file(self._fd, self.path):
             self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
 
 
 class ServeProcess:
@@ -118,9 +115,9 @@ class ServeProcess:
         self.close()
 
     def close(self) -> None:
-        """Releases the pidfile (the server is exiting)."""
+        """Removes the pidfile (the server is exiting)."""
         if self.pidfile is not None:
-            self.pidfile.release()
+            self.pidfile.remove()
 
     def _report(self, code: int, message: str) -> None:
         if self._report_fd is not None:
@@ -201,7 +198,7 @@ def stop(pidfile: Path, timeout: float) -> int:
         except OSError as e:
             raise DaemonError(f"cannot signal pid {pid} from {path}: {e.strerror}") from None
         deadline = time.monotonic() + timeout
-        while not _try_lock(fd):
+        while not (_try_lock(fd) and _exited(pid)):
             if time.monotonic() > deadline:
                 raise DaemonError(f"the server (pid {pid}) did not stop within {timeout:g}s")
             time.sleep(POLL_SECONDS)
@@ -218,6 +215,20 @@ def _try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A zombie has exited but still answers kill(pid, 0).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _read_pid(fd: int) -> int | None:
