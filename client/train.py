@@ -54,8 +54,10 @@ GradientNodes = int | tuple[int, int]
 
 @dataclass(frozen=True)
 class Slot:
-    """A per-variable slot, named ``<variable>/<suffix>`` and created filled with ``value``."""
+    """A per-variable slot, named ``<variable>/<suffix>`` and created filled with ``value``;
+    ``key`` is TensorFlow's name for it (``get_slot(var, "m")``)."""
 
+    key: str
     suffix: str
     value: float = 0.0
 
@@ -201,7 +203,7 @@ class MomentumOptimizer(Optimizer):
         self.use_nesterov = use_nesterov
 
     def slots(self) -> list[Slot]:
-        return [Slot(self._name)]
+        return [Slot("momentum", self._name)]
 
     def _attrs(self) -> dict[str, Any]:
         return {"use_nesterov": self.use_nesterov}
@@ -226,7 +228,7 @@ class AdagradOptimizer(Optimizer):
         self.initial_accumulator_value = float(initial_accumulator_value)
 
     def slots(self) -> list[Slot]:
-        return [Slot(self._name, self.initial_accumulator_value)]
+        return [Slot("accumulator", self._name, self.initial_accumulator_value)]
 
     def _inputs(self, slots: list[N], shared: Mapping[str, N], grad: N,
                 indices: N | None) -> list[N]:
@@ -245,7 +247,7 @@ class AdamOptimizer(Optimizer):
         super().__init__(name, lr=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon)
 
     def slots(self) -> list[Slot]:
-        return [Slot(self._name), Slot(f"{self._name}_1")]
+        return [Slot("m", self._name), Slot("v", f"{self._name}_1")]
 
     def non_slots(self) -> list[NonSlot]:
         return [NonSlot("beta1_power", "beta1"), NonSlot("beta2_power", "beta2")]
@@ -441,14 +443,16 @@ class CheckpointSaver:
     as TensorFlow's ``CheckpointSaverHook``; only the chief should have one.
 
     ``checkpoint_dir`` is a folder inside the server's checkpoint folder (its root by
-    default), the one :func:`initialize_or_restore` restores from.
+    default), the one :func:`initialize_or_restore` restores from. ``var_list`` is what
+    ``client.save`` takes (None: every variable on the server).
     """
 
     def __init__(self, client: Client, checkpoint_dir: str | None = None,
                  save_secs: float = 600.0, checkpoint_basename: str = "model.ckpt",
-                 max_to_keep: int = 5) -> None:
+                 max_to_keep: int = 5, var_list: Any = None) -> None:
         self.client = client
         self.save_secs = save_secs
+        self.var_list = var_list
         self.prefix = f"{checkpoint_dir}/{checkpoint_basename}" if checkpoint_dir \
             else checkpoint_basename
         self.max_to_keep = max_to_keep
@@ -463,7 +467,8 @@ class CheckpointSaver:
 
     def save(self, step: int) -> str:
         """Saves ``prefix-step`` now; returns its path. Raises the server's errors."""
-        path = self.client.save(self.prefix, global_step=step, max_to_keep=self.max_to_keep)
+        path = self.client.save(self.prefix, self.var_list, global_step=step,
+                                max_to_keep=self.max_to_keep)
         self._last = time.monotonic()
         log.info("saved %s", path)
         return path

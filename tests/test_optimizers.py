@@ -207,19 +207,21 @@ def test_crafted_requests_get_clear_errors(client: vs.Client) -> None:
     np.testing.assert_array_equal(w.numpy(), [0.0, 0.0])
 
 
-@pytest.mark.tensorflow
-@pytest.mark.parametrize("case", list(CASES))
-def test_updates_match_tensorflow(client: vs.Client, case: str) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    tf = pytest.importorskip("tensorflow")
-    tf1 = tf.compat.v1
-    tf_optimizers = {
+def _tensorflow(tf1: Any, case: str) -> Any:
+    return {
         "gd": lambda: tf1.train.GradientDescentOptimizer(0.1),
         "momentum": lambda: tf1.train.MomentumOptimizer(0.1, 0.9),
         "nesterov": lambda: tf1.train.MomentumOptimizer(0.1, 0.9, use_nesterov=True),
         "adagrad": lambda: tf1.train.AdagradOptimizer(0.1, initial_accumulator_value=0.2),
         "adam": lambda: tf1.train.AdamOptimizer(0.1),
-    }
+    }[case]()
+
+
+def _graph_run(tf: Any, tf1: Any, case: str, session: Callable[[Any], Any]
+               ) -> tuple[str, dict[str, np.ndarray]]:
+    """Trains the model in TF 1.x graph mode (``tf``: TensorFlow or varstore, ``tf1``: its
+    compat.v1 module); returns the train op's name and every global variable's value, in
+    the order of ``global_variables()``."""
     graph = tf.Graph()
     with graph.as_default():
         with tf1.variable_scope("net"):
@@ -230,15 +232,27 @@ def test_updates_match_tensorflow(client: vs.Client, case: str) -> None:
         indices = tf1.placeholder(tf.int64, [3])
         rows = tf1.placeholder(tf.float32, [3, 2])
         sparse = tf.IndexedSlices(rows, indices, tf.constant(E0.shape, tf.int64))
-        train_op = tf_optimizers[case]().apply_gradients([(grad_w, w), (sparse, e)],
-                                                         global_step=step)
+        train_op = _tensorflow(tf1, case).apply_gradients([(grad_w, w), (sparse, e)],
+                                                          global_step=step)
         variables = {v.op.name: v for v in tf1.global_variables()}
-        with tf1.Session(graph=graph) as sess:
+        with session(graph) as sess:
             sess.run(tf1.global_variables_initializer())
             for t in range(STEPS):
                 gw, idx, r = _inputs(t)
                 sess.run(train_op, {grad_w: gw, indices: idx, rows: r})
-            expected = sess.run(variables)
+            return train_op.name, sess.run(variables)
+
+
+def _tensorflow_run(case: str) -> tuple[str, dict[str, np.ndarray]]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    return _graph_run(tf, tf.compat.v1, case, lambda g: tf.compat.v1.Session(graph=g))
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("case", list(CASES))
+def test_updates_match_tensorflow(client: vs.Client, case: str) -> None:
+    _, expected = _tensorflow_run(case)
     _train(client, CASES[case][0]())
     names = [v.name for v in client.list_variables()]
     assert sorted(names) == sorted(expected)
@@ -248,6 +262,49 @@ def test_updates_match_tensorflow(client: vs.Client, case: str) -> None:
                            for n in names])
     for name, value in zip(names, got, strict=True):
         np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("case", list(CASES))
+def test_graph_mode_optimizers_match_tensorflow(address: str, case: str) -> None:
+    import varstore.v1 as vtf
+    expected_op, expected = _tensorflow_run(case)
+    train_op, got = _graph_run(vtf, vtf, case, lambda g: vtf.Session(address, graph=g))
+    assert train_op == expected_op
+    assert list(got) == list(expected)
+    for name, value in got.items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_graph_mode_slots_and_errors(address: str) -> None:
+    import varstore.v1 as tf
+    graph = tf.Graph()
+    with graph.as_default():
+        w = tf.Variable(np.ones(3, np.float32), name="w")
+        b = tf.Variable(np.ones(2, np.float32), name="b")
+        opt = tf.train.MomentumOptimizer(0.5, 0.9)
+        with tf.name_scope("train"):
+            op = opt.apply_gradients([(tf.constant([1.0, 2.0, 3.0]), w), (None, b)])
+        assert opt.get_slot_names() == ["momentum"]
+        assert opt.get_slot(w, "momentum").name == "w/Momentum:0"
+        assert opt.get_slot(b, "momentum") is None
+        assert op.name == "train/Momentum"
+        with pytest.raises(NotImplementedError, match="compute them yourself"):
+            opt.minimize(w)
+        with pytest.raises(ValueError, match=r"^No gradients provided for any variable: "):
+            opt.apply_gradients([(None, w)])
+        with pytest.raises(TypeError, match="Input 'grad' of 'ApplyMomentum' Op has type "
+                                            "float64 that does not match type float32"):
+            opt.apply_gradients([(tf.constant(np.ones(3)), w)])
+        with pytest.raises(ValueError, match="Dimension 0 in both shapes must be equal"):
+            opt.apply_gradients([(tf.constant([1.0, 2.0]), w)])
+        with tf.Session(address) as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(op)
+            sess.run(op)
+            np.testing.assert_allclose(sess.run(w), 1 - 0.5 * (1 + 1.9) * np.array([1, 2, 3]),
+                                       rtol=1e-6)
+            np.testing.assert_array_equal(sess.run(b), [1.0, 1.0])
 
 
 @pytest.mark.tensorflow

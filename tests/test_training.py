@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -252,3 +253,83 @@ def test_a_missing_replica_times_out(client: vs.Client) -> None:
         client.apply_gradients(opt, {w: [1.0, 1.0]}, global_step=step)
     with pytest.raises(ValueError, match="local_step is only used by SyncReplicasOptimizer"):
         client.apply_gradients(GradientDescentOptimizer(1.0), {w: [1.0, 1.0]}, local_step=0)
+
+
+# --- tf.train.MonitoredTrainingSession ---------------------------------------------------------
+
+def _graph_model(tf: Any) -> tuple[Any, Any, Any, Any]:
+    """A TF 1.x model: W, its gradient placeholder, the global step and the train op."""
+    with tf.variable_scope("model"):
+        w = tf.get_variable("W", initializer=W_INIT)
+    step = tf.train.get_or_create_global_step()
+    grad = tf.placeholder(tf.float32, [2, 2])
+    train_op = tf.train.GradientDescentOptimizer(0.5).apply_gradients([(grad, w)],
+                                                                      global_step=step)
+    return w, grad, step, train_op
+
+
+def test_monitored_worker_waits_for_the_chief(address: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import varstore.v1 as tf
+    caplog.set_level(logging.INFO, logger="varstore.train")
+    out: dict = {}
+
+    def worker() -> None:
+        with tf.Graph().as_default():
+            w, _, step, _ = _graph_model(tf)
+            with tf.train.MonitoredTrainingSession(master=address, is_chief=False) as sess:
+                out["values"] = sess.run([w, step])
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    _wait_for_log(caplog, "waiting for the chief to initialize 2 variables: model/W, "
+                          "global_step")
+    assert out == {}
+    with tf.Graph().as_default():
+        w, grad, step, train_op = _graph_model(tf)
+        with tf.train.MonitoredTrainingSession(master=address, is_chief=True) as sess:
+            thread.join(timeout=8.0)
+            assert not thread.is_alive()
+            sess.run(train_op, {grad: np.ones((2, 2))})
+    np.testing.assert_array_equal(out["values"][0], W_INIT)
+    assert out["values"][1] == 0
+
+
+def test_monitored_worker_times_out_naming_the_variables(address: str) -> None:
+    import varstore.v1 as tf
+    with tf.Graph().as_default():
+        _graph_model(tf)
+        with pytest.raises(DeadlineExceededError, match=r"^variables not initialized after "
+                                                        r"0.2s: model/W, global_step$"):
+            tf.train.MonitoredTrainingSession(master=address, is_chief=False,
+                                              max_wait_secs=0.2)
+
+
+def test_monitored_chief_saves_restores_and_stops_at_step(server: Any, address: str) -> None:
+    import varstore.v1 as tf
+    with tf.Graph().as_default():
+        w, grad, step, train_op = _graph_model(tf)
+        hooks = [tf.train.StopAtStepHook(last_step=3)]
+        with tf.train.MonitoredTrainingSession(master=address, checkpoint_dir="job",
+                                               hooks=hooks) as sess:
+            runs = 0
+            while not sess.should_stop():
+                sess.run(train_op, {grad: np.ones((2, 2))})
+                runs += 1
+        assert runs == 3
+    assert (server.checkpoints.directory / "job" / "model.ckpt-3.index").exists()
+    with vs.connect(address) as client:
+        client.push({vs.RemoteVariable(client, "model/W", vs.float32, (2, 2)): np.zeros((2, 2))})
+    with tf.Graph().as_default():
+        w, grad, step, train_op = _graph_model(tf)
+        hooks = [tf.train.StopAtStepHook(num_steps=2)]
+        with tf.train.MonitoredTrainingSession(master=address, checkpoint_dir="job",
+                                               hooks=hooks) as sess:
+            np.testing.assert_array_equal(sess.run(w), W_INIT - 1.5)
+            while not sess.should_stop():
+                sess.run(train_op, {grad: np.ones((2, 2))})
+            assert sess.run(step) == 5
+    with vs.connect(address) as client:
+        assert client.latest_checkpoint("job") == "job/model.ckpt-5"
+    with pytest.raises(TypeError, match="StopAtStepHook only"):
+        tf.train.MonitoredTrainingSession(master=address, hooks=[object()])

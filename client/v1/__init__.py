@@ -103,6 +103,7 @@ from varstore.v1.math_ops import (
     tanh,
     truediv,
 )
+from varstore.v1.optimizers import IndexedSlices
 from varstore.v1.session import Session
 from varstore.v1.shapes import TensorShape
 from varstore.v1.state_ops import (
@@ -143,7 +144,8 @@ def add_to_collection(name: str, value: object) -> None:
 
 
 __all__ = [
-    "AUTO_REUSE", "DType", "Graph", "GraphKeys", "Operation", "Session", "Tensor",
+    "AUTO_REUSE", "DType", "Graph", "GraphKeys", "IndexedSlices", "Operation", "Session",
+    "Tensor",
     "TensorShape", "Variable", "VariableScope", "abs", "add", "add_to_collection", "as_dtype",
     "assign", "assign_add", "assign_sub", "bfloat16", "bool", "boolean_mask", "cast",
     "complex64", "complex128", "constant", "constant_initializer", "control_dependencies",

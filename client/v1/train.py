@@ -13,6 +13,12 @@ import varstore
 from varstore import dtypes
 from varstore.v1.graph import Graph, GraphKeys, get_default_graph, get_default_session
 from varstore.v1.init_ops import zeros_initializer
+from varstore.v1.optimizers import (  # noqa: F401 - tf.train's optimizers
+    AdagradOptimizer,
+    AdamOptimizer,
+    GradientDescentOptimizer,
+    MomentumOptimizer,
+)
 from varstore.v1.session import Session
 from varstore.v1.variable_scope import get_variable
 from varstore.v1.variables import Variable, global_variables
@@ -103,3 +109,11 @@ def get_or_create_global_step(graph: Graph | None = None) -> Variable:
         return get_variable(GraphKeys.GLOBAL_STEP, shape=[], dtype=dtypes.int64,
                             initializer=zeros_initializer(), trainable=False,
                             collections=[GraphKeys.GLOBAL_VARIABLES, GraphKeys.GLOBAL_STEP])
+
+
+# The monitored session builds on Saver and the global step above, hence imported last.
+from varstore.v1.monitored_session import (  # noqa: E402, F401 - tf.train's names
+    MonitoredSession,
+    MonitoredTrainingSession,
+    StopAtStepHook,
+)
