@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from varstore.convert import MAX_RANK
 from varstore.dtypes import DType
 from varstore.errors import InvalidArgumentError, NotFoundError, OpError, ResourceExhaustedError
 from varstore.server import optimizers, sync  # noqa: F401 - registers the training ops
@@ -179,7 +180,7 @@ def _closure(nodes: list[NodeDef], wanted: list[int], memo: dict[int, Any]) -> l
 
 def _call(ctx: _Context, node: NodeDef, inputs: list[Any], index: int) -> Any:
     try:
-        return OPS[node.op].kernel(ctx, node, inputs)
+        return _checked(OPS[node.op].kernel(ctx, node, inputs), node, index)
     except OpError:
         raise
     except MemoryError:
@@ -187,6 +188,20 @@ def _call(ctx: _Context, node: NodeDef, inputs: list[Any], index: int) -> Any:
             from None
     except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError) as e:
         raise InvalidArgumentError(f"{node.op} (node {index}): {e}") from None
+
+
+def _checked(value: Any, node: NodeDef, index: int) -> Any:
+    """``value`` if it is a tensor the wire and the checkpoints can carry: numpy accepts more
+    dimensions, and its casts to the string dtype (object arrays) keep numbers as they are."""
+    if not isinstance(value, np.ndarray):
+        return value
+    if value.ndim > MAX_RANK:
+        raise InvalidArgumentError(
+            f"{node.op} (node {index}): result has rank {value.ndim} > {MAX_RANK}")
+    if value.dtype == object and not all(isinstance(x, bytes) for x in value.flat):
+        raise InvalidArgumentError(
+            f"{node.op} (node {index}): cannot make a string tensor of non-string values")
+    return value
 
 
 def _detach(value: Any, variables: dict[str, Variable]) -> Any:
