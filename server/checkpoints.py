@@ -194,16 +194,22 @@ class CheckpointManager:
                 with BundleReader(path) as reader:
                     plan = self._restore_plan(reader, entries, named)
                     tally = _Tally(progress, len(plan), sum(info.size for _, _, info in plan))
-                    # Every value is read and verified before any variable changes, so a failed
-                    # restore changes nothing; the price is holding the restored variables
-                    # twice in memory (old and new values) until they are assigned.
-                    values = []
-                    for key, _, info in plan:
-                        values.append(reader.read(key))
+                    # Every checksum is verified before any variable changes, so a failed
+                    # restore changes nothing. A variable that already holds a numeric value
+                    # is then read into in place (reading the file twice from the page cache
+                    # is cheaper than faulting in fresh memory for a second copy); the others
+                    # get new arrays, read and verified in this first pass.
+                    values: list[np.ndarray | None] = []
+                    for key, name, info in plan:
+                        if self._in_place(name):
+                            reader.verify(key)
+                            values.append(None)
+                        else:
+                            values.append(reader.read(key))
                         tally.advance(info.size, 1)
+                    self._assign(plan, values, reader, named)
             except OSError as e:
                 raise os_error(e, f"cannot read checkpoint {named}") from None
-            self._assign(plan, values, named)
             self._observe("restore", started, tally.progress.bytes_done)
             log.info("restored checkpoint %s (%d tensors)", named, len(plan))
         return named
@@ -238,31 +244,46 @@ class CheckpointManager:
             plan.append((key, name, info))
         return plan
 
-    def _assign(self, plan: list[tuple[str, str, TensorInfo]], values: list[np.ndarray],
-                named: str) -> None:
+    def _in_place(self, name: str) -> bool:
+        """Whether a restore reads variable ``name``'s value into its existing array (a
+        numeric variable with a value; :meth:`_restore_plan` checked dtype and shape)."""
+        var = self.store.find(name)
+        return var is not None and var.initialized and not var.dtype.is_string
+
+    def _assign(self, plan: list[tuple[str, str, TensorInfo]], values: list[np.ndarray | None],
+                reader: BundleReader, named: str) -> None:
+        """Creates the missing variables and sets the others: from ``values``, or for None
+        (checksums verified) by reading into the variable's array, all under the locks."""
         created: list[Variable] = []
-        existing: list[tuple[Variable, np.ndarray]] = []
+        existing: list[tuple[str, Variable, np.ndarray | None]] = []
         try:
-            for (_, name, info), value in zip(plan, values, strict=True):
+            for (key, name, info), value in zip(plan, values, strict=True):
                 var = self.store.find(name)
                 if var is None:
+                    if value is None:  # deleted since the first pass (a failed creation)
+                        value = reader.read(key)
                     var, made = self.store.create(Variable(
                         name, info.dtype, info.shape, created_by="restore",
                         initializer_desc=f"checkpoint {named}", value=value))
                     if made:
                         created.append(var)
                         continue
-                existing.append((var, value))
-            with self.store.locked(var for var, _ in existing):
+                existing.append((key, var, value))
+            with self.store.locked(var for _, var, _ in existing):
                 growth = sum(value_nbytes(var.dtype, var.shape, value) - var.nbytes
-                             for var, value in existing if var.dtype.is_string)
+                             for _, var, value in existing
+                             if var.dtype.is_string and value is not None)
                 limit = self.store.max_memory
                 if limit and growth > 0 and self.store.bytes_stored() + growth > limit:
                     raise ResourceExhaustedError(
                         f"restoring {named} would exceed the server's memory limit of {limit} "
                         "bytes")
-                for var, value in existing:
-                    self.store.set_value(var, value)
+                for key, var, value in existing:
+                    if value is None:
+                        reader.read_into(key, var.read(), verified=True)
+                        self.store.touched(var)
+                    else:
+                        self.store.set_value(var, value)
         except Exception:
             for var in created:
                 self.store.delete(var.name)

@@ -444,6 +444,25 @@ def test_flipped_data_byte_names_the_tensor_and_file(tmp_path: Path) -> None:
     assert "second" in str(err.value) and f"{prefix}.data-00000-of-00001" in str(err.value)
 
 
+def test_verify_checks_every_chunk_and_verified_read_into_fills_the_array(tmp_path: Path
+                                                                           ) -> None:
+    prefix = str(tmp_path / "big")
+    values = np.arange(3 << 20, dtype=np.float32)  # 12 MB: several of the reader's chunks
+    with BundleWriter(prefix) as w:
+        w.add("big", values, dtypes.float32)
+        w.add("words", np.array([b"abc", b"de"], dtype=object), dtypes.string)
+    with BundleReader(prefix) as r:
+        r.verify("big")
+        r.verify("words")
+        out = np.zeros_like(values)
+        r.read_into("big", out, verified=True)
+    _same(out, values)
+    _flip(f"{prefix}.data-00000-of-00001", values.nbytes - 3)  # in the last chunk
+    with BundleReader(prefix) as r, pytest.raises(DataLossError) as err:
+        r.verify("big")
+    assert "tensor big" in str(err.value) and "checksum mismatch" in str(err.value)
+
+
 def test_flipped_string_bytes_are_data_loss(tmp_path: Path) -> None:
     prefix = _small_checkpoint(tmp_path)
     with BundleReader(prefix) as r:
