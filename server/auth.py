@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 
+from varstore.server.handlers import method_handler
+
 # Probes (Kubernetes, load balancers, `grpc_health_probe`) carry no credentials.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -69,13 +71,8 @@ def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         reject(request, context)
         yield
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(reject_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(reject)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(reject_stream)
-    return grpc.unary_unary_rpc_method_handler(reject)
+    return method_handler(handler.request_streaming, handler.response_streaming,
+                          reject_stream if handler.response_streaming else reject)
 
 
 def server_credentials(cert: Path | None, key: Path | None, client_ca: Path | None

@@ -20,6 +20,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from varstore.errors import InvalidArgumentError, OpError
+from varstore.server.handlers import behavior_of, method_handler
 from varstore.server.store import VariableStore
 
 # From a sub-millisecond read to a multi-gigabyte stream.
@@ -120,20 +121,10 @@ class _MeasuredCall:
     def handler(self) -> grpc.RpcMethodHandler:
         """A handler of the same kind that takes and returns raw bytes."""
         h = self.inner
-        if h.request_streaming and h.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream_out(h.stream_stream, self._parse_stream),
-                response_serializer=self._serialize)
-        if h.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary_out(h.stream_unary, self._parse_stream),
-                response_serializer=self._serialize)
-        if h.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream_out(h.unary_stream, self._parse),
-                response_serializer=self._serialize)
-        return grpc.unary_unary_rpc_method_handler(
-            self._unary_out(h.unary_unary, self._parse), response_serializer=self._serialize)
+        parse = self._parse_stream if h.request_streaming else self._parse
+        wrap = self._stream_out if h.response_streaming else self._unary_out
+        return method_handler(h.request_streaming, h.response_streaming,
+                              wrap(behavior_of(h), parse), response_serializer=self._serialize)
 
     def _parse(self, data: bytes) -> Any:
         self.received.inc(len(data))

@@ -23,6 +23,7 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
 from varstore.server.executor import Executor
+from varstore.server.handlers import method_handler
 from varstore.server.store import VariableStore
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,6 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 # RunStream's chunks go through varstore's own codec: the same protobuf bytes on the wire, but
 # data chunks are framed from tensor memory and parsed as views, without protobuf's copies.
 _CODECS = {"RunStream": (convert.parse_chunk, convert.serialize_chunk)}
-_HANDLER_KINDS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:
@@ -177,10 +172,9 @@ def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:
         deserialize, serialize = _CODECS.get(method.name, (
             getattr(pb, method.input_type.name).FromString,
             getattr(pb, method.output_type.name).SerializeToString))
-        kind = _HANDLER_KINDS[method.client_streaming, method.server_streaming]
-        handlers[method.name] = kind(getattr(servicer, method.name),
-                                     request_deserializer=deserialize,
-                                     response_serializer=serialize)
+        handlers[method.name] = method_handler(
+            method.client_streaming, method.server_streaming, getattr(servicer, method.name),
+            request_deserializer=deserialize, response_serializer=serialize)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
     # Registered methods skip gRPC's per-call lookup through the generic handlers.

@@ -1,0 +1,34 @@
+"""gRPC method handlers by kind: unary or streaming requests, unary or streaming responses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+_BEHAVIORS = {(False, False): "unary_unary", (False, True): "unary_stream",
+              (True, False): "stream_unary", (True, True): "stream_stream"}
+
+
+def method_handler(request_streaming: bool, response_streaming: bool,
+                   behavior: Callable[..., Any],
+                   request_deserializer: Callable[[bytes], Any] | None = None,
+                   response_serializer: Callable[[Any], bytes] | None = None
+                   ) -> grpc.RpcMethodHandler:
+    """A handler of the given kind running ``behavior``; without a deserializer the behavior
+    receives the request bytes, without a serializer it returns bytes."""
+    return _FACTORIES[request_streaming, response_streaming](
+        behavior, request_deserializer=request_deserializer,
+        response_serializer=response_serializer)
+
+
+def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """The function ``handler`` runs (its ``unary_unary``, ``stream_stream``... attribute)."""
+    return getattr(handler, _BEHAVIORS[handler.request_streaming, handler.response_streaming])
