@@ -65,7 +65,7 @@ class Transport:
         self.timeout = timeout
         token = token or os.environ.get("VARSTORE_TOKEN")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # gRPC waits 1 s and more before reconnecting to a server that went away; start at
