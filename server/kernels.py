@@ -212,12 +212,31 @@ def _scatter(ctx: Context, node: NodeDef, inputs: list[Any], mode: str) -> np.nd
             f"variable has dtype {var.dtype.name}")
     if mode == "update":
         current[idx] = updates
-    elif mode == "add":
-        np.add.at(current, idx, updates)
     else:
-        np.subtract.at(current, idx, updates)
+        _add_rows(current, idx, np.broadcast_to(updates, want), mode == "sub")
     ctx.store.touched(var)
     return current
+
+
+def _add_rows(target: np.ndarray, idx: np.ndarray, updates: np.ndarray, negate: bool) -> None:
+    """``target[idx] += updates`` (or ``-=``) where a repeated index accumulates every row.
+
+    ``np.add.at`` does that but costs about 0.7 µs per element (0.7 ms for 1,024 rows of 64);
+    a fancy-indexed add is ten times faster but keeps only one of repeated rows, so repeats
+    are added in rounds of distinct indices (as many rounds as the most repeated index).
+    """
+    op = np.subtract if negate else np.add
+    idx = idx.reshape(-1)
+    updates = updates.reshape((idx.size,) + target.shape[1:])
+    while idx.size:
+        distinct, first = np.unique(idx, return_index=True)
+        if distinct.size == idx.size:
+            target[idx] = op(target[idx], updates)
+            return
+        target[distinct] = op(target[distinct], updates[first])
+        rest = np.ones(idx.size, dtype=bool)
+        rest[first] = False
+        idx, updates = idx[rest], updates[rest]
 
 
 @register("scatter_add", 2, uses_variable=True)
@@ -246,7 +265,9 @@ def _gather(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
         raise InvalidArgumentError("gather takes params and indices")
     if not params.shape:
         raise InvalidArgumentError("gather: params must have rank >= 1")
-    return params[_indices(indices, params.shape[0], "gather")]
+    idx = _indices(indices, params.shape[0], "gather")
+    ctx.check_alloc(idx.shape + params.shape[1:], dtypes.as_dtype(params.dtype))
+    return params[idx]
 
 
 # --- initializers ----------------------------------------------------------------------------
@@ -410,6 +431,7 @@ def _matmul(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     if a.shape[1] != b.shape[0]:
         raise InvalidArgumentError(
             f"Matrix size-incompatible: In[0]: {list(a.shape)}, In[1]: {list(b.shape)}")
+    ctx.check_alloc((a.shape[0], b.shape[1]), dtypes.as_dtype(a.dtype))
     return a @ b
 
 

@@ -319,3 +319,22 @@ def test_hostile_dtypes_are_refused(client: vs.Client, enum: int) -> None:
     with pytest.raises(InvalidArgumentError):
         client.transport.call(client.stub.Run, tensor)
     assert client.list_variables() == []
+
+
+@pytest.fixture
+def small_memory_server(tmp_path: Path) -> Iterator[Server]:
+    yield from _serve(tmp_path, max_memory=1 << 20)
+
+
+def test_results_past_the_memory_limit_are_refused(small_memory_server: Server) -> None:
+    limit = "exceeds the server's limit of 1048576 bytes"
+    with vs.connect(f"127.0.0.1:{small_memory_server.port}") as client:
+        column = np.ones((1024, 1), np.float32)
+        b = RequestBuilder()
+        b.fetch(b.node("matmul", [b.const(column, vs.float32), b.const(column.T, vs.float32)]))
+        with pytest.raises(ResourceExhaustedError, match=r"shape \[1024, 1024\] .*" + limit):
+            client.run(b)
+        table = client.Variable(np.zeros((4, 1024), np.float32), name="table")
+        with pytest.raises(ResourceExhaustedError, match=r"shape \[512, 1024\] .*" + limit):
+            table.gather(np.zeros(512, np.int64))
+        assert table.gather([3, 0]).shape == (2, 1024)
