@@ -69,8 +69,9 @@ class PidFile:
 class ServeProcess:
     """One ``varstore serve`` process: its pidfile, detaching, and its start-up report.
 
-    In the foreground the report goes to stdout (ready) or stderr (failed). Detached, it also
-    goes to the launching process, which prints it and exits 0 (ready) or 1 (failed).
+    In the foreground the report goes to stdout (ready) or stderr (failed); detached, to the
+    launching process, which prints it and exits 0 (ready) or 1 (failed). With a log file, the
+    log records it too.
     """
 
     def __init__(self, pidfile: Path | None = None, log_file: Path | None = None,
@@ -105,13 +106,11 @@ class ServeProcess:
 
     def ready(self, message: str) -> None:
         """Reports that the server serves."""
-        print(message, flush=True)
-        self._report(0, message)
+        self._tell(logging.INFO, message, 0)
 
     def failed(self, message: str) -> None:
-        """Reports why the server could not start, and releases the pidfile."""
-        print(message, file=sys.stderr, flush=True)
-        self._report(1, message)
+        """Reports why the server could not start, and removes the pidfile."""
+        self._tell(logging.ERROR, message, 1)
         self.close()
 
     def close(self) -> None:
@@ -119,11 +118,15 @@ class ServeProcess:
         if self.pidfile is not None:
             self.pidfile.remove()
 
-    def _report(self, code: int, message: str) -> None:
-        if self._report_fd is not None:
-            os.write(self._report_fd, f"{code} {os.getpid()} {message}".encode())
-            os.close(self._report_fd)
-            self._report_fd = None
+    def _tell(self, level: int, message: str, code: int) -> None:
+        if self.log_file is not None:  # the log file records it, with a timestamp
+            log.log(level, "%s", message)
+        if self._report_fd is None:
+            print(message, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+            return
+        os.write(self._report_fd, f"{code} {os.getpid()} {message}".encode())
+        os.close(self._report_fd)
+        self._report_fd = None
 
 
 def _detach(log_file: Path) -> int:
