@@ -264,7 +264,8 @@ def _opt(node: N | None) -> list[N]:
 
 # --- synchronous training --------------------------------------------------------------------
 
-# sync_accumulate's outcome (server/sync.py).
+# sync_accumulate's outcomes (varstore.server.sync): this replica's gradients wait for the
+# others, completed the step, or were dropped as stale.
 PENDING, APPLIED, STALE = 0, 1, -1
 
 

@@ -24,10 +24,10 @@ from varstore import dtypes
 from varstore.errors import DeadlineExceededError, InvalidArgumentError
 from varstore.server.kernels import Context, NodeDef, _indices, register
 from varstore.server.store import VariableStore
+from varstore.train import APPLIED, PENDING, STALE
 
 log = logging.getLogger(__name__)
 
-PENDING, APPLIED, STALE = 0, 1, -1
 MAX_WAIT_SECONDS = 3600.0
 
 # A gradient as accumulated: a dense array, or (indices, rows) pairs to concatenate.
