@@ -17,7 +17,7 @@ import numpy as np
 
 from varstore import convert, dtypes, initializers, train
 from varstore.dtypes import DType
-from varstore.errors import NotFoundError, OpError, from_rpc_error
+from varstore.errors import InvalidArgumentError, NotFoundError, OpError, from_rpc_error
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
@@ -97,6 +97,16 @@ class RemoteVariable:
     def _value(self, value: Any) -> np.ndarray:
         return dtypes.to_numpy(value, self.dtype)
 
+    def _full_value(self, value: Any) -> np.ndarray:
+        """``value`` as a whole new value of this variable; checked here so that a request
+        assigning several variables is refused before any of them changes."""
+        array = self._value(value)
+        if array.shape != self.shape:
+            raise InvalidArgumentError(
+                f"Assign {self.op_name}: value has shape {list(array.shape)}, variable has "
+                f"shape {list(self.shape)}")
+        return array
+
     def _update(self, op: str, *values: np.ndarray, fetch: bool = False) -> Any:
         return self._client._drive(self._update_steps(op, values, fetch))
 
@@ -127,7 +137,7 @@ class RemoteVariable:
 
     def assign(self, value: Any) -> RemoteVariable:
         """Replaces the value (same shape and dtype); returns this handle."""
-        return self._update("assign", self._value(value))
+        return self._update("assign", self._full_value(value))
 
     def assign_add(self, delta: Any) -> RemoteVariable:
         """Adds ``delta`` atomically; returns this handle."""
@@ -332,7 +342,7 @@ class ClientBase:
     def _push_steps(self, values: Mapping[RemoteVariable, Any]) -> Steps:
         b = RequestBuilder()
         for var, value in values.items():
-            array = var._value(value)
+            array = var._full_value(value)
             b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
         yield b, 0
 

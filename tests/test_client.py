@@ -238,3 +238,12 @@ def test_list_variables_by_scope(client: vs.Client) -> None:
     with pytest.raises(NotFoundError):
         client.transport.call(client.stub.Run, pb.RunRequest(
             variables=[pb.VariableSpec(name="zzz", dtype=1, mode=pb.BIND)]))
+
+
+def test_push_with_one_bad_value_changes_nothing(client: vs.Client) -> None:
+    a = client.Variable(np.zeros(3, np.float32), name="a")
+    b = client.Variable(np.zeros((2, 2), np.float32), name="b")
+    with pytest.raises(InvalidArgumentError, match=r"Assign b: value has shape \[4\]"):
+        client.push({a: np.ones(3), b: np.ones(4)})
+    assert [v.tolist() for v in client.pull([a, b])] == [[0, 0, 0], [[0, 0], [0, 0]]]
+    assert [v.version for v in client.list_variables()] == [0, 0]
