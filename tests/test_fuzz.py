@@ -25,7 +25,7 @@ from varstore.server.kernels import OPS
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-CALL_TIMEOUT = 10.0
+CALL_TIMEOUT = 30.0
 # Codes that mean "the server failed", as opposed to "the request was refused".
 SERVER_FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
@@ -48,7 +48,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server holding KEPT; a memory limit keeps hostile shapes from exhausting the host."""
     srv = create_server(ServerConfig(
         host="127.0.0.1", port=0, checkpoint_dir=tmp_path_factory.mktemp("fuzz"),
-        max_memory=32 << 20, max_request_bytes=MAX_REQUEST_BYTES))
+        max_memory=4 << 20, max_request_bytes=MAX_REQUEST_BYTES))
     srv.start()
     with vs.connect(f"127.0.0.1:{srv.port}") as client:
         for name, value in KEPT.items():
