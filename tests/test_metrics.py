@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import varstore as vs
-from varstore.errors import InvalidArgumentError, UnauthenticatedError
+from varstore.errors import NotFoundError, UnauthenticatedError
+from varstore.request import RequestBuilder
 from varstore.server import ServerConfig, create_server
 from varstore.server.app import Server
 
@@ -56,14 +57,16 @@ def test_calls_bytes_and_store_size_are_exported(metered: Server) -> None:
     with vs.connect(f"127.0.0.1:{metered.port}") as client:
         w = client.Variable(np.zeros(1000, np.float32), name="w")
         assert w.numpy().sum() == 0
-        with pytest.raises(InvalidArgumentError):
-            w.assign(np.zeros(3, np.float32))
+        missing = RequestBuilder()
+        missing.variable("missing", vs.float32, [1], bind_only=True)
+        with pytest.raises(NotFoundError):
+            client.run(missing)
         client.list_variables()
         big = client.get_variable("big", [1 << 20], initializer=vs.zeros_initializer)
         big.assign(np.ones(1 << 20, np.float32))
     after = scrape(metered)
     assert sample(after, "varstore_requests_total", method="Run", code="OK") == 3
-    assert sample(after, "varstore_requests_total", method="Run", code="INVALID_ARGUMENT") == 1
+    assert sample(after, "varstore_requests_total", method="Run", code="NOT_FOUND") == 1
     assert sample(after, "varstore_requests_total", method="ListVariables", code="OK") == 1
     assert sample(after, "varstore_requests_total", method="RunStream", code="OK") == 1
     assert sample(after, "varstore_request_duration_seconds_count", method="Run") == 4
