@@ -31,7 +31,6 @@ from varstore.request import RequestBuilder
 from varstore.server import ServerConfig, create_server
 from varstore.server.app import Server
 
-
 # --- certificates --------------------------------------------------------------------------
 
 @dataclass
