@@ -71,15 +71,24 @@ class Executor:
         """Creates or binds ``graph.variables``, then evaluates fetches and targets.
 
         Raises ``InvalidArgumentError`` for a malformed graph, ``NotFoundError`` for a missing
-        variable, and the kernels' errors; variables the request created are removed again
-        when creating a later one fails.
+        variable, and the kernels' errors. A request that fails changes nothing: variables it
+        created are removed and variables it updated get their values back.
         """
         self._validate(graph)
         memo: dict[int, Any] = {}
         bound = self._create_variables(graph, memo)
         wanted = list(graph.fetches) + list(graph.targets)
-        values = self._evaluate(graph, wanted, memo, graph.fetches)
+        try:
+            values = self._evaluate(graph, wanted, memo, graph.fetches)
+        except BaseException:
+            self._remove_created(bound)
+            raise
         return Result(values, bound)
+
+    def _remove_created(self, bound: list[tuple[Variable, bool]]) -> None:
+        for var, created in bound:
+            if created:
+                self.store.delete(var.name)
 
     def _validate(self, graph: Graph) -> None:
         if len(graph.nodes) > MAX_NODES:
@@ -130,9 +139,7 @@ class Executor:
                     spec.initializer_desc, value))
                 bound.append((var, created))
         except Exception:
-            for var, created in bound:
-                if created:
-                    self.store.delete(var.name)
+            self._remove_created(bound)
             raise
         return bound
 
@@ -156,11 +163,59 @@ class Executor:
         names = {graph.nodes[i].variable for i in needed if graph.nodes[i].variable}
         variables = {n: self.store.get(n) for n in sorted(names)}
         ctx = _Context(self, graph.tensors, variables)
+        undo = _UndoLog()
         with self.store.locked(variables.values()):
-            for i in needed:
-                node = graph.nodes[i]
-                memo[i] = _call(ctx, node, [memo[j] for j in node.inputs], i)
+            try:
+                for i in needed:
+                    node = graph.nodes[i]
+                    if i != needed[-1]:
+                        undo.save_changed(node, graph.nodes, variables)
+                    memo[i] = _call(ctx, node, [memo[j] for j in node.inputs], i)
+            except BaseException:
+                undo.restore(self.store)
+                raise
             return [_detach(memo[i], variables) for i in fetches]
+
+
+# Ops that name a variable without changing it. Every other op naming a variable, directly or
+# through "ref" inputs (optimizer slots), may change it.
+_READ_ONLY = frozenset({"read", "is_initialized", "read_if_initialized", "ref", "gather"})
+
+
+class _UndoLog:
+    """What variables held before a request changed them, put back when a later node fails,
+    so that a failed request changes nothing.
+
+    The last node of a request needs no entry (nothing can fail after it), so single-op
+    requests copy nothing. ``assign`` replaces a variable's array instead of writing into it,
+    so its entry keeps the old array itself; in-place updates keep a copy.
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[int, tuple[Variable, np.ndarray | None, int]] = {}
+
+    def save_changed(self, node: NodeDef, nodes: list[NodeDef],
+                     variables: dict[str, Variable]) -> None:
+        """Records the variables ``node`` may change, unless recorded already."""
+        if node.op in _READ_ONLY:
+            return
+        if node.variable:
+            self._save(variables[node.variable], copy=node.op != "assign")
+        for j in node.inputs:
+            if nodes[j].op == "ref":
+                self._save(variables[nodes[j].variable], copy=True)
+
+    def _save(self, var: Variable, copy: bool) -> None:
+        if id(var) not in self._saved:
+            value = var.value
+            if copy and value is not None:
+                value = value.copy()
+            self._saved[id(var)] = (var, value, var.version)
+
+    def restore(self, store: VariableStore) -> None:
+        """Puts every recorded variable back as it was (the locks are held)."""
+        for var, value, version in self._saved.values():
+            store.put_back(var, value, version)
 
 
 def _closure(nodes: list[NodeDef], wanted: list[int], memo: dict[int, Any]) -> list[int]:

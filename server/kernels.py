@@ -149,11 +149,9 @@ def _check_value(var: Variable, value: np.ndarray, what: str) -> np.ndarray:
 def _assign(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     var = ctx.variable(node)
     value = _check_value(var, np.asarray(inputs[0]), "Assign")
-    if var.value is not None and not var.dtype.is_string:
-        np.copyto(var.value, value)
-        ctx.store.touched(var)
-    else:
-        ctx.store.set_value(var, np.array(value, copy=True))
+    # A new array rather than a write into the old one: a failed request can put the old
+    # array back (executor._UndoLog) without having copied it.
+    ctx.store.set_value(var, np.array(value, copy=True))
     return var.value
 
 

@@ -168,6 +168,13 @@ class VariableStore:
             with self._lock:
                 self._initialized.notify_all()
 
+    def put_back(self, var: Variable, value: np.ndarray | None, version: int) -> None:
+        """Restores a value and version a failed request had changed (hold ``var.lock``)."""
+        if var.dtype.is_string and value is not None:
+            self.resize(var, value)
+        var.value = value
+        var.version = version
+
     def touched(self, var: Variable) -> None:
         """Records an in-place update of ``var`` (hold ``var.lock``)."""
         var.version += 1

@@ -153,3 +153,31 @@ def test_seeded_initializers_are_reproducible_and_truncated() -> None:
     assert a.dtype == np.float32 and np.abs(a).max() <= 4.0
     (g,) = run(ex, [NodeDef("glorot_uniform", attrs={"shape": [30, 20], "dtype": 1})], [], [0])
     assert np.abs(g).max() <= np.sqrt(6 / 50)
+
+
+def test_a_failed_request_changes_nothing() -> None:
+    store, ex = make()
+    create(ex, "a", np.zeros(3, np.float32))
+    create(ex, "b", np.zeros((2, 2), np.float32))
+    create(ex, "s", np.array([b"x"], dtype=object))
+    nodes = [
+        NodeDef("const", tensor=0), NodeDef("assign_add", (0,), variable="a"),
+        NodeDef("const", tensor=1), NodeDef("assign", (2,), variable="b"),
+        NodeDef("const", tensor=2), NodeDef("assign", (4,), variable="s"),
+        NodeDef("const", tensor=3), NodeDef("const", tensor=4),
+        NodeDef("scatter_add", (6, 7), variable="b"),
+    ]
+    tensors = [np.ones(3, np.float32), np.ones((2, 2), np.float32),
+               np.array([b"longer value"], dtype=object), np.array([7]),
+               np.ones((1, 2), np.float32)]
+    specs = [VariableSpec("new", dtypes.float32, (3,), initializer=0)]
+    stored = store.bytes_stored()
+    with pytest.raises(InvalidArgumentError, match="index 7 is not in"):
+        ex.run(Graph(variables=specs, nodes=nodes, tensors=tensors,
+                     targets=[1, 3, 5, 8]))
+    assert store.find("new") is None
+    assert store.get("a").value.tolist() == [0, 0, 0]
+    assert store.get("b").value.tolist() == [[0, 0], [0, 0]]
+    assert store.get("s").value.tolist() == [b"x"]
+    assert [store.get(n).version for n in "abs"] == [0, 0, 0]
+    assert store.bytes_stored() == stored
