@@ -93,6 +93,27 @@ def test_scatter_and_gather() -> None:
             [np.array([5])], [1])
 
 
+@pytest.mark.parametrize("op, ufunc", [("scatter_add", np.add.at),
+                                        ("scatter_sub", np.subtract.at)])
+@pytest.mark.parametrize("idx, updates", [
+    (np.array([3, 0, 3, 7, 3, 0]), np.arange(12, dtype=np.int64).reshape(6, 2)),  # 3 thrice
+    (np.array([[2, 2], [5, 2]]), np.arange(8, dtype=np.int64).reshape(2, 2, 2)),  # 2-D indices
+    (np.array([4, 4, 1]), np.int64(5)),  # one scalar for every row
+    (np.array([], dtype=np.int64), np.zeros((0, 2), np.int64)),
+])
+def test_scatter_accumulates_every_repeated_index(op: str, ufunc: np.ufunc, idx: np.ndarray,
+                                                  updates: np.ndarray) -> None:
+    store, ex = make()
+    start = np.arange(16, dtype=np.int64).reshape(8, 2)
+    create(ex, "e", start)
+    run(ex, [NodeDef("const", tensor=0), NodeDef("const", tensor=1),
+             NodeDef(op, (0, 1), variable="e")], [idx, updates], [2])
+    expected = start.copy()
+    ufunc(expected, idx, updates)
+    (value,) = run(ex, [NodeDef("read", variable="e")], [], [0])
+    assert value.tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("nodes, message", [
     ([NodeDef("bogus")], "unknown op"),
     ([NodeDef("add", (0, 1))], "not an earlier node"),
