@@ -38,10 +38,10 @@ def shape_to_proto(shape: Sequence[int]) -> pb.Shape:
 
 def shape_from_proto(dims: Iterable[int]) -> tuple[int, ...]:
     """A validated shape tuple; raises ``InvalidArgumentError`` for negative or huge ranks."""
-    shape = tuple(int(d) for d in dims)
+    shape = tuple(map(int, dims))
     if len(shape) > MAX_RANK:
         raise InvalidArgumentError(f"shape {shape} has rank {len(shape)} > {MAX_RANK}")
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidArgumentError(f"shape {shape} has a negative dimension")
     return shape
 

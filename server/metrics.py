@@ -98,13 +98,22 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
+        # Per method, the handler last wrapped and its wrapper: calls of a method get the same
+        # registered handler each time, so the wrapper is built once, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        return _MeasuredCall(self.metrics, details.method.rsplit("/", 1)[-1], handler).handler()
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _MeasuredCall(self.metrics, details.method.rsplit("/", 1)[-1],
+                                handler).handler()
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
 
 class _MeasuredCall:
@@ -117,6 +126,9 @@ class _MeasuredCall:
         self.inner = handler
         self.received = metrics.received.labels(method)
         self.sent = metrics.sent.labels(method)
+        self.latency = metrics.latency.labels(method)
+        self.in_flight = metrics.in_flight.labels(method)
+        self.finished: dict[str, Any] = {}  # requests.labels(method, code) by code name
 
     def handler(self) -> grpc.RpcMethodHandler:
         """A handler of the same kind that takes and returns raw bytes."""
@@ -180,12 +192,16 @@ class _MeasuredCall:
         return call
 
     def _begin(self) -> float:
-        self.metrics.in_flight.labels(self.method).inc()
+        self.in_flight.inc()
         return time.perf_counter()
 
     def _end(self, context: grpc.ServicerContext, start: float, outcome: grpc.StatusCode
              ) -> None:
         """Records a finished call; ``outcome`` is its code unless the handler set one."""
-        self.metrics.latency.labels(self.method).observe(time.perf_counter() - start)
-        self.metrics.in_flight.labels(self.method).dec()
-        self.metrics.requests.labels(self.method, (context.code() or outcome).name).inc()
+        self.latency.observe(time.perf_counter() - start)
+        self.in_flight.dec()
+        code = (context.code() or outcome).name
+        counter = self.finished.get(code)
+        if counter is None:
+            counter = self.finished[code] = self.metrics.requests.labels(self.method, code)
+        counter.inc()
