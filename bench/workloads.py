@@ -167,29 +167,36 @@ def _load_worker(address: str, k: int, nbytes: int, stop: Any, ready: Any) -> No
             client.push({var: value})
 
 
-def checkpoint(address: str, server_pid: int, shapes: list[tuple[int, ...]],
-               folder_name: str) -> tuple[dict[str, float] | None, str]:
-    """Seconds of a save and a restore of variables of ``shapes``, and the server's peak
-    resident memory above its size before the save; None and why when checkpoints fail."""
-    with vs.connect(address) as client:
-        variables = []
+class CheckpointWorkload:
+    """Saves and restores float32 variables of ``shapes`` on a `varstore serve` child process,
+    one round at a time (so that rounds can alternate with the baselines')."""
+
+    def __init__(self, address: str, server_pid: int, shapes: list[tuple[int, ...]]) -> None:
+        self.client = vs.connect(address)
+        self.server_pid = server_pid
         for i, shape in enumerate(shapes):
-            v = client.get_variable(f"ckpt/v{i}", shape, initializer=vs.zeros_initializer)
-            client.push({v: floats(int(np.prod(shape)) * 4, seed=i).reshape(shape)})
-            variables.append(v)
+            v = self.client.get_variable(f"ckpt/v{i}", shape, initializer=vs.zeros_initializer)
+            self.client.push({v: floats(int(np.prod(shape)) * 4, seed=i).reshape(shape)})
+
+    def round(self, prefix: str) -> tuple[dict[str, float] | None, str]:
+        """Seconds of a save to ``prefix`` and of a restore from it, and the server's peak
+        resident memory above its size before the save; None and why when checkpoints fail."""
         try:
-            with MemorySampler(server_pid) as memory:
+            with MemorySampler(self.server_pid) as memory:
                 before = memory.peak
                 start = time.perf_counter()
-                path = client.save(f"{folder_name}/model")
+                path = self.client.save(prefix)
                 save = time.perf_counter() - start
             start = time.perf_counter()
-            client.restore(path)
+            self.client.restore(path)
             restore = time.perf_counter() - start
         except OpError as e:
             return None, f"{type(e).__name__}: {e}"
-    return {"save": save, "restore": restore, "peak_extra": float(memory.peak - before),
-            "rss_before": float(before)}, ""
+        return {"save": save, "restore": restore, "peak_extra": float(memory.peak - before),
+                "rss_before": float(before)}, ""
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def total_mb(shapes: list[tuple[int, ...]]) -> float:
