@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from varstore import dtypes
 from varstore.dtypes import DType
@@ -29,6 +30,10 @@ MIN_CHUNK_BYTES = 64 << 10
 _LEN = np.dtype("<u8")
 # RunChunk.data is field 3, length-delimited: its tag byte is (3 << 3) | 2.
 _DATA_TAG = b"\x1a"
+# RunRequest.tensors is field 3 too; unary requests past this size have their tensors parsed
+# one by one (see parse_run_request).
+_RUN_TENSORS_FIELD = 3
+SPLIT_PARSE_BYTES = 64 << 10
 
 
 def shape_to_proto(shape: Sequence[int]) -> pb.Shape:
@@ -171,6 +176,46 @@ def parse_chunk(raw: bytes) -> pb.RunChunk | DataChunk:
         if pos + size == len(raw):
             return DataChunk(memoryview(raw)[pos:])
     return pb.RunChunk.FromString(raw)
+
+
+def parse_run_request(raw: bytes) -> tuple[pb.RunRequest, list[pb.Tensor]]:
+    """Run's deserializer: the ``RunRequest`` in ``raw`` and its tensors.
+
+    protobuf (upb) parses a large bytes field inside a repeated message about ten times slower
+    than at the top of a message (85 against 9 us for 256 KB), so a large request's tensors are
+    cut out of the wire bytes and parsed as ``Tensor`` messages of their own; the returned
+    request then lists no tensors. Raises protobuf's ``DecodeError`` when ``raw`` is malformed.
+    """
+    if len(raw) < SPLIT_PARSE_BYTES:
+        request = pb.RunRequest.FromString(raw)
+        return request, list(request.tensors)
+    tensors: list[pb.Tensor] = []
+    rest: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        start = pos
+        tag, pos = _read_varint(raw, pos)
+        kind = tag & 7
+        if tag < 0 or kind not in (0, 1, 2, 5):
+            raise DecodeError("malformed RunRequest")
+        if kind == 0:
+            value, pos = _read_varint(raw, pos)
+            if value < 0:
+                raise DecodeError("malformed RunRequest")
+        elif kind == 2:
+            size, begin = _read_varint(raw, pos)
+            if size < 0 or begin + size > len(raw):
+                raise DecodeError("malformed RunRequest")
+            pos = begin + size
+            if tag >> 3 == _RUN_TENSORS_FIELD:
+                tensors.append(pb.Tensor.FromString(raw[begin:pos]))
+                continue
+        else:
+            pos += 8 if kind == 1 else 4
+        rest.append(raw[start:pos])
+    if pos != len(raw):
+        raise DecodeError("truncated RunRequest")
+    return pb.RunRequest.FromString(b"".join(rest)), tensors
 
 
 def _varint(n: int) -> bytes:

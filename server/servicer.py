@@ -96,9 +96,11 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         self.clients = ClientTracker()
 
     @rpc_errors
-    def Run(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunResponse:
+    def Run(self, request: tuple[pb.RunRequest, list[pb.Tensor]],
+            context: grpc.ServicerContext) -> pb.RunResponse:
         self.clients.saw(context)
-        graph = wire.graph_from_proto(request, [None] * len(request.tensors))
+        header, tensors = request  # as convert.parse_run_request splits it
+        graph = wire.graph_from_proto(header, [convert.tensor_from_proto(t) for t in tensors])
         response, _ = wire.result_to_proto(self.executor.run(graph), stream=False)
         return response
 
@@ -108,7 +110,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         self.clients.saw(context)
         header, streamed = convert.join_chunks(request_iterator, "request",
                                                self.max_request_bytes)
-        graph = wire.graph_from_proto(header, streamed)
+        arrays = wire.tensors_from_proto(header.tensors, streamed)
+        graph = wire.graph_from_proto(header, arrays)
         response, payloads = wire.result_to_proto(self.executor.run(graph), stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed
@@ -160,7 +163,9 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
 # RunStream's chunks go through varstore's own codec: the same protobuf bytes on the wire, but
 # data chunks are framed from tensor memory and parsed as views, without protobuf's copies.
-_CODECS = {"RunStream": (convert.parse_chunk, convert.serialize_chunk)}
+# Run's requests are parsed with their tensors apart (convert.parse_run_request).
+_CODECS = {"RunStream": (convert.parse_chunk, convert.serialize_chunk),
+           "Run": (convert.parse_run_request, pb.RunResponse.SerializeToString)}
 
 
 def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:

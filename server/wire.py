@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,16 @@ from varstore.server.store import Variable
 MAX_ATTRS = 64
 
 
-def graph_from_proto(request: pb.RunRequest, streamed: list[np.ndarray | None]) -> Graph:
-    """A validated :class:`Graph` for ``request``; ``streamed`` holds arrays of tensors whose
-    bytes came in stream chunks (None for inline tensors)."""
-    tensors = [array if array is not None else convert.tensor_from_proto(t)
-               for t, array in zip(request.tensors, streamed, strict=True)]
+def tensors_from_proto(messages: Sequence[pb.Tensor], streamed: Sequence[np.ndarray | None]
+                       ) -> list[np.ndarray]:
+    """The request's tensors as arrays: ``streamed`` holds those whose bytes came in stream
+    chunks (None for tensors inline in their message)."""
+    return [array if array is not None else convert.tensor_from_proto(t)
+            for t, array in zip(messages, streamed, strict=True)]
+
+
+def graph_from_proto(request: pb.RunRequest, tensors: list[np.ndarray]) -> Graph:
+    """A validated :class:`Graph` for ``request`` with its decoded ``tensors``."""
     nodes = [NodeDef(n.op, tuple(n.inputs), tuple(n.control_inputs), n.variable, n.tensor,
                      _attrs(n)) for n in request.nodes]
     specs = [VariableSpec(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 
 import varstore as vs
 from varstore import convert, dtypes
@@ -150,3 +151,37 @@ def test_a_plain_protobuf_peer_can_stream(client: vs.Client) -> None:
     header, data = replies[0].response, b"".join(r.data for r in replies[1:])
     assert header.values[0].streamed_bytes == 5 and data == b"\x01\x02\x03\x04\x05"
     assert var.numpy().tolist() == [1, 2, 3, 4, 5]
+
+
+def test_large_run_requests_parse_with_their_tensors_apart() -> None:
+    b = RequestBuilder()
+    b.variable("w", dtypes.float32, [300, 64], initializer=b.node("zeros", dtype=dtypes.float32,
+                                                                   shape=[300, 64]))
+    rows = b.const(np.arange(300, dtype=np.int64), dtypes.int64)
+    updates = b.const(np.ones((300, 64), np.float32), dtypes.float32)
+    words = b.const(np.array([b"a", b"\xff" * 70_000], dtype=object), dtypes.string)
+    b.fetch(b.node("scatter_add", [rows, updates], variable="w"))
+    b.fetch(words)
+    b.target(b.node("no_op", control_inputs=[rows]))
+    request, _ = b.build(stream=False)
+    raw = request.SerializeToString()
+    assert len(raw) > convert.SPLIT_PARSE_BYTES
+    header, tensors = convert.parse_run_request(raw)
+    assert list(tensors) == list(request.tensors) and not header.tensors
+    header.tensors.extend(tensors)
+    assert header == request
+    small, _ = RequestBuilder().build(stream=False)
+    assert convert.parse_run_request(small.SerializeToString()) == (small, [])
+    with pytest.raises(DecodeError):
+        convert.parse_run_request(raw[:-1])
+    with pytest.raises(DecodeError):
+        convert.parse_run_request(b"\x0f" + raw[1:])  # a first tag of wire type 7
+
+
+def test_a_large_unary_request_through_the_server(client: vs.Client) -> None:
+    table = client.get_variable("table", [1000, 64], initializer=vs.zeros_initializer)
+    rows = np.array([3, 999, 3, 0] * 256)
+    assert rows.size * 64 * 4 > convert.SPLIT_PARSE_BYTES  # a unary request split to parse
+    table.scatter_add(rows, np.ones((rows.size, 64), np.float32))
+    value = table.numpy()
+    assert value[3].tolist() == [512.0] * 64 and value[999, 0] == 256 and value[1, 0] == 0
