@@ -224,7 +224,7 @@ def checkpoints(run: Run, work: Path) -> None:
     finally:
         varstore.close()
         server.stop()
-    del arrays
+    arrays.clear()
     for key, seconds in times.items():
         run.figures[key] = mb / statistics.median(seconds)
     if "vs.save" in times:

@@ -292,10 +292,9 @@ class CheckpointManager:
                         f"restoring {named} would exceed the server's memory limit of {limit} "
                         "bytes")
                 in_place = [(key, var) for key, var, value in existing if value is None]
-                for _ in pool.map(lambda kv: reader.read_into(kv[0], kv[1].read(), verified=True),
-                                  in_place):
-                    pass
-                for key, var, value in existing:
+                list(pool.map(lambda kv: reader.read_into(kv[0], kv[1].read(), verified=True),
+                              in_place))
+                for _, var, value in existing:
                     if value is None:
                         self.store.touched(var)
                     else:
