@@ -127,22 +127,21 @@ def tensor_from_proto(message: pb.Tensor, content: Any = None) -> np.ndarray:
     return decode_content(dtype, shape, message.content if content is None else content)
 
 
-def pack_tensors(arrays: Sequence[tuple[np.ndarray, DType]], stream: bool
-                 ) -> tuple[list[pb.Tensor], list[bytes | memoryview]]:
-    """Tensor messages for ``arrays``; with ``stream``, their bytes are returned separately
-    (to send with :func:`split_chunks`) instead of inline."""
-    messages: list[pb.Tensor] = []
+def pack_tensors(arrays: Sequence[tuple[np.ndarray, DType]], stream: bool,
+                 into: Any) -> list[bytes | memoryview]:
+    """Appends a Tensor message for each of ``arrays`` to ``into`` (a message's repeated
+    ``Tensor`` field: filled in place, as copying a finished message would copy its bytes);
+    with ``stream``, their bytes are returned separately (to send with :func:`split_chunks`)
+    instead of inline."""
     payloads: list[bytes | memoryview] = []
     for array, dtype in arrays:
         content = encode_content(array, dtype)
         if stream and len(content):
-            messages.append(pb.Tensor(dtype=dtype.enum, shape=array.shape,
-                                      streamed_bytes=len(content)))
+            into.add(dtype=dtype.enum, shape=array.shape, streamed_bytes=len(content))
             payloads.append(content)
         else:
-            messages.append(pb.Tensor(dtype=dtype.enum, shape=array.shape,
-                                      content=bytes(content)))
-    return messages, payloads
+            into.add(dtype=dtype.enum, shape=array.shape, content=bytes(content))
+    return payloads
 
 
 def data_frame(parts: Sequence[bytes | memoryview]) -> bytes:

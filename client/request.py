@@ -79,7 +79,6 @@ class RequestBuilder:
 
     def build(self, stream: bool) -> tuple[pb.RunRequest, list[bytes | memoryview]]:
         """The request message; with ``stream``, tensor bytes are returned separately."""
-        tensors, payloads = convert.pack_tensors(self.arrays, stream)
-        request = pb.RunRequest(variables=self.specs, nodes=self.nodes, tensors=tensors,
+        request = pb.RunRequest(variables=self.specs, nodes=self.nodes,
                                 fetches=self.fetches, targets=self.targets)
-        return request, payloads
+        return request, convert.pack_tensors(self.arrays, stream, request.tensors)

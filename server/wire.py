@@ -68,7 +68,5 @@ def result_to_proto(result: Result, stream: bool
     for value in result.values:
         array = np.asarray(value if value is not None else np.zeros((0,), np.float32))
         arrays.append((array, dtypes.as_dtype(array.dtype)))
-    tensors, payloads = convert.pack_tensors(arrays, stream)
-    response = pb.RunResponse(values=tensors,
-                              variables=[variable_info(v, c) for v, c in result.variables])
-    return response, payloads
+    response = pb.RunResponse(variables=[variable_info(v, c) for v, c in result.variables])
+    return response, convert.pack_tensors(arrays, stream, response.values)

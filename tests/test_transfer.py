@@ -30,8 +30,8 @@ def _sizes() -> list[int]:
 def _roundtrip(arrays: list[np.ndarray], chunk_bytes: int | None = None) -> list[np.ndarray]:
     """Packs arrays as a streamed request and reads them back through the wire encoding."""
     pairs = [(a, dtypes.as_dtype(a.dtype)) for a in arrays]
-    tensors, payloads = convert.pack_tensors(pairs, stream=True)
-    header = pb.RunChunk(request=pb.RunRequest(tensors=tensors))
+    header = pb.RunChunk()
+    payloads = convert.pack_tensors(pairs, True, header.request.tensors)
     wire = [convert.serialize_chunk(c)
             for c in convert.split_chunks(header, payloads, chunk_bytes)]
     head, streamed = convert.join_chunks((convert.parse_chunk(w) for w in wire), "request",
