@@ -163,7 +163,8 @@ def _update(ctx: Context, node: NodeDef, inputs: list[Any], ufunc: np.ufunc) -> 
         raise InvalidArgumentError(
             f"{node.op} {var.name}: delta has dtype {dtypes.as_dtype(delta.dtype).name}, "
             f"variable has dtype {var.dtype.name}")
-    if np.broadcast_shapes(delta.shape, current.shape) != current.shape:
+    if delta.shape != current.shape and \
+            np.broadcast_shapes(delta.shape, current.shape) != current.shape:
         raise InvalidArgumentError(
             f"{node.op} {var.name}: delta of shape {list(delta.shape)} does not fit variable "
             f"of shape {list(current.shape)}")

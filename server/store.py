@@ -183,6 +183,10 @@ class VariableStore:
     def locked(self, variables: Iterable[Variable]) -> Iterator[None]:
         """Holds the locks of ``variables`` (deduplicated, taken in name order)."""
         ordered = sorted({id(v): v for v in variables}.values(), key=lambda v: v.name)
+        if len(ordered) == 1:  # most requests: no ExitStack needed
+            with ordered[0].lock:
+                yield
+            return
         with contextlib.ExitStack() as stack:
             for v in ordered:
                 stack.enter_context(v.lock)
