@@ -110,6 +110,8 @@ def as_dtype(value: Any) -> DType:
     """
     if isinstance(value, DType):
         return value
+    if isinstance(value, np.dtype) and value in _BY_NUMPY:  # the hot case, checked first
+        return _BY_NUMPY[value]
     if isinstance(value, str):
         if value in _BY_NAME:
             return _BY_NAME[value]
