@@ -50,6 +50,8 @@ class Graph:
     tensors: list[np.ndarray] = field(default_factory=list)
     fetches: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
+    # Set by the executor once it checked the graph, which a graph run again is not twice.
+    validated: bool = False
 
 
 @dataclass
@@ -74,7 +76,9 @@ class Executor:
         variable, and the kernels' errors. A request that fails changes nothing: variables it
         created are removed and variables it updated get their values back.
         """
-        self._validate(graph)
+        if not graph.validated:
+            self._validate(graph)
+            graph.validated = True
         memo: dict[int, Any] = {}
         bound = self._create_variables(graph, memo)
         wanted = list(graph.fetches) + list(graph.targets)

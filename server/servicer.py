@@ -22,7 +22,7 @@ from varstore.errors import OpError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
-from varstore.server.executor import Executor
+from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
 from varstore.server.store import VariableStore
 
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 
 MAX_WAIT_SECONDS = 3600.0
+# Small requests that repeat byte for byte (a step counter's increment, a poll) reuse the graph
+# built and checked for their first call: that is most of the Python a small op costs.
+GRAPH_CACHE_MAX_BYTES = 4096
+GRAPH_CACHE_ENTRIES = 512
+# A Run request as its deserializer hands it over: the request, its tensors, its wire bytes.
+RunCall = tuple[pb.RunRequest, list[pb.Tensor], bytes]
 
 
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
@@ -94,15 +100,26 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         self.max_request_bytes = max_request_bytes
         self.started = time.time()
         self.clients = ClientTracker()
+        self._graphs: dict[bytes, Graph] = {}
 
     @rpc_errors
-    def Run(self, request: tuple[pb.RunRequest, list[pb.Tensor]],
-            context: grpc.ServicerContext) -> pb.RunResponse:
+    def Run(self, request: RunCall, context: grpc.ServicerContext) -> pb.RunResponse:
         self.clients.saw(context)
-        header, tensors = request  # as convert.parse_run_request splits it
-        graph = wire.graph_from_proto(header, [convert.tensor_from_proto(t) for t in tensors])
-        response, _ = wire.result_to_proto(self.executor.run(graph), stream=False)
+        response, _ = wire.result_to_proto(self.executor.run(self._graph(request)), stream=False)
         return response
+
+    def _graph(self, call: RunCall) -> Graph:
+        header, tensors, raw = call
+        graph = self._graphs.get(raw)
+        if graph is None:
+            graph = wire.graph_from_proto(header, [convert.tensor_from_proto(t) for t in tensors])
+            if len(raw) <= GRAPH_CACHE_MAX_BYTES:
+                for array in graph.tensors:
+                    array.flags.writeable = False  # later calls share it: kernels only read it
+                if len(self._graphs) >= GRAPH_CACHE_ENTRIES:
+                    self._graphs.clear()
+                self._graphs[raw] = graph
+        return graph
 
     @rpc_errors
     def RunStream(self, request_iterator: Iterator[pb.RunChunk],
@@ -165,7 +182,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 # data chunks are framed from tensor memory and parsed as views, without protobuf's copies.
 # Run's requests are parsed with their tensors apart (convert.parse_run_request).
 _CODECS = {"RunStream": (convert.parse_chunk, convert.serialize_chunk),
-           "Run": (convert.parse_run_request, pb.RunResponse.SerializeToString)}
+           "Run": (lambda raw: (*convert.parse_run_request(raw), raw),
+                   pb.RunResponse.SerializeToString)}
 
 
 def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:

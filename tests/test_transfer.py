@@ -185,3 +185,23 @@ def test_a_large_unary_request_through_the_server(client: vs.Client) -> None:
     table.scatter_add(rows, np.ones((rows.size, 64), np.float32))
     value = table.numpy()
     assert value[3].tolist() == [512.0] * 64 and value[999, 0] == 256 and value[1, 0] == 0
+
+
+def test_repeated_requests_run_afresh_each_time(client: vs.Client) -> None:
+    """The server reuses the graph of a request it saw before; its constants stay unchanged
+    and every run sees the variables as they are now."""
+    acc = client.get_variable("acc", [3], initializer=vs.zeros_initializer)
+    reset = RequestBuilder()
+    ones = reset.const(np.ones(3, np.float32), dtypes.float32)
+    reset.fetch(reset.node("assign", [ones], variable="acc"))
+    reset.fetch(ones)
+    for _ in range(3):
+        (value, constant), _ = client.run(reset)
+        assert value.tolist() == [1, 1, 1] and constant.tolist() == [1, 1, 1]
+        acc.assign_add(np.full(3, 2, np.float32))  # in place, on the array assign stored
+        assert acc.numpy().tolist() == [3, 3, 3]
+    bogus = RequestBuilder()
+    bogus.fetch(bogus.node("bogus"))
+    for _ in range(2):
+        with pytest.raises(InvalidArgumentError, match="unknown op"):
+            client.run(bogus)
