@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,9 @@ class Graph:
     targets: list[int] = field(default_factory=list)
     # Set by the executor once it checked the graph, which a graph run again is not twice.
     validated: bool = False
+    # The tensors belong to this request alone (no later request shares them), so a kernel may
+    # keep one that no other node uses instead of copying it (a pushed value, see _Context.take).
+    owned: bool = False
 
 
 @dataclass
@@ -166,7 +170,7 @@ class Executor:
         needed = _closure(graph.nodes, wanted, memo)
         names = {graph.nodes[i].variable for i in needed if graph.nodes[i].variable}
         variables = {n: self.store.get(n) for n in sorted(names)}
-        ctx = _Context(self, graph.tensors, variables)
+        ctx = _Context(self, graph, variables)
         undo = _UndoLog()
         with self.store.locked(variables.values()):
             try:
@@ -274,18 +278,38 @@ def _detach(value: Any, variables: dict[str, Variable]) -> Any:
 class _Context:
     """What kernels see of an evaluation: the store, the request's tensors, locked variables."""
 
-    def __init__(self, executor: Executor, tensors: list[np.ndarray],
-                 variables: dict[str, Variable]) -> None:
+    def __init__(self, executor: Executor, graph: Graph, variables: dict[str, Variable]
+                 ) -> None:
         self.store = executor.store
-        self.tensors = tensors
+        self.tensors = graph.tensors
+        self._graph = graph
         self._variables = variables
         self._max_bytes = executor.max_tensor_bytes
+        self._sole: set[int] | None = None
 
     def variable(self, node: NodeDef) -> Variable:
         return self._variables[node.variable]
 
+    def take(self, node: NodeDef, position: int) -> bool:
+        """Whether ``node``'s kernel may keep its input ``position`` as it is: a const node of
+        the request's own tensors that no other node, fetch or initializer uses."""
+        if self._sole is None:
+            self._sole = _sole_consts(self._graph) if self._graph.owned else set()
+        return node.inputs[position] in self._sole
+
     def check_alloc(self, shape: tuple[int, ...], dtype: DType) -> None:
         check_alloc(shape, dtype, self._max_bytes)
+
+
+def _sole_consts(graph: Graph) -> set[int]:
+    """The const nodes whose tensor no other const node produces and whose value exactly one
+    node input consumes (no fetch, no initializer)."""
+    uses = Counter(j for node in graph.nodes for j in node.inputs)
+    uses.update(graph.fetches)
+    uses.update(s.initializer for s in graph.variables if s.initializer is not None)
+    consts = [(i, node.tensor) for i, node in enumerate(graph.nodes) if node.op == "const"]
+    producers = Counter(t for _, t in consts)
+    return {i for i, t in consts if uses[i] == 1 and producers[t] == 1}
 
 
 def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int) -> None:

@@ -47,6 +47,8 @@ class Context(Protocol):
 
     def check_alloc(self, shape: tuple[int, ...], dtype: DType) -> None: ...
 
+    def take(self, node: NodeDef, position: int) -> bool: ...
+
 
 Kernel = Callable[[Context, NodeDef, list[Any]], Any]
 
@@ -150,8 +152,9 @@ def _assign(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     var = ctx.variable(node)
     value = _check_value(var, np.asarray(inputs[0]), "Assign")
     # A new array rather than a write into the old one: a failed request can put the old
-    # array back (executor._UndoLog) without having copied it.
-    ctx.store.set_value(var, np.array(value, copy=True))
+    # array back (executor._UndoLog) without having copied it. A pushed value that nothing
+    # else in the request uses becomes the variable's array as it is, without a copy.
+    ctx.store.set_value(var, value if ctx.take(node, 0) else np.array(value, copy=True))
     return var.value
 
 

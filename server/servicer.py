@@ -113,7 +113,9 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         graph = self._graphs.get(raw)
         if graph is None:
             graph = wire.graph_from_proto(header, [convert.tensor_from_proto(t) for t in tensors])
-            if len(raw) <= GRAPH_CACHE_MAX_BYTES:
+            if len(raw) > GRAPH_CACHE_MAX_BYTES:
+                graph.owned = True
+            else:
                 for array in graph.tensors:
                     array.flags.writeable = False  # later calls share it: kernels only read it
                 if len(self._graphs) >= GRAPH_CACHE_ENTRIES:
@@ -129,6 +131,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                                                self.max_request_bytes)
         arrays = wire.tensors_from_proto(header.tensors, streamed)
         graph = wire.graph_from_proto(header, arrays)
+        graph.owned = True
         response, payloads = wire.result_to_proto(self.executor.run(graph), stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed

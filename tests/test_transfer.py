@@ -205,3 +205,21 @@ def test_repeated_requests_run_afresh_each_time(client: vs.Client) -> None:
     for _ in range(2):
         with pytest.raises(InvalidArgumentError, match="unknown op"):
             client.run(bogus)
+
+
+def test_a_pushed_value_used_twice_gives_each_variable_its_own_array(client: vs.Client) -> None:
+    """The server keeps a streamed value as a variable's array only when nothing else in the
+    request uses it."""
+    n = convert.STREAM_THRESHOLD // 4 + 1
+    a, b = (client.get_variable(name, [n], initializer=vs.zeros_initializer)
+            for name in ("twin_a", "twin_b"))
+    builder = RequestBuilder()
+    value = builder.const(np.arange(n, dtype=np.float32), dtypes.float32)
+    builder.target(builder.node("assign", [value], variable="twin_a"))
+    builder.target(builder.node("assign", [value], variable="twin_b"))
+    client.run(builder)
+    a.assign_add(np.ones(n, np.float32))  # in place: b must not see it
+    assert a.numpy()[:3].tolist() == [1, 2, 3] and b.numpy()[:3].tolist() == [0, 1, 2]
+    client.push({a: np.ones(n, np.float32)})  # a streamed value used once: kept as it is
+    a.assign_add(np.ones(n, np.float32))
+    assert a.numpy()[:3].tolist() == [2, 2, 2] and b.numpy()[:3].tolist() == [0, 1, 2]
