@@ -236,7 +236,7 @@ def checkpoints(run: Run, work: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smaller sizes and fewer iterations (about two minutes)")
+                        help="smaller sizes and fewer iterations (under a minute)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                         help="folder for results.json and throughput.png")
     args = parser.parse_args(argv)
