@@ -382,8 +382,15 @@ def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> No
         a, b = np.asarray(inputs[0]), np.asarray(inputs[1])
         _same_dtype(node, a, b)
         ctx.check_alloc(np.broadcast_shapes(a.shape, b.shape), dtypes.as_dtype(a.dtype))
-        return np.asarray(fn(a, b))
+        if name in _INTEGER_DIVISIONS and a.dtype.kind in "iu" and not np.all(b):
+            raise InvalidArgumentError("Integer division by zero")
+        # Floating results follow IEEE as TensorFlow's do (inf, nan), without numpy's warnings.
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(a, b))
     register(name, 2)(kernel)
+
+
+_INTEGER_DIVISIONS = frozenset({"div", "realdiv", "floordiv", "mod"})
 
 
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -407,7 +414,8 @@ for _name, _fn in {
 def _unary(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
     def kernel(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
         x = np.asarray(inputs[0])
-        return np.asarray(fn(x)).astype(x.dtype, copy=False) if x.dtype != bool else fn(x)
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(x)).astype(x.dtype, copy=False) if x.dtype != bool else fn(x)
     register(name, 1)(kernel)
 
 

@@ -202,3 +202,17 @@ def test_a_failed_request_changes_nothing() -> None:
     assert store.get("s").value.tolist() == [b"x"]
     assert [store.get(n).version for n in "abs"] == [0, 0, 0]
     assert store.bytes_stored() == stored
+
+
+def test_float_math_follows_ieee_and_integer_division_by_zero_fails() -> None:
+    _, ex = make()
+    x = np.array([-1.0, 0.0, 1000.0], np.float32)
+    log, exp, div = run(ex, [NodeDef("const", tensor=0), NodeDef("log", (0,)),
+                             NodeDef("exp", (0,)), NodeDef("const", tensor=1),
+                             NodeDef("div", (0, 3))],
+                        [x, np.zeros(3, np.float32)], [1, 2, 4])
+    assert np.isnan(log[0]) and log[1] == -np.inf and exp[2] == np.inf
+    assert np.isinf(div[0]) and np.isnan(div[1])
+    with pytest.raises(InvalidArgumentError, match="Integer division by zero"):
+        run(ex, [NodeDef("const", tensor=0), NodeDef("const", tensor=1),
+                 NodeDef("floordiv", (0, 1))], [np.array([4, 2]), np.array([2, 0])], [2])
