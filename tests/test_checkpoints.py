@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from google.protobuf import text_format
 
 import varstore as vs
 from tests.conftest import ServerProcess
-from tests.test_bundle import SHAPES, _sample
+from tests.test_bundle import EXPECTED, SHAPES, TF_DATA, _same, _sample
 from varstore import dtypes
 from varstore.errors import (
     AlreadyExistsError,
@@ -38,9 +37,6 @@ from varstore.server.bundle import BundleReader, BundleWriter
 from varstore.server.checkpoint_folder import CheckpointFolder
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.store import Variable, VariableStore
-
-TF_DATA = Path(__file__).parent / "data" / "tf_checkpoints"
-EXPECTED = json.loads((TF_DATA / "expected.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +69,6 @@ def fresh(tmp_path: Path) -> Iterator[Callable[..., vs.Client]]:
         c.close()
     for srv in servers:
         srv.stop(grace=1.0)
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    if a.dtype == object:
-        assert a.tolist() == b.tolist()
-    else:
-        assert a.tobytes() == b.tobytes()
 
 
 def _uninitialized(client: vs.Client, name: str, shape: tuple[int, ...],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import varstore as vs
-from tests.test_bundle import SHAPES, _sample
+from tests.test_bundle import SHAPES, _same, _sample
 from varstore import dtypes
 from varstore.server.app import Server
 from varstore.server.bundle import BundleReader
@@ -28,14 +28,6 @@ def tf() -> Any:
 @pytest.fixture
 def ckpt_dir(server: Server) -> Path:
     return Path(server.checkpoints.directory)
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    if a.dtype == object:
-        assert a.tolist() == b.tolist()
-    else:
-        assert a.tobytes() == b.tobytes()
 
 
 def _from_tf(value: Any, like: np.ndarray) -> np.ndarray:
