@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
+
 from common import MB, payload
 
 SERVICE = "floor.Floor"

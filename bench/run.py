@@ -24,12 +24,12 @@ from pathlib import Path
 import disk
 import numpy as np
 import report
-from common import MB, payload, rate, start_varstore, throughput, timed
 from floor import GrpcFloor, TcpFloor
 from redis_baseline import RedisBaseline
 from workloads import CheckpointWorkload, VarstoreWorkloads, floats, total_mb
 
-from varstore.allocator import keep_freed_memory
+from common import MB, payload, rate, start_varstore, throughput, timed
+from varstore.common.allocator import keep_freed_memory
 
 
 @dataclass
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     config = QUICK if args.quick else FULL
     run = Run(config)
     # This process is a training worker pulling and pushing big tensors: it recycles freed
-    # buffers, as `varstore serve` does (see varstore.allocator).
+    # buffers, as `varstore serve` does (see varstore.common.allocator).
     keep_freed_memory()
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="varstore-bench-"))

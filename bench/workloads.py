@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import numpy as np
-from common import MB, MemorySampler, percentile, rate, throughput, timed
 
 import varstore as vs
-from varstore.allocator import keep_freed_memory
+from common import MB, MemorySampler, percentile, rate, throughput, timed
+from varstore.common.allocator import keep_freed_memory
 from varstore.errors import OpError
 from varstore.request import RequestBuilder
 

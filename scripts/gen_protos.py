@@ -2,8 +2,8 @@
 
 Usage: python scripts/gen_protos.py [--check]
 
-The generated modules live in client/proto/ (installed as ``varstore.proto``), which both the
-server and the client import. With --check nothing is written; the exit code is 1 when the
+The generated modules live in common/varstore/proto/ (installed as ``varstore.proto``), which
+both the server and the client import. With --check nothing is written; the exit code is 1 when the
 checked-in files differ from what the protos generate now.
 """
 
@@ -20,7 +20,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "proto" / "varstore" / "v1"
-TARGET = ROOT / "client" / "proto"
+TARGET = ROOT / "common" / "varstore" / "proto"
 # The import path of the generated package; protoc's virtual path makes the generated
 # imports read `from varstore.proto import ...` without rewriting.
 IMPORT_PATH = "varstore/proto"
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = {p.name for p in TARGET.glob("*_pb2*")} - {g.name for g in generated}
         if args.check:
             for name in sorted(stale) + sorted(extra):
-                print(f"stale generated file: client/proto/{name}", file=sys.stderr)
+                print(f"stale generated file: common/varstore/proto/{name}", file=sys.stderr)
             return 1 if stale or extra else 0
         for name in extra:
             (TARGET / name).unlink()

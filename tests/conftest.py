@@ -13,9 +13,15 @@ from pathlib import Path
 
 import pytest
 
-import varstore as vs
-from varstore.server import ServerConfig, create_server
-from varstore.server.app import Server
+ROOT = Path(__file__).resolve().parent.parent
+# Tests and the servers they start run this checkout's code, whichever varstore is installed.
+SOURCE_ROOTS = [str(ROOT / folder) for folder in ("client", "common", "server")]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*SOURCE_ROOTS, str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+import varstore as vs  # noqa: E402
+from varstore.server import ServerConfig, create_server  # noqa: E402
+from varstore.server.app import Server  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 

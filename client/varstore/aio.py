@@ -1,0 +1,154 @@
+"""The asyncio client: the eager API with awaitable calls, many in flight on one channel.
+
+    import varstore as vs
+    import varstore.aio
+
+    client = await varstore.aio.connect("localhost:7011")
+    with client.variable_scope("layer1"):
+        w = await client.get_variable("w", [10], initializer=vs.zeros_initializer)
+    step = await client.get_variable("step", [], dtype=vs.int64)
+    await asyncio.gather(*(step.assign_add(1) for _ in range(100)))   # pipelined
+    print(await w.numpy(), await step.numpy())
+    await client.close()
+
+Names, scopes and reuse are those of the blocking client (the same code): scopes are plain
+``with`` blocks, and a call resolves its names when it is made, not when it is awaited.
+Variable handles are :class:`varstore.RemoteVariable` objects whose methods return awaitables
+here. Arrays handed to a call must not change until it completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+
+from varstore.client import (
+    DEFAULT_ADDRESS,
+    RUN_STREAM_METHOD,
+    ClientBase,
+    Reply,
+    Steps,
+    VariableInfo,
+)
+from varstore.common import codec
+from varstore.common.errors import OpError
+from varstore.proto import varstore_pb2 as pb
+from varstore.proto import varstore_pb2_grpc as pb_grpc
+from varstore.request import RequestBuilder
+from varstore.transport import Transport
+
+__all__ = ["Client", "connect"]
+
+
+class Client(ClientBase):
+    """An asyncio connection to a varstore server, with its own TF-style naming state.
+
+    ``get_variable``, ``Variable``, ``pull``, ``push`` and every variable method return
+    awaitables; use as ``async with`` or ``await client.close()``.
+    """
+
+    def __init__(self, address: str | None = None, *, token: str | None = None,
+                 tls: Any = None, timeout: float | None = None) -> None:
+        super().__init__()
+        self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
+        self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout,
+                                   aio=True)
+        self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
+        self.run_stream = self.transport.channel.stream_stream(
+            RUN_STREAM_METHOD, request_serializer=codec.serialize_chunk,
+            response_deserializer=codec.parse_chunk)
+
+    async def close(self) -> None:
+        """Closes the channel (calls in flight are cancelled)."""
+        await self.transport.channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
+        """Sends one request; returns the fetched arrays and the variables' infos.
+
+        Requests or expected responses past one message go through the chunked stream.
+        Raises ``varstore.errors`` classes for failed calls.
+        """
+        stream = max(builder.payload_bytes(), expect_bytes) > codec.STREAM_THRESHOLD
+        request, payloads = builder.build(stream)
+        options = {"timeout": self.transport.timeout, "metadata": self.transport.metadata}
+        try:
+            if not stream:
+                response = await self.stub.Run(request, **options)
+                values = [codec.tensor_from_proto(t) for t in response.values]
+                return values, list(response.variables)
+            call = self.run_stream(
+                codec.split_chunks(pb.RunChunk(request=request), payloads), **options)
+            reader = codec.ChunkReader("response", 1 << 62)
+            async for chunk in call:
+                reader.feed(chunk)
+        except grpc.RpcError as e:
+            raise self.transport.error(e) from e
+        header, arrays = reader.result()
+        values = [a if a is not None else codec.tensor_from_proto(t)
+                  for t, a in zip(header.values, arrays, strict=True)]
+        return values, list(header.variables)
+
+    def _drive(self, steps: Steps) -> Awaitable[Any]:
+        """Starts ``steps`` now, so that names resolve in the scopes open at the call; the
+        awaitable returned sends its requests."""
+        try:
+            first = next(steps)
+        except StopIteration as done:
+            return _completed(done.value)
+        return self._finish(steps, first)
+
+    async def _finish(self, steps: Steps, request: tuple[RequestBuilder, int]) -> Any:
+        try:
+            while True:
+                try:
+                    reply = await self.run(*request)
+                except OpError as e:
+                    request = steps.throw(e)
+                else:
+                    request = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    async def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
+        """Variables on the server (all, or those under ``scope``), sorted by name."""
+        try:
+            response = await self.stub.ListVariables(
+                pb.ListVariablesRequest(scope=scope or ""), timeout=self.transport.timeout,
+                metadata=self.transport.metadata)
+        except grpc.RpcError as e:
+            raise self.transport.error(e) from e
+        return [VariableInfo.from_proto(v) for v in response.variables]
+
+
+async def _completed(value: Any) -> Any:
+    return value
+
+
+async def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
+                  timeout: float | None = None) -> Client:
+    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011).
+
+    Raises ``UnavailableError`` naming the address when no server answers within
+    ``timeout`` seconds (default 10).
+    """
+    client = Client(address, token=token, tls=tls, timeout=timeout)
+    try:
+        await asyncio.wait_for(client.transport.channel.channel_ready(),
+                               client.transport.connect_timeout)
+    except asyncio.TimeoutError:
+        await client.close()
+        raise client.transport.unreachable() from None
+    except BaseException:
+        await client.close()
+        raise
+    return client

@@ -1,0 +1,515 @@
+"""The eager client: ``vs.connect()`` and the variable handles it returns.
+
+Every call is one round trip. Variables follow TF 1.x's naming and reuse rules within a
+client (:mod:`varstore.scopes`) and are shared with other clients by full name on the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from varstore import initializers, train
+from varstore.common import codec, dtypes
+from varstore.common.dtypes import DType
+from varstore.common.errors import InvalidArgumentError, NotFoundError, OpError, from_rpc_error
+from varstore.proto import varstore_pb2 as pb
+from varstore.proto import varstore_pb2_grpc as pb_grpc
+from varstore.request import RequestBuilder
+from varstore.scopes import Naming, VariableScope
+from varstore.transport import Transport
+
+DEFAULT_ADDRESS = "localhost:7011"
+# Called with varstore's chunk codec (codec.serialize_chunk/parse_chunk) instead of the
+# generated stub's protobuf one: same bytes on the wire, fewer copies.
+RUN_STREAM_METHOD = "/varstore.v1.VariableService/RunStream"
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    """What the server holds for one variable."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    trainable: bool
+    initialized: bool
+    version: int
+    created_by: str
+    initializer: str
+    nbytes: int
+
+    @classmethod
+    def from_proto(cls, info: pb.VariableInfo) -> VariableInfo:
+        """Converts the wire message."""
+        return cls(info.name, dtypes.from_enum(info.dtype), tuple(info.shape.dim),
+                   info.trainable, info.initialized, info.version, info.created_by,
+                   info.initializer_desc, info.nbytes)
+
+
+def _as_int_indices(indices: Any) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got {idx.dtype}")
+    return idx.astype(np.int64, copy=False)
+
+
+Reply = tuple[list[np.ndarray], list[pb.VariableInfo]]
+# A client method written once as a generator of requests: it yields (request, expected
+# response bytes), is sent each reply (or thrown its error), and returns the method's result.
+# Client runs the steps with blocking calls; varstore.aio awaits them.
+Steps = Generator[tuple[RequestBuilder, int], Reply, Any]
+
+
+class RemoteVariable:
+    """A handle to a variable on the server; every method is one atomic round trip (with
+    ``varstore.aio``, the same methods return awaitables)."""
+
+    def __init__(self, client: ClientBase, name: str, dtype: DType, shape: tuple[int, ...],
+                 trainable: bool = True) -> None:
+        self._client = client
+        self.op_name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.trainable = trainable
+        # Adds the node computing the initial value to a request; None for a variable this
+        # client bound to but did not create. Used by initialize_or_restore.
+        self._initializer: Callable[[RequestBuilder], int] | None = None
+
+    @property
+    def name(self) -> str:
+        """The tensor name, ``"scope/name:0"``."""
+        return f"{self.op_name}:0"
+
+    def __repr__(self) -> str:
+        return (f"<varstore.RemoteVariable '{self.name}' shape={self.shape} "
+                f"dtype={self.dtype.name}>")
+
+    def get_shape(self) -> tuple[int, ...]:
+        """The variable's shape."""
+        return self.shape
+
+    def _value(self, value: Any) -> np.ndarray:
+        return dtypes.to_numpy(value, self.dtype)
+
+    def _full_value(self, value: Any) -> np.ndarray:
+        """``value`` as a whole new value of this variable; checked here so that a request
+        assigning several variables is refused before any of them changes."""
+        array = self._value(value)
+        if array.shape != self.shape:
+            raise InvalidArgumentError(
+                f"Assign {self.op_name}: value has shape {list(array.shape)}, variable has "
+                f"shape {list(self.shape)}")
+        return array
+
+    def _update(self, op: str, *values: np.ndarray, fetch: bool = False) -> Any:
+        return self._client._drive(self._update_steps(op, values, fetch))
+
+    def _update_steps(self, op: str, values: Sequence[np.ndarray], fetch: bool) -> Steps:
+        b = RequestBuilder()
+        inputs = [b.const(v, dtypes.as_dtype(v.dtype)) for v in values]
+        node = b.node(op, inputs, variable=self.op_name)
+        if fetch:
+            b.fetch(node)
+        else:
+            b.target(node)
+        fetched, _ = yield b, self._nbytes() if fetch else 0
+        return fetched[0] if fetch else self
+
+    def _nbytes(self) -> int:
+        return codec.num_elements(self.shape) * max(self.dtype.itemsize, 1)
+
+    def numpy(self) -> np.ndarray:
+        """The current value; raises ``FailedPreconditionError`` if uninitialized."""
+        return self._client._drive(self._read_steps())
+
+    def _read_steps(self) -> Steps:
+        (value,) = yield from self._client._pull_steps([self])
+        return value
+
+    read_value = numpy
+    value = numpy
+
+    def assign(self, value: Any) -> RemoteVariable:
+        """Replaces the value (same shape and dtype); returns this handle."""
+        return self._update("assign", self._full_value(value))
+
+    def assign_add(self, delta: Any) -> RemoteVariable:
+        """Adds ``delta`` atomically; returns this handle."""
+        return self._update("assign_add", self._value(delta))
+
+    def assign_sub(self, delta: Any) -> RemoteVariable:
+        """Subtracts ``delta`` atomically; returns this handle."""
+        return self._update("assign_sub", self._value(delta))
+
+    def scatter_add(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Adds ``updates`` to rows ``indices`` (duplicates accumulate); returns this handle."""
+        return self._update("scatter_add", _as_int_indices(indices), self._value(updates))
+
+    def scatter_sub(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Subtracts ``updates`` from rows ``indices``; returns this handle."""
+        return self._update("scatter_sub", _as_int_indices(indices), self._value(updates))
+
+    def scatter_update(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Replaces rows ``indices`` with ``updates``; returns this handle."""
+        return self._update("scatter_update", _as_int_indices(indices), self._value(updates))
+
+    def gather(self, indices: Any) -> np.ndarray:
+        """Rows ``indices`` of the value, read atomically."""
+        return self._client._drive(self._gather_steps(_as_int_indices(indices)))
+
+    def _gather_steps(self, idx: np.ndarray) -> Steps:
+        row = codec.num_elements(self.shape[1:]) * max(self.dtype.itemsize, 1)
+        b = RequestBuilder()
+        b.fetch(b.node("gather", [b.const(idx, dtypes.int64)], variable=self.op_name))
+        (rows,), _ = yield b, idx.size * row
+        return rows
+
+    def is_initialized(self) -> bool:
+        """Whether the variable holds a value on the server."""
+        return self._client._drive(self._is_initialized_steps())
+
+    def _is_initialized_steps(self) -> Steps:
+        b = RequestBuilder()
+        b.fetch(b.node("is_initialized", variable=self.op_name))
+        (flag,), _ = yield b, 0
+        return bool(flag)
+
+
+class ClientBase:
+    """What the blocking :class:`Client` and ``varstore.aio.Client`` share: the naming state,
+    scopes, and every method made of Run requests, written once as :data:`Steps` that the
+    subclass's ``_drive`` runs (blocking, or as a coroutine)."""
+
+    def __init__(self) -> None:
+        self.naming = Naming()
+        self._deferred = False
+
+    def _drive(self, steps: Steps) -> Any:
+        """Runs ``steps``, sending each request and feeding back its reply or error."""
+        raise NotImplementedError
+
+    # --- scopes ---------------------------------------------------------------------------
+
+    def variable_scope(self, name_or_scope: str | VariableScope | None,
+                       default_name: str | None = None, reuse: Any = None,
+                       initializer: Any = None, dtype: Any = None,
+                       auxiliary_name_scope: bool = True) -> Any:
+        """A context manager like ``tf.variable_scope``; yields the :class:`VariableScope`."""
+        return self.naming.variable_scope(
+            name_or_scope, default_name, reuse, initializer,
+            dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope)
+
+    def name_scope(self, name: str | None) -> Any:
+        """A context manager like ``tf.name_scope``; yields the scope string."""
+        return self.naming.name_scope(name)
+
+    def get_variable_scope(self) -> VariableScope:
+        """The current variable scope."""
+        return self.naming.var_scope
+
+    # --- variables ------------------------------------------------------------------------
+
+    def _handle(self, info: pb.VariableInfo) -> RemoteVariable:
+        return RemoteVariable(self, info.name, dtypes.from_enum(info.dtype),
+                              tuple(info.shape.dim), info.trainable)
+
+    def Variable(self, initial_value: Any, name: str | None = None, dtype: Any = None,  # noqa: N802
+                 trainable: bool = True) -> RemoteVariable:
+        """Creates a variable with a unique name (``name``, ``name_1``...) initialized to
+        ``initial_value``; binds to it without re-initializing if the server has it already.
+
+        Raises ``InvalidArgumentError`` when the server's variable has another shape or dtype.
+        """
+        if callable(initial_value):
+            initial_value = initial_value()
+        if dtype is None:
+            dtype = dtypes.infer(initial_value)
+        else:
+            dtype = dtypes.as_dtype(dtype)
+            dtypes.check_convertible(initial_value, dtype)
+        value = dtypes.to_numpy(initial_value, dtype)
+        full = self.naming.variable_name(name)
+        return self._drive(self._create_steps(full, dtype, value.shape, trainable,
+                                              lambda b: b.const(value, dtype), "Variable",
+                                              "initial_value"))
+
+    def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
+                     initializer: Any = None, trainable: bool = True) -> RemoteVariable:
+        """Gets or creates the shared variable ``scope/name`` with TF's reuse rules.
+
+        A variable another client created on the server is bound to, never re-initialized.
+        Raises ``ValueError`` for the reuse mistakes TF rejects (same messages).
+        """
+        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+
+    def _get_variable_steps(self, name: str, shape: Sequence[int] | None, dtype: Any,
+                            initializer: Any, trainable: bool) -> Steps:
+        scope = self.naming.var_scope
+        dtype = dtypes.as_dtype(dtype or scope.dtype or dtypes.float32)
+        shape = None if shape is None else tuple(int(d) for d in shape)
+        full = self.naming.full_name(name)
+        # Naming asks for variables it does not know only under reuse: look on the server first.
+        found = None
+        if full not in self.naming.shared and scope.reuse:
+            found = yield from self._find_steps(full)
+        creation: list[Steps] = []
+
+        def create(full: str) -> RemoteVariable:
+            init = initializer if initializer is not None else scope.initializer
+            value_shape = shape
+            if not isinstance(init, initializers.Initializer | type | type(None)):
+                value = dtypes.to_numpy(init, dtype)
+                if value_shape is None:
+                    value_shape = value.shape
+            if value_shape is None:
+                raise ValueError(f"Shape of a new variable ({full}) must be fully defined, "
+                                 f"but instead was <unknown>.")
+            init_obj = initializers.resolve(init, dtype)
+            creation.append(self._create_steps(
+                full, dtype, value_shape, trainable,
+                lambda b: init_obj.build(b, value_shape, dtype), "get_variable",
+                init_obj.describe()))
+            return RemoteVariable(self, full, dtype, tuple(value_shape), trainable)
+
+        var = self.naming.get_variable(
+            name, shape, dtype if dtype != dtypes.float32 or shape is not None else None,
+            create, find_elsewhere=lambda _: found, describe=lambda v: (v.shape, v.dtype))
+        if creation:
+            try:
+                created = yield from creation[0]
+            except BaseException:
+                self.naming.shared.pop(full, None)
+                raise
+            self.naming.shared[full] = created
+            return created
+        return var
+
+    def _create_steps(self, full: str, dtype: DType, shape: Sequence[int], trainable: bool,
+                      initializer: Callable[[RequestBuilder], int], created_by: str,
+                      description: str) -> Steps:
+        """Creates ``full`` initialized (uninitialized when deferred), or binds to it."""
+        b = RequestBuilder()
+        b.variable(full, dtype, shape, trainable,
+                   initializer=None if self._deferred else initializer(b),
+                   created_by=created_by, initializer_desc=description)
+        _, infos = yield b, 0
+        var = self._handle(infos[0])
+        var._initializer = initializer
+        return var
+
+    @contextlib.contextmanager
+    def deferred_initialization(self) -> Iterator[None]:
+        """Inside, ``Variable`` and ``get_variable`` create missing variables uninitialized
+        on the server (and bind to existing ones as always).
+
+        Build the model inside it in chief and workers alike; then the chief calls
+        :meth:`initialize_or_restore` and workers :meth:`wait_until_ready`, so no worker
+        trains on initial values that a checkpoint is about to replace.
+        """
+        previous, self._deferred = self._deferred, True
+        try:
+            yield
+        finally:
+            self._deferred = previous
+
+    def _find_steps(self, full: str) -> Steps:
+        """The server's variable ``full``, or None when it has none."""
+        b = RequestBuilder()
+        b.variable(full, dtypes.float32, (), bind_only=True)
+        try:
+            _, infos = yield b, 0
+        except NotFoundError:
+            return None
+        return self._handle(infos[0])
+
+    def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
+        """The values of ``variables``, read in one round trip."""
+        return self._drive(self._pull_steps(list(variables)))
+
+    def _pull_steps(self, variables: list[RemoteVariable]) -> Steps:
+        b = RequestBuilder()
+        for v in variables:
+            b.fetch(b.node("read", variable=v.op_name))
+        values, _ = yield b, sum(v._nbytes() for v in variables)
+        return values
+
+    def push(self, values: Mapping[RemoteVariable, Any]) -> None:
+        """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
+        return self._drive(self._push_steps(values))
+
+    def _push_steps(self, values: Mapping[RemoteVariable, Any]) -> Steps:
+        b = RequestBuilder()
+        for var, value in values.items():
+            array = var._full_value(value)
+            b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
+        yield b, 0
+
+
+class Client(ClientBase):
+    """A connection to a varstore server, with its own TF-style naming state.
+
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, address: str | None = None, *, token: str | None = None,
+                 tls: Any = None, timeout: float | None = None) -> None:
+        super().__init__()
+        self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
+        self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
+        self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
+        self.run_stream = self.transport.channel.stream_stream(
+            RUN_STREAM_METHOD, request_serializer=codec.serialize_chunk,
+            response_deserializer=codec.parse_chunk)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
+        """Sends one request; returns the fetched arrays and the variables' infos.
+
+        Requests or expected responses past one message go through the chunked stream.
+        """
+        stream = max(builder.payload_bytes(), expect_bytes) > codec.STREAM_THRESHOLD
+        request, payloads = builder.build(stream)
+        if not stream:
+            response = self.transport.call(self.stub.Run, request)
+            values = [codec.tensor_from_proto(t) for t in response.values]
+            return values, list(response.variables)
+        chunks = codec.split_chunks(pb.RunChunk(request=request), payloads)
+        replies = self.transport.call(self.run_stream, chunks)
+        try:
+            header, arrays = codec.join_chunks(iter(replies), "response", 1 << 62)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+        values = [a if a is not None else codec.tensor_from_proto(t)
+                  for t, a in zip(header.values, arrays, strict=True)]
+        return values, list(header.variables)
+
+    def _drive(self, steps: Steps) -> Any:
+        try:
+            request = next(steps)
+            while True:
+                try:
+                    reply = self.run(*request)
+                except OpError as e:
+                    request = steps.throw(e)
+                else:
+                    request = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
+        """Variables on the server (all, or those under ``scope``), sorted by name."""
+        response = self.transport.call(self.stub.ListVariables,
+                                       pb.ListVariablesRequest(scope=scope or ""))
+        return [VariableInfo.from_proto(v) for v in response.variables]
+
+    def wait_initialized(self, names: Sequence[str] = (), timeout: float = 60.0) -> list[str]:
+        """Blocks until the named variables (all when empty) are initialized on the server or
+        ``timeout`` seconds pass; returns the names still uninitialized."""
+        response = self.transport.call(
+            self.stub.WaitInitialized,
+            pb.WaitInitializedRequest(names=list(names), timeout_seconds=timeout),
+            timeout=timeout + 10.0)
+        return list(response.uninitialized)
+
+    # --- training (varstore.train) ----------------------------------------------------------
+
+    def apply_gradients(self, optimizer: train.Optimizer, grads: Mapping[RemoteVariable, Any],
+                        global_step: RemoteVariable | None = None,
+                        local_step: int | None = None) -> int | None:
+        """Applies ``{variable: gradient}`` on the server with ``optimizer`` in one round trip
+        (see :func:`varstore.train.apply_gradients`); returns the new global step."""
+        return train.apply_gradients(self, optimizer, grads, global_step, local_step)
+
+    def initialize_or_restore(self, variables: Sequence[RemoteVariable],
+                              checkpoint_dir: str | None = None) -> str | None:
+        """The chief's start: restores the newest checkpoint, or initializes ``variables``
+        (see :func:`varstore.train.initialize_or_restore`); returns the checkpoint restored."""
+        return train.initialize_or_restore(self, variables, checkpoint_dir)
+
+    def wait_until_ready(self, variables: Sequence[Any], timeout: float = 600.0) -> None:
+        """A worker's start: waits until ``variables`` are initialized (see
+        :func:`varstore.train.wait_until_ready`); raises ``DeadlineExceededError``."""
+        train.wait_until_ready(self, variables, timeout)
+
+    # --- checkpoints and status -------------------------------------------------------------
+
+    def save(self, prefix: str, var_list: Any = None, global_step: int | None = None,
+             max_to_keep: int = 5,
+             progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
+        """Asks the server to write a checkpoint; returns its path (``prefix-STEP``)."""
+        request = pb.SaveRequest(prefix=prefix, entries=_entries(var_list),
+                                 has_global_step=global_step is not None,
+                                 global_step=int(global_step or 0), max_to_keep=max_to_keep)
+        return self._checkpoint_call(self.stub.Save, request, progress)
+
+    def restore(self, prefix: str, var_list: Any = None,
+                progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
+        """Asks the server to restore variables from a checkpoint; returns its path."""
+        request = pb.RestoreRequest(prefix=prefix, entries=_entries(var_list))
+        return self._checkpoint_call(self.stub.Restore, request, progress)
+
+    def _checkpoint_call(self, method: Any, request: Any,
+                         progress: Callable[[pb.CheckpointProgress], None] | None) -> str:
+        path = ""
+        for message in self.transport.iterate(method, request):
+            if progress is not None:
+                progress(message)
+            if message.done:
+                path = message.path
+        return path
+
+    def latest_checkpoint(self, directory: str = "") -> str | None:
+        """The newest checkpoint in the server's checkpoint folder (or a folder inside it)."""
+        response = self.transport.call(self.stub.LatestCheckpoint,
+                                       pb.LatestCheckpointRequest(directory=directory))
+        return response.path or None
+
+    def status(self) -> pb.StatusResponse:
+        """The server's version, uptime, store size, clients and last checkpoint."""
+        return self.transport.call(self.stub.Status, pb.StatusRequest())
+
+
+def _entries(var_list: Any) -> list[pb.CheckpointEntry]:
+    """Checkpoint entries for a list of variables (own names) or a ``{key: variable}`` dict."""
+    if var_list is None:
+        return []
+    items: Iterator[tuple[str, Any]]
+    if isinstance(var_list, Mapping):
+        items = iter(var_list.items())
+    else:
+        items = ((getattr(v, "op_name", v), v) for v in var_list)
+    return [pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v)) for key, v in items]
+
+
+def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
+            timeout: float | None = None) -> Client:
+    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011).
+
+    Raises ``UnavailableError`` naming the address when no server answers within
+    ``timeout`` seconds (default 10).
+    """
+    client = Client(address, token=token, tls=tls, timeout=timeout)
+    try:
+        client.transport.wait_ready()
+    except BaseException:
+        client.close()
+        raise
+    return client

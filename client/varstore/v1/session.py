@@ -1,0 +1,153 @@
+"""``tf.Session``: runs parts of a graph on a varstore server, one round trip per run.
+
+A session holds a :class:`varstore.Client`. Each :meth:`Session.run` compiles what its
+fetches need into one request, which also binds the graph's variables to the server the first
+time they are seen (creating them uninitialized when missing, checking shape and dtype when
+present), so the whole fetched graph is evaluated atomically on the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+import varstore
+from varstore.common import codec, dtypes
+from varstore.request import RequestBuilder
+from varstore.v1.compiler import compile_run
+from varstore.v1.fetches import FetchStructure
+from varstore.v1.graph import Graph, Tensor, default_session, get_default_graph
+
+# Bytes assumed for a fetch whose size is not known statically (or a string element): big
+# enough that such responses are streamed rather than risk one oversized message.
+_UNKNOWN_BYTES = codec.STREAM_THRESHOLD + 1
+_STRING_BYTES = 64
+
+
+class Session:
+    """A connection that runs ``graph`` (default: the default graph) on a server.
+
+    ``target`` is the server's address (``"host:port"``, optionally ``"grpc://host:port"``);
+    None or "" uses ``VARSTORE_ADDRESS``, else ``localhost:7011``, as ``varstore.connect``.
+    Raises ``UnavailableError`` naming the address when no server answers. As a context
+    manager it is the default session (for ``eval()`` and ``run()``), makes its graph the
+    default graph, and closes on exit.
+    """
+
+    def __init__(self, target: str | None = None, graph: Graph | None = None, *,
+                 token: str | None = None, tls: Any = None,
+                 timeout: float | None = None) -> None:
+        self.graph = graph if graph is not None else get_default_graph()
+        address = target.removeprefix("grpc://") if target else None
+        self.client = varstore.connect(address, token=token, tls=tls, timeout=timeout)
+        self._bound: set[str] = set()
+        self._closed = False
+        self._context: contextlib.ExitStack | None = None
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(self, fetches: Any, feed_dict: Any = None) -> Any:
+        """Evaluates ``fetches`` (tensors, variables, operations or their names, nested in
+        lists, tuples, namedtuples and dicts) in one round trip; returns values in the same
+        structure (numpy arrays, numpy scalars for 0-d values, None for operations).
+
+        ``feed_dict`` maps tensors (or their names) to values that replace them. Raises
+        ``FailedPreconditionError`` when an uninitialized variable is read,
+        ``InvalidArgumentError`` for an unfed placeholder or a variable whose shape or dtype
+        differs on the server, ``TypeError``/``ValueError`` for bad fetches or feeds, and
+        ``RuntimeError`` once the session is closed.
+        """
+        if self._closed:
+            raise RuntimeError("Attempted to use a closed Session.")
+        structure = FetchStructure(self.graph, fetches)
+        feeds = self._feeds(feed_dict)
+        builder = RequestBuilder()
+        binding = self._bind_new_variables(builder)
+        positions = compile_run(builder, structure.elements, feeds)
+        fetched = [e for e in structure.elements if isinstance(e, Tensor)]
+        values, _ = self.client.run(builder, expect_bytes=_expected_bytes(fetched))
+        self._bound.update(binding)
+        return structure.build([None if p is None else _python_value(values[p])
+                                for p in positions])
+
+    def bind_variables(self) -> None:
+        """Creates or binds the graph's variables not yet bound on the server (one round
+        trip, none when all are bound); used before saving and restoring checkpoints."""
+        builder = RequestBuilder()
+        binding = self._bind_new_variables(builder)
+        if binding:
+            self.client.run(builder)
+            self._bound.update(binding)
+
+    def _bind_new_variables(self, builder: RequestBuilder) -> list[str]:
+        names = []
+        for var in self.graph.variables:
+            name = var.op.name
+            if name not in self._bound:
+                builder.variable(name, var.dtype, var.shape.as_list(), var.trainable,
+                                 created_by=var.created_by,
+                                 initializer_desc=var.initializer_description)
+                names.append(name)
+        return names
+
+    def _feeds(self, feed_dict: Any) -> dict[Tensor, np.ndarray]:
+        feeds: dict[Tensor, np.ndarray] = {}
+        for key, value in (feed_dict or {}).items():
+            try:
+                tensor = self.graph.as_graph_element(key, allow_operation=False)
+            except (TypeError, ValueError, KeyError) as e:
+                raise TypeError(f"Cannot interpret feed_dict key as Tensor: {e.args[0]}") \
+                    from None
+            if isinstance(value, Tensor) or hasattr(value, "_as_graph_tensor"):
+                raise TypeError(
+                    "The value of a feed cannot be a tf.Tensor object. Acceptable feed values "
+                    "include Python scalars, strings, lists, numpy ndarrays, or TensorHandles.")
+            array = dtypes.to_numpy(value, tensor.dtype)
+            if not tensor.shape.is_compatible_with(array.shape):
+                raise ValueError(f"Cannot feed value of shape {array.shape} for Tensor "
+                                 f"{tensor.name}, which has shape {tensor.shape}")
+            feeds[tensor] = array
+        return feeds
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    def as_default(self) -> contextlib.AbstractContextManager[Session]:
+        """Makes this the default session inside the ``with`` block (does not close it)."""
+        return default_session(self)
+
+    def close(self) -> None:
+        """Closes the connection; later runs raise ``RuntimeError``."""
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+    def __enter__(self) -> Session:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.graph.as_default())
+        stack.enter_context(self.as_default())
+        self._context = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.close()
+            self._context = None
+        self.close()
+
+
+def _expected_bytes(tensors: list[Tensor]) -> int:
+    total = 0
+    for t in tensors:
+        n = t.shape.num_elements()
+        if n is None:
+            return _UNKNOWN_BYTES
+        total += n * (t.dtype.itemsize or _STRING_BYTES)
+    return total
+
+
+def _python_value(value: np.ndarray) -> Any:
+    """A fetched array as TF returns it: a numpy scalar (or bytes) for a 0-d value."""
+    return value[()] if value.ndim == 0 else value
+

@@ -1,0 +1,95 @@
+"""``get_variable``, ``variable_scope`` and ``name_scope`` on the default graph.
+
+The rules and messages are :class:`varstore.scopes.Naming`'s (TF's ``variable_scope.py``);
+in graph mode they are local to the graph, as in TF: building a graph contacts no server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from varstore import initializers
+from varstore.common import dtypes
+from varstore.scopes import AUTO_REUSE, VariableScope
+from varstore.v1.graph import get_default_graph, graph_of
+from varstore.v1.init_ops import initializer_tensor
+from varstore.v1.shapes import as_shape
+from varstore.v1.variables import Variable
+
+__all__ = ["AUTO_REUSE", "VariableScope", "get_variable", "get_variable_scope", "name_scope",
+           "variable_scope"]
+
+
+def name_scope(name: str | None, default_name: str | None = None,
+               values: Sequence[Any] | None = None) -> contextlib.AbstractContextManager[str]:
+    """Opens a name scope (made unique: ``foo``, ``foo_1``) in the graph of ``values`` (else
+    the default graph); yields its name with a trailing ``/``. ``get_variable`` ignores it."""
+    return graph_of(values or ()).name_scope(name, default_name)
+
+
+def variable_scope(name_or_scope: str | VariableScope | None, default_name: str | None = None,
+                   values: Sequence[Any] | None = None, initializer: Any = None,
+                   reuse: Any = None, dtype: Any = None, auxiliary_name_scope: bool = True
+                   ) -> contextlib.AbstractContextManager[VariableScope]:
+    """Opens a variable scope and its name scope; yields the :class:`VariableScope`.
+
+    ``reuse`` is None (create), True (reuse existing) or ``AUTO_REUSE``; nested scopes inherit
+    it. Re-entering a scope object keeps its name and name scope.
+    """
+    return graph_of(values or ()).naming.variable_scope(
+        name_or_scope, default_name, reuse, initializer,
+        dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope)
+
+
+def get_variable_scope() -> VariableScope:
+    """The current variable scope of the default graph."""
+    return get_default_graph().naming.var_scope
+
+
+def get_variable(name: str, shape: Any = None, dtype: Any = None, initializer: Any = None,
+                 trainable: bool | None = None, collections: Sequence[str] | None = None
+                 ) -> Variable:
+    """The variable ``scope/name`` of the default graph, created when the scope's reuse mode
+    allows it; TF's rules and ``ValueError`` messages.
+
+    ``initializer`` is an initializer (class or instance), a callable ``(shape, dtype)``, or
+    a value or tensor (then ``shape`` must be omitted). Without one, float variables get
+    glorot_uniform and others zeros.
+    """
+    naming = get_default_graph().naming
+    scope = naming.var_scope
+    dtype = dtypes.as_dtype(dtype or scope.dtype or dtypes.float32)
+    shape = None if shape is None else as_shape(shape)
+    init = initializer if initializer is not None else scope.initializer
+    from_value = init is not None and not callable(init)
+    if shape is not None and from_value:
+        raise ValueError("If initializer is a constant, do not specify shape.")
+
+    def create(full: str) -> Variable:
+        if init is None and shape is None:
+            raise ValueError(f"Variable {full} did not get an initializer, so its `shape` "
+                             f"argument must be specified.")
+        if from_value:
+            var = Variable(init, trainable=trainable, collections=collections, name=full)
+        else:
+            if shape is None or not shape.is_fully_defined():
+                raise ValueError(
+                    f"Shape of a new variable ({full}) must be fully defined, but instead was "
+                    f"{shape}.")
+            if init is None or isinstance(init, initializers.Initializer) or (
+                    isinstance(init, type) and issubclass(init, initializers.Initializer)):
+                resolved = initializers.resolve(init, dtype)
+                value: Any = lambda: initializer_tensor(resolved, shape, dtype)  # noqa: E731
+            else:
+                value = lambda: init(shape.as_list(), dtype=dtype)  # noqa: E731
+            var = Variable(value, trainable=trainable, collections=collections, name=full,
+                           dtype=dtype)
+        var.created_by = "get_variable"
+        return var
+
+    return naming.get_variable(
+        name, None if shape is None else tuple(shape.as_list()), dtype, create,
+        describe=lambda v: (tuple(v.shape.as_list()), v.dtype))
+

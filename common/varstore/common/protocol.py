@@ -1,0 +1,16 @@
+"""Constants of varstore's wire protocol that the server and the client must agree on."""
+
+from __future__ import annotations
+
+# The largest gRPC message either side sends or accepts. Payloads above STREAM_THRESHOLD
+# (varstore.common.codec) travel as chunked RunStream calls, so no message comes near this.
+MAX_MESSAGE_BYTES = 64 << 20
+
+# Ops that name a variable or a constant without changing anything on the server. The server
+# takes no undo copy for them; the client may repeat a request made only of them after
+# UNAVAILABLE.
+READ_ONLY_OPS = frozenset({"const", "read", "read_if_initialized", "ref", "gather",
+                           "is_initialized"})
+
+# The first element of a sync_accumulate result: what became of the replica's gradients.
+PENDING, APPLIED, STALE = 0, 1, -1

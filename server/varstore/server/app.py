@@ -1,0 +1,142 @@
+"""Builds the varstore gRPC server from a :class:`ServerConfig`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from varstore.common.protocol import MAX_MESSAGE_BYTES
+from varstore.proto import varstore_pb2 as pb
+from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
+from varstore.server.checkpoints import CheckpointManager
+from varstore.server.executor import Executor
+from varstore.server.metrics import MetricsInterceptor, ServerMetrics
+from varstore.server.servicer import VariableServicer, add_to_server
+from varstore.server.store import VariableStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7011
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VariableService"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server; ``varstore serve``'s flags and config file fill it."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    checkpoint_dir: Path = field(default_factory=lambda: Path("checkpoints"))
+    restore: str | None = None
+    save_every: float = 0.0
+    keep: int = 5
+    max_memory: int = 0
+    # Largest request (all tensor bytes of one call) the server accepts.
+    max_request_bytes: int = 8 << 30
+    max_workers: int = 32
+    metrics_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    token_file: Path | None = None
+
+
+@dataclass
+class Server:
+    """A built server: the gRPC server, its bound port and the state behind it."""
+
+    grpc_server: grpc.Server
+    port: int
+    store: VariableStore
+    servicer: VariableServicer
+    checkpoints: CheckpointManager
+    health: health.HealthServicer
+    metrics: ServerMetrics
+    # The bound ``/metrics`` port, when the config asked for one.
+    metrics_port: int | None = None
+
+    def start(self) -> None:
+        """Starts serving (the port is already bound); the health service reports SERVING."""
+        self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.checkpoints.start()
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Reports NOT_SERVING, stops accepting calls and waits up to ``grace`` seconds for
+        those in flight; finishes a checkpoint in progress and, with ``save_every``, writes a
+        final one; then closes the metrics endpoint."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.checkpoints.stop()
+        self.metrics.close()
+
+
+def create_server(config: ServerConfig) -> Server:
+    """Builds the store, executor, checkpoint manager and gRPC server, and binds the port.
+
+    Raises ``OSError`` when the address cannot be bound (e.g. the port is in use) or a TLS or
+    token file cannot be read, ``ValueError`` for inconsistent TLS settings or an empty token
+    file, ``OpError`` (NotFoundError, DataLossError...) when ``config.restore`` fails.
+    """
+    store = VariableStore(max_memory=config.max_memory)
+    executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
+    metrics = ServerMetrics(store)
+    checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics,
+                                    save_every=config.save_every, keep=config.keep)
+    # Before the port is bound: no client ever sees a store that is still being restored.
+    checkpoints.recover(config.restore)
+    servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes)
+    # Metrics first: it also counts the calls that authentication turns away.
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if config.token_file is not None:
+        interceptors.append(TokenAuthInterceptor(load_tokens(config.token_file)))
+    credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                   thread_name_prefix="varstore-rpc"),
+        interceptors=interceptors,
+        options=[
+            # A unary request past --max-request-bytes is RESOURCE_EXHAUSTED before it is read.
+            ("grpc.max_receive_message_length",
+             min(config.max_request_bytes, MAX_MESSAGE_BYTES)),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Fail fast on a busy port instead of silently sharing it with another process.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    add_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as e:
+        raise OSError(f"cannot listen on {address}: {e}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: address in use or unavailable")
+    metrics_port = None
+    if config.metrics_port is not None:
+        try:
+            metrics_port = metrics.serve_http(config.host, config.metrics_port)
+        except OSError:
+            server.stop(None)
+            raise
+        log.info("metrics at http://%s:%d/metrics", config.host, metrics_port)
+    log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
+             ", TLS" if credentials is not None else "")
+    return Server(server, port, store, servicer, checkpoints, health_servicer, metrics,
+                  metrics_port)

@@ -1,0 +1,199 @@
+"""The server's checkpoint folder: confining client paths to it, and committing saves into it.
+
+Clients name checkpoints by paths inside ``--checkpoint-dir``; :meth:`CheckpointFolder.resolve`
+turns such a path into a real path and refuses anything that escapes the folder (absolute
+paths elsewhere, ``..``, symlinks pointing out).
+
+A save is written completely under a temporary prefix (``PREFIX.tempstate-commit``), then
+moved into place by :meth:`CheckpointFolder.commit`: data file first, index last. Renaming
+the data file is the commit point. A crash before it leaves only temporary files, which
+:meth:`CheckpointFolder.recover` deletes; a crash after it leaves the new index under its
+temporary name, which ``recover`` renames into place. Either way every checkpoint is whole
+after the next start, including when a save replaced an existing checkpoint of the same name.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from varstore.common.errors import (
+    AlreadyExistsError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OpError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
+from varstore.server.bundle import (
+    TEMP_MARK,
+    BundleReader,
+    checkpoint_files,
+    clean_leftovers,
+    data_path,
+    index_path,
+)
+from varstore.server.bundle.bundle import _fsync_dir
+
+__all__ = ["CheckpointFolder", "os_error"]
+
+log = logging.getLogger(__name__)
+
+# Contains TEMP_MARK, so whatever a crash leaves under this prefix counts as a leftover.
+COMMIT_MARK = f"{TEMP_MARK}-commit"
+_DATA_FILE = re.compile(r"(.+)\.data-\d{5}-of-(\d{5})")
+
+_ERRNO_ERRORS: dict[int, type[OpError]] = {
+    errno.ENOSPC: ResourceExhaustedError,
+    errno.EDQUOT: ResourceExhaustedError,
+    errno.EACCES: PermissionDeniedError,
+    errno.EPERM: PermissionDeniedError,
+    errno.EROFS: PermissionDeniedError,
+    errno.ENOENT: NotFoundError,
+    errno.ENAMETOOLONG: InvalidArgumentError,
+    errno.EISDIR: InvalidArgumentError,
+    errno.ENOTDIR: InvalidArgumentError,
+    errno.EEXIST: AlreadyExistsError,
+}
+
+
+def os_error(error: OSError, action: str) -> OpError:
+    """The varstore error for a failed file operation, as TensorFlow classifies them
+    (a full disk is ``ResourceExhaustedError``, a denied write ``PermissionDeniedError``...)."""
+    where = f" ({error.filename})" if error.filename else ""
+    cls = _ERRNO_ERRORS.get(error.errno or 0, InternalError)
+    return cls(f"{action}: {error.strerror or error}{where}")
+
+
+class CheckpointFolder:
+    """One checkpoint folder (created on first save) and the paths clients may use in it."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def root(self) -> str:
+        """The folder's real absolute path."""
+        return os.path.realpath(self.directory)
+
+    def resolve(self, path: str, *, folder: bool = False) -> str:
+        """The real absolute path of ``path`` (relative to the folder, or absolute inside it).
+
+        With ``folder``, the checkpoint folder itself is allowed (for folder arguments);
+        otherwise ``path`` must name something strictly inside it (a checkpoint prefix).
+        Raises ``PermissionDeniedError`` for a path that escapes the folder,
+        ``InvalidArgumentError`` for an empty prefix or a NUL byte.
+        """
+        if "\x00" in path:
+            raise InvalidArgumentError(f"checkpoint path {path!r} contains a NUL byte")
+        if not folder and not path:
+            raise InvalidArgumentError("a checkpoint prefix must not be empty")
+        root = self.root
+        full = os.path.realpath(os.path.join(root, path))
+        if os.path.commonpath([root, full]) != root or (full == root and not folder):
+            raise PermissionDeniedError(
+                f"checkpoint path {path!r} is outside the server's checkpoint folder "
+                f"{self.directory}")
+        return full
+
+    def check_files(self, prefix: str, named: str) -> None:
+        """Raises ``PermissionDeniedError`` if a file of checkpoint ``prefix`` is a symlink
+        to somewhere outside the folder (``named`` is the prefix as the client gave it)."""
+        root = self.root
+        for path in checkpoint_files(prefix):
+            real = os.path.realpath(path)
+            if os.path.commonpath([root, real]) != root:
+                raise PermissionDeniedError(
+                    f"checkpoint {named!r}: {path.name} points outside the server's checkpoint "
+                    f"folder {self.directory}")
+
+    def client_path(self, path: str, base: str, base_name: str) -> str:
+        """``path`` as a client names it: relative to ``base``, which it called ``base_name``.
+
+        Raises ``PermissionDeniedError`` if ``path`` lies outside the folder."""
+        real = os.path.realpath(path)
+        root = self.root
+        if os.path.commonpath([root, real]) != root:
+            raise PermissionDeniedError(
+                f"checkpoint {path} recorded in {base_name or '.'}/checkpoint is outside the "
+                f"server's checkpoint folder {self.directory}")
+        return os.path.join(base_name, os.path.relpath(path, base))
+
+    @staticmethod
+    def temp_prefix(prefix: str) -> str:
+        """Where a save into ``prefix`` is written before :meth:`commit` moves it."""
+        return prefix + COMMIT_MARK
+
+    @staticmethod
+    def commit(prefix: str) -> None:
+        """Moves the complete single-shard checkpoint at ``temp_prefix(prefix)`` to
+        ``prefix``, replacing any checkpoint of that name. Raises ``OSError``."""
+        temp = CheckpointFolder.temp_prefix(prefix)
+        directory = os.path.dirname(prefix)
+        os.replace(data_path(temp, 0, 1), data_path(prefix, 0, 1))  # the commit point
+        _fsync_dir(directory)
+        os.replace(index_path(temp), index_path(prefix))
+        _fsync_dir(directory)
+        _remove_stale_shards(prefix, 1)
+
+    def recover(self) -> list[str]:
+        """Finishes committed saves a crash interrupted and deletes every other leftover of
+        interrupted saves, in the folder and its subfolders; returns the affected paths.
+
+        Call it only while no save is running (at start-up). Raises ``OSError``.
+        """
+        touched: list[str] = []
+        for directory, _, names in os.walk(self.directory):
+            for name in names:
+                if not name.endswith(f"{COMMIT_MARK}.index"):
+                    continue
+                temp = os.path.join(directory, name[:-len(".index")])
+                if any(p.name != name for p in checkpoint_files(temp)):
+                    continue  # its data file was never moved: not committed, a leftover
+                prefix = temp[:-len(COMMIT_MARK)]
+                os.replace(index_path(temp), index_path(prefix))
+                _fsync_dir(directory)
+                log.warning("finished the interrupted save of checkpoint %s", prefix)
+                touched.append(prefix)
+            touched += [str(p) for p in clean_leftovers(directory)]
+            touched += _stale_shards(directory)
+        for path in touched:
+            log.info("recovered checkpoint folder: %s", path)
+        return touched
+
+
+def _remove_stale_shards(prefix: str, num_shards: int) -> list[str]:
+    """Deletes data files of ``prefix`` that belong to another shard count than its index's
+    (left when a save replaced a sharded checkpoint); returns them."""
+    removed = []
+    for path in checkpoint_files(prefix):
+        match = _DATA_FILE.fullmatch(path.name)
+        if match and int(match.group(2)) != num_shards:
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    return removed
+
+
+def _stale_shards(directory: str) -> list[str]:
+    counts: dict[str, set[int]] = defaultdict(set)
+    for name in os.listdir(directory):
+        match = _DATA_FILE.fullmatch(name)
+        if match:
+            counts[match.group(1)].add(int(match.group(2)))
+    removed = []
+    for name, shard_counts in counts.items():
+        prefix = os.path.join(directory, name)
+        if len(shard_counts) > 1 and os.path.exists(index_path(prefix)):
+            try:
+                with BundleReader(prefix) as reader:
+                    num_shards = reader.num_shards
+            except OpError as e:
+                log.warning("not cleaning data files of unreadable checkpoint %s: %s", prefix, e)
+                continue
+            removed += _remove_stale_shards(prefix, num_shards)
+    return removed

@@ -1,0 +1,123 @@
+"""``varstore serve``: runs a server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from varstore.common.allocator import keep_freed_memory
+from varstore.common.errors import OpError
+from varstore.server.app import DEFAULT_PORT, ServerConfig, create_server
+from varstore.server.daemon import DaemonError, ServeProcess
+
+log = logging.getLogger("varstore.server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``varstore serve``'s flags to ``parser``."""
+    parser.add_argument("--config", type=Path, help="TOML file with the same settings as the "
+                        "flags (flags win), e.g. port = 7011")
+    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 picks a free "
+                        "one and prints it)")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="folder for checkpoints (default ./checkpoints)")
+    parser.add_argument("--restore", metavar="latest|PREFIX",
+                        help="restore a checkpoint before accepting requests ('latest': the "
+                        "newest one, if there is one yet)")
+    parser.add_argument("--save-every", type=float, metavar="SECONDS",
+                        help="save a checkpoint on this period")
+    parser.add_argument("--keep", type=int, metavar="N", help="checkpoints kept (default 5)")
+    parser.add_argument("--max-memory", type=_size, metavar="BYTES",
+                        help="limit on the bytes variables may hold (suffixes K, M, G)")
+    parser.add_argument("--max-request-bytes", type=_size, metavar="BYTES",
+                        help="largest request accepted (default 8G)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path,
+                        help="CA whose client certificates are required (mutual TLS)")
+    parser.add_argument("--token-file", type=Path,
+                        help="file of accepted bearer tokens, one per line")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-file", type=Path, help="append the log here (default stderr)")
+    parser.add_argument("--pidfile", type=Path,
+                        help="write the server's pid here (for `varstore stop`)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="detach and run in the background (needs --pidfile and "
+                        "--log-file); returns once the server listens")
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B") or "0"
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """A :class:`ServerConfig` from the config file (if any) overridden by the flags.
+
+    Raises ``ValueError`` for unknown keys in the config file.
+    """
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        with open(args.config, "rb") as f:
+            values = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+    known = {f.name for f in fields(ServerConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown settings in {args.config}: {', '.join(sorted(unknown))}")
+    for name in known:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    for name in ("checkpoint_dir", "tls_cert", "tls_key", "tls_client_ca", "token_file"):
+        if isinstance(values.get(name), str):
+            values[name] = Path(values[name])
+    for name in ("max_memory", "max_request_bytes"):
+        if isinstance(values.get(name), str):
+            values[name] = _size(values[name])
+    return ServerConfig(**values)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Runs the server (detached with ``--daemon``) until SIGTERM/SIGINT; returns the exit
+    code."""
+    logging.basicConfig(level=args.log_level.upper(), filename=args.log_file,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    process = ServeProcess(args.pidfile, args.log_file, args.daemon)
+    try:
+        config = config_from_args(args)
+        process.start()
+        # Large transfers reuse freed buffers instead of faulting in fresh pages each time.
+        keep_freed_memory()
+        server = create_server(config)
+    except (OSError, ValueError, DaemonError, OpError) as e:
+        process.failed(f"varstore serve: {e}")
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    metrics = f", metrics on port {server.metrics_port}" if server.metrics_port is not None else ""
+    process.ready(f"varstore serving on {config.host}:{server.port} "
+                  f"(checkpoints in {config.checkpoint_dir}{metrics})")
+    stop.wait()
+    log.info("shutting down")
+    server.stop(grace=10.0)
+    process.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,322 @@
+"""Optimizer kernels: TensorFlow's ``Apply*`` and ``SparseApply*`` training ops, in numpy.
+
+Workers push gradients; the server applies them to the variable and its slots (``W/Momentum``,
+``W/Adam``...) while the executor holds their locks, so every update is atomic. The ops follow
+TensorFlow's input order, with slot variables passed as ``ref`` nodes (TensorFlow's ref
+inputs) and hyperparameters as scalar inputs cast to the variable's dtype, as TF1's
+optimizers cast them. The arithmetic follows TensorFlow's CPU kernels term by term, so float32
+results match TensorFlow's to rounding.
+
+Sparse ops take ``grad`` rows and their ``indices``; duplicate indices are summed first, as
+TF1's ``Optimizer._apply_sparse_duplicate_indices`` does.
+
+Gating: an update whose gradient input is None does nothing and returns None, and
+``assign_mul`` and ``increment`` do nothing when every update they follow returned None. A
+synchronous step (:mod:`varstore.server.sync`) feeds None until the step's last replica
+arrives, so one request graph serves both the waiting and the applying replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from varstore.common import dtypes
+from varstore.common.errors import InvalidArgumentError
+from varstore.server.kernels import Context, NodeDef, _indices, register
+from varstore.server.store import Variable
+
+
+@dataclass(frozen=True)
+class VariableRef:
+    """A ``ref`` node's value: the variable itself, for ops that update it in place."""
+
+    variable: Variable
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise InvalidArgumentError(
+            f"ref {self.variable.name} is a variable reference, not a value: it can only be "
+            f"an input of an update op")
+
+
+@register("ref", 0, uses_variable=True)
+def _ref(ctx: Context, node: NodeDef, _: list[Any]) -> VariableRef:
+    return VariableRef(ctx.variable(node))
+
+
+def _float_variable(ctx: Context, node: NodeDef) -> Variable:
+    var = ctx.variable(node)
+    if not var.dtype.is_floating:
+        raise InvalidArgumentError(
+            f"{node.op} {var.name}: needs a floating-point variable, got {var.dtype.name}")
+    var.read()
+    return var
+
+
+def _slot(var: Variable, ref: Any, node: NodeDef) -> Variable:
+    """The slot variable behind ``ref``, checked to match ``var``'s dtype and shape."""
+    if not isinstance(ref, VariableRef):
+        raise InvalidArgumentError(f"{node.op} {var.name}: slot inputs must be ref nodes")
+    slot = ref.variable
+    if slot.dtype != var.dtype or slot.shape != var.shape:
+        raise InvalidArgumentError(
+            f"{node.op} {var.name}: slot {slot.name} has dtype {slot.dtype.name} and shape "
+            f"{list(slot.shape)}, the variable {var.dtype.name} and {list(var.shape)}")
+    slot.read()
+    return slot
+
+
+def _scalar_ref(ref: Any, node: NodeDef, dtype: np.dtype) -> Variable:
+    if not isinstance(ref, VariableRef) or ref.variable.shape != ():
+        raise InvalidArgumentError(f"{node.op}: beta power inputs must be refs to scalars")
+    ref.variable.read()
+    if ref.variable.dtype.np_dtype != dtype:
+        raise InvalidArgumentError(
+            f"{node.op}: {ref.variable.name} has dtype {ref.variable.dtype.name}, expected "
+            f"{dtypes.as_dtype(dtype).name}")
+    return ref.variable
+
+
+def _hyper(value: Any, var: Variable, node: NodeDef, what: str) -> np.ndarray:
+    """A scalar hyperparameter cast to the variable's dtype."""
+    array = np.asarray(value)
+    if array.shape != () or array.dtype.kind not in "iuf":
+        raise InvalidArgumentError(f"{node.op} {var.name}: {what} must be a real scalar")
+    return array.astype(var.dtype.np_dtype)
+
+
+def _dense_grad(var: Variable, grad: Any, node: NodeDef) -> np.ndarray:
+    grad = np.asarray(grad)
+    if grad.dtype != var.dtype.np_dtype:
+        raise InvalidArgumentError(
+            f"{node.op} {var.name}: grad has dtype {dtypes.as_dtype(grad.dtype).name}, "
+            f"variable has dtype {var.dtype.name}")
+    if grad.shape != var.shape:
+        raise InvalidArgumentError(
+            f"{node.op} {var.name}: var and grad do not have the same shape "
+            f"{list(var.shape)} {list(grad.shape)}")
+    return grad
+
+
+def _sparse_grad(var: Variable, grad: Any, indices: Any, node: NodeDef, unique: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(indices, rows)``; with ``unique``, duplicate indices' rows are summed."""
+    what = f"{node.op} {var.name}"
+    if not var.shape:
+        raise InvalidArgumentError(f"{what}: var must be at least 1 dimensional")
+    grad = np.asarray(grad)
+    idx = _indices(indices, var.shape[0], what)
+    if idx.ndim != 1:
+        raise InvalidArgumentError(f"{what}: indices must be one-dimensional")
+    if grad.dtype != var.dtype.np_dtype:
+        raise InvalidArgumentError(
+            f"{what}: grad has dtype {dtypes.as_dtype(grad.dtype).name}, variable has dtype "
+            f"{var.dtype.name}")
+    if grad.shape != idx.shape + var.shape[1:]:
+        raise InvalidArgumentError(
+            f"{what}: grad has shape {list(grad.shape)}, expected "
+            f"{list(idx.shape + var.shape[1:])} for {idx.size} indices")
+    if unique:
+        idx, positions = np.unique(idx, return_inverse=True)
+        summed = np.zeros((idx.size,) + var.shape[1:], var.dtype.np_dtype)
+        np.add.at(summed, positions.reshape(-1), grad)
+        grad = summed
+    return idx, grad
+
+
+def _done(ctx: Context, *variables: Variable) -> np.ndarray:
+    for v in variables:
+        ctx.store.touched(v)
+    return variables[0].read()
+
+
+# --- gradient descent ------------------------------------------------------------------------
+
+@register("apply_gradient_descent", 2, uses_variable=True)
+def _apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """``var -= grad * lr``; inputs: lr, grad."""
+    if inputs[1] is None:
+        return None
+    var = _float_variable(ctx, node)
+    lr = _hyper(inputs[0], var, node, "lr")
+    grad = _dense_grad(var, inputs[1], node)
+    var.read()[...] -= grad * lr
+    return _done(ctx, var)
+
+
+@register("sparse_apply_gradient_descent", 3, uses_variable=True)
+def _sparse_apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """``var[indices] -= grad * lr``, duplicates accumulating; inputs: lr, grad, indices."""
+    if inputs[1] is None:
+        return None
+    var = _float_variable(ctx, node)
+    lr = _hyper(inputs[0], var, node, "lr")
+    idx, grad = _sparse_grad(var, inputs[1], inputs[2], node, unique=False)
+    np.add.at(var.read(), idx, -grad * lr)
+    return _done(ctx, var)
+
+
+# --- momentum --------------------------------------------------------------------------------
+
+@register("apply_momentum", 4, uses_variable=True)
+def _apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """``accum = accum * momentum + grad``, then ``var -= accum * lr`` (or the Nesterov step
+    with ``use_nesterov``); inputs: accum ref, lr, grad, momentum."""
+    if inputs[2] is None:
+        return None
+    var = _float_variable(ctx, node)
+    accum = _slot(var, inputs[0], node)
+    lr = _hyper(inputs[1], var, node, "lr")
+    grad = _dense_grad(var, inputs[2], node)
+    momentum = _hyper(inputs[3], var, node, "momentum")
+    a, v = accum.read(), var.read()
+    a[...] = a * momentum + grad
+    if node.attr("use_nesterov", False):
+        v -= grad * lr + a * momentum * lr
+    else:
+        v -= a * lr
+    return _done(ctx, var, accum)
+
+
+@register("sparse_apply_momentum", 5, uses_variable=True)
+def _sparse_apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """The momentum step on rows ``indices`` only; inputs: accum ref, lr, grad, indices,
+    momentum."""
+    if inputs[2] is None:
+        return None
+    var = _float_variable(ctx, node)
+    accum = _slot(var, inputs[0], node)
+    lr = _hyper(inputs[1], var, node, "lr")
+    idx, grad = _sparse_grad(var, inputs[2], inputs[3], node)
+    momentum = _hyper(inputs[4], var, node, "momentum")
+    a_rows = accum.read()[idx] * momentum + grad
+    accum.read()[idx] = a_rows
+    if node.attr("use_nesterov", False):
+        var.read()[idx] -= grad * lr + a_rows * momentum * lr
+    else:
+        var.read()[idx] -= a_rows * lr
+    return _done(ctx, var, accum)
+
+
+# --- adagrad ---------------------------------------------------------------------------------
+
+@register("apply_adagrad", 3, uses_variable=True)
+def _apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """``accum += grad**2``, then ``var -= grad * lr / sqrt(accum)``; inputs: accum ref, lr,
+    grad."""
+    if inputs[2] is None:
+        return None
+    var = _float_variable(ctx, node)
+    accum = _slot(var, inputs[0], node)
+    lr = _hyper(inputs[1], var, node, "lr")
+    grad = _dense_grad(var, inputs[2], node)
+    a = accum.read()
+    a += grad * grad
+    var.read()[...] -= grad * lr / np.sqrt(a)
+    return _done(ctx, var, accum)
+
+
+@register("sparse_apply_adagrad", 4, uses_variable=True)
+def _sparse_apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """The Adagrad step on rows ``indices`` only; inputs: accum ref, lr, grad, indices."""
+    if inputs[2] is None:
+        return None
+    var = _float_variable(ctx, node)
+    accum = _slot(var, inputs[0], node)
+    lr = _hyper(inputs[1], var, node, "lr")
+    idx, grad = _sparse_grad(var, inputs[2], inputs[3], node)
+    a_rows = accum.read()[idx] + grad * grad
+    accum.read()[idx] = a_rows
+    var.read()[idx] -= grad * lr / np.sqrt(a_rows)
+    return _done(ctx, var, accum)
+
+
+# --- adam ------------------------------------------------------------------------------------
+
+def _adam_inputs(ctx: Context, node: NodeDef, inputs: list[Any]
+                 ) -> tuple[Variable, Variable, Variable, np.ndarray, np.ndarray, np.ndarray,
+                            np.ndarray, np.ndarray]:
+    """The variable, its m and v slots, and lr_t (TF's bias-corrected rate), beta1, beta2,
+    epsilon, from inputs m ref, v ref, beta1_power ref, beta2_power ref, lr, beta1, beta2,
+    epsilon."""
+    var = _float_variable(ctx, node)
+    m = _slot(var, inputs[0], node)
+    v = _slot(var, inputs[1], node)
+    dtype = var.dtype.np_dtype
+    beta1_power = _scalar_ref(inputs[2], node, dtype).read()
+    beta2_power = _scalar_ref(inputs[3], node, dtype).read()
+    lr, beta1, beta2, epsilon = (_hyper(inputs[4 + i], var, node, what) for i, what in
+                                 enumerate(("lr", "beta1", "beta2", "epsilon")))
+    one = dtype.type(1)
+    lr_t = lr * np.sqrt(one - beta2_power) / (one - beta1_power)
+    return var, m, v, lr_t, beta1, beta2, epsilon, one
+
+
+@register("apply_adam", 9, uses_variable=True)
+def _apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """TF1's Adam step with the bias correction folded into the rate; inputs: m ref, v ref,
+    beta1_power ref, beta2_power ref, lr, beta1, beta2, epsilon, grad."""
+    if inputs[8] is None:
+        return None
+    var, m, v, lr_t, beta1, beta2, epsilon, one = _adam_inputs(ctx, node, inputs)
+    grad = _dense_grad(var, inputs[8], node)
+    m_, v_ = m.read(), v.read()
+    m_ += (grad - m_) * (one - beta1)
+    v_ += (grad * grad - v_) * (one - beta2)
+    var.read()[...] -= (m_ * lr_t) / (np.sqrt(v_) + epsilon)
+    return _done(ctx, var, m, v)
+
+
+@register("sparse_apply_adam", 10, uses_variable=True)
+def _sparse_apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """TF1's sparse Adam: both moments decay everywhere, the gradient is added on rows
+    ``indices``, and every row of the variable moves; inputs as ``apply_adam``, then indices.
+    """
+    if inputs[8] is None:
+        return None
+    var, m, v, lr_t, beta1, beta2, epsilon, one = _adam_inputs(ctx, node, inputs)
+    idx, grad = _sparse_grad(var, inputs[8], inputs[9], node)
+    m_, v_ = m.read(), v.read()
+    m_ *= beta1
+    np.add.at(m_, idx, grad * (one - beta1))
+    v_ *= beta2
+    np.add.at(v_, idx, (grad * grad) * (one - beta2))
+    var.read()[...] -= lr_t * m_ / (np.sqrt(v_) + epsilon)
+    return _done(ctx, var, m, v)
+
+
+# --- after the updates -----------------------------------------------------------------------
+
+def _skipped(updates: list[Any]) -> bool:
+    return bool(updates) and all(u is None for u in updates)
+
+
+@register("assign_mul", None, uses_variable=True)
+def _assign_mul(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """``var *= factor`` (Adam's beta powers); inputs: factor, then the updates it follows."""
+    if not inputs:
+        raise InvalidArgumentError("assign_mul takes a factor")
+    var = _float_variable(ctx, node)
+    if _skipped(inputs[1:]):
+        return var.read()
+    value = var.read()
+    value *= _hyper(inputs[0], var, node, "factor")
+    return _done(ctx, var)
+
+
+@register("increment", None, uses_variable=True)
+def _increment(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """Adds one to an integer variable (the global step) and returns it; inputs: the updates
+    it follows."""
+    var = ctx.variable(node)
+    value = var.read()
+    if not var.dtype.is_integer or value.shape != ():
+        raise InvalidArgumentError(
+            f"increment {var.name}: needs an integer scalar, got {var.dtype.name} "
+            f"{list(var.shape)}")
+    if not _skipped(inputs):
+        value += 1
+        ctx.store.touched(var)
+    return value

@@ -1,0 +1,207 @@
+"""The gRPC servicer: protos in, store and checkpoint calls, protos out.
+
+Errors raised by the store, executor or checkpoint code are varstore's ``OpError`` classes;
+:func:`rpc_errors` maps them to gRPC statuses in one place. Anything else is a bug: it is
+logged with its traceback and reported to the client as INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from varstore.common import __version__, codec
+from varstore.common.errors import OpError
+from varstore.proto import varstore_pb2 as pb
+from varstore.proto import varstore_pb2_grpc as pb_grpc
+from varstore.server import wire
+from varstore.server.executor import Executor, Graph
+from varstore.server.handlers import method_handler
+from varstore.server.store import VariableStore
+
+log = logging.getLogger(__name__)
+
+
+MAX_WAIT_SECONDS = 3600.0
+# Small requests that repeat byte for byte (a step counter's increment, a poll) reuse the graph
+# built and checked for their first call: that is most of the Python a small op costs.
+GRAPH_CACHE_MAX_BYTES = 4096
+GRAPH_CACHE_ENTRIES = 512
+# A Run request as its deserializer hands it over: the request, its tensors, its wire bytes.
+RunCall = tuple[pb.RunRequest, list[pb.Tensor], bytes]
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, OpError):
+        context.abort(error.code, error.message)
+    log.exception("internal error in %s", method)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+
+def rpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turns exceptions raised by a servicer method (unary or streaming) into statuses."""
+    name = method.__name__
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as e:  # noqa: BLE001 - every error becomes a status
+                _abort(context, e, name)
+        return stream
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every error becomes a status
+            _abort(context, e, name)
+    return unary
+
+
+class ClientTracker:
+    """Counts distinct peers seen recently, for ``varstore status``."""
+
+    WINDOW_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def saw(self, context: grpc.ServicerContext) -> None:
+        """Records a call from the context's peer."""
+        peer = context.peer().rsplit(":", 1)[0]
+        with self._lock:
+            self._seen[peer] = time.monotonic()
+
+    def count(self) -> int:
+        """Peers that called within the window."""
+        cutoff = time.monotonic() - self.WINDOW_SECONDS
+        with self._lock:
+            self._seen = {p: t for p, t in self._seen.items() if t >= cutoff}
+            return len(self._seen)
+
+
+class VariableServicer(pb_grpc.VariableServiceServicer):
+    """Implements ``varstore.v1.VariableService`` over a store and a checkpoint manager."""
+
+    def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
+                 max_request_bytes: int) -> None:
+        self.store = store
+        self.executor = executor
+        self.checkpoints = checkpoints
+        self.max_request_bytes = max_request_bytes
+        self.started = time.time()
+        self.clients = ClientTracker()
+        self._graphs: dict[bytes, Graph] = {}
+
+    @rpc_errors
+    def Run(self, request: RunCall, context: grpc.ServicerContext) -> pb.RunResponse:
+        self.clients.saw(context)
+        response, _ = wire.result_to_proto(self.executor.run(self._graph(request)), stream=False)
+        return response
+
+    def _graph(self, call: RunCall) -> Graph:
+        header, tensors, raw = call
+        graph = self._graphs.get(raw)
+        if graph is None:
+            graph = wire.graph_from_proto(header, [codec.tensor_from_proto(t) for t in tensors])
+            if len(raw) > GRAPH_CACHE_MAX_BYTES:
+                graph.owned = True
+            else:
+                for array in graph.tensors:
+                    array.flags.writeable = False  # later calls share it: kernels only read it
+                if len(self._graphs) >= GRAPH_CACHE_ENTRIES:
+                    self._graphs.clear()
+                self._graphs[raw] = graph
+        return graph
+
+    @rpc_errors
+    def RunStream(self, request_iterator: Iterator[pb.RunChunk],
+                  context: grpc.ServicerContext) -> Iterator[pb.RunChunk]:
+        self.clients.saw(context)
+        header, streamed = codec.join_chunks(request_iterator, "request",
+                                               self.max_request_bytes)
+        arrays = wire.tensors_from_proto(header.tensors, streamed)
+        graph = wire.graph_from_proto(header, arrays)
+        graph.owned = True
+        response, payloads = wire.result_to_proto(self.executor.run(graph), stream=True)
+        # The request's tensors are garbage by now: free them before the response streams.
+        del graph, streamed
+        yield from codec.split_chunks(pb.RunChunk(response=response), payloads)
+
+    @rpc_errors
+    def ListVariables(self, request: pb.ListVariablesRequest,
+                      context: grpc.ServicerContext) -> pb.ListVariablesResponse:
+        return pb.ListVariablesResponse(
+            variables=[wire.variable_info(v) for v in self.store.variables(request.scope)])
+
+    @rpc_errors
+    def WaitInitialized(self, request: pb.WaitInitializedRequest,
+                        context: grpc.ServicerContext) -> pb.WaitInitializedResponse:
+        timeout = min(max(request.timeout_seconds, 0.0), MAX_WAIT_SECONDS)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(0.0, remaining - 0.05))
+        pending = self.store.wait_initialized(list(request.names), timeout)
+        return pb.WaitInitializedResponse(uninitialized=pending)
+
+    @rpc_errors
+    def Save(self, request: pb.SaveRequest,
+             context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
+        yield from self.checkpoints.save_request(request)
+
+    @rpc_errors
+    def Restore(self, request: pb.RestoreRequest,
+                context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
+        yield from self.checkpoints.restore_request(request)
+
+    @rpc_errors
+    def LatestCheckpoint(self, request: pb.LatestCheckpointRequest,
+                         context: grpc.ServicerContext) -> pb.LatestCheckpointResponse:
+        return pb.LatestCheckpointResponse(path=self.checkpoints.latest(request.directory) or "")
+
+    @rpc_errors
+    def Status(self, request: pb.StatusRequest,
+               context: grpc.ServicerContext) -> pb.StatusResponse:
+        last = self.checkpoints.last_saved if self.checkpoints is not None else None
+        return pb.StatusResponse(
+            version=__version__, uptime_seconds=time.time() - self.started,
+            variable_count=len(self.store), bytes_stored=self.store.bytes_stored(),
+            connected_clients=self.clients.count(),
+            last_checkpoint=last[0] if last else "", last_checkpoint_time=last[1] if last else 0,
+            checkpoint_dir=str(self.checkpoints.directory) if self.checkpoints else "",
+            max_memory=self.store.max_memory)
+
+
+# RunStream's chunks go through varstore's own codec: the same protobuf bytes on the wire, but
+# data chunks are framed from tensor memory and parsed as views, without protobuf's copies.
+# Run's requests are parsed with their tensors apart (codec.parse_run_request).
+_CODECS = {"RunStream": (codec.parse_chunk, codec.serialize_chunk),
+           "Run": (lambda raw: (*codec.parse_run_request(raw), raw),
+                   pb.RunResponse.SerializeToString)}
+
+
+def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:
+    """Registers ``servicer`` for every method of ``varstore.v1.VariableService`` (as the
+    generated ``add_VariableServiceServicer_to_server`` does, with RunStream's fast codec)."""
+    service = pb.DESCRIPTOR.services_by_name["VariableService"]
+    handlers = {}
+    for method in service.methods:
+        deserialize, serialize = _CODECS.get(method.name, (
+            getattr(pb, method.input_type.name).FromString,
+            getattr(pb, method.output_type.name).SerializeToString))
+        handlers[method.name] = method_handler(
+            method.client_streaming, method.server_streaming, getattr(servicer, method.name),
+            request_deserializer=deserialize, response_serializer=serialize)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    # Registered methods skip gRPC's per-call lookup through the generic handlers.
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -1,0 +1,201 @@
+"""Synchronous training: the gradients of N replicas averaged into one update per step.
+
+TensorFlow's ``SyncReplicasOptimizer`` idea, kept on the server. Each replica sends one
+request per step: ``sync_accumulate`` (on the global step, whose lock orders the replicas)
+adds its gradients to the step's sums, keyed by the global step the replica computed them
+at, and drops gradients of any other step as stale. The request's ``sync_mean`` nodes yield
+the mean gradients only when this replica completes the step, so the optimizer ops behind
+them (gated, see :mod:`varstore.server.optimizers`) apply the mean exactly once and the
+global step moves once. Other replicas then wait in ``sync_wait``, which locks no variable,
+until the step they joined is applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from varstore.common import dtypes
+from varstore.common.errors import DeadlineExceededError, InvalidArgumentError
+from varstore.common.protocol import APPLIED, PENDING, STALE
+from varstore.server.kernels import Context, NodeDef, _indices, register
+from varstore.server.store import VariableStore
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 3600.0
+
+# A gradient as accumulated: a dense array, or (indices, rows) pairs to concatenate.
+Gradient = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class SyncGroup:
+    """The accumulation state of one global step variable."""
+
+    condition: threading.Condition = field(default_factory=threading.Condition)
+    step: int | None = None
+    layout: tuple[tuple[str, bool], ...] = ()
+    replicas: int = 0
+    count: int = 0
+    sums: list[Any] = field(default_factory=list)
+    means: list[Gradient] = field(default_factory=list)
+    # Completed steps so far; replicas wait for it to pass the value they saw.
+    generation: int = 0
+    applied_step: int = 0
+    dropped: int = 0
+
+    def reset(self, step: int, layout: tuple[tuple[str, bool], ...], replicas: int) -> None:
+        """Starts accumulating ``step``, discarding what was gathered for another step."""
+        if self.count:
+            log.info("discarding %d partial gradients of step %s", self.count, self.step)
+        self.step, self.layout, self.replicas = step, layout, replicas
+        self.count = 0
+        self.sums = [None] * len(layout)
+
+
+_groups: weakref.WeakKeyDictionary[VariableStore, dict[str, SyncGroup]] = \
+    weakref.WeakKeyDictionary()
+_groups_lock = threading.Lock()
+
+
+def sync_group(store: VariableStore, global_step: str) -> SyncGroup:
+    """The state of ``global_step``'s synchronous steps in ``store``, created on first use."""
+    with _groups_lock:
+        return _groups.setdefault(store, {}).setdefault(global_step, SyncGroup())
+
+
+def _layout(node: NodeDef) -> tuple[tuple[str, bool], ...]:
+    names = str(node.attr("variables", "")).split(",")
+    mask = str(node.attr("sparse", ""))
+    if not names[0] or len(mask) != len(names) or set(mask) - {"0", "1"}:
+        raise InvalidArgumentError(
+            "sync_accumulate needs `variables` (comma-separated) and a `sparse` mask of 0/1 "
+            "per variable")
+    return tuple((name, flag == "1") for name, flag in zip(names, mask, strict=True))
+
+
+def _gradients(ctx: Context, layout: tuple[tuple[str, bool], ...], inputs: list[Any]
+               ) -> list[Gradient]:
+    """The request's gradients, checked against their variables' dtype and shape."""
+    if len(inputs) != sum(2 if sparse else 1 for _, sparse in layout):
+        raise InvalidArgumentError("sync_accumulate: inputs do not match the variables")
+    out: list[Gradient] = []
+    it = iter(inputs)
+    for name, sparse in layout:
+        var = ctx.store.get(name)
+        values = np.asarray(next(it))
+        what = f"sync_accumulate {name}"
+        if values.dtype != var.dtype.np_dtype:
+            raise InvalidArgumentError(
+                f"{what}: gradient has dtype {dtypes.as_dtype(values.dtype).name}, variable "
+                f"has dtype {var.dtype.name}")
+        if not sparse:
+            if values.shape != var.shape:
+                raise InvalidArgumentError(
+                    f"{what}: gradient has shape {list(values.shape)}, variable "
+                    f"{list(var.shape)}")
+            out.append(values)
+            continue
+        if not var.shape:
+            raise InvalidArgumentError(f"{what}: a sparse gradient needs rank >= 1")
+        idx = _indices(next(it), var.shape[0], what)
+        if idx.ndim != 1 or values.shape != idx.shape + var.shape[1:]:
+            raise InvalidArgumentError(
+                f"{what}: values of shape {list(values.shape)} do not fit indices of shape "
+                f"{list(idx.shape)} into {list(var.shape)}")
+        out.append((idx, values))
+    return out
+
+
+@register("sync_accumulate", None, uses_variable=True)
+def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
+    """Adds one replica's gradients to the sums of step ``step`` of the node's global step.
+
+    Attributes: ``step``, ``replicas``, ``variables``, ``sparse``. Returns ``[status,
+    generation]``: APPLIED when this replica completed the step, PENDING when others are
+    still missing, STALE (gradients dropped) when ``step`` is not the global step.
+    """
+    global_step = ctx.variable(node)
+    current = global_step.read()
+    if not global_step.dtype.is_integer or current.shape != ():
+        raise InvalidArgumentError(f"sync_accumulate: {global_step.name} is not an integer "
+                                   f"scalar")
+    step, replicas = int(node.attr("step", -1)), int(node.attr("replicas", 0))
+    if replicas < 1:
+        raise InvalidArgumentError("sync_accumulate needs replicas >= 1")
+    layout = _layout(node)
+    grads = _gradients(ctx, layout, inputs)
+    group = sync_group(ctx.store, global_step.name)
+    with group.condition:
+        if step != int(current):
+            group.dropped += 1
+            log.info("dropped stale gradients of step %d (global step %d; %d dropped so far)",
+                     step, int(current), group.dropped)
+            return np.array([STALE, group.generation], np.int64)
+        if group.step != step or group.layout != layout or group.replicas != replicas:
+            group.reset(step, layout, replicas)
+        for i, grad in enumerate(grads):
+            if isinstance(grad, tuple):
+                group.sums[i] = (group.sums[i] or []) + [grad]
+            elif group.sums[i] is None:
+                group.sums[i] = grad.copy()
+            else:
+                group.sums[i] += grad
+        group.count += 1
+        generation = group.generation
+        if group.count < replicas:
+            return np.array([PENDING, generation], np.int64)
+        group.means = [_mean(s, replicas) for s in group.sums]
+        group.count = 0
+        group.reset(step, layout, replicas)
+        group.generation += 1
+        group.applied_step = step + 1
+        group.condition.notify_all()
+        return np.array([APPLIED, generation], np.int64)
+
+
+def _mean(total: Any, replicas: int) -> Gradient:
+    if isinstance(total, list):
+        indices = np.concatenate([i for i, _ in total])
+        values = np.concatenate([v for _, v in total])
+        return indices, (values / replicas).astype(values.dtype, copy=False)
+    return (total / replicas).astype(total.dtype, copy=False)
+
+
+@register("sync_mean", 1, uses_variable=True)
+def _sync_mean(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """Gradient ``index`` of a step this request's ``sync_accumulate`` completed (``part``:
+    ``dense``, ``indices`` or ``values``), or None when it did not complete one."""
+    if int(np.asarray(inputs[0]).reshape(-1)[0]) != APPLIED:
+        return None
+    group = sync_group(ctx.store, ctx.variable(node).name)
+    index, part = int(node.attr("index", -1)), node.attr("part", "dense")
+    if not 0 <= index < len(group.means):
+        raise InvalidArgumentError(f"sync_mean: no gradient {index}")
+    mean = group.means[index]
+    if part == "dense" and not isinstance(mean, tuple):
+        return mean
+    if part in ("indices", "values") and isinstance(mean, tuple):
+        return mean[0] if part == "indices" else mean[1]
+    raise InvalidArgumentError(f"sync_mean: gradient {index} has no part {part!r}")
+
+
+@register("sync_wait", 0)
+def _sync_wait(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
+    """Blocks until a step of global step ``group`` completes after ``generation``; returns
+    the global step then. Raises ``DeadlineExceededError`` after ``timeout`` seconds."""
+    group = sync_group(ctx.store, ctx.store.get(str(node.attr("group", ""))).name)
+    generation = int(node.attr("generation", 0))
+    timeout = min(max(float(node.attr("timeout", 0.0)), 0.0), MAX_WAIT_SECONDS)
+    with group.condition:
+        if not group.condition.wait_for(lambda: group.generation > generation, timeout):
+            raise DeadlineExceededError(
+                f"synchronous step {group.step}: {group.count} of {group.replicas} replicas "
+                f"sent gradients within {timeout:g}s")
+        return np.int64(group.applied_step)

@@ -1,0 +1,72 @@
+"""Turns protocol messages into the executor's plain values and results back into messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from varstore.common import codec, dtypes
+from varstore.common.errors import InvalidArgumentError
+from varstore.proto import varstore_pb2 as pb
+from varstore.server.executor import Graph, Result, VariableSpec
+from varstore.server.kernels import NodeDef
+from varstore.server.store import Variable
+
+MAX_ATTRS = 64
+
+
+def tensors_from_proto(messages: Sequence[pb.Tensor], streamed: Sequence[np.ndarray | None]
+                       ) -> list[np.ndarray]:
+    """The request's tensors as arrays: ``streamed`` holds those whose bytes came in stream
+    chunks (None for tensors inline in their message)."""
+    return [array if array is not None else codec.tensor_from_proto(t)
+            for t, array in zip(messages, streamed, strict=True)]
+
+
+def graph_from_proto(request: pb.RunRequest, tensors: list[np.ndarray]) -> Graph:
+    """A validated :class:`Graph` for ``request`` with its decoded ``tensors``."""
+    nodes = [NodeDef(n.op, tuple(n.inputs), tuple(n.control_inputs), n.variable, n.tensor,
+                     _attrs(n)) for n in request.nodes]
+    specs = [VariableSpec(
+        name=v.name, dtype=codec.dtype_from_proto(v.dtype),
+        shape=codec.shape_from_proto(v.shape.dim), trainable=v.trainable,
+        bind_only=v.mode == pb.BIND, initializer=v.initializer - 1 if v.initializer else None,
+        created_by=v.created_by[:64], initializer_desc=v.initializer_desc[:256])
+        for v in request.variables]
+    return Graph(specs, nodes, tensors, list(request.fetches), list(request.targets))
+
+
+def _attrs(node: pb.Node) -> dict[str, Any] | None:
+    if not node.attrs:
+        return None
+    if len(node.attrs) > MAX_ATTRS:
+        raise InvalidArgumentError(f"node {node.op[:64]!r} has too many attributes")
+    out: dict[str, Any] = {}
+    for key, value in node.attrs.items():
+        kind = value.WhichOneof("value")
+        if kind is None:
+            raise InvalidArgumentError(f"attribute {key[:64]!r} has no value")
+        out[key] = list(value.shape.dim) if kind == "shape" else getattr(value, kind)
+    return out
+
+
+def variable_info(var: Variable, created: bool = False) -> pb.VariableInfo:
+    """The ``VariableInfo`` message describing ``var``."""
+    return pb.VariableInfo(
+        name=var.name, dtype=var.dtype.enum, shape=codec.shape_to_proto(var.shape),
+        trainable=var.trainable, initialized=var.initialized, version=var.version,
+        created_by=var.created_by, initializer_desc=var.initializer_desc, nbytes=var.nbytes,
+        created=created)
+
+
+def result_to_proto(result: Result, stream: bool
+                    ) -> tuple[pb.RunResponse, list[bytes | memoryview]]:
+    """The response for ``result``; with ``stream``, tensor bytes are returned separately."""
+    arrays = []
+    for value in result.values:
+        array = np.asarray(value if value is not None else np.zeros((0,), np.float32))
+        arrays.append((array, dtypes.as_dtype(array.dtype)))
+    response = pb.RunResponse(variables=[variable_info(v, c) for v, c in result.variables])
+    return response, codec.pack_tensors(arrays, stream, response.values)

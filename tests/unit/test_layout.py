@@ -1,0 +1,64 @@
+"""The package boundary: the server imports nothing of the eager client, and the code both sides
+share imports neither side. Checked on the imports themselves, in fresh interpreters."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_ONLY = ("varstore.client", "varstore.aio", "varstore.train", "varstore.transport",
+               "varstore.initializers", "varstore.request", "varstore.scopes", "varstore.v1",
+               "varstore.cli")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    return [m for m in json.loads(out.stdout) if m.startswith("varstore")]
+
+
+@pytest.mark.parametrize("statement", ["import varstore.server.app", "import varstore.server",
+                                       "import varstore.common.codec", "import varstore"])
+def test_server_and_common_load_no_eager_client(statement: str) -> None:
+    loaded = _loaded_after(statement)
+    assert not [m for m in loaded if m.startswith(CLIENT_ONLY)], loaded
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.startswith("varstore")}
+
+
+@pytest.mark.parametrize("folder, forbidden", [
+    ("server", CLIENT_ONLY),
+    ("common", (*CLIENT_ONLY, "varstore.server")),
+])
+def test_no_module_imports_across_the_boundary(folder: str, forbidden: tuple[str, ...]) -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
+                                                  if n.startswith(forbidden))
+                 for p in (ROOT / folder).rglob("*.py") if "_pb2" not in p.name}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_folders_mirror_import_paths() -> None:
+    import varstore.common
+    import varstore.server
+    import varstore.v1
+
+    assert Path(varstore.v1.__file__).parent == ROOT / "client" / "varstore" / "v1"
+    assert Path(varstore.common.__file__).parent == ROOT / "common" / "varstore" / "common"
+    assert Path(varstore.server.__file__).parent == ROOT / "server" / "varstore" / "server"
+
