@@ -20,6 +20,7 @@ import numpy as np
 from varstore.common.dtypes import DType
 from varstore.initializers import Initializer
 from varstore.scopes import Naming
+from varstore.v1.operators import TensorOperators
 from varstore.v1.shapes import TensorShape, as_shape
 
 
@@ -31,7 +32,7 @@ class GraphKeys:
     GLOBAL_STEP = "global_step"
 
 
-class Tensor:
+class Tensor(TensorOperators):
     """The output of an :class:`Operation`: a symbolic value computed when a session runs."""
 
     def __init__(self, op: Operation, value_index: int, dtype: DType, shape: TensorShape

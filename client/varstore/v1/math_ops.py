@@ -12,7 +12,7 @@ from typing import Any
 
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
-from varstore.v1 import shapes
+from varstore.v1 import operators, shapes
 from varstore.v1.array_ops import cast, convert_input, convert_to_tensor
 from varstore.v1.graph import Tensor, op_scope
 
@@ -304,12 +304,4 @@ _OPERATORS.update({
 })
 
 
-def install_operators(cls: type) -> None:
-    """Gives ``cls`` (Tensor, Variable) TF's Python operators. ``==`` stays identity, as in
-    TF 1.x graph mode, so tensors and variables can be dict keys."""
-    for method, fn in _OPERATORS.items():
-        setattr(cls, method, fn)
-    cls.__array_priority__ = 100  # type: ignore[attr-defined]  # numpy defers to our operators
-
-
-install_operators(Tensor)
+operators.register(_OPERATORS)

@@ -26,10 +26,11 @@ from varstore.v1.graph import (
     get_default_graph,
     op_scope,
 )
+from varstore.v1.operators import TensorOperators
 from varstore.v1.shapes import TensorShape
 
 
-class Variable:
+class Variable(TensorOperators):
     """A variable: a named, shaped, typed value that lives on the server.
 
     ``name`` is ``"op_name:0"`` made unique in the graph (``name1``, ``name1_1``), under the
@@ -167,8 +168,6 @@ class Variable:
         """What a session fetches for this variable."""
         return self._ref
 
-
-math_ops.install_operators(Variable)
 
 
 def global_variables(scope: str | None = None) -> list[Variable]:
