@@ -198,17 +198,27 @@ class ClientBase:
     # --- scopes ---------------------------------------------------------------------------
 
     def variable_scope(self, name_or_scope: str | VariableScope | None,
-                       default_name: str | None = None, reuse: Any = None,
-                       initializer: Any = None, dtype: Any = None,
+                       default_name: str | None = None, values: Any = None,
+                       initializer: Any = None, regularizer: Any = None,
+                       caching_device: Any = None, partitioner: Any = None,
+                       custom_getter: Any = None, reuse: Any = None, dtype: Any = None,
+                       use_resource: bool | None = None, constraint: Any = None,
                        auxiliary_name_scope: bool = True) -> Any:
-        """A context manager like ``tf.variable_scope``; yields the :class:`VariableScope`."""
+        """A context manager like ``tf.variable_scope`` (same arguments and rules, see
+        :meth:`varstore.scopes.Naming.variable_scope`); yields the :class:`VariableScope`.
+        ``values`` is accepted for TF's signature."""
         return self.naming.variable_scope(
             name_or_scope, default_name, reuse, initializer,
-            dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope)
+            dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope,
+            regularizer=regularizer, caching_device=caching_device, partitioner=partitioner,
+            custom_getter=custom_getter, use_resource=use_resource, constraint=constraint)
 
-    def name_scope(self, name: str | None) -> Any:
-        """A context manager like ``tf.name_scope``; yields the scope string."""
-        return self.naming.name_scope(name)
+    def name_scope(self, name: str | None, default_name: str | None = None,
+                   values: Any = None) -> Any:
+        """A context manager like ``tf.name_scope``; yields the scope string (``"a/"``).
+
+        Raises ``ValueError`` for names TF refuses (its messages)."""
+        return self.naming.name_scope(name, default_name)
 
     def get_variable_scope(self) -> VariableScope:
         """The current variable scope."""

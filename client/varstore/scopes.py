@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from varstore.common import names
 
 
 class _ReuseMode(enum.Enum):
@@ -28,16 +31,35 @@ def shape_str(shape: Sequence[int] | None) -> str:
     return str(tuple(None if d is None else int(d) for d in shape))
 
 
+# The defaults a variable scope carries for ``get_variable`` besides reuse and dtype, as TF's
+# ``VariableScope`` keeps them; each has a ``set_<name>`` method.
+SCOPE_DEFAULTS = ("initializer", "regularizer", "caching_device", "partitioner",
+                  "custom_getter", "use_resource", "constraint")
+
+
 class VariableScope:
-    """A variable scope: its name, reuse mode, default initializer and dtype."""
+    """A variable scope: its name, reuse mode, name scope and the defaults it gives
+    ``get_variable`` (initializer, regularizer, partitioner, custom getter, dtype...), as
+    TF's ``variable_scope.VariableScope``."""
 
     def __init__(self, reuse: bool | _ReuseMode | None, name: str = "",
-                 initializer: Any = None, dtype: Any = None, name_scope: str = "") -> None:
+                 initializer: Any = None, dtype: Any = None, name_scope: str = "",
+                 **defaults: Any) -> None:
         self._reuse = reuse
         self._name = name
         self.initializer = initializer
         self.dtype = dtype
         self.original_name_scope = name_scope
+        self.regularizer: Any = None
+        self.caching_device: Any = None
+        self.partitioner: Any = None
+        self.custom_getter: Any = None
+        self.use_resource: Any = None
+        self.constraint: Any = None
+        for key, value in defaults.items():
+            if key not in SCOPE_DEFAULTS:
+                raise TypeError(f"VariableScope got an unexpected keyword argument '{key}'")
+            setattr(self, key, value)
 
     @property
     def name(self) -> str:
@@ -46,7 +68,7 @@ class VariableScope:
 
     @property
     def reuse(self) -> bool | _ReuseMode | None:
-        """True, ``AUTO_REUSE`` or None (create only)."""
+        """False (create only), True (reuse only) or ``AUTO_REUSE``."""
         return self._reuse
 
     def reuse_variables(self) -> None:
@@ -57,8 +79,48 @@ class VariableScope:
         """Sets the default initializer of variables created in this scope."""
         self.initializer = initializer
 
+    def set_dtype(self, dtype: Any) -> None:
+        """Sets the default dtype of variables created in this scope."""
+        self.dtype = dtype
+
+    def set_regularizer(self, regularizer: Any) -> None:
+        """Sets the default regularizer of variables created in this scope."""
+        self.regularizer = regularizer
+
+    def set_caching_device(self, caching_device: Any) -> None:
+        """Sets the default caching device (accepted; the server holds every value)."""
+        self.caching_device = caching_device
+
+    def set_partitioner(self, partitioner: Any) -> None:
+        """Sets the default partitioner of variables created in this scope."""
+        self.partitioner = partitioner
+
+    def set_custom_getter(self, custom_getter: Any) -> None:
+        """Sets the custom getter ``get_variable`` calls in this scope."""
+        self.custom_getter = custom_getter
+
+    def set_use_resource(self, use_resource: Any) -> None:
+        """Sets ``use_resource`` (accepted; every varstore variable is a server resource)."""
+        self.use_resource = use_resource
+
+    def _copy(self, reuse: bool | _ReuseMode | None, name: str, name_scope: str
+              ) -> VariableScope:
+        """A scope with this one's defaults under a new name, reuse and name scope."""
+        return VariableScope(reuse, name, self.initializer, self.dtype, name_scope,
+                             **{k: getattr(self, k) for k in SCOPE_DEFAULTS[1:]})
+
     def __repr__(self) -> str:
         return f"<VariableScope {self._name!r} reuse={self._reuse}>"
+
+
+def _wrap_custom_getter(getter: Any, old: Any) -> Any:
+    """``getter`` calling ``old`` as its getter, as TF's ``_maybe_wrap_custom_getter``."""
+    if old is None:
+        return getter
+
+    def wrapped(next_getter: Any, *args: Any, **kwargs: Any) -> Any:
+        return getter(functools.partial(old, next_getter), *args, **kwargs)
+    return wrapped
 
 
 class Naming:
@@ -91,14 +153,31 @@ class Naming:
             name = f"{name}_{i - 1}"
         return name
 
+    def op_name(self, name: str) -> str:
+        """The full name of an op created as ``name`` (TF's ``Graph.create_op``): a name
+        ending in ``/`` is taken as is (without the slash), others are made unique.
+
+        Raises:
+            ValueError: TF's message when the result is not a valid node name.
+        """
+        full = name[:-1] if name.endswith("/") else self.unique_name(name)
+        names.check_node_name(full)
+        return full
+
     @contextlib.contextmanager
     def name_scope(self, name: str | None, default_name: str | None = None) -> Iterator[str]:
-        """Opens a name scope; yields its name with a trailing ``/`` ("" at the top).
+        """Opens a name scope; yields its name with a trailing ``/`` ("" at the top), as TF's
+        ``Graph.name_scope``.
 
         A name ending in ``/`` is taken as is (re-entering a scope); None or "" resets to
         the top level; other names are made unique.
+
+        Raises:
+            ValueError: the name does not match TF's root or nested scope pattern.
         """
         name = name if name is not None else default_name
+        if name:
+            names.check_scope_name(name, at_root=not self.name_stack)
         old = self.name_stack
         if not name:
             new = ""
@@ -123,50 +202,113 @@ class Naming:
     def variable_scope(self, name_or_scope: str | VariableScope | None,
                        default_name: str | None = None,
                        reuse: bool | _ReuseMode | None = None, initializer: Any = None,
-                       dtype: Any = None, auxiliary_name_scope: bool = True
-                       ) -> Iterator[VariableScope]:
-        """Opens a variable scope (and its name scope), as ``tf.variable_scope``."""
+                       dtype: Any = None, auxiliary_name_scope: bool = True,
+                       **defaults: Any) -> Iterator[VariableScope]:
+        """Opens a variable scope (and its name scope), as ``tf.variable_scope``; yields the
+        new :class:`VariableScope`. ``defaults`` are the other :data:`SCOPE_DEFAULTS`.
+
+        The rules are TF's ``variable_scope``/``_pure_variable_scope``: a default name is made
+        unique among the scopes opened under the current one (``fc``, ``fc_1``); closing a
+        scope opened by name forgets those counts under it, closing one re-entered by object
+        restores them; reuse is inherited (False at the top, never None).
+
+        Raises:
+            TypeError: no name and no default name, a name that is neither a string nor a
+                scope, or a non-bool ``auxiliary_name_scope``.
+            ValueError: a reuse value other than True, False, None and ``AUTO_REUSE``, or
+                ``reuse=True`` with a default name; invalid scope names (TF's messages).
+        """
         if name_or_scope is None and default_name is None:
             raise TypeError("If default_name is None then name_or_scope is required")
         if reuse is False:
             reuse = None
-        old = self.var_scope
-        if isinstance(name_or_scope, VariableScope):
-            scope_name = name_or_scope.name
-            name_scope = name_or_scope.original_name_scope
-            inherited = name_or_scope.reuse
-            init = name_or_scope.initializer
-            dt = name_or_scope.dtype
-        else:
-            if name_or_scope is None:
-                base = f"{old.name}/{default_name}" if old.name else default_name
-                assert base is not None
-                count = self._scope_counts.get(base, 0)
-                name_or_scope = default_name if count == 0 else f"{default_name}_{count}"
-            assert isinstance(name_or_scope, str)
-            scope_name = f"{old.name}/{name_or_scope}" if old.name else name_or_scope
-            name_scope = None
-            inherited = old.reuse
-            init = old.initializer
-            dt = old.dtype
-        self._scope_counts[scope_name] = self._scope_counts.get(scope_name, 0) + 1
-        new_reuse = reuse if reuse is not None else (inherited or None)
+        if not (reuse is True or reuse is None or reuse is AUTO_REUSE):
+            raise ValueError("The reuse parameter must be True or False or None.")
+        if not isinstance(auxiliary_name_scope, bool):
+            raise TypeError(f"The auxiliary_name_scope must be `True` or `False`, while get "
+                            f"{auxiliary_name_scope}")
+        if name_or_scope is not None and not isinstance(name_or_scope, VariableScope | str):
+            raise TypeError("VariableScope: name_or_scope must be a string or VariableScope.")
+        if name_or_scope is None and reuse:
+            raise ValueError("reuse=True cannot be used without a name_or_scope")
         with contextlib.ExitStack() as stack:
             if auxiliary_name_scope:
-                leaf = scope_name.rsplit("/", 1)[-1]
-                if name_scope is None:
-                    name_scope = stack.enter_context(self.name_scope(leaf))
-                elif leaf:
-                    # As TF: a scope object opens a new unique name scope (foo_1) and keeps
-                    # its original_name_scope.
-                    stack.enter_context(self.name_scope(leaf))
-            scope = VariableScope(new_reuse, scope_name, initializer or init, dtype or dt,
-                                  name_scope or "")
-            self.var_scope = scope
-            try:
-                yield scope
-            finally:
-                self.var_scope = old
+                if isinstance(name_or_scope, VariableScope):
+                    scope_for_names: str | None = name_or_scope.name.split("/")[-1]
+                else:
+                    scope_for_names = name_or_scope if name_or_scope is not None \
+                        else default_name
+            else:
+                # As TF: re-enter the current name scope ("" at the top resets to it).
+                scope_for_names = f"{self.name_stack}/" if self.name_stack else ""
+            opened = None
+            if scope_for_names or not auxiliary_name_scope:
+                opened = stack.enter_context(self.name_scope(scope_for_names))
+            if name_or_scope is None:
+                assert default_name is not None
+                name_or_scope = self._unique_scope_name(default_name)
+            scope = self._enter_variable_scope(name_or_scope, opened, reuse, initializer,
+                                               dtype, defaults, stack)
+            yield scope
+
+    def _unique_scope_name(self, prefix: str) -> str:
+        """TF's ``_get_unique_variable_scope``: ``prefix``, else the first ``prefix_N`` no
+        open-or-closed sibling scope has used since the parent was entered."""
+        parent = self.var_scope.name
+        base = f"{parent}/{prefix}" if parent else prefix
+        if self._scope_counts.get(base, 0) == 0:
+            return prefix
+        idx = 1
+        while self._scope_counts.get(f"{base}_{idx}", 0) > 0:
+            idx += 1
+        return f"{prefix}_{idx}"
+
+    def _enter_variable_scope(self, name_or_scope: str | VariableScope, opened: str | None,
+                              reuse: bool | _ReuseMode | None, initializer: Any, dtype: Any,
+                              defaults: dict[str, Any], stack: contextlib.ExitStack
+                              ) -> VariableScope:
+        """TF's ``_pure_variable_scope.__enter__``; registers its ``__exit__`` on ``stack``."""
+        old = self.var_scope
+        if isinstance(name_or_scope, VariableScope):
+            new_name = name_or_scope.name
+            scope = name_or_scope._copy(reuse or name_or_scope.reuse, new_name,
+                                        name_or_scope.original_name_scope)
+            scope.constraint = defaults.get("constraint")
+            parent_getter = name_or_scope.custom_getter
+        else:
+            new_name = f"{old.name}/{name_or_scope}" if old.name else name_or_scope
+            scope = old._copy(reuse or old.reuse, new_name,
+                              opened if opened is not None else name_or_scope)
+            scope.constraint = defaults.get("constraint")
+            parent_getter = old.custom_getter
+        if initializer is not None:
+            scope.set_initializer(initializer)
+        if dtype is not None:
+            scope.set_dtype(dtype)
+        for key, value in defaults.items():
+            if key not in SCOPE_DEFAULTS:
+                raise TypeError(f"variable_scope() got an unexpected keyword argument '{key}'")
+            if value is not None and key != "constraint":
+                setattr(scope, key, value)
+        if defaults.get("custom_getter") is not None:
+            scope.custom_getter = _wrap_custom_getter(defaults["custom_getter"], parent_getter)
+        self._scope_counts[new_name] = self._scope_counts.get(new_name, 0) + 1
+        saved_counts = dict(self._scope_counts)
+        by_object = isinstance(name_or_scope, VariableScope)
+
+        def leave() -> None:
+            if by_object:
+                self._scope_counts = saved_counts
+            else:
+                prefix = f"{new_name}/"
+                for key in self._scope_counts:
+                    if key.startswith(prefix):
+                        self._scope_counts[key] = 0
+            self.var_scope = old
+
+        self.var_scope = scope
+        stack.callback(leave)
+        return scope
 
     def full_name(self, name: str) -> str:
         """``name`` under the current variable scope (name scopes do not count)."""

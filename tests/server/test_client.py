@@ -179,7 +179,7 @@ def test_errors_change_nothing(client: vs.Client) -> None:
         v.assign(np.zeros(4))
     with pytest.raises(InvalidArgumentError, match="index 3 is not in"):
         v.scatter_add([0, 3], np.ones(2))
-    with pytest.raises(InvalidArgumentError, match="invalid variable name"):
+    with pytest.raises(ValueError, match="'bad name!' is not a valid root scope name"):
         client.Variable(1, name="bad name!")
     with pytest.raises(ValueError, match="must be fully defined"):
         client.get_variable("noshape")

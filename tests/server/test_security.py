@@ -264,8 +264,8 @@ def test_request_size_limit(small_requests_server: Server, elements: int) -> Non
 
 # --- hostile names, shapes, dtypes ---------------------------------------------------------
 
-HOSTILE_NAMES = ["", "/", "a//b", "a/", "/abs", "_lead", "sp ace", "tab\t", "nul\x00",
-                 "new\nline", "trailing\n", "x" * 1025, "é", "a:0", "a;b", "$(rm -rf)", "a\\b"]
+HOSTILE_NAMES = ["", "/", "a/", "/abs", "_lead", "sp ace", "tab\t", "nul\x00",
+                 "new\nline", "trailing\n", "x" * 65537, "é", "a:0", "a;b", "$(rm -rf)", "a\\b"]
 
 
 def test_hostile_names_are_refused_and_create_nothing(client: vs.Client) -> None:

@@ -31,16 +31,25 @@ def name_scope(name: str | None, default_name: str | None = None,
 
 def variable_scope(name_or_scope: str | VariableScope | None, default_name: str | None = None,
                    values: Sequence[Any] | None = None, initializer: Any = None,
-                   reuse: Any = None, dtype: Any = None, auxiliary_name_scope: bool = True
+                   regularizer: Any = None, caching_device: Any = None,
+                   partitioner: Any = None, custom_getter: Any = None, reuse: Any = None,
+                   dtype: Any = None, use_resource: bool | None = None, constraint: Any = None,
+                   auxiliary_name_scope: bool = True
                    ) -> contextlib.AbstractContextManager[VariableScope]:
-    """Opens a variable scope and its name scope; yields the :class:`VariableScope`.
+    """Opens a variable scope and its name scope; yields the :class:`VariableScope`, with
+    TF's arguments and rules (:meth:`varstore.scopes.Naming.variable_scope`).
 
-    ``reuse`` is None (create), True (reuse existing) or ``AUTO_REUSE``; nested scopes inherit
-    it. Re-entering a scope object keeps its name and name scope.
+    ``reuse`` is False/None (inherit), True (reuse existing) or ``AUTO_REUSE``; nested scopes
+    inherit it. ``initializer``, ``regularizer``, ``partitioner``, ``custom_getter`` and
+    ``dtype`` are defaults for ``get_variable`` inside; ``caching_device`` and
+    ``use_resource`` are kept but change nothing (every value lives on the server).
+    Raises TF's ``TypeError``/``ValueError`` for misuse.
     """
     return graph_of(values or ()).naming.variable_scope(
         name_or_scope, default_name, reuse, initializer,
-        dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope)
+        dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope,
+        regularizer=regularizer, caching_device=caching_device, partitioner=partitioner,
+        custom_getter=custom_getter, use_resource=use_resource, constraint=constraint)
 
 
 def get_variable_scope() -> VariableScope:

@@ -10,7 +10,6 @@ cannot deadlock.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,20 +23,23 @@ from varstore.common.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from varstore.common.names import is_valid_node_name
 
-MAX_NAME_LENGTH = 1024
-# TF's rule for op names (tensorflow/core/framework/node_def_util.cc), with "/" for scopes.
-_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+# TensorFlow sets no limit; this one bounds what one name costs the server (names arrive in
+# requests of up to protocol.MAX_MESSAGE_BYTES).
+MAX_NAME_LENGTH = 1 << 16
 
 
 def validate_name(name: str) -> str:
-    """Returns ``name`` if it is a valid full variable name.
+    """Returns ``name`` if TensorFlow accepts it as a variable's full name: a node name by
+    TF's runtime rule (:func:`varstore.common.names.is_valid_node_name`: ``a//b``, ``a>b``
+    and ``.a`` are names, ``a\\b``, ``_a`` and ``a:b`` are not) that does not end in ``/``
+    (TF takes such a name as a scope and strips the slash).
 
     Raises:
-        InvalidArgumentError: the name is empty, too long or not a TensorFlow op name.
+        InvalidArgumentError: naming (the start of) the refused name.
     """
-    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name) or "//" in name \
-            or name.endswith("/"):
+    if len(name) > MAX_NAME_LENGTH or not is_valid_node_name(name) or name.endswith("/"):
         raise InvalidArgumentError(f"invalid variable name {name[:100]!r}")
     return name
 

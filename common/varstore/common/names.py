@@ -1,0 +1,50 @@
+"""TensorFlow's rules for op, scope and variable names, shared by the client and the server.
+
+The two Python patterns are TensorFlow 2.x's ``framework/ops.py`` ones, copied exactly
+(``match`` with ``$``, as TF calls them); :func:`is_valid_node_name` is the C++ rule that TF's
+runtime applies to every node it runs (``core/framework/node_def_util.cc``,
+``IsValidNodeName``): the Python pattern without ``\\``, where ``>`` must start another
+name (``a>b``, not ``a>`` or ``a>_b``).
+"""
+
+from __future__ import annotations
+
+import re
+
+VALID_OP_NAME_REGEX = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+VALID_SCOPE_NAME_REGEX = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
+_NODE_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*(?:>[A-Za-z0-9.][A-Za-z0-9_.\-/]*)*")
+
+
+def check_scope_name(name: str, at_root: bool) -> None:
+    """TF's ``Graph.name_scope`` check of a non-empty scope name (a variable's or an op's
+    name opens a scope too): the op-name pattern at the root, the scope pattern inside.
+
+    Raises:
+        ValueError: with TensorFlow's message.
+    """
+    if at_root:
+        if not VALID_OP_NAME_REGEX.match(name):
+            raise ValueError(
+                f"'{name}' is not a valid root scope name. A root scope name has to match the "
+                f"following pattern: {VALID_OP_NAME_REGEX.pattern}")
+    elif not VALID_SCOPE_NAME_REGEX.match(name):
+        raise ValueError(
+            f"'{name}' is not a valid scope name. A scope name has to match the following "
+            f"pattern: {VALID_SCOPE_NAME_REGEX.pattern}")
+
+
+def check_node_name(name: str) -> None:
+    """TF's ``Operation`` check of a full op name.
+
+    Raises:
+        ValueError: with TensorFlow's message (which prints the compiled pattern's repr).
+    """
+    if not VALID_OP_NAME_REGEX.match(name):
+        raise ValueError(f"`{name}` is not a valid node name. Accepted names conform to Regex "
+                         f"/{VALID_OP_NAME_REGEX}/")
+
+
+def is_valid_node_name(name: str) -> bool:
+    """Whether TensorFlow's runtime accepts ``name`` as a node (variable) name."""
+    return _NODE_NAME.fullmatch(name) is not None

@@ -1,0 +1,5 @@
+"""placeholder"""
+
+from tests.interop.fidelity import Programs
+
+PROGRAMS = Programs()
