@@ -16,8 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
-
-from common import MB, payload
+from harness import MB, payload
 
 SERVICE = "floor.Floor"
 MAX_MESSAGE = (1 << 31) - 1

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import time
 
-from common import free_port
+from harness import free_port
 
 
 class RedisBaseline:

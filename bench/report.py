@@ -108,7 +108,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def chart(path: Path, series: dict[str, dict[str, list[float]]], sizes_mb: list[float]) -> None:
+def chart(path: Path, series: dict[str, dict[str, list[float | None]]], sizes_mb: list[float]
+          ) -> None:
     """Throughput against payload size, pull and push side by side, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")

@@ -25,10 +25,10 @@ import disk
 import numpy as np
 import report
 from floor import GrpcFloor, TcpFloor
+from harness import MB, payload, rate, start_varstore, throughput, timed
 from redis_baseline import RedisBaseline
 from workloads import CheckpointWorkload, VarstoreWorkloads, floats, total_mb
 
-from common import MB, payload, rate, start_varstore, throughput, timed
 from varstore.common.allocator import keep_freed_memory
 
 
@@ -80,7 +80,8 @@ class Run:
         self.figures: dict[str, float] = {}
         self.notes: list[str] = []
         labels = ("varstore", "gRPC one message", "gRPC stream", "raw TCP", "Redis")
-        self.series = {d: {label: [] for label in labels} for d in ("pull", "push")}
+        self.series: dict[str, dict[str, list[float | None]]] = {
+            d: {label: [] for label in labels} for d in ("pull", "push")}
 
     def step(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)

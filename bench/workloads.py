@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import numpy as np
+from harness import MB, MemorySampler, percentile, rate, throughput, timed
 
 import varstore as vs
-from common import MB, MemorySampler, percentile, rate, throughput, timed
 from varstore.common.allocator import keep_freed_memory
 from varstore.errors import OpError
 from varstore.request import RequestBuilder

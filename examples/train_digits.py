@@ -142,7 +142,8 @@ def run_worker(args: argparse.Namespace) -> None:
         down_since: float | None = None
         while True:
             try:
-                *params, step = client.pull(variables)
+                *params, pulled_step = client.pull(variables)
+                step = int(pulled_step)
                 if down_since is not None:
                     say(f"reconnected at global step {step}")
                     down_since = None
@@ -151,9 +152,11 @@ def run_worker(args: argparse.Namespace) -> None:
                 batch = rng.choice(shard, args.batch_size, replace=False)
                 loss, batch_accuracy, grads = loss_and_gradients(
                     params, data.x_train[batch], data.y_train[batch])
-                step = client.apply_gradients(
+                new_step = client.apply_gradients(
                     optimizer, dict(zip(variables[:4], grads, strict=True)),
-                    global_step=variables[4], local_step=int(step) if args.sync else None)
+                    global_step=variables[4], local_step=step if args.sync else None)
+                assert new_step is not None  # apply_gradients was given a global_step
+                step = new_step
                 if saver is not None:
                     saver.maybe_save(step)
             except UnavailableError:
@@ -173,8 +176,9 @@ def run_worker(args: argparse.Namespace) -> None:
                 say(f"step {step:5d}  loss {loss:.3f}  batch accuracy {batch_accuracy:.3f}  "
                     f"test accuracy {test:.3f}")
         if saver is not None:
-            *params, step = client.pull(variables)
-            saver.save(int(step))
+            *params, pulled_step = client.pull(variables)
+            step = int(pulled_step)
+            saver.save(step)
             say(f"final step {step}  test accuracy "
                 f"{accuracy(params, data.x_test, data.y_test):.3f}")
         else:

@@ -37,7 +37,8 @@ class Initializer:
         args = ", ".join(f"{k}={v}" for k, v in self.attrs().items())
         return f"{type(self).__name__}({args})"
 
-    def __call__(self, shape: Sequence[int], dtype: Any = None, **_: Any) -> Any:
+    def __call__(self, shape: Sequence[int], dtype: Any = None, partition_info: Any = None
+                 ) -> Any:
         """Graph-mode use (``init(shape)``) is provided by ``varstore.v1``."""
         raise TypeError(f"{type(self).__name__} runs on the server; pass it as initializer=")
 

@@ -285,7 +285,8 @@ def test_graph_mode_slots_and_errors(address: str) -> None:
         with tf.name_scope("train"):
             op = opt.apply_gradients([(tf.constant([1.0, 2.0, 3.0]), w), (None, b)])
         assert opt.get_slot_names() == ["momentum"]
-        assert opt.get_slot(w, "momentum").name == "w/Momentum:0"
+        slot = opt.get_slot(w, "momentum")
+        assert slot is not None and slot.name == "w/Momentum:0"
         assert opt.get_slot(b, "momentum") is None
         assert op.name == "train/Momentum"
         with pytest.raises(NotImplementedError, match="compute them yourself"):

@@ -96,7 +96,7 @@ def test_tensorflow_saver_restores_the_servers_checkpoint_in_graph_mode(
 def test_server_restores_what_tensorflow_saver_writes(tf: Any, client: vs.Client,
                                                       ckpt_dir: Path) -> None:
     rng = np.random.default_rng(9)
-    want = {
+    want: dict[str, np.ndarray] = {
         "layer/W": rng.standard_normal((5, 3)).astype(np.float32),
         "layer/b": np.arange(3, dtype=np.float64),
         "global_step": np.array(42, np.int64),

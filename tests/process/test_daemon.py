@@ -93,7 +93,9 @@ def files(tmp_path: Path) -> Iterator[DaemonFiles]:
 def test_daemon_start_status_stop(files: DaemonFiles) -> None:
     started = files.serve("--port", "0")
     assert started.returncode == 0, started.stderr
-    port = int(re.search(r"serving on 127\.0\.0\.1:(\d+)", started.stdout).group(1))
+    served = re.search(r"serving on 127\.0\.0\.1:(\d+)", started.stdout)
+    assert served, started.stdout
+    port = int(served.group(1))
     pid = files.pid()
     assert f"varstore daemon pid {pid}, log {files.log}" in started.stdout
     assert running(pid) and pid != os.getpid()
@@ -324,7 +326,7 @@ def test_reads_are_retried_across_a_restart_and_writes_are_not(tmp_path: Path) -
             restarted[0].stop(grace=0)
 
 
-def _request(build: Callable[[RequestBuilder], None]) -> pb.RunRequest:
+def _request(build: Callable[[RequestBuilder], object]) -> pb.RunRequest:
     b = RequestBuilder()
     build(b)
     return b.build(stream=False)[0]

@@ -8,6 +8,7 @@ never INTERNAL or UNKNOWN, keeps serving, and leaves the variables it already he
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,7 +34,7 @@ SERVICE = "/varstore.v1.VariableService/"
 MAX_REQUEST_BYTES = 8 << 20
 
 # Variables the fuzzer must never change: it may read them and bind to them, not update them.
-KEPT = {
+KEPT: dict[str, np.ndarray] = {
     "kept/w": np.arange(12, dtype=np.float32).reshape(4, 3),
     "kept/step": np.array(7, dtype=np.int64),
     "kept/flags": np.array([True, False]),
@@ -63,13 +64,13 @@ def channel(live: Server) -> Iterator[grpc.Channel]:
         yield ch
 
 
-def kept_state(live: Server) -> dict[str, tuple[int, list]]:
+def kept_state(live: Server) -> dict[str, tuple[int, list[Any]]]:
     return {name: (live.store.get(name).version, live.store.get(name).read().tolist())
             for name in KEPT}
 
 
 @pytest.fixture(scope="module")
-def original(live: Server) -> dict[str, tuple[int, list]]:
+def original(live: Server) -> dict[str, tuple[int, list[Any]]]:
     return kept_state(live)
 
 
@@ -297,7 +298,8 @@ def test_oversized_stream_is_resource_exhausted(live: Server, channel: grpc.Chan
     assert_healthy(live, channel, original)
 
 
-def test_kept_variables_survived(live: Server, original: dict) -> None:
+def test_kept_variables_survived(live: Server,
+                                 original: dict[str, tuple[int, list[Any]]]) -> None:
     """After everything above, a client reads KEPT as it was."""
     with vs.connect(f"127.0.0.1:{live.port}") as client:
         b = RequestBuilder()

@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -37,7 +38,7 @@ def sample(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def _serve(tmp_path: Path, **settings: object) -> Iterator[Server]:
+def _serve(tmp_path: Path, **settings: Any) -> Iterator[Server]:
     srv = create_server(ServerConfig(host="127.0.0.1", port=0, checkpoint_dir=tmp_path,
                                      metrics_port=0, **settings))
     srv.start()

@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -104,7 +105,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                *_write(foreign, folder, "foreign"))
 
 
-def _serve(tmp_path: Path, **settings: object) -> Iterator[Server]:
+def _serve(tmp_path: Path, **settings: Any) -> Iterator[Server]:
     srv = create_server(ServerConfig(host="127.0.0.1", port=0,
                                      checkpoint_dir=tmp_path / "ckpt", **settings))
     srv.start()

@@ -124,9 +124,10 @@ def test_chief_restores_the_latest_checkpoint_and_training_continues(tmp_path: P
             for _ in range(3):
                 step = chief.apply_gradients(opt, {variables[0]: np.ones((2, 2))},
                                              global_step=variables[2])
+            assert step == 3
             saver = CheckpointSaver(chief, checkpoint_dir="run", save_secs=3600.0)
-            assert saver.maybe_save(step) is None
-            assert saver.save(step) == "run/model.ckpt-3"
+            assert saver.maybe_save(3) is None
+            assert saver.save(3) == "run/model.ckpt-3"
             trained = chief.pull(variables)
     finally:
         first.stop(grace=1.0)
@@ -332,4 +333,5 @@ def test_monitored_chief_saves_restores_and_stops_at_step(server: Any, address: 
     with vs.connect(address) as client:
         assert client.latest_checkpoint("job") == "job/model.ckpt-5"
     with pytest.raises(TypeError, match="StopAtStepHook only"):
-        tf.train.MonitoredTrainingSession(master=address, hooks=[object()])
+        not_hooks: list[Any] = [object()]
+        tf.train.MonitoredTrainingSession(master=address, hooks=not_hooks)

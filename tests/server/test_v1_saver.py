@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,7 +137,8 @@ def test_saver_errors(address: str) -> None:
     with pytest.raises(ValueError, match="At least two variables have the same name: v"):
         tf.train.Saver([v, v])
     with pytest.raises(TypeError, match="Variable to save is not a Variable"):
-        tf.train.Saver({"k": tf.constant(1.0)})
+        not_variables: dict[str, Any] = {"k": tf.constant(1.0)}
+        tf.train.Saver(not_variables)
     saver = tf.train.Saver()
     with tf.Session(address) as sess:
         with pytest.raises(tf.errors.FailedPreconditionError,

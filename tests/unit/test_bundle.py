@@ -690,8 +690,9 @@ def test_tensorflow_reads_our_state_file(tmp_path: Path, tf: Any) -> None:
 def test_tensorflow_slices_match_ours(tmp_path: Path, tf: Any) -> None:
     big = np.arange(200_000 * 2, dtype=np.float32).reshape(200_000, 2)
     small = np.arange(40, dtype=np.int64).reshape(10, 4)
-    specs = [("big", big, 0, 100_000), ("big", big, 100_000, 100_000),
-             ("small", small, 0, 5), ("small", small, 5, 5)]
+    specs: list[tuple[str, np.ndarray, int, int]] = [
+        ("big", big, 0, 100_000), ("big", big, 100_000, 100_000),
+        ("small", small, 0, 5), ("small", small, 5, 5)]
     # Explicit extents, as partitioned variables save them; "-" (whole dimension) too.
     tf.raw_ops.SaveV2(
         prefix=str(tmp_path / "tf"), tensor_names=[s[0] for s in specs],

@@ -38,7 +38,7 @@ def test_create_initializes_and_binding_keeps_value() -> None:
     store, ex = make()
     create(ex, "w", np.arange(6, dtype=np.float32).reshape(2, 3))
     create(ex, "w", np.zeros((2, 3), np.float32))
-    assert store.get("w").value.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert store.get("w").read().tolist() == [[0, 1, 2], [3, 4, 5]]
     assert store.get("w").version == 0
 
 
@@ -68,7 +68,7 @@ def test_fetched_value_is_a_snapshot_not_a_view() -> None:
     run(ex, [NodeDef("const", tensor=0), NodeDef("assign_add", (0,), variable="v")],
         [np.ones(4, np.float32)], [1])
     assert snap.tolist() == [0, 0, 0, 0]
-    assert store.get("v").value.tolist() == [1, 1, 1, 1]
+    assert store.get("v").read().tolist() == [1, 1, 1, 1]
 
 
 def test_uninitialized_read_fails() -> None:
@@ -162,7 +162,7 @@ def test_parallel_updates_lose_nothing() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert int(store.get("c").value) == 1600
+    assert int(store.get("c").read()) == 1600
 
 
 def test_seeded_initializers_are_reproducible_and_truncated() -> None:
@@ -197,9 +197,9 @@ def test_a_failed_request_changes_nothing() -> None:
         ex.run(Graph(variables=specs, nodes=nodes, tensors=tensors,
                      targets=[1, 3, 5, 8]))
     assert store.find("new") is None
-    assert store.get("a").value.tolist() == [0, 0, 0]
-    assert store.get("b").value.tolist() == [[0, 0], [0, 0]]
-    assert store.get("s").value.tolist() == [b"x"]
+    assert store.get("a").read().tolist() == [0, 0, 0]
+    assert store.get("b").read().tolist() == [[0, 0], [0, 0]]
+    assert store.get("s").read().tolist() == [b"x"]
     assert [store.get(n).version for n in "abs"] == [0, 0, 0]
     assert store.bytes_stored() == stored
 

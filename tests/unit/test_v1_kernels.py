@@ -17,7 +17,9 @@ def run(ex: Executor, nodes: list[NodeDef], tensors: list[np.ndarray],
         variables: list[VariableSpec] | None = None) -> np.ndarray:
     result = ex.run(Graph(variables=variables or [], nodes=nodes, tensors=tensors,
                           fetches=[len(nodes) - 1]))
-    return result.values[0]
+    value = result.values[0]
+    assert value is not None
+    return value
 
 
 def test_stack_packs_along_an_axis() -> None:
@@ -60,4 +62,4 @@ def test_read_if_initialized_falls_back_to_its_input() -> None:
     out = run(ex, nodes, [initial], [spec])
     assert out.tolist() == [5, 6]
     out[0] = 0
-    assert store.get("v").value.tolist() == [5, 6]
+    assert store.get("v").read().tolist() == [5, 6]

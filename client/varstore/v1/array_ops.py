@@ -33,7 +33,7 @@ def constant(value: Any, dtype: Any = None, shape: Any = None, name: str = "Cons
         dtypes.check_convertible(value, dtype)
     array = dtypes.to_numpy(value, dtype)
     if shape is not None:
-        target = tuple(as_shape(shape).as_list())
+        target = as_shape(shape).fully_defined_dims()
         count = int(np.prod(target, dtype=np.int64))
         if array.size == 1:
             array = np.full(target, array.reshape(()), dtype=array.dtype)

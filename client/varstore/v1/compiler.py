@@ -69,7 +69,7 @@ class _Compiler:
             index = b.const(op.value, out.dtype)
         elif op.initializer is not None:
             assert out is not None
-            index = op.initializer.build(b, out.shape.as_list(), out.dtype)
+            index = op.initializer.build(b, out.shape.fully_defined_dims(), out.dtype)
         else:
             index = b.node(op.kernel, [self.tensor(t) for t in _data_inputs(op)],
                            variable=op.variable, **op.attrs)

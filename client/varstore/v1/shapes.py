@@ -43,6 +43,12 @@ class TensorShape:
             raise ValueError("as_list() is not defined on an unknown TensorShape.")
         return list(self._dims)
 
+    def fully_defined_dims(self) -> tuple[int, ...]:
+        """The dimensions; raises ``ValueError`` unless the shape is fully defined."""
+        if self._dims is None or None in self._dims:
+            raise ValueError(f"Shape {self} is not fully defined")
+        return tuple(d for d in self._dims if d is not None)
+
     def is_fully_defined(self) -> bool:
         """True when the rank and every dimension are known."""
         return self._dims is not None and all(d is not None for d in self._dims)

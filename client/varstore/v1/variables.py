@@ -9,7 +9,7 @@ creates it on the server, uninitialized, the first time it runs the graph, and r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -140,21 +140,52 @@ class Variable(TensorOperators):
                                    [self._ref, self._initial_value], self.dtype, self.shape,
                                    variable=self.op.name).outputs[0]
 
+    @overload
+    def assign(self, value: Any, use_locking: bool | None = None, name: str | None = None,
+               read_value: Literal[True] = True) -> Tensor: ...
+    @overload
+    def assign(self, value: Any, use_locking: bool | None = None, name: str | None = None,
+               *, read_value: Literal[False]) -> Operation: ...
+    @overload
+    def assign(self, value: Any, use_locking: bool | None = None, name: str | None = None,
+               read_value: bool = True) -> Tensor | Operation: ...
+
     def assign(self, value: Any, use_locking: bool | None = None, name: str | None = None,
                read_value: bool = True) -> Tensor | Operation:
         """An op setting the variable to ``value`` (the op itself when not ``read_value``)."""
         out = state_ops.assign(self, value, name=name)
         return out if read_value else out.op
 
+    @overload
+    def assign_add(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
+                   read_value: Literal[True] = True) -> Tensor: ...
+    @overload
+    def assign_add(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
+                   *, read_value: Literal[False]) -> Operation: ...
+    @overload
+    def assign_add(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
+                   read_value: bool = True) -> Tensor | Operation: ...
+
     def assign_add(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
                    read_value: bool = True) -> Tensor | Operation:
-        """An op adding ``delta`` to the variable."""
+        """An op adding ``delta`` to the variable (the op itself when not ``read_value``)."""
         out = state_ops.assign_add(self, delta, name=name)
         return out if read_value else out.op
 
+    @overload
+    def assign_sub(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
+                   read_value: Literal[True] = True) -> Tensor: ...
+    @overload
+    def assign_sub(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
+                   *, read_value: Literal[False]) -> Operation: ...
+    @overload
+    def assign_sub(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
+                   read_value: bool = True) -> Tensor | Operation: ...
+
     def assign_sub(self, delta: Any, use_locking: bool | None = None, name: str | None = None,
                    read_value: bool = True) -> Tensor | Operation:
-        """An op subtracting ``delta`` from the variable."""
+        """An op subtracting ``delta`` from the variable (the op itself when not
+        ``read_value``)."""
         out = state_ops.assign_sub(self, delta, name=name)
         return out if read_value else out.op
 

@@ -74,7 +74,7 @@ def encode_content(array: np.ndarray, dtype: DType) -> bytes | memoryview:
         lengths = np.fromiter((len(x) for x in items), dtype=_LEN, count=len(items))
         return lengths.tobytes() + b"".join(items)
     arr = np.asarray(array, dtype=dtype.np_dtype, order="C")
-    return memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
+    return arr.reshape(-1).view(np.uint8).data if arr.size else b""
 
 
 def decode_content(dtype: DType, shape: tuple[int, ...], content: Any,
@@ -299,7 +299,7 @@ class ChunkReader:
             take = min(len(data), len(buf) - self._filled)
             # A memoryview copy keeps the GIL (numpy's would drop and retake it per chunk,
             # waiting on gRPC's threads each time).
-            memoryview(buf)[self._filled:self._filled + take] = data[:take]
+            buf.data[self._filled:self._filled + take] = data[:take]
             data = data[take:]
             self._filled += take
             if self._filled == len(buf):

@@ -122,7 +122,7 @@ def _read(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
 
 @register("is_initialized", 0, uses_variable=True)
 def _is_initialized(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
-    return np.bool_(ctx.variable(node).initialized)
+    return np.asarray(ctx.variable(node).initialized)
 
 
 @register("no_op", 0)
@@ -155,7 +155,7 @@ def _assign(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     # array back (executor._UndoLog) without having copied it. A pushed value that nothing
     # else in the request uses becomes the variable's array as it is, without a copy.
     ctx.store.set_value(var, value if ctx.take(node, 0) else np.array(value, copy=True))
-    return var.value
+    return var.read()
 
 
 def _update(ctx: Context, node: NodeDef, inputs: list[Any], ufunc: np.ufunc) -> np.ndarray:
@@ -399,7 +399,7 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.true_divide(a, b).astype(a.dtype, copy=False)
 
 
-for _name, _fn in {
+_BINARY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _divide,
     "realdiv": lambda a, b: np.true_divide(a, b).astype(a.dtype, copy=False),
     "floordiv": np.floor_divide, "mod": np.mod, "pow": np.power,
@@ -407,8 +407,9 @@ for _name, _fn in {
     "equal": np.equal, "not_equal": np.not_equal, "less": np.less,
     "less_equal": np.less_equal, "greater": np.greater, "greater_equal": np.greater_equal,
     "logical_and": np.logical_and, "logical_or": np.logical_or,
-}.items():
-    _binary(_name, _fn)
+}
+for _name, _binary_fn in _BINARY_FUNCTIONS.items():
+    _binary(_name, _binary_fn)
 
 
 def _unary(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -419,13 +420,14 @@ def _unary(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
     register(name, 1)(kernel)
 
 
-for _name, _fn in {
+_UNARY_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "neg": np.negative, "abs": np.abs, "square": np.square, "sqrt": np.sqrt, "exp": np.exp,
     "log": np.log, "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0),
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "identity": lambda x: x,
     "sign": np.sign, "logical_not": np.logical_not,
-}.items():
-    _unary(_name, _fn)
+}
+for _name, _unary_fn in _UNARY_FUNCTIONS.items():
+    _unary(_name, _unary_fn)
 
 
 @register("matmul", 2)

@@ -125,7 +125,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     @rpc_errors
     def RunStream(self, request_iterator: Iterator[pb.RunChunk],
-                  context: grpc.ServicerContext) -> Iterator[pb.RunChunk]:
+                  context: grpc.ServicerContext) -> Iterator[pb.RunChunk | bytes]:
         self.clients.saw(context)
         header, streamed = codec.join_chunks(request_iterator, "request",
                                                self.max_request_bytes)

@@ -664,14 +664,15 @@ class BundleReader:
 
     def _proto(self, key: str | bytes, display: str | None = None) -> pb.BundleEntryProto:
         name = _key_bytes(key)
+        display = display or (key if isinstance(key, str) else _key_str(key))
         raw = self._table.get(name) if name else None
         if raw is None:
-            raise NotFoundError(f"Key {display or key} not found in checkpoint {self.prefix}")
+            raise NotFoundError(f"Key {display} not found in checkpoint {self.prefix}")
         proto = pb.BundleEntryProto()
         try:
             proto.ParseFromString(raw)
         except DecodeError:
-            raise DataLossError(f"entry for tensor {display or key} in {self.index_path} "
+            raise DataLossError(f"entry for tensor {display} in {self.index_path} "
                                 "is not parseable") from None
         return proto
 
@@ -781,7 +782,7 @@ class BundleReader:
 
     @staticmethod
     def _pread(fd: int, buf: np.ndarray, offset: int, key: str, path: str) -> None:
-        view = memoryview(buf).cast("B")
+        view = buf.data.cast("B")
         while view:
             n = os.preadv(fd, [view], offset)
             if n == 0:
