@@ -57,7 +57,7 @@ def _grpc_server(conn: Connection) -> None:
     def push_stream(requests: Iterator[bytes], context: Any) -> bytes:
         return sum(len(r) for r in requests).to_bytes(8, "little")
 
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "Echo": grpc.unary_unary_rpc_method_handler(lambda r, c: r),
         "Pull": grpc.unary_unary_rpc_method_handler(lambda r, c: data.whole(size(r))),
         "Push": grpc.unary_unary_rpc_method_handler(
@@ -134,11 +134,17 @@ class GrpcFloor:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self._child.port}", options=OPTIONS)
         grpc.channel_ready_future(self.channel).result(timeout=30)
         method = f"/{SERVICE}/"
-        self._echo = self.channel.unary_unary(method + "Echo")
-        self._pull = self.channel.unary_unary(method + "Pull")
-        self._push = self.channel.unary_unary(method + "Push")
-        self._pull_stream = self.channel.unary_stream(method + "PullStream")
-        self._push_stream = self.channel.stream_unary(method + "PushStream")
+        # No serializers: requests and responses are the raw bytes.
+        self._echo: grpc.UnaryUnaryMultiCallable[bytes, bytes] = \
+            self.channel.unary_unary(method + "Echo")
+        self._pull: grpc.UnaryUnaryMultiCallable[bytes, bytes] = \
+            self.channel.unary_unary(method + "Pull")
+        self._push: grpc.UnaryUnaryMultiCallable[bytes, bytes] = \
+            self.channel.unary_unary(method + "Push")
+        self._pull_stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = \
+            self.channel.unary_stream(method + "PullStream")
+        self._push_stream: grpc.StreamUnaryMultiCallable[bytes, bytes] = \
+            self.channel.stream_unary(method + "PushStream")
         self._echo_payload = b"x" * 16
 
     def echo(self) -> None:

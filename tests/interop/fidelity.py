@@ -139,7 +139,8 @@ def run_tensorflow() -> dict[str, Any]:
     for module in MODULES:
         for name, entry in importlib.import_module(module).PROGRAMS.items():
             with tf.Graph().as_default():
-                out[f"{module}:{name}"] = observe(lambda e=entry: e.fn(tf, _TFEnv(tf)))
+                out[f"{module}:{name}"] = observe(
+                    functools.partial(lambda e: e.fn(tf, _TFEnv(tf)), entry))
     return out
 
 

@@ -87,8 +87,9 @@ def assert_refused_cleanly(call: Callable[[], object], may_wait: bool = False) -
 
 def assert_healthy(live: Server, channel: grpc.Channel,
                    original: dict[str, tuple[int, list]]) -> None:
-    status = channel.unary_unary(SERVICE + "Status", request_serializer=None,
-                                 response_deserializer=pb.StatusResponse.FromString)
+    status: grpc.UnaryUnaryMultiCallable[bytes, pb.StatusResponse] = channel.unary_unary(
+        SERVICE + "Status", request_serializer=None,
+        response_deserializer=pb.StatusResponse.FromString)
     assert status(pb.StatusRequest().SerializeToString(), timeout=CALL_TIMEOUT).version
     assert kept_state(live) == original
 
@@ -104,18 +105,20 @@ UNARY_METHODS = ["Run", "ListVariables", "WaitInitialized", "LatestCheckpoint", 
 def test_random_bytes(live: Server, channel: grpc.Channel, original: dict,
                       method: str, messages: list[bytes]) -> None:
     # Identity serializers: the bytes go out exactly as drawn.
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes]
     if method == "RunStream":
-        call = channel.stream_stream(SERVICE + method)
-        assert_refused_cleanly(lambda: list(call(iter(messages), timeout=CALL_TIMEOUT)))
+        stream: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            SERVICE + method)
+        assert_refused_cleanly(lambda: list(stream(iter(messages), timeout=CALL_TIMEOUT)))
     elif method == "health":
-        call = channel.unary_unary("/grpc.health.v1.Health/Check")
-        assert_refused_cleanly(lambda: call(messages[0], timeout=CALL_TIMEOUT))
+        unary = channel.unary_unary("/grpc.health.v1.Health/Check")
+        assert_refused_cleanly(lambda: unary(messages[0], timeout=CALL_TIMEOUT))
     else:
-        call = channel.unary_unary(SERVICE + method)
+        unary = channel.unary_unary(SERVICE + method)
         # WaitInitialized may wait for what its (random) request names: bounded by the deadline.
         waits = method == "WaitInitialized"
-        assert_refused_cleanly(lambda: call(messages[0], timeout=0.5 if waits else CALL_TIMEOUT),
-                               may_wait=waits)
+        assert_refused_cleanly(
+            lambda: unary(messages[0], timeout=0.5 if waits else CALL_TIMEOUT), may_wait=waits)
     assert_healthy(live, channel, original)
 
 

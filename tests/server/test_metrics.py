@@ -113,7 +113,8 @@ def test_malformed_and_unauthenticated_calls_are_counted(tmp_path: Path) -> None
     tokens.write_text("t0k3n\n")
     for srv in _serve(tmp_path, token_file=tokens):
         with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
-            raw = channel.unary_unary("/varstore.v1.VariableService/Run")
+            raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/varstore.v1.VariableService/Run")
             with pytest.raises(grpc.RpcError) as e:
                 raw(b"\xff\xff\xff", metadata=(("authorization", "Bearer t0k3n"),), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -200,7 +200,8 @@ class _MeasuredCall:
         """Records a finished call; ``outcome`` is its code unless the handler set one."""
         self.latency.observe(time.perf_counter() - start)
         self.in_flight.dec()
-        code = (context.code() or outcome).name
+        # types-grpcio lacks ServicerContext.code(), which grpcio has (experimental API).
+        code = (context.code() or outcome).name  # type: ignore[attr-defined]
         counter = self.finished.get(code)
         if counter is None:
             counter = self.finished[code] = self.metrics.requests.labels(self.method, code)
