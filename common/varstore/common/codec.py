@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
-from varstore.common.errors import InvalidArgumentError, ResourceExhaustedError
+from varstore.common.errors import InvalidArgumentError, ResourceExhaustedError, clip
 from varstore.proto import varstore_pb2 as pb
 
 MAX_RANK = 32
@@ -45,9 +45,10 @@ def shape_from_proto(dims: Iterable[int]) -> tuple[int, ...]:
     """A validated shape tuple; raises ``InvalidArgumentError`` for negative or huge ranks."""
     shape = tuple(map(int, dims))
     if len(shape) > MAX_RANK:
-        raise InvalidArgumentError(f"shape {shape} has rank {len(shape)} > {MAX_RANK}")
+        raise InvalidArgumentError(
+            f"shape {clip(list(shape))} has rank {len(shape)} > {MAX_RANK}")
     if shape and min(shape) < 0:
-        raise InvalidArgumentError(f"shape {shape} has a negative dimension")
+        raise InvalidArgumentError(f"shape {list(shape)} has a negative dimension")
     return shape
 
 
@@ -100,13 +101,19 @@ def decode_content(dtype: DType, shape: tuple[int, ...], content: Any,
 def _decode_strings(shape: tuple[int, ...], n: int, content: memoryview) -> np.ndarray:
     header = n * _LEN.itemsize
     if len(content) < header:
-        raise InvalidArgumentError(f"string tensor of shape {list(shape)} is truncated")
-    lengths = np.frombuffer(content[:header], dtype=_LEN)
-    if int(lengths.sum(dtype=np.uint64)) != len(content) - header:
-        raise InvalidArgumentError("string tensor lengths do not match its bytes")
+        raise InvalidArgumentError(
+            f"string tensor of shape {list(shape)} needs {header} bytes of lengths, got "
+            f"{len(content)} bytes")
+    # Python integers: a uint64 sum wraps, and lengths near 2**64 would then pass.
+    lengths = np.frombuffer(content[:header], dtype=_LEN).tolist()
+    total = sum(lengths)
+    if total != len(content) - header:
+        raise InvalidArgumentError(
+            f"string tensor of shape {list(shape)}: its lengths add up to {clip(total)} bytes, "
+            f"it carries {len(content) - header}")
     out = np.empty(n, dtype=object)
     pos = header
-    for i, length in enumerate(lengths.tolist()):
+    for i, length in enumerate(lengths):
         out[i] = bytes(content[pos:pos + length])
         pos += length
     return out.reshape(shape)
@@ -316,12 +323,16 @@ class ChunkReader:
             if t.streamed_bytes < 0 or (t.streamed_bytes and t.content):
                 raise InvalidArgumentError("malformed streamed tensor")
             dtype = dtype_from_proto(t.dtype)
-            if t.streamed_bytes and not dtype.is_string:
-                expected = num_elements(shape_from_proto(t.shape)) * dtype.itemsize
-                if t.streamed_bytes != expected:
+            shape = shape_from_proto(t.shape)
+            if t.streamed_bytes:
+                # Strings: at least their lengths; other dtypes: exactly their elements.
+                expected = num_elements(shape) * (dtype.itemsize or _LEN.itemsize)
+                if t.streamed_bytes < expected or (
+                        t.streamed_bytes != expected and not dtype.is_string):
                     raise InvalidArgumentError(
-                        f"tensor of dtype {dtype.name} and shape {list(t.shape)} needs "
-                        f"{expected} bytes, header declares {t.streamed_bytes}")
+                        f"tensor of dtype {dtype.name} and shape {list(shape)} needs "
+                        f"{'at least ' if dtype.is_string else ''}{expected} bytes, header "
+                        f"declares {t.streamed_bytes}")
             declared += t.streamed_bytes
         if declared > self.limit:
             raise ResourceExhaustedError(

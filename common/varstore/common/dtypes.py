@@ -13,6 +13,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from varstore.common.errors import clip
+
 
 @dataclass(frozen=True)
 class DType:
@@ -206,10 +208,9 @@ def check_convertible(value: Any, dtype: DType) -> None:
                             f"'{type(item).__name__}'.")
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages that quote user input."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(value: Any) -> str:
+    """``repr(value)`` cut for messages that quote user input."""
+    return clip(repr(value), 80)
 
 
 def to_numpy(value: Any, dtype: DType) -> np.ndarray:

@@ -9,6 +9,19 @@ from __future__ import annotations
 
 import grpc
 
+# The most characters of client input (a name, path, key or shape) an error message quotes:
+# messages travel in gRPC's status metadata, which peers cap at 8 KiB, and end up in logs.
+QUOTE_LIMIT = 200
+
+
+def clip(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``str(value)`` cut to ``limit`` characters, the cut marked with the full length; every
+    error message that quotes client input quotes it through this."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 class OpError(Exception):
     """A failed varstore operation; ``message`` is the server's explanation."""

@@ -29,6 +29,7 @@ from varstore.common.errors import (
     OpError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    clip,
 )
 from varstore.server.bundle import (
     TEMP_MARK,
@@ -65,7 +66,7 @@ _ERRNO_ERRORS: dict[int, type[OpError]] = {
 def os_error(error: OSError, action: str) -> OpError:
     """The varstore error for a failed file operation, as TensorFlow classifies them
     (a full disk is ``ResourceExhaustedError``, a denied write ``PermissionDeniedError``...)."""
-    where = f" ({error.filename})" if error.filename else ""
+    where = f" ({clip(error.filename)})" if error.filename else ""
     cls = _ERRNO_ERRORS.get(error.errno or 0, InternalError)
     return cls(f"{action}: {error.strerror or error}{where}")
 
@@ -90,14 +91,14 @@ class CheckpointFolder:
         ``InvalidArgumentError`` for an empty prefix or a NUL byte.
         """
         if "\x00" in path:
-            raise InvalidArgumentError(f"checkpoint path {path!r} contains a NUL byte")
+            raise InvalidArgumentError(f"checkpoint path {clip(repr(path))} contains a NUL byte")
         if not folder and not path:
             raise InvalidArgumentError("a checkpoint prefix must not be empty")
         root = self.root
         full = os.path.realpath(os.path.join(root, path))
         if os.path.commonpath([root, full]) != root or (full == root and not folder):
             raise PermissionDeniedError(
-                f"checkpoint path {path!r} is outside the server's checkpoint folder "
+                f"checkpoint path {clip(repr(path))} is outside the server's checkpoint folder "
                 f"{self.directory}")
         return full
 
@@ -109,8 +110,8 @@ class CheckpointFolder:
             real = os.path.realpath(path)
             if os.path.commonpath([root, real]) != root:
                 raise PermissionDeniedError(
-                    f"checkpoint {named!r}: {path.name} points outside the server's checkpoint "
-                    f"folder {self.directory}")
+                    f"checkpoint {clip(repr(named))}: {clip(path.name)} points outside the "
+                    f"server's checkpoint folder {self.directory}")
 
     def client_path(self, path: str, base: str, base_name: str) -> str:
         """``path`` as a client names it: relative to ``base``, which it called ``base_name``.
@@ -120,8 +121,8 @@ class CheckpointFolder:
         root = self.root
         if os.path.commonpath([root, real]) != root:
             raise PermissionDeniedError(
-                f"checkpoint {path} recorded in {base_name or '.'}/checkpoint is outside the "
-                f"server's checkpoint folder {self.directory}")
+                f"checkpoint {clip(path)} recorded in {clip(base_name or '.')}/checkpoint is "
+                f"outside the server's checkpoint folder {self.directory}")
         return os.path.join(base_name, os.path.relpath(path, base))
 
     @staticmethod

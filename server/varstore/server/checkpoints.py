@@ -34,6 +34,7 @@ from varstore.common.errors import (
     NotFoundError,
     OpError,
     ResourceExhaustedError,
+    clip,
 )
 from varstore.proto import varstore_pb2 as pb
 from varstore.server.bundle import (
@@ -134,8 +135,9 @@ class CheckpointManager:
             raise InvalidArgumentError(f"max_to_keep must be >= 0, got {max_to_keep}")
         named = prefix if global_step is None else f"{prefix}-{global_step}"
         if TEMP_MARK in named:
-            raise InvalidArgumentError(f"checkpoint prefix {named!r} contains {TEMP_MARK!r}, "
-                                       "which marks unfinished files")
+            raise InvalidArgumentError(
+                f"checkpoint prefix {clip(repr(named))} contains {TEMP_MARK!r}, which marks "
+                "unfinished files")
         path = self.folder.resolve(named)
         with self._lock:
             started = time.monotonic()
@@ -148,7 +150,7 @@ class CheckpointManager:
                 self.folder.commit(path)
                 update_state(os.path.dirname(path), path, max_to_keep)
             except OSError as e:
-                raise os_error(e, f"cannot write checkpoint {named}") from None
+                raise os_error(e, f"cannot write checkpoint {clip(named)}") from None
             self.last_saved = (named, time.time())
             self._observe("save", started, tally.progress.bytes_done)
             log.info("saved checkpoint %s (%d tensors, %d bytes)", named, len(plan),
@@ -161,7 +163,7 @@ class CheckpointManager:
         else:
             for key in entries:
                 if not key or key.startswith("\x00"):
-                    raise InvalidArgumentError(f"invalid checkpoint key {key!r}")
+                    raise InvalidArgumentError(f"invalid checkpoint key {clip(repr(key))}")
             plan = [(key, self.store.get(name)) for key, name in entries.items()]
         if not plan:
             raise FailedPreconditionError("No variables to save")
@@ -221,7 +223,7 @@ class CheckpointManager:
                     finally:
                         pool.shutdown(cancel_futures=True)
             except OSError as e:
-                raise os_error(e, f"cannot read checkpoint {named}") from None
+                raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
             self._observe("restore", started, tally.progress.bytes_done)
             log.info("restored checkpoint %s (%d tensors)", named, len(plan))
         return named
@@ -242,7 +244,7 @@ class CheckpointManager:
             seen: set[str] = set()
             for _, name in pairs:
                 if name in seen:
-                    raise InvalidArgumentError(f"variable {name} is restored from two keys")
+                    raise InvalidArgumentError(f"variable {clip(name)} is restored from two keys")
                 seen.add(name)
         plan = []
         for key, name in pairs:
@@ -252,7 +254,8 @@ class CheckpointManager:
             if var is not None and (var.dtype != info.dtype or var.shape != info.shape):
                 raise InvalidArgumentError(
                     f"cannot restore variable {name} ({var.dtype.name} {list(var.shape)}) from "
-                    f"key {key} of checkpoint {named} ({info.dtype.name} {list(info.shape)})")
+                    f"key {clip(key)} of checkpoint {clip(named)} ({info.dtype.name} "
+                    f"{list(info.shape)})")
             plan.append((key, name, info))
         return plan
 
@@ -277,7 +280,7 @@ class CheckpointManager:
                         value = reader.read(key)
                     var, made = self.store.create(Variable(
                         name, info.dtype, info.shape, created_by="restore",
-                        initializer_desc=f"checkpoint {named}", value=value))
+                        initializer_desc=f"checkpoint {clip(named)}", value=value))
                     if made:
                         created.append(var)
                         continue
@@ -289,8 +292,8 @@ class CheckpointManager:
                 limit = self.store.max_memory
                 if limit and growth > 0 and self.store.bytes_stored() + growth > limit:
                     raise ResourceExhaustedError(
-                        f"restoring {named} would exceed the server's memory limit of {limit} "
-                        "bytes")
+                        f"restoring {clip(named)} would exceed the server's memory limit of "
+                        f"{limit} bytes")
                 in_place = [(key, var) for key, var, value in existing if value is None]
                 list(pool.map(lambda kv: reader.read_into(kv[0], kv[1].read(), verified=True),
                               in_place))
@@ -347,7 +350,7 @@ class CheckpointManager:
                 return None
             return self.restore(restore)
         except OpError as e:
-            raise type(e)(f"cannot restore {restore!r}: {e.message}") from e
+            raise type(e)(f"cannot restore {clip(repr(restore))}: {e.message}") from e
 
     # --- requests -------------------------------------------------------------------------
 
@@ -443,7 +446,7 @@ def _entry_map(entries: Iterable[pb.CheckpointEntry]) -> dict[str, str] | None:
     mapping: dict[str, str] = {}
     for entry in entries:
         if entry.key in mapping:
-            raise InvalidArgumentError(f"checkpoint key {entry.key!r} is listed twice")
+            raise InvalidArgumentError(f"checkpoint key {clip(repr(entry.key))} is listed twice")
         mapping[entry.key] = entry.variable
     return mapping or None
 

@@ -23,6 +23,7 @@ from varstore.common.errors import (
     NotFoundError,
     OpError,
     ResourceExhaustedError,
+    clip,
 )
 from varstore.common.protocol import READ_ONLY_OPS
 from varstore.server import optimizers, sync  # noqa: F401 - registers the training ops
@@ -110,7 +111,7 @@ class Executor:
         for i, node in enumerate(graph.nodes):
             opdef = OPS.get(node.op)
             if opdef is None:
-                raise InvalidArgumentError(f"node {i}: unknown op {node.op[:64]!r}")
+                raise InvalidArgumentError(f"node {i}: unknown op {clip(repr(node.op), 64)}")
             if opdef.arity is not None and len(node.inputs) != opdef.arity:
                 raise InvalidArgumentError(
                     f"node {i}: op {node.op} takes {opdef.arity} inputs, got {len(node.inputs)}")

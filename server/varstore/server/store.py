@@ -22,6 +22,7 @@ from varstore.common.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
+    clip,
 )
 from varstore.common.names import is_valid_node_name
 
@@ -40,7 +41,7 @@ def validate_name(name: str) -> str:
         InvalidArgumentError: naming (the start of) the refused name.
     """
     if len(name) > MAX_NAME_LENGTH or not is_valid_node_name(name) or name.endswith("/"):
-        raise InvalidArgumentError(f"invalid variable name {name[:100]!r}")
+        raise InvalidArgumentError(f"invalid variable name {clip(repr(name))}")
     return name
 
 
@@ -103,7 +104,7 @@ class VariableStore:
         """The variable named ``name``; raises ``NotFoundError``."""
         var = self._vars.get(name)
         if var is None:
-            raise NotFoundError(f"Variable {name} does not exist on the server")
+            raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
         return var
 
     def find(self, name: str) -> Variable | None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from varstore.common import codec, dtypes
-from varstore.common.errors import InvalidArgumentError
+from varstore.common.errors import InvalidArgumentError, clip
 from varstore.proto import varstore_pb2 as pb
 from varstore.server.executor import Graph, Result, VariableSpec
 from varstore.server.kernels import NodeDef
@@ -28,7 +28,7 @@ def tensors_from_proto(messages: Sequence[pb.Tensor], streamed: Sequence[np.ndar
 def graph_from_proto(request: pb.RunRequest, tensors: list[np.ndarray]) -> Graph:
     """A validated :class:`Graph` for ``request`` with its decoded ``tensors``."""
     nodes = [NodeDef(n.op, tuple(n.inputs), tuple(n.control_inputs), n.variable, n.tensor,
-                     _attrs(n)) for n in request.nodes]
+                     _attrs(n, i)) for i, n in enumerate(request.nodes)]
     specs = [VariableSpec(
         name=v.name, dtype=codec.dtype_from_proto(v.dtype),
         shape=codec.shape_from_proto(v.shape.dim), trainable=v.trainable,
@@ -38,17 +38,24 @@ def graph_from_proto(request: pb.RunRequest, tensors: list[np.ndarray]) -> Graph
     return Graph(specs, nodes, tensors, list(request.fetches), list(request.targets))
 
 
-def _attrs(node: pb.Node) -> dict[str, Any] | None:
+def _attrs(node: pb.Node, index: int) -> dict[str, Any] | None:
     if not node.attrs:
         return None
     if len(node.attrs) > MAX_ATTRS:
-        raise InvalidArgumentError(f"node {node.op[:64]!r} has too many attributes")
+        raise InvalidArgumentError(f"node {clip(node.op, 64)!r} has too many attributes")
     out: dict[str, Any] = {}
     for key, value in node.attrs.items():
         kind = value.WhichOneof("value")
         if kind is None:
-            raise InvalidArgumentError(f"attribute {key[:64]!r} has no value")
-        out[key] = list(value.shape.dim) if kind == "shape" else getattr(value, kind)
+            raise InvalidArgumentError(f"attribute {clip(key, 64)!r} has no value")
+        if kind == "shape":
+            if len(value.shape.dim) > codec.MAX_RANK:
+                raise InvalidArgumentError(
+                    f"{clip(node.op, 64)} (node {index}): attribute {clip(key, 64)!r} has "
+                    f"rank {len(value.shape.dim)} > {codec.MAX_RANK}")
+            out[key] = list(value.shape.dim)
+        else:
+            out[key] = getattr(value, kind)
     return out
 
 

@@ -32,6 +32,7 @@ from varstore.common.errors import (
     InvalidArgumentError,
     NotFoundError,
     UnimplementedError,
+    clip,
 )
 from varstore.proto import tensor_bundle_pb2 as pb
 from varstore.server.bundle.table import (
@@ -549,8 +550,8 @@ class BundleReader:
             with open(self.index_path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            raise NotFoundError(f"checkpoint {self.prefix} not found: no file "
-                                f"{self.index_path}") from None
+            raise NotFoundError(f"checkpoint {clip(self.prefix)} not found: no file "
+                                f"{clip(self.index_path)}") from None
         try:
             self._table = dict(read_table(raw))
         except TableError as e:
@@ -667,7 +668,8 @@ class BundleReader:
         display = display or (key if isinstance(key, str) else _key_str(key))
         raw = self._table.get(name) if name else None
         if raw is None:
-            raise NotFoundError(f"Key {display} not found in checkpoint {self.prefix}")
+            raise NotFoundError(
+                f"Key {clip(display)} not found in checkpoint {clip(self.prefix)}")
         proto = pb.BundleEntryProto()
         try:
             proto.ParseFromString(raw)
