@@ -19,12 +19,9 @@ here. Arrays handed to a call must not change until it completes.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable
 from typing import Any
-
-import grpc
 
 from varstore.client import (
     DEFAULT_ADDRESS,
@@ -39,7 +36,7 @@ from varstore.common.errors import OpError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
-from varstore.transport import Transport
+from varstore.transport import Transport, is_read_only
 
 __all__ = ["Client", "connect"]
 
@@ -80,20 +77,21 @@ class Client(ClientBase):
         """
         stream = max(builder.payload_bytes(), expect_bytes) > codec.STREAM_THRESHOLD
         request, payloads = builder.build(stream)
-        options = {"timeout": self.transport.timeout, "metadata": self.transport.metadata}
-        try:
-            if not stream:
-                response = await self.stub.Run(request, **options)
-                values = [codec.tensor_from_proto(t) for t in response.values]
-                return values, list(response.variables)
-            call = self.run_stream(
-                codec.split_chunks(pb.RunChunk(request=request), payloads), **options)
+        if not stream:
+            response = await self.transport.invoke_async(
+                lambda **options: self.stub.Run(request, **options),
+                idempotent=is_read_only(request))
+            return [codec.tensor_from_proto(t) for t in response.values], \
+                list(response.variables)
+
+        async def pull(**options: Any) -> tuple[Any, list[Any]]:
+            chunks = codec.split_chunks(pb.RunChunk(request=request), payloads)
             reader = codec.ChunkReader("response", 1 << 62)
-            async for chunk in call:
+            async for chunk in self.run_stream(chunks, **options):
                 reader.feed(chunk)
-        except grpc.RpcError as e:
-            raise self.transport.error(e) from e
-        header, arrays = reader.result()
+            return reader.result()
+        header, arrays = await self.transport.invoke_async(pull,
+                                                           idempotent=is_read_only(request))
         values = [a if a is not None else codec.tensor_from_proto(t)
                   for t, a in zip(header.values, arrays, strict=True)]
         return values, list(header.variables)
@@ -121,12 +119,9 @@ class Client(ClientBase):
 
     async def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on the server (all, or those under ``scope``), sorted by name."""
-        try:
-            response = await self.stub.ListVariables(
-                pb.ListVariablesRequest(scope=scope or ""), timeout=self.transport.timeout,
-                metadata=self.transport.metadata)
-        except grpc.RpcError as e:
-            raise self.transport.error(e) from e
+        request = pb.ListVariablesRequest(scope=scope or "")
+        response = await self.transport.invoke_async(
+            lambda **options: self.stub.ListVariables(request, **options), idempotent=True)
         return [VariableInfo.from_proto(v) for v in response.variables]
 
 
@@ -138,16 +133,13 @@ async def connect(address: str | None = None, *, token: str | None = None, tls: 
                   timeout: float | None = None) -> Client:
     """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011).
 
-    Raises ``UnavailableError`` naming the address when no server answers within
-    ``timeout`` seconds (default 10).
+    Raises ``UnavailableError`` naming the address and the likely cause (see
+    :meth:`varstore.transport.Transport.wait_ready`), ``InvalidArgumentError`` for a malformed
+    address.
     """
     client = Client(address, token=token, tls=tls, timeout=timeout)
     try:
-        await asyncio.wait_for(client.transport.channel.channel_ready(),
-                               client.transport.connect_timeout)
-    except asyncio.TimeoutError:
-        await client.close()
-        raise client.transport.unreachable() from None
+        await client.transport.wait_ready_async()
     except BaseException:
         await client.close()
         raise

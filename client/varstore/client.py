@@ -12,18 +12,17 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
 from varstore import initializers, train
 from varstore.common import codec, dtypes
 from varstore.common.dtypes import DType
-from varstore.common.errors import InvalidArgumentError, NotFoundError, OpError, from_rpc_error
+from varstore.common.errors import InvalidArgumentError, NotFoundError, OpError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
 from varstore.scopes import Naming, VariableScope
-from varstore.transport import Transport
+from varstore.transport import Transport, is_read_only
 
 DEFAULT_ADDRESS = "localhost:7011"
 # Called with varstore's chunk codec (codec.serialize_chunk/parse_chunk) instead of the
@@ -401,12 +400,11 @@ class Client(ClientBase):
             response = self.transport.call(self.stub.Run, request)
             values = [codec.tensor_from_proto(t) for t in response.values]
             return values, list(response.variables)
-        chunks = codec.split_chunks(pb.RunChunk(request=request), payloads)
-        replies = self.transport.call(self.run_stream, chunks)
-        try:
-            header, arrays = codec.join_chunks(iter(replies), "response", 1 << 62)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+
+        def pull(**options: Any) -> tuple[Any, list[np.ndarray | None]]:
+            chunks = codec.split_chunks(pb.RunChunk(request=request), payloads)
+            return codec.join_chunks(self.run_stream(chunks, **options), "response", 1 << 62)
+        header, arrays = self.transport.invoke(pull, idempotent=is_read_only(request))
         values = [a if a is not None else codec.tensor_from_proto(t)
                   for t, a in zip(header.values, arrays, strict=True)]
         return values, list(header.variables)
@@ -478,13 +476,15 @@ class Client(ClientBase):
 
     def _checkpoint_call(self, method: Any, request: Any,
                          progress: Callable[[pb.CheckpointProgress], None] | None) -> str:
-        path = ""
-        for message in self.transport.iterate(method, request):
-            if progress is not None:
-                progress(message)
-            if message.done:
-                path = message.path
-        return path
+        def follow(**options: Any) -> str:
+            path = ""
+            for message in method(request, **options):
+                if progress is not None:
+                    progress(message)
+                if message.done:
+                    path = message.path
+            return path
+        return self.transport.invoke(follow, idempotent=False)
 
     def latest_checkpoint(self, directory: str = "") -> str | None:
         """The newest checkpoint in the server's checkpoint folder (or a folder inside it)."""
@@ -513,8 +513,9 @@ def connect(address: str | None = None, *, token: str | None = None, tls: Any = 
             timeout: float | None = None) -> Client:
     """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011).
 
-    Raises ``UnavailableError`` naming the address when no server answers within
-    ``timeout`` seconds (default 10).
+    Raises ``UnavailableError`` naming the address and the likely cause: a refused connection
+    or an unknown host at once, a server that accepts connections but does not answer after
+    ``timeout`` seconds (default 10); ``InvalidArgumentError`` for a malformed address.
     """
     client = Client(address, token=token, tls=tls, timeout=timeout)
     try:

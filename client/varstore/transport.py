@@ -1,19 +1,31 @@
-"""The client's channel: address, credentials, deadlines, retries and error mapping."""
+"""The client's channel: address, credentials, deadlines, and the one place where calls are
+retried and failed calls become ``varstore.errors`` exceptions.
+
+Every call of the blocking client and of ``varstore.aio`` (unary, streamed, server-streaming)
+goes through :meth:`Transport.invoke` or :meth:`Transport.invoke_async`, which share
+:meth:`Transport.retry_delay` (the retry policy) and :meth:`Transport.error` (the mapping).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
+import re
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from varstore.common.errors import UnavailableError, from_rpc_error
+from varstore.common.errors import InvalidArgumentError, OpError, UnavailableError, from_rpc_error
 from varstore.common.protocol import MAX_MESSAGE_BYTES, READ_ONLY_OPS
 from varstore.proto import varstore_pb2 as pb
+
+T = TypeVar("T")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # Attempts of a call that is safe to repeat; the waits between them (0.1 s doubling) add up to
@@ -23,6 +35,16 @@ BACKOFF_SECONDS = 0.1
 # Requests that change nothing on the server, so repeating them after UNAVAILABLE is safe.
 _READ_ONLY_REQUESTS = (pb.ListVariablesRequest, pb.StatusRequest, pb.LatestCheckpointRequest,
                        pb.WaitInitializedRequest)
+# gRPC's own target syntax (``unix:PATH``, ``dns:///HOST:PORT``, ``ipv4:...``): passed through
+# to gRPC unchecked.
+_URI = re.compile(r"^(unix|unix-abstract|dns|ipv4|ipv6|vsock):")
+# How much of a malformed address an error message quotes.
+_QUOTE = 100
+# After gRPC failed to connect to a host that accepts our own TCP connection, how long its
+# reconnection (0.1 s later) may take before the handshake is reported as what fails.
+_HANDSHAKE_GRACE = 1.0
+# How long our own TCP connection to the server's host may take while diagnosing.
+_PROBE_SECONDS = 0.5
 
 
 def is_read_only(request: Any) -> bool:
@@ -35,6 +57,30 @@ def is_read_only(request: Any) -> bool:
             and all(node.op in READ_ONLY_OPS for node in request.nodes))
 
 
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``HOST:PORT`` or ``[IPv6]:PORT`` address; None for gRPC's own
+    target syntax (``unix:PATH``, ``dns:///...``). Raises ``InvalidArgumentError`` for anything
+    else, e.g. a bare port, saying what was probably meant."""
+    if _URI.match(address):
+        return None
+    quoted = repr(address[:_QUOTE])
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if address.isdigit():
+        hint = f"localhost:{address}"
+    elif not sep or not port.isdigit():
+        hint = f"{address[:_QUOTE]}:7011"
+    elif not host:
+        hint = f"localhost:{port}"
+    elif not 0 < int(port) < 65536:
+        hint = f"{host[:_QUOTE]}:7011"
+    else:
+        return host, int(port)
+    raise InvalidArgumentError(
+        f"malformed server address {quoted}: expected HOST:PORT (did you mean {hint}?)")
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """TLS settings: the CA that signed the server, and a client certificate for mTLS."""
@@ -45,7 +91,7 @@ class TLSConfig:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """Channel credentials for these settings."""
+        """Channel credentials for these settings; raises ``OSError`` for unreadable files."""
         def read(path: str | Path | None) -> bytes | None:
             return Path(path).read_bytes() if path else None
         return grpc.ssl_channel_credentials(
@@ -54,22 +100,26 @@ class TLSConfig:
 
 
 class Transport:
-    """One gRPC channel with the client's token, TLS, deadlines and retry policy."""
+    """One gRPC channel with the client's token, TLS, deadlines, retry policy and error
+    mapping. Raises ``InvalidArgumentError`` for a malformed address."""
 
     def __init__(self, address: str, *, token: str | None = None, tls: Any = None,
                  timeout: float | None = None, aio: bool = False) -> None:
         """With ``aio``, the channel is a ``grpc.aio`` one (for ``varstore.aio``)."""
         self.address = address
+        self.endpoint = parse_address(address)
         self.timeout = timeout
+        self.tls = bool(tls)
         token = token or os.environ.get("VARSTORE_TOKEN")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # gRPC waits 1 s and more before reconnecting to a server that went away; start at
-            # 0.1 s so that retries find a restarted server again.
+            # 0.1 s so that retries find a restarted server again. (Not min_reconnect_backoff:
+            # it is also the time a connection may take, and at 0.1 s a server slower than that
+            # to shake hands looked like one refusing.)
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         channels: Any = grpc.aio if aio else grpc
@@ -83,58 +133,215 @@ class Transport:
             self.channel = channels.insecure_channel(address, options=options)
 
     def close(self) -> None:
-        """Closes the channel."""
+        """Closes the channel (of a blocking transport; ``varstore.aio`` awaits
+        ``channel.close()``)."""
         self.channel.close()
-
-    def wait_ready(self) -> None:
-        """Waits until the server answers; raises ``UnavailableError`` naming the address."""
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
-        except grpc.FutureTimeoutError:
-            raise self.unreachable() from None
 
     @property
     def connect_timeout(self) -> float:
         """Seconds to wait for the server when connecting."""
         return self.timeout if self.timeout is not None else DEFAULT_CONNECT_TIMEOUT
 
-    def unreachable(self) -> UnavailableError:
-        """The error for a server that did not answer within :attr:`connect_timeout`."""
-        return UnavailableError(
-            f"cannot reach a varstore server at {self.address} within "
-            f"{self.connect_timeout:g}s (is `varstore serve` running there?)")
+    # --- connecting ---------------------------------------------------------------------------
+
+    def wait_ready(self) -> None:
+        """Waits until the server answers. Raises ``UnavailableError`` naming the address and
+        the likely cause: at once for a refused connection or an unknown host, within about a
+        second for a failed handshake (TLS on one side only), after :attr:`connect_timeout`
+        for a server that accepts connections but does not answer."""
+        states: queue.SimpleQueue[grpc.ChannelConnectivity] = queue.SimpleQueue()
+        watch = states.put
+        readiness = _Readiness(self)
+        self.channel.subscribe(watch, try_to_connect=True)
+        try:
+            while True:
+                try:
+                    state = states.get(timeout=readiness.remaining())
+                except queue.Empty:
+                    raise readiness.expired() from None
+                if readiness.ready(state):
+                    return
+        finally:
+            self.channel.unsubscribe(watch)
+
+    async def wait_ready_async(self) -> None:
+        """:meth:`wait_ready` for a ``grpc.aio`` channel."""
+        readiness = _Readiness(self)
+        state = self.channel.get_state(try_to_connect=True)
+        while not readiness.ready(state):
+            try:
+                await asyncio.wait_for(self.channel.wait_for_state_change(state),
+                                       readiness.remaining())
+            except asyncio.TimeoutError:
+                raise readiness.expired() from None
+            state = self.channel.get_state(try_to_connect=True)
+
+    # --- calls ----------------------------------------------------------------------------------
 
     def call(self, method: Callable[..., Any], request: Any, *,
              timeout: float | None = None, idempotent: bool | None = None) -> Any:
-        """Calls ``method``; maps failures to varstore errors.
-
-        Calls that are safe to repeat (``idempotent``, by default :func:`is_read_only` of the
-        request) are retried with backoff while the server is unavailable.
-        """
+        """Calls the unary ``method`` with ``request`` through :meth:`invoke`; by default it
+        is retried when :func:`is_read_only` says the request only reads."""
         if idempotent is None:
             idempotent = is_read_only(request)
-        attempts = RETRIES if idempotent else 1
-        for attempt in range(attempts):
+        return self.invoke(lambda **options: method(request, **options),
+                           idempotent=idempotent, timeout=timeout)
+
+    def invoke(self, attempt: Callable[..., T], *, idempotent: bool,
+               timeout: float | None = None) -> T:
+        """Runs ``attempt(timeout=..., metadata=...)``, one whole call (a unary call, or a
+        stream read to its end), and returns its result. An ``idempotent`` call is repeated
+        with backoff while the server is unavailable. Raises the ``varstore.errors`` class of
+        the failure (see :meth:`error`)."""
+        options = self._options(timeout)
+        for tries in range(RETRIES):
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                return attempt(**options)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    time.sleep(BACKOFF_SECONDS * 2 ** attempt)
-                    continue
-                raise self.error(e) from e
-        raise AssertionError("unreachable")
+                delay = self.retry_delay(e, tries, idempotent)
+                if delay is None:
+                    raise self.error(e) from None
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
 
-    def iterate(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
-        """Calls a server-streaming ``method``; yields its messages, mapping failures."""
-        try:
-            yield from method(request, timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise self.error(e) from e
+    async def invoke_async(self, attempt: Callable[..., Awaitable[T]], *, idempotent: bool,
+                           timeout: float | None = None) -> T:
+        """:meth:`invoke` for ``varstore.aio``: awaits ``attempt(timeout=..., metadata=...)``
+        with the same retries and errors."""
+        options = self._options(timeout)
+        for tries in range(RETRIES):
+            try:
+                return await attempt(**options)
+            except grpc.RpcError as e:
+                delay = self.retry_delay(e, tries, idempotent)
+                if delay is None:
+                    raise self.error(e) from None
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
 
-    def error(self, e: grpc.RpcError) -> Exception:
-        """The varstore error for a failed call (UNAVAILABLE names the address)."""
+    def _options(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": timeout or self.timeout, "metadata": self.metadata}
+
+    @staticmethod
+    def retry_delay(error: grpc.RpcError, tries: int, idempotent: bool) -> float | None:
+        """Seconds to wait before repeating a call that failed with ``error`` after ``tries``
+        earlier failures, or None to give up: only calls that are safe to repeat, only after
+        UNAVAILABLE, at most :data:`RETRIES` attempts."""
+        if not idempotent or tries + 1 >= RETRIES or not hasattr(error, "code"):
+            return None
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        return float(BACKOFF_SECONDS * 2 ** tries)
+
+    def error(self, e: grpc.RpcError) -> OpError:
+        """The ``varstore.errors`` exception for a failed call, carrying the server's message
+        (UNAVAILABLE also names the address); the gRPC error stays reachable as its
+        ``grpc_error`` attribute, and callers raise it ``from None``, so a traceback shows
+        ours alone."""
         error = from_rpc_error(e)
         if isinstance(error, UnavailableError):
             error = UnavailableError(f"varstore server at {self.address} is unavailable: "
                                      f"{error.message}")
+        error.grpc_error = e
         return error
+
+
+class _Readiness:
+    """What the connectivity states seen while connecting mean: :meth:`ready` says when to stop
+    waiting and raises what is already certain, :meth:`expired` names the cause at the end.
+    Causes are found by asking the resolver and the host ourselves, as gRPC reports every
+    failure as TRANSIENT_FAILURE."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.deadline = time.monotonic() + transport.connect_timeout
+        # Set when the host accepted our TCP connection after gRPC's attempt failed: unless
+        # gRPC's next attempt (0.1 s later) succeeds, the handshake is what fails.
+        self.handshake_deadline: float | None = None
+
+    def remaining(self) -> float:
+        """Seconds to wait for the next state before :meth:`expired` decides."""
+        end = min(self.deadline, self.handshake_deadline or self.deadline)
+        return max(0.0, end - time.monotonic())
+
+    def ready(self, state: grpc.ChannelConnectivity) -> bool:
+        """True when connected; raises ``UnavailableError`` when the channel failed for a
+        reason that waiting will not change (refused, unknown host, unreachable network)."""
+        if state == grpc.ChannelConnectivity.READY:
+            return True
+        if state == grpc.ChannelConnectivity.SHUTDOWN:
+            raise UnavailableError(f"the channel to {self.transport.address} was closed")
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            kind, error = self.probe()
+            if error is not None and kind != "timeout":
+                raise error
+            if kind == "open" and self.handshake_deadline is None:
+                self.handshake_deadline = time.monotonic() + _HANDSHAKE_GRACE
+        return False
+
+    def expired(self) -> UnavailableError:
+        """The error when :meth:`remaining` ran out: :meth:`handshake_failed` or
+        :meth:`timed_out`."""
+        if self.handshake_deadline is not None and time.monotonic() >= self.handshake_deadline:
+            return self.handshake_failed()
+        return self.timed_out()
+
+    def handshake_failed(self) -> UnavailableError:
+        """The error for a host that accepts TCP connections where gRPC's handshake fails."""
+        t = self.transport
+        setting = ("the server may not use TLS, or another CA signed its certificate" if t.tls
+                   else "the server may require TLS: pass tls=varstore.TLSConfig(...)")
+        return UnavailableError(
+            f"the server at {t.address} accepts connections but the gRPC handshake failed: "
+            f"{setting}, or it is not a varstore server")
+
+    def timed_out(self) -> UnavailableError:
+        """The error for a server that did not answer within the connect timeout."""
+        t = self.transport
+        kind, error = self.probe()
+        if error is not None and kind != "timeout":
+            return error
+        if kind == "open":
+            return UnavailableError(
+                f"the server at {t.address} accepts connections but did not answer within "
+                f"{t.connect_timeout:g}s: it is busy or hung, or not a varstore server (wait "
+                f"longer with connect(timeout=...) or --timeout)")
+        why = "connections to it time out" if kind == "timeout" else "no answer"
+        return UnavailableError(
+            f"cannot reach a varstore server at {t.address} within {t.connect_timeout:g}s: "
+            f"{why} (is the host up and `varstore serve` running there? is a firewall "
+            f"dropping the connections?)")
+
+    def probe(self) -> tuple[str, UnavailableError | None]:
+        """Resolves and connects to the address ourselves: ``("open", None)`` when a TCP
+        connection succeeds, ``("unprobed", None)`` for gRPC target syntax, else the kind of
+        failure (``unknown_host``, ``refused``, ``timeout``, ``unreachable``) and its error."""
+        t = self.transport
+        if t.endpoint is None:
+            return "unprobed", None
+        host, port = t.endpoint
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            return "unknown_host", UnavailableError(
+                f"cannot reach {t.address}: unknown host {host[:_QUOTE]!r} (check the name; "
+                f"localhost is this machine)")
+        failures: list[OSError] = []
+        for family, kind, proto, _, sockaddr in infos:
+            try:
+                with socket.socket(family, kind, proto) as s:
+                    s.settimeout(_PROBE_SECONDS)
+                    s.connect(sockaddr)
+                return "open", None
+            except OSError as e:
+                failures.append(e)
+        if any(isinstance(e, ConnectionRefusedError) for e in failures):
+            return "refused", UnavailableError(
+                f"no varstore server at {t.address}: connection refused (start one with "
+                f"`varstore serve --port {port}`, or check the host and port)")
+        if failures and all(isinstance(e, TimeoutError) for e in failures):
+            return "timeout", UnavailableError(f"connections to {t.address} time out")
+        reason = (failures[0].strerror or str(failures[0])) if failures else "no address"
+        return "unreachable", UnavailableError(
+            f"cannot connect to {t.address}: {reason} (check the host, the port and "
+            f"firewalls)")

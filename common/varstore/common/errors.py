@@ -24,7 +24,9 @@ def clip(value: object, limit: int = QUOTE_LIMIT) -> str:
 
 
 class OpError(Exception):
-    """A failed varstore operation; ``message`` is the server's explanation."""
+    """A failed varstore operation; ``message`` is the server's explanation, and
+    ``grpc_error`` the failed call's ``grpc.RpcError`` when there was one (kept for debugging;
+    the client raises ours without chaining it)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
@@ -33,6 +35,7 @@ class OpError(Exception):
         self.message = message
         self.node_def = node_def
         self.op = op
+        self.grpc_error: grpc.RpcError | None = None
 
     @property
     def error_code(self) -> int:
@@ -155,7 +158,7 @@ def from_status(code: grpc.StatusCode, message: str) -> OpError:
 
 
 def from_rpc_error(error: grpc.RpcError) -> OpError:
-    """The exception for a failed call (``raise from_rpc_error(e) from e``)."""
+    """The exception for a failed call, carrying the server's message."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     return from_status(code, details or str(code))
