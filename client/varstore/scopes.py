@@ -155,14 +155,8 @@ class Naming:
 
     def op_name(self, name: str) -> str:
         """The full name of an op created as ``name`` (TF's ``Graph.create_op``): a name
-        ending in ``/`` is taken as is (without the slash), others are made unique.
-
-        Raises:
-            ValueError: TF's message when the result is not a valid node name.
-        """
-        full = name[:-1] if name.endswith("/") else self.unique_name(name)
-        names.check_node_name(full)
-        return full
+        ending in ``/`` is taken as is (without the slash), others are made unique."""
+        return name[:-1] if name.endswith("/") else self.unique_name(name)
 
     @contextlib.contextmanager
     def name_scope(self, name: str | None, default_name: str | None = None) -> Iterator[str]:

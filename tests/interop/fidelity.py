@@ -1,4 +1,5 @@
-"""Paired programs: the same TF1 program under TensorFlow's ``tf.compat.v1`` and under varstore.
+"""Paired programs: the same TF1 program under TensorFlow's ``tf.compat.v1`` (with v2
+behaviour disabled, so TF 1.x's reference variables) and under varstore.
 
 A program is ``fn(tf, env)``. For a *graph* program ``tf`` is ``tensorflow.compat.v1`` or
 ``varstore.v1`` and ``env.session()`` opens a session on the run's server; for an *eager*
@@ -9,7 +10,7 @@ the program's return value as JSON data, or ``["error", class name, message]`` f
 raised.
 
 TensorFlow runs once per test session, every registered module at once, in a subprocess
-(``disable_eager_execution`` stays out of the test process); each test then runs one program
+(``disable_v2_behavior`` stays out of the test process); each test then runs one program
 under varstore against a fresh in-process server and compares the observations exactly.
 """
 
@@ -134,7 +135,7 @@ def run_tensorflow() -> dict[str, Any]:
     import tensorflow as real
 
     tf = real.compat.v1
-    tf.disable_eager_execution()
+    tf.disable_v2_behavior()  # TF 1.x: graph mode and reference variables
     out: dict[str, Any] = {}
     for module in MODULES:
         for name, entry in importlib.import_module(module).PROGRAMS.items():

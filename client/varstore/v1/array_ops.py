@@ -15,7 +15,7 @@ import numpy as np
 from varstore import initializers
 from varstore.common import dtypes
 from varstore.v1 import shapes
-from varstore.v1.graph import Tensor, op_scope
+from varstore.v1.graph import Tensor, get_default_graph, op_scope
 from varstore.v1.init_ops import initializer_tensor
 from varstore.v1.shapes import TensorShape, as_shape
 
@@ -42,9 +42,10 @@ def constant(value: Any, dtype: Any = None, shape: Any = None, name: str = "Cons
         else:
             raise ValueError(f"Cannot make a tensor of shape {target} from {array.size} "
                              f"elements")
-    with op_scope(name, "Const") as (graph, op_name):
-        return graph.create_op(op_name, "Const", "const", (), dtype, array.shape,
-                               value=array).outputs[0]
+    # As TF's Graph.create_op: a constant's name is made unique, opening no name scope.
+    graph = get_default_graph()
+    return graph.create_op(graph.naming.op_name(name or "Const"), "Const", "const", (), dtype,
+                           array.shape, value=array).outputs[0]
 
 
 def convert_to_tensor(value: Any, dtype: Any = None, name: str | None = None,

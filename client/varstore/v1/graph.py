@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from varstore.common.dtypes import DType
+from varstore.common.names import check_node_name
 from varstore.initializers import Initializer
 from varstore.scopes import Naming
 from varstore.v1.operators import TensorOperators
@@ -212,7 +213,9 @@ class Graph:
                   attrs: dict[str, Any] | None = None) -> Operation:
         """Adds an operation named exactly ``name`` (already made unique) with one output of
         ``dtype`` and ``shape``, or none when ``dtype`` is None; ``attrs`` are the server op's
-        attributes. Returns the operation; raises ``ValueError`` when ``name`` is taken."""
+        attributes. Returns the operation; raises ``ValueError`` when ``name`` is taken or is
+        not a valid node name (TF's message)."""
+        check_node_name(name)
         if name in self._ops:
             raise ValueError(f"Duplicate node name in graph: '{name}'")
         for t in inputs:

@@ -1,20 +1,24 @@
 """``tf.Session``: runs parts of a graph on a varstore server, one round trip per run.
 
 A session holds a :class:`varstore.Client`. Each :meth:`Session.run` compiles what its
-fetches need into one request, which also binds the graph's variables to the server the first
+fetches need into one request, which also binds the variables it uses to the server the first
 time they are seen (creating them uninitialized when missing, checking shape and dtype when
-present), so the whole fetched graph is evaluated atomically on the server.
+present), so the whole fetched graph is evaluated atomically on the server. When the server
+has lost variables the session bound (it restarted empty, or they were deleted), the run
+declares them again, uninitialized, as a new session would.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 import varstore
 from varstore.common import codec, dtypes
+from varstore.common.errors import NotFoundError
 from varstore.request import RequestBuilder
 from varstore.v1.compiler import compile_run
 from varstore.v1.fetches import FetchStructure
@@ -63,34 +67,48 @@ class Session:
             raise RuntimeError("Attempted to use a closed Session.")
         structure = FetchStructure(self.graph, fetches)
         feeds = self._feeds(feed_dict)
-        builder = RequestBuilder()
-        binding = self._bind_new_variables(builder)
-        positions = compile_run(builder, structure.elements, feeds)
         fetched = [e for e in structure.elements if isinstance(e, Tensor)]
-        values, _ = self.client.run(builder, expect_bytes=_expected_bytes(fetched))
-        self._bound.update(binding)
+        for retry in (False, True):
+            builder = RequestBuilder()
+            positions = compile_run(builder, structure.elements, feeds)
+            binding = self._bind(builder, {n.variable for n in builder.nodes if n.variable})
+            try:
+                values, _ = self.client.run(builder, expect_bytes=_expected_bytes(fetched))
+            except NotFoundError:
+                if retry or not self._bound:
+                    raise
+                # The server lost variables this session bound (it restarted empty, or they
+                # were deleted): declare them again, as a new session would.
+                self._bound.clear()
+                continue
+            self._bound.update(binding)
+            break
         return structure.build([None if p is None else _python_value(values[p])
                                 for p in positions])
 
-    def bind_variables(self) -> None:
-        """Creates or binds the graph's variables not yet bound on the server (one round
-        trip, none when all are bound); used before saving and restoring checkpoints."""
+    def bind_variables(self, names: Collection[str] | None = None) -> None:
+        """Creates or binds the graph's variables (those named ``names``, default all) not
+        yet bound on the server (one round trip, none when all are bound); used before saving
+        and restoring checkpoints."""
         builder = RequestBuilder()
-        binding = self._bind_new_variables(builder)
+        binding = self._bind(builder, names)
         if binding:
             self.client.run(builder)
             self._bound.update(binding)
 
-    def _bind_new_variables(self, builder: RequestBuilder) -> list[str]:
-        names = []
+    def _bind(self, builder: RequestBuilder, names: Collection[str] | None) -> list[str]:
+        """Adds to ``builder`` the specs of the graph's variables named in ``names`` (all when
+        None) that this session has not bound yet; returns their names. Only what a run uses
+        is bound, so a variable the server refuses fails only the runs that use it."""
+        bound = []
         for var in self.graph.variables:
             name = var.op.name
-            if name not in self._bound:
+            if name not in self._bound and (names is None or name in names):
                 builder.variable(name, var.dtype, var.shape.as_list(), var.trainable,
                                  created_by=var.created_by,
                                  initializer_desc=var.initializer_description)
-                names.append(name)
-        return names
+                bound.append(name)
+        return bound
 
     def _feeds(self, feed_dict: Any) -> dict[Tensor, np.ndarray]:
         feeds: dict[Tensor, np.ndarray] = {}
