@@ -267,25 +267,27 @@ class CheckpointManager:
 
     def _assign(self, plan: list[tuple[str, str, TensorInfo]], values: list[np.ndarray | None],
                 reader: BundleReader, named: str, pool: ThreadPoolExecutor) -> None:
-        """Creates the missing variables and sets the others: from ``values``, or for None
+        """Creates the missing variables (pending until the restore commits, in name order
+        as requests create theirs) and sets the others: from ``values``, or for None
         (checksums verified) by reading into the variable's array on ``pool``'s threads, all
         under the locks."""
         created: list[Variable] = []
         existing: list[tuple[str, Variable, np.ndarray | None]] = []
         try:
-            for (key, name, info), value in zip(plan, values, strict=True):
-                var = self.store.find(name)
-                if var is None:
-                    if value is None:  # deleted since the first pass (a failed creation)
-                        value = reader.read(key)
-                    var, made = self.store.create(Variable(
-                        name, info.dtype, info.shape, created_by="restore",
-                        initializer_desc=f"checkpoint {clip(named)}", value=value))
-                    if made:
-                        created.append(var)
-                        continue
-                existing.append((key, var, value))
-            with self.store.locked(var for _, var, _ in existing):
+            for (key, name, info), value in sorted(zip(plan, values, strict=True),
+                                                   key=lambda item: item[0][1]):
+                if value is None and self.store.find(name) is None:
+                    value = reader.read(key)  # discarded since the first pass
+                var, made = self.store.create(Variable(
+                    name, info.dtype, info.shape, created_by="restore",
+                    initializer_desc=f"checkpoint {clip(named)}", value=value, pending=True))
+                if made:
+                    created.append(var)
+                    if value is None:  # its creator failed between the lookups above
+                        self.store.set_initial(var, reader.read(key))
+                else:
+                    existing.append((key, var, value))
+            with self.store.locked([*(var for _, var, _ in existing), *created]):
                 growth = sum(value_nbytes(var.dtype, var.shape, value) - var.nbytes
                              for _, var, value in existing
                              if var.dtype.is_string and value is not None)
@@ -302,9 +304,9 @@ class CheckpointManager:
                         self.store.touched(var)
                     else:
                         self.store.set_value(var, value)
-        except Exception:
-            for var in created:
-                self.store.delete(var.name)
+                self.store.commit(created)
+        except BaseException:
+            self.store.discard(created)
             raise
 
     # --- the folder -----------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Executes a request's op graph atomically against the variable store.
 
-A request first creates or binds its variables, then evaluates the nodes its fetches and
-targets need. Every variable those nodes touch is locked (in name order) for the whole
-evaluation, so ``assign(c, c + 1)`` never loses an update and reads are never torn, while
-requests on other variables run in parallel.
+A request first creates or binds its variables, then evaluates the initializers of those it
+created and the nodes its fetches and targets need. Every variable those nodes touch is locked
+(in name order) for the whole evaluation, so ``assign(c, c + 1)`` never loses an update and
+reads are never torn, while requests on other variables run in parallel. A request that fails
+changes nothing (see :meth:`Executor.run`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +30,14 @@ from varstore.common.errors import (
 from varstore.common.protocol import READ_ONLY_OPS
 from varstore.server import optimizers, sync  # noqa: F401 - registers the training ops
 from varstore.server.kernels import OPS, NodeDef
-from varstore.server.store import Variable, VariableStore, validate_name
+from varstore.server.store import Variable, VariableStore, check_compatible, validate_name
+from varstore.server.waits import Waiter
 
 log = logging.getLogger(__name__)
 
 MAX_NODES = 100_000
+# Ops that wait for other requests: a request that runs one may lock no variable.
+BLOCKING_OPS = frozenset({"sync_wait"})
 
 
 @dataclass
@@ -60,6 +65,8 @@ class Graph:
     targets: list[int] = field(default_factory=list)
     # Set by the executor once it checked the graph, which a graph run again is not twice.
     validated: bool = False
+    # Whether the graph waits for other requests (BLOCKING_OPS); set with ``validated``.
+    blocking: bool = False
     # The tensors belong to this request alone (no later request shares them), so a kernel may
     # keep one that no other node uses instead of copying it (a pushed value, see _Context.take).
     owned: bool = False
@@ -80,30 +87,34 @@ class Executor:
         self.store = store
         self.max_tensor_bytes = max_tensor_bytes
 
-    def run(self, graph: Graph) -> Result:
+    def run(self, graph: Graph, waiter: Waiter | None = None,
+            max_reply_bytes: int | None = None) -> Result:
         """Creates or binds ``graph.variables``, then evaluates fetches and targets.
 
+        All or nothing: the variables the request creates stay pending (see
+        :mod:`varstore.server.store`) until it commits; every variable it changes, initializers
+        included, gets its value back, and state kept beside the variables (a synchronous
+        step's sums) is put back, when any node fails, or when the fetched values would not fit
+        in ``max_reply_bytes`` (the reply is checked before anything is committed). Waits
+        (for a variable another request is still creating, ``sync_wait``) end as ``waiter``
+        says.
+
         Raises ``InvalidArgumentError`` for a malformed graph, ``NotFoundError`` for a missing
-        variable, and the kernels' errors. A request that fails changes nothing: variables it
-        created are removed and variables it updated get their values back.
+        variable, ``ResourceExhaustedError`` for a reply past ``max_reply_bytes``, the
+        kernels' errors and ``waiter``'s.
         """
         if not graph.validated:
             self._validate(graph)
             graph.validated = True
-        memo: dict[int, Any] = {}
-        bound = self._create_variables(graph, memo)
-        wanted = list(graph.fetches) + list(graph.targets)
+        waiter = waiter or self.store.waiter()
+        resolved, bound = self._bind(graph, waiter)
+        created = [var for var, made in bound if made]
         try:
-            values = self._evaluate(graph, wanted, memo, graph.fetches)
+            values = self._evaluate(graph, resolved, created, waiter, max_reply_bytes)
         except BaseException:
-            self._remove_created(bound)
+            self.store.discard(created)
             raise
         return Result(values, bound)
-
-    def _remove_created(self, bound: list[tuple[Variable, bool]]) -> None:
-        for var, created in bound:
-            if created:
-                self.store.delete(var.name)
 
     def _validate(self, graph: Graph) -> None:
         if len(graph.nodes) > MAX_NODES:
@@ -130,33 +141,114 @@ class Executor:
             check_alloc(spec.shape, spec.dtype, self.max_tensor_bytes)
             if spec.initializer is not None and not 0 <= spec.initializer < len(graph.nodes):
                 raise InvalidArgumentError(f"initializer of {spec.name} is not a node")
+        graph.blocking = any(node.op in BLOCKING_OPS for node in graph.nodes)
+        if graph.blocking and (graph.variables or any(n.variable for n in graph.nodes)):
+            raise InvalidArgumentError(
+                "sync_wait waits for other requests, so its request may name no variable "
+                "(send it alone)")
 
-    def _create_variables(self, graph: Graph, memo: dict[int, Any]
-                          ) -> list[tuple[Variable, bool]]:
-        missing = [s for s in graph.variables if self.store.find(s.name) is None]
-        for spec in missing:
-            if spec.bind_only:
-                raise NotFoundError(f"Variable {spec.name} does not exist on the server")
-        init_nodes = [s.initializer for s in missing if s.initializer is not None]
-        if init_nodes:
-            self._evaluate(graph, init_nodes, memo, [])
-        bound: list[tuple[Variable, bool]] = []
+    def _bind(self, graph: Graph, waiter: Waiter
+              ) -> tuple[dict[str, Variable | None], list[tuple[Variable, bool]]]:
+        """Creates (pending) or binds the request's variables and looks up those its nodes
+        name, in name order: a request waits for a variable another one is creating only
+        after the variables it creates itself sort before it, so waits never form a cycle.
+        Returns every name's variable (None: missing) and ``graph.variables``' bindings."""
+        specs: dict[str, list[VariableSpec]] = {}
+        for spec in graph.variables:
+            specs.setdefault(spec.name, []).append(spec)
+        names = sorted(set(specs) | {n.variable for n in graph.nodes if n.variable})
+        resolved: dict[str, Variable | None] = {}
+        made: dict[str, Variable] = {}
         try:
-            for spec in graph.variables:
-                if spec.bind_only:
-                    bound.append((self.store.get(spec.name), False))
-                    continue
-                value = None
-                if spec.initializer is not None and spec.initializer in memo:
-                    value = self._initial_value(spec, memo[spec.initializer])
-                var, created = self.store.create(Variable(
-                    spec.name, spec.dtype, spec.shape, spec.trainable, spec.created_by,
-                    spec.initializer_desc, value))
-                bound.append((var, created))
-        except Exception:
-            self._remove_created(bound)
+            for name in names:
+                creating = [s for s in specs.get(name, ()) if not s.bind_only]
+                if creating:
+                    s = creating[0]
+                    var, created = self.store.create(Variable(
+                        s.name, s.dtype, s.shape, s.trainable, s.created_by,
+                        s.initializer_desc, pending=True), waiter)
+                    if created:
+                        made[name] = var
+                    for other in creating[1:]:
+                        check_compatible(var, other.dtype, other.shape)
+                elif name in specs:
+                    var = self.store.get(name, waiter)
+                else:
+                    var = self.store.published(name, waiter)
+                resolved[name] = var
+        except BaseException:
+            self.store.discard(made.values())
             raise
-        return bound
+        bound: list[tuple[Variable, bool]] = []
+        for spec in graph.variables:
+            var = resolved[spec.name]
+            assert var is not None
+            bound.append((var, made.get(spec.name) is var
+                          and not any(v is var for v, _ in bound)))
+        return resolved, bound
+
+    def _evaluate(self, graph: Graph, resolved: dict[str, Variable | None],
+                  created: list[Variable], waiter: Waiter, max_reply_bytes: int | None
+                  ) -> list[Any]:
+        """Runs the created variables' initializers, then the fetches and targets, under the
+        locks of every variable they touch, with one journal for both; checks the reply's
+        size, then commits."""
+        by_name = {var.name: var for var in created}
+        initializers = [s.initializer for s in graph.variables
+                        if s.initializer is not None and by_name.get(s.name) is not None]
+        wanted = [*graph.fetches, *graph.targets]
+        needed = _closure(graph.nodes, [*initializers, *wanted], {})
+        variables: dict[str, Variable] = {}
+        for i in needed:
+            name = graph.nodes[i].variable
+            if name:
+                var = resolved[name]
+                if var is None:
+                    raise NotFoundError(f"Variable {name} does not exist on the server")
+                variables[name] = var
+        journal = Journal()
+        ctx = _Context(self, graph, variables, journal, waiter)
+        memo: dict[int, Any] = {}
+        with self.store.locked([*variables.values(), *created]):
+            try:
+                if initializers:
+                    self._run_nodes(ctx, _closure(graph.nodes, initializers, memo), memo,
+                                    journal, False, None)
+                    for spec in graph.variables:
+                        var = by_name.pop(spec.name, None)
+                        if var is not None and spec.initializer is not None:
+                            self.store.set_initial(var, self._initial_value(
+                                spec, memo[spec.initializer]))
+                self._run_nodes(ctx, _closure(graph.nodes, wanted, memo), memo, journal,
+                                True, max_reply_bytes)
+                values = [_detach(memo[i], variables) for i in graph.fetches]
+                if max_reply_bytes is not None:
+                    size = _reply_bytes(values, graph)
+                    if size > max_reply_bytes:
+                        raise ResourceExhaustedError(
+                            f"the reply would take {size} bytes, more than the {max_reply_bytes} "
+                            "a single message may carry; nothing was changed (fetch less, or "
+                            "fetch it over the streaming call)")
+                journal.commit()
+                self.store.commit(created)
+            except BaseException:
+                journal.undo(self.store)
+                raise
+        return values
+
+    @staticmethod
+    def _run_nodes(ctx: _Context, order: list[int], memo: dict[int, Any], journal: Journal,
+                   final: bool, max_reply_bytes: int | None) -> None:
+        """Evaluates ``order`` into ``memo``, recording in ``journal`` what each node may
+        change. With ``final``, the last of them is the request's last node: it needs no
+        record when nothing can fail after it (see :func:`_last_is_safe`)."""
+        nodes = ctx.graph.nodes
+        for i in order:
+            node = nodes[i]
+            if not (final and i == order[-1] and _last_is_safe(ctx, node, memo,
+                                                               max_reply_bytes)):
+                journal.save_changed(node, nodes, ctx.variables)
+            memo[i] = _call(ctx, node, [memo[j] for j in node.inputs], i)
 
     @staticmethod
     def _initial_value(spec: VariableSpec, value: Any) -> np.ndarray:
@@ -172,39 +264,62 @@ class Executor:
                 f"{list(spec.shape)}")
         return np.array(value, copy=True)
 
-    def _evaluate(self, graph: Graph, wanted: list[int], memo: dict[int, Any],
-                  fetches: list[int]) -> list[Any]:
-        needed = _closure(graph.nodes, wanted, memo)
-        names = {graph.nodes[i].variable for i in needed if graph.nodes[i].variable}
-        variables = {n: self.store.get(n) for n in sorted(names)}
-        ctx = _Context(self, graph, variables)
-        undo = _UndoLog()
-        with self.store.locked(variables.values()):
-            try:
-                for i in needed:
-                    node = graph.nodes[i]
-                    if i != needed[-1]:
-                        undo.save_changed(node, graph.nodes, variables)
-                    memo[i] = _call(ctx, node, [memo[j] for j in node.inputs], i)
-            except BaseException:
-                undo.restore(self.store)
-                raise
-            return [_detach(memo[i], variables) for i in fetches]
+
+def _last_is_safe(ctx: _Context, node: NodeDef, memo: dict[int, Any],
+                  max_reply_bytes: int | None) -> bool:
+    """Whether the request's last node can go without an undo record: it changes at most
+    its own variable (no ``ref`` inputs: optimizer ops update slots too, and may fail
+    between them) and, with a reply limit, the reply fits even counting the node's output
+    as large as its variable."""
+    graph = ctx.graph
+    if any(graph.nodes[j].op == "ref" for j in node.inputs):
+        return False
+    if max_reply_bytes is None:
+        return True
+    own = sum(1 for i in graph.fetches if i not in memo)
+    bound = _reply_bytes([memo[i] for i in graph.fetches if i in memo], graph)
+    if own:
+        var = ctx.variables.get(node.variable)
+        if var is None or var.dtype.is_string:
+            return False
+        bound += own * (var.nbytes + _TENSOR_OVERHEAD)
+    return bound <= max_reply_bytes
 
 
+# Bytes a fetched tensor's message takes besides its content (dtype, shape, field tags).
+_TENSOR_OVERHEAD = 32 + 11 * MAX_RANK
+# Bytes a variable's description takes in a reply besides its name.
+_VARIABLE_OVERHEAD = 512
 
 
-class _UndoLog:
-    """What variables held before a request changed them, put back when a later node fails,
-    so that a failed request changes nothing.
+def _reply_bytes(values: list[Any], graph: Graph) -> int:
+    """An upper bound of the encoded size of a reply carrying ``values`` and the
+    descriptions of ``graph.variables``."""
+    size = sum(len(s.name) + _VARIABLE_OVERHEAD for s in graph.variables)
+    for value in values:
+        size += _TENSOR_OVERHEAD
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:
+                size += sum(8 + len(x) for x in value.flat)
+            else:
+                size += value.nbytes
+    return size
 
-    The last node of a request needs no entry (nothing can fail after it), so single-op
-    requests copy nothing. ``assign`` replaces a variable's array instead of writing into it,
-    so its entry keeps the old array itself; in-place updates keep a copy.
+
+class Journal:
+    """What a request changed, to put back when it fails, so that a failed request changes
+    nothing: the values of variables it changes (recorded before the node that changes
+    them), and undo and commit actions of state kept beside the variables (a kernel's
+    :meth:`on_undo` and :meth:`on_commit`).
+
+    ``assign`` replaces a variable's array instead of writing into it, so its record keeps
+    the old array itself; in-place updates keep a copy.
     """
 
     def __init__(self) -> None:
         self._saved: dict[int, tuple[Variable, np.ndarray | None, int]] = {}
+        self._undo: list[Callable[[], None]] = []
+        self._commit: list[Callable[[], None]] = []
 
     def save_changed(self, node: NodeDef, nodes: list[NodeDef],
                      variables: dict[str, Variable]) -> None:
@@ -224,10 +339,25 @@ class _UndoLog:
                 value = value.copy()
             self._saved[id(var)] = (var, value, var.version)
 
-    def restore(self, store: VariableStore) -> None:
+    def on_undo(self, action: Callable[[], None]) -> None:
+        """Runs ``action`` if the request fails (actions run newest first)."""
+        self._undo.append(action)
+
+    def on_commit(self, action: Callable[[], None]) -> None:
+        """Runs ``action`` once the request succeeded, before its locks are released."""
+        self._commit.append(action)
+
+    def undo(self, store: VariableStore) -> None:
         """Puts every recorded variable back as it was (the locks are held)."""
+        for action in reversed(self._undo):
+            action()
         for var, value, version in self._saved.values():
             store.put_back(var, value, version)
+
+    def commit(self) -> None:
+        """Runs the commit actions."""
+        for action in self._commit:
+            action()
 
 
 def _closure(nodes: list[NodeDef], wanted: list[int], memo: dict[int, Any]) -> list[int]:
@@ -282,23 +412,25 @@ def _detach(value: Any, variables: dict[str, Variable]) -> Any:
 class _Context:
     """What kernels see of an evaluation: the store, the request's tensors, locked variables."""
 
-    def __init__(self, executor: Executor, graph: Graph, variables: dict[str, Variable]
-                 ) -> None:
+    def __init__(self, executor: Executor, graph: Graph, variables: dict[str, Variable],
+                 journal: Journal, waiter: Waiter) -> None:
         self.store = executor.store
         self.tensors = graph.tensors
-        self._graph = graph
-        self._variables = variables
+        self.graph = graph
+        self.variables = variables
+        self.journal = journal
+        self.waiter = waiter
         self._max_bytes = executor.max_tensor_bytes
         self._sole: set[int] | None = None
 
     def variable(self, node: NodeDef) -> Variable:
-        return self._variables[node.variable]
+        return self.variables[node.variable]
 
     def take(self, node: NodeDef, position: int) -> bool:
         """Whether ``node``'s kernel may keep its input ``position`` as it is: a const node of
         the request's own tensors that no other node, fetch or initializer uses."""
         if self._sole is None:
-            self._sole = _sole_consts(self._graph) if self._graph.owned else set()
+            self._sole = _sole_consts(self.graph) if self.graph.owned else set()
         return node.inputs[position] in self._sole
 
     def check_alloc(self, shape: tuple[int, ...], dtype: DType) -> None:

@@ -19,6 +19,7 @@ from varstore.common import dtypes
 from varstore.common.dtypes import DType
 from varstore.common.errors import InvalidArgumentError
 from varstore.server.store import Variable, VariableStore
+from varstore.server.waits import Waiter
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Context(Protocol):
 
     store: VariableStore
     tensors: list[np.ndarray]
+    # The request's undo and commit actions (executor.Journal) and the limits of its waits.
+    journal: Any
+    waiter: Waiter
 
     def variable(self, node: NodeDef) -> Variable: ...
 

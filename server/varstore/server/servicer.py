@@ -19,17 +19,18 @@ import grpc
 
 from varstore.common import __version__, codec
 from varstore.common.errors import OpError
+from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
 from varstore.server.store import VariableStore
+from varstore.server.waits import Waiter, client_duration
 
 log = logging.getLogger(__name__)
 
 
-MAX_WAIT_SECONDS = 3600.0
 # Small requests that repeat byte for byte (a step counter's increment, a poll) reuse the graph
 # built and checked for their first call: that is most of the Python a small op costs.
 GRAPH_CACHE_MAX_BYTES = 4096
@@ -105,8 +106,13 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     @rpc_errors
     def Run(self, request: RunCall, context: grpc.ServicerContext) -> pb.RunResponse:
         self.clients.saw(context)
-        response, _ = wire.result_to_proto(self.executor.run(self._graph(request)), stream=False)
+        result = self.executor.run(self._graph(request), self._waiter(context),
+                                   max_reply_bytes=MAX_MESSAGE_BYTES)
+        response, _ = wire.result_to_proto(result, stream=False)
         return response
+
+    def _waiter(self, context: grpc.ServicerContext) -> Waiter:
+        return Waiter.for_call(context, self.store.stopping)
 
     def _graph(self, call: RunCall) -> Graph:
         header, tensors, raw = call
@@ -132,7 +138,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         arrays = wire.tensors_from_proto(header.tensors, streamed)
         graph = wire.graph_from_proto(header, arrays)
         graph.owned = True
-        response, payloads = wire.result_to_proto(self.executor.run(graph), stream=True)
+        response, payloads = wire.result_to_proto(
+            self.executor.run(graph, self._waiter(context)), stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed
         yield from codec.split_chunks(pb.RunChunk(response=response), payloads)
@@ -146,11 +153,9 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     @rpc_errors
     def WaitInitialized(self, request: pb.WaitInitializedRequest,
                         context: grpc.ServicerContext) -> pb.WaitInitializedResponse:
-        timeout = min(max(request.timeout_seconds, 0.0), MAX_WAIT_SECONDS)
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, max(0.0, remaining - 0.05))
-        pending = self.store.wait_initialized(list(request.names), timeout)
+        timeout = client_duration(request.timeout_seconds, "timeout_seconds")
+        pending = self.store.wait_initialized(list(request.names), timeout,
+                                              self._waiter(context))
         return pb.WaitInitializedResponse(uninitialized=pending)
 
     @rpc_errors

@@ -5,6 +5,13 @@ Nothing here knows about gRPC. Concurrency: the store's lock guards only the nam
 updates of unrelated variables never wait for each other. Callers that touch several
 variables lock them with :meth:`VariableStore.locked`, in name order so that two requests
 cannot deadlock.
+
+A variable that a request (or a restore) creates is *pending* until that request commits: it
+holds the name, but listings, checkpoints and ``wait_initialized`` do not see it, and another
+request that creates, binds or uses the same name waits (holding no variable lock) until the
+creator commits it or discards it. So a failed request removes only the variable objects it
+created, which nobody else has seen, and never what another request did; a request that waited
+for a discarded variable creates its own (or, binding only, finds none).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -25,6 +33,7 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.common.names import is_valid_node_name
+from varstore.server.waits import Waiter
 
 # TensorFlow sets no limit; this one bounds what one name costs the server (names arrive in
 # requests of up to protocol.MAX_MESSAGE_BYTES).
@@ -57,6 +66,8 @@ class Variable:
     initializer_desc: str = ""
     value: np.ndarray | None = None
     version: int = 0
+    # Created by a request that has not committed yet (see the module's docstring).
+    pending: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -88,33 +99,55 @@ def value_nbytes(dtype: DType, shape: tuple[int, ...], value: np.ndarray | None)
 
 
 class VariableStore:
-    """The name table of variables, with an optional limit on the bytes they hold."""
+    """The name table of variables, with an optional limit on the bytes they hold.
+
+    ``stopping`` is set when the server shuts down: every wait of the store then ends.
+    """
 
     def __init__(self, max_memory: int = 0) -> None:
         self._vars: dict[str, Variable] = {}
         self._lock = threading.Lock()
-        self._initialized = threading.Condition(self._lock)
+        # Notified when a variable is published, discarded or initialized.
+        self._changed = threading.Condition(self._lock)
+        # Published variables without a value: waiters on "all variables" read this count.
+        self._uninitialized = 0
         self.max_memory = max_memory
         self._reserved = 0
+        self.stopping = threading.Event()
 
     def __len__(self) -> int:
         return len(self._vars)
 
-    def get(self, name: str) -> Variable:
-        """The variable named ``name``; raises ``NotFoundError``."""
-        var = self._vars.get(name)
+    def waiter(self) -> Waiter:
+        """A waiter with no deadline that ends when the server stops."""
+        return Waiter(self.stopping)
+
+    def get(self, name: str, waiter: Waiter | None = None) -> Variable:
+        """The published variable named ``name``, waiting while another request creates it.
+
+        Raises ``NotFoundError``, and what ``waiter`` raises (cancelled, shutting down,
+        ``DeadlineExceededError`` at the call's deadline).
+        """
+        var = self.published(name, waiter)
         if var is None:
             raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
         return var
 
+    def published(self, name: str, waiter: Waiter | None = None) -> Variable | None:
+        """The published variable named ``name`` or None, waiting as :meth:`get` does."""
+        var = self._vars.get(name)
+        if var is not None and var.pending:
+            var = self._settled(name, waiter)
+        return var
+
     def find(self, name: str) -> Variable | None:
-        """The variable named ``name``, or None."""
+        """The variable named ``name`` (pending or not), or None, without waiting."""
         return self._vars.get(name)
 
     def variables(self, scope: str = "") -> list[Variable]:
-        """Variables sorted by name; with ``scope``, only those at or under it."""
+        """Published variables sorted by name; with ``scope``, only those at or under it."""
         with self._lock:
-            items = list(self._vars.values())
+            items = [v for v in self._vars.values() if not v.pending]
         if scope:
             scope = scope.rstrip("/")
             items = [v for v in items if v.name == scope or v.name.startswith(scope + "/")]
@@ -124,31 +157,62 @@ class VariableStore:
         """Bytes reserved by all variables (their full size, initialized or not)."""
         return self._reserved
 
-    def create(self, var: Variable) -> tuple[Variable, bool]:
+    def create(self, var: Variable, waiter: Waiter | None = None) -> tuple[Variable, bool]:
         """Adds ``var`` unless a variable of that name exists; returns (variable, created).
 
-        Binding to an existing variable checks its dtype and shape (``InvalidArgumentError``).
-        A new variable that would pass the memory limit raises ``ResourceExhaustedError``.
+        ``var`` is published at once unless ``var.pending`` (then :meth:`commit` publishes and
+        :meth:`discard` removes it). When another request is still creating the name, waits
+        as :meth:`get` does. Binding to an existing variable checks its dtype and shape
+        (``InvalidArgumentError``). A new variable that would pass the memory limit raises
+        ``ResourceExhaustedError``.
         """
         validate_name(var.name)
         size = value_nbytes(var.dtype, var.shape, var.value)
-        with self._lock:
-            existing = self._vars.get(var.name)
-            if existing is not None:
-                check_compatible(existing, var.dtype, var.shape)
-                return existing, False
-            self._reserve(size, var.name)
-            self._vars[var.name] = var
-            if var.initialized:
-                self._initialized.notify_all()
-            return var, True
+        while True:
+            with self._lock:
+                existing = self._vars.get(var.name)
+                if existing is None:
+                    self._reserve(size, var.name)
+                    self._vars[var.name] = var
+                    if not var.pending:
+                        self._published(var)
+                    return var, True
+                if not existing.pending:
+                    check_compatible(existing, var.dtype, var.shape)
+                    return existing, False
+            self._settled(var.name, waiter)
 
-    def delete(self, name: str) -> None:
-        """Removes a variable (used to undo a failed creation); missing names are ignored."""
+    def _settled(self, name: str, waiter: Waiter | None) -> Variable | None:
+        """Waits until ``name`` is not pending; returns its variable then, or None."""
+        waiter = waiter or self.waiter()
+        with self._changed:
+            if not waiter.wait_for(self._changed, lambda: not getattr(
+                    self._vars.get(name), "pending", False)):
+                raise DeadlineExceededError(
+                    f"variable {name} is still being created by another request")
+            return self._vars.get(name)
+
+    def _published(self, var: Variable) -> None:
+        if var.value is None:
+            self._uninitialized += 1
+        self._changed.notify_all()
+
+    def commit(self, created: Iterable[Variable]) -> None:
+        """Publishes variables created pending (their creator succeeded)."""
         with self._lock:
-            var = self._vars.pop(name, None)
-            if var is not None:
-                self._reserved -= var.nbytes
+            for var in created:
+                var.pending = False
+                self._published(var)
+
+    def discard(self, created: Iterable[Variable]) -> None:
+        """Removes variables created pending (their creator failed): each only if the name
+        still holds that very object."""
+        with self._lock:
+            for var in created:
+                if var.pending and self._vars.get(var.name) is var:
+                    del self._vars[var.name]
+                    self._reserved -= var.nbytes
+            self._changed.notify_all()
 
     def _reserve(self, size: int, name: str) -> None:
         if self.max_memory and self._reserved + size > self.max_memory:
@@ -157,7 +221,7 @@ class VariableStore:
                 f"{self.max_memory} bytes ({self._reserved} in use)")
         self._reserved += size
 
-    def resize(self, var: Variable, new_value: np.ndarray) -> None:
+    def resize(self, var: Variable, new_value: np.ndarray | None) -> None:
         """Accounts for a string variable whose byte size changes (hold ``var.lock``)."""
         delta = value_nbytes(var.dtype, var.shape, new_value) - var.nbytes
         if delta:
@@ -172,15 +236,33 @@ class VariableStore:
         var.value = value
         var.version += 1
         if newly:
-            with self._lock:
-                self._initialized.notify_all()
+            self._initialization_changed(var, -1)
+
+    def set_initial(self, var: Variable, value: np.ndarray) -> None:
+        """Gives a variable its creator's initial value (version 0; hold ``var.lock``)."""
+        if var.dtype.is_string:
+            self.resize(var, value)
+        was = var.value
+        var.value = value
+        if was is None:
+            self._initialization_changed(var, -1)
 
     def put_back(self, var: Variable, value: np.ndarray | None, version: int) -> None:
         """Restores a value and version a failed request had changed (hold ``var.lock``)."""
-        if var.dtype.is_string and value is not None:
+        if var.dtype.is_string:
             self.resize(var, value)
+        delta = (value is None) - (var.value is None)
         var.value = value
         var.version = version
+        if delta:
+            self._initialization_changed(var, delta)
+
+    def _initialization_changed(self, var: Variable, delta: int) -> None:
+        if var.pending:  # counted when published
+            return
+        with self._lock:
+            self._uninitialized += delta
+            self._changed.notify_all()
 
     def touched(self, var: Variable) -> None:
         """Records an in-place update of ``var`` (hold ``var.lock``)."""
@@ -199,22 +281,29 @@ class VariableStore:
                 stack.enter_context(v.lock)
             yield
 
-    def wait_initialized(self, names: list[str], timeout: float) -> list[str]:
-        """Waits up to ``timeout`` seconds until the named variables (all when empty) exist and
-        are initialized; returns the names still missing or uninitialized."""
-        def pending() -> list[str]:
-            wanted = names or list(self._vars)
-            return [n for n in wanted
-                    if (v := self._vars.get(n)) is None or not v.initialized]
+    def wait_initialized(self, names: list[str], timeout: float,
+                         waiter: Waiter | None = None) -> list[str]:
+        """Waits up to ``timeout`` seconds (and within ``waiter``'s limits) until the named
+        variables (all when empty) are published and initialized; returns the names still
+        missing or uninitialized. Raises what ``waiter`` raises."""
+        def ready(name: str) -> bool:
+            var = self._vars.get(name)
+            return var is not None and not var.pending and var.value is not None
 
-        with self._initialized:
-            self._initialized.wait_for(lambda: not pending(), timeout=max(0.0, timeout))
-            return pending()
+        done = 0  # names[:done] were ready when last looked at
 
-    def notify_created(self) -> None:
-        """Wakes waiters after variables appeared (creation without the store's lock held)."""
-        with self._lock:
-            self._initialized.notify_all()
+        def all_ready() -> bool:
+            nonlocal done
+            if not names:
+                return self._uninitialized == 0
+            while done < len(names) and ready(names[done]):
+                done += 1
+            return done == len(names)
+
+        with self._changed:
+            (waiter or self.waiter()).wait_for(self._changed, all_ready, timeout)
+            wanted = names or [n for n, v in self._vars.items() if not v.pending]
+            return [n for n in wanted if not ready(n)]
 
 
 def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +26,9 @@ from varstore.common.errors import DeadlineExceededError, InvalidArgumentError
 from varstore.common.protocol import APPLIED, PENDING, STALE
 from varstore.server.kernels import Context, NodeDef, _indices, register
 from varstore.server.store import VariableStore
+from varstore.server.waits import client_duration
 
 log = logging.getLogger(__name__)
-
-MAX_WAIT_SECONDS = 3600.0
 
 # A gradient as accumulated: a dense array, or (indices, rows) pairs to concatenate.
 Gradient = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -57,6 +57,30 @@ class SyncGroup:
         self.step, self.layout, self.replicas = step, layout, replicas
         self.count = 0
         self.sums = [None] * len(layout)
+
+    def snapshot(self) -> Callable[[], None]:
+        """An action that puts the accumulation state back as it is now (for a request that
+        fails after accumulating; its global step's lock keeps others out meanwhile)."""
+        saved = (self.step, self.layout, self.replicas, self.count, list(self.sums),
+                 self.means)
+
+        def restore() -> None:
+            with self.condition:
+                (self.step, self.layout, self.replicas, self.count, self.sums,
+                 self.means) = saved
+        return restore
+
+    def undo_drop(self) -> None:
+        """Forgets one dropped stale gradient (its request failed)."""
+        with self.condition:
+            self.dropped -= 1
+
+    def complete(self, step: int) -> None:
+        """Marks ``step`` applied and wakes the replicas waiting for it."""
+        with self.condition:
+            self.generation += 1
+            self.applied_step = step + 1
+            self.condition.notify_all()
 
 
 _groups: weakref.WeakKeyDictionary[VariableStore, dict[str, SyncGroup]] = \
@@ -135,28 +159,29 @@ def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarr
     with group.condition:
         if step != int(current):
             group.dropped += 1
+            ctx.journal.on_undo(group.undo_drop)
             log.info("dropped stale gradients of step %d (global step %d; %d dropped so far)",
                      step, int(current), group.dropped)
             return np.array([STALE, group.generation], np.int64)
+        ctx.journal.on_undo(group.snapshot())
         if group.step != step or group.layout != layout or group.replicas != replicas:
             group.reset(step, layout, replicas)
         for i, grad in enumerate(grads):
+            # New arrays, never writes into the sums: the snapshot keeps the old ones.
             if isinstance(grad, tuple):
                 group.sums[i] = (group.sums[i] or []) + [grad]
             elif group.sums[i] is None:
                 group.sums[i] = grad.copy()
             else:
-                group.sums[i] += grad
+                group.sums[i] = group.sums[i] + grad
         group.count += 1
         generation = group.generation
         if group.count < replicas:
             return np.array([PENDING, generation], np.int64)
         group.means = [_mean(s, replicas) for s in group.sums]
-        group.count = 0
         group.reset(step, layout, replicas)
-        group.generation += 1
-        group.applied_step = step + 1
-        group.condition.notify_all()
+        # Waiting replicas go on only once this request has committed the step's update.
+        ctx.journal.on_commit(lambda: group.complete(step))
         return np.array([APPLIED, generation], np.int64)
 
 
@@ -189,12 +214,16 @@ def _sync_mean(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
 @register("sync_wait", 0)
 def _sync_wait(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
     """Blocks until a step of global step ``group`` completes after ``generation``; returns
-    the global step then. Raises ``DeadlineExceededError`` after ``timeout`` seconds."""
-    group = sync_group(ctx.store, ctx.store.get(str(node.attr("group", ""))).name)
+    the global step then. Raises ``DeadlineExceededError`` after ``timeout`` seconds (cut to
+    :data:`~varstore.server.waits.MAX_WAIT_SECONDS`) or at the call's deadline,
+    ``InvalidArgumentError`` for a negative or NaN timeout, and what the request's waiter
+    raises when the call is cancelled or the server stops."""
+    group = sync_group(ctx.store, ctx.store.get(str(node.attr("group", "")), ctx.waiter).name)
     generation = int(node.attr("generation", 0))
-    timeout = min(max(float(node.attr("timeout", 0.0)), 0.0), MAX_WAIT_SECONDS)
+    timeout = client_duration(node.attr("timeout", 0.0), "sync_wait's timeout")
     with group.condition:
-        if not group.condition.wait_for(lambda: group.generation > generation, timeout):
+        if not ctx.waiter.wait_for(group.condition, lambda: group.generation > generation,
+                                   timeout):
             raise DeadlineExceededError(
                 f"synchronous step {group.step}: {group.count} of {group.replicas} replicas "
                 f"sent gradients within {timeout:g}s")
