@@ -189,7 +189,7 @@ class VariableStore:
             if not waiter.wait_for(self._changed, lambda: not getattr(
                     self._vars.get(name), "pending", False)):
                 raise DeadlineExceededError(
-                    f"variable {name} is still being created by another request")
+                    f"variable {clip(name)} is still being created by another request")
             return self._vars.get(name)
 
     def _published(self, var: Variable) -> None:
