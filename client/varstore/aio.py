@@ -20,8 +20,10 @@ here. Arrays handed to a call must not change until it completes.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from varstore.client import (
     DEFAULT_ADDRESS,
@@ -32,13 +34,55 @@ from varstore.client import (
     VariableInfo,
 )
 from varstore.common import codec
+from varstore.common.dtypes import DType
 from varstore.common.errors import OpError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
 from varstore.transport import Transport, is_read_only
 
-__all__ = ["Client", "connect"]
+__all__ = ["AsyncVariable", "Client", "connect"]
+
+
+class AsyncVariable(Protocol):
+    """A :class:`varstore.RemoteVariable` as ``varstore.aio`` hands it out, for type checkers:
+    the same attributes, and every round trip an awaitable."""
+
+    op_name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    trainable: bool
+
+    @property
+    def name(self) -> str:
+        """The tensor name, ``"scope/name:0"``."""
+
+    def numpy(self) -> Awaitable[np.ndarray]:
+        """The current value."""
+
+    def assign(self, value: Any) -> Awaitable[AsyncVariable]:
+        """Replaces the value."""
+
+    def assign_add(self, delta: Any) -> Awaitable[AsyncVariable]:
+        """Adds ``delta`` atomically."""
+
+    def assign_sub(self, delta: Any) -> Awaitable[AsyncVariable]:
+        """Subtracts ``delta`` atomically."""
+
+    def scatter_add(self, indices: Any, updates: Any) -> Awaitable[AsyncVariable]:
+        """Adds ``updates`` to rows ``indices``."""
+
+    def scatter_sub(self, indices: Any, updates: Any) -> Awaitable[AsyncVariable]:
+        """Subtracts ``updates`` from rows ``indices``."""
+
+    def scatter_update(self, indices: Any, updates: Any) -> Awaitable[AsyncVariable]:
+        """Replaces rows ``indices`` with ``updates``."""
+
+    def gather(self, indices: Any) -> Awaitable[np.ndarray]:
+        """Rows ``indices`` of the value."""
+
+    def is_initialized(self) -> Awaitable[bool]:
+        """Whether the variable holds a value on the server."""
 
 
 class Client(ClientBase):
@@ -58,6 +102,26 @@ class Client(ClientBase):
         self.run_stream = self.transport.channel.stream_stream(
             RUN_STREAM_METHOD, request_serializer=codec.serialize_chunk,
             response_deserializer=codec.parse_chunk)
+
+    if TYPE_CHECKING:
+        # The methods ClientBase writes once return awaitables here (see _drive); this client
+        # is no drop-in for the blocking one, hence the overrides' other return types.
+        def Variable(  # type: ignore[override] # noqa: N802
+                self, initial_value: Any, name: str | None = None, dtype: Any = None,
+                trainable: bool = True) -> Awaitable[AsyncVariable]:
+            """:meth:`varstore.Client.Variable`, awaitable."""
+
+        def get_variable(self, name: str, shape: Sequence[int] | None = None,  # type: ignore[override]
+                         dtype: Any = None, initializer: Any = None,
+                         trainable: bool = True) -> Awaitable[AsyncVariable]:
+            """:meth:`varstore.Client.get_variable`, awaitable."""
+
+        def pull(self, variables: Iterable[Any]  # type: ignore[override]
+                 ) -> Awaitable[list[np.ndarray]]:
+            """:meth:`varstore.Client.pull`, awaitable."""
+
+        def push(self, values: Mapping[Any, Any]) -> Awaitable[None]:  # type: ignore[override]
+            """:meth:`varstore.Client.push`, awaitable."""
 
     async def close(self) -> None:
         """Closes the channel (calls in flight are cancelled)."""
