@@ -441,10 +441,12 @@ class Client(ClientBase):
 
     def apply_gradients(self, optimizer: train.Optimizer, grads: Mapping[RemoteVariable, Any],
                         global_step: RemoteVariable | None = None,
-                        local_step: int | None = None) -> int | None:
+                        local_step: int | None = None,
+                        fetch: Sequence[RemoteVariable] | None = None) -> Any:
         """Applies ``{variable: gradient}`` on the server with ``optimizer`` in one round trip
-        (see :func:`varstore.train.apply_gradients`); returns the new global step."""
-        return train.apply_gradients(self, optimizer, grads, global_step, local_step)
+        (see :func:`varstore.train.apply_gradients`); returns the new global step, or with
+        ``fetch`` ``(global_step, values of fetch after the update)``."""
+        return train.apply_gradients(self, optimizer, grads, global_step, local_step, fetch)
 
     def initialize_or_restore(self, variables: Sequence[RemoteVariable],
                               checkpoint_dir: str | None = None) -> str | None:

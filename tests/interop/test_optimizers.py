@@ -14,9 +14,11 @@ from varstore.errors import InvalidArgumentError, NotFoundError
 from varstore.train import (
     AdagradOptimizer,
     AdamOptimizer,
+    FtrlOptimizer,
     GradientDescentOptimizer,
     MomentumOptimizer,
     Optimizer,
+    RMSPropOptimizer,
 )
 
 STEPS = 4
@@ -67,14 +69,60 @@ def _adam(w: np.ndarray, s: list[np.ndarray], g: np.ndarray, rows: Any, t: int) 
     w -= lr_t * s[0] / (np.sqrt(s[1]) + 1e-8)
 
 
-CASES: dict[str, tuple[Callable[[], Optimizer], list[str], float, Callable[..., None]]] = {
-    "gd": (lambda: GradientDescentOptimizer(0.1), [], 0.0, _gd),
-    "momentum": (lambda: MomentumOptimizer(0.1, 0.9), ["Momentum"], 0.0, _momentum(False)),
-    "nesterov": (lambda: MomentumOptimizer(0.1, 0.9, use_nesterov=True), ["Momentum"], 0.0,
+def _rms_prop(centered: bool) -> Callable[..., None]:
+    # Slots: ms, [mg,] mom; rho 0.9, momentum 0.5, epsilon 1e-3.
+    def update(w: np.ndarray, s: list[np.ndarray], g: np.ndarray, rows: Any, t: int) -> None:
+        sel = slice(None) if rows is None else rows
+        ms, mom = s[0], s[-1]
+        ms[sel] = 0.9 * ms[sel] + 0.1 * g[sel] ** 2
+        denom = ms[sel] + 1e-3
+        if centered:
+            s[1][sel] = 0.9 * s[1][sel] + 0.1 * g[sel]
+            denom = denom - s[1][sel] ** 2
+        mom[sel] = 0.5 * mom[sel] + 0.1 * g[sel] / np.sqrt(denom)
+        w[sel] -= mom[sel]
+    return update
+
+
+def _ftrl(shrinkage: float) -> Callable[..., None]:
+    # FTRL-Proximal (McMahan et al. 2013) with lr 0.1, l1 0.01, l2 0.02: z and n per
+    # coordinate, and l2_shrinkage added to the gradient in z only (TF's ApplyFtrlV2).
+    def update(w: np.ndarray, s: list[np.ndarray], g: np.ndarray, rows: Any, t: int) -> None:
+        sel = slice(None) if rows is None else rows
+        n, z = s
+        g_z = g[sel] + 2 * shrinkage * w[sel]
+        n_new = n[sel] + g[sel] ** 2
+        z[sel] += g_z - (np.sqrt(n_new) - np.sqrt(n[sel])) / 0.1 * w[sel]
+        n[sel] = n_new
+        w[sel] = np.where(np.abs(z[sel]) > 0.01,
+                          (np.sign(z[sel]) * 0.01 - z[sel]) / (np.sqrt(n_new) / 0.1 + 0.04),
+                          0.0)
+    return update
+
+
+# name: (optimizer, [(slot suffix, initial value)], numpy reference update).
+CASES: dict[str, tuple[Callable[[], Optimizer], list[tuple[str, float]],
+                       Callable[..., None]]] = {
+    "gd": (lambda: GradientDescentOptimizer(0.1), [], _gd),
+    "momentum": (lambda: MomentumOptimizer(0.1, 0.9), [("Momentum", 0.0)], _momentum(False)),
+    "nesterov": (lambda: MomentumOptimizer(0.1, 0.9, use_nesterov=True), [("Momentum", 0.0)],
                  _momentum(True)),
-    "adagrad": (lambda: AdagradOptimizer(0.1, initial_accumulator_value=0.2), ["Adagrad"],
-                0.2, _adagrad),
-    "adam": (lambda: AdamOptimizer(0.1), ["Adam", "Adam_1"], 0.0, _adam),
+    "adagrad": (lambda: AdagradOptimizer(0.1, initial_accumulator_value=0.2),
+                [("Adagrad", 0.2)], _adagrad),
+    "adam": (lambda: AdamOptimizer(0.1), [("Adam", 0.0), ("Adam_1", 0.0)], _adam),
+    "rmsprop": (lambda: RMSPropOptimizer(0.1, momentum=0.5, epsilon=1e-3),
+                [("RMSProp", 1.0), ("RMSProp_1", 0.0)], _rms_prop(False)),
+    "rmsprop_centered": (lambda: RMSPropOptimizer(0.1, momentum=0.5, epsilon=1e-3,
+                                                  centered=True),
+                         [("RMSProp", 1.0), ("RMSProp_1", 0.0), ("RMSProp_2", 0.0)],
+                         _rms_prop(True)),
+    "ftrl": (lambda: FtrlOptimizer(0.1, l1_regularization_strength=0.01,
+                                   l2_regularization_strength=0.02),
+             [("Ftrl", 0.1), ("Ftrl_1", 0.0)], _ftrl(0.0)),
+    "ftrl_shrinkage": (lambda: FtrlOptimizer(0.1, l1_regularization_strength=0.01,
+                                             l2_regularization_strength=0.02,
+                                             l2_shrinkage_regularization_strength=0.03),
+                       [("Ftrl", 0.1), ("Ftrl_1", 0.0)], _ftrl(0.03)),
 }
 
 
@@ -92,11 +140,12 @@ def _train(client: vs.Client, optimizer: Optimizer) -> tuple[vs.RemoteVariable, 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_updates_match_numpy_reference(client: vs.Client, case: str) -> None:
-    make, suffixes, fill, update = CASES[case]
+    make, slots, update = CASES[case]
     w, e, step = _train(client, make())
     want_w, want_e = W0.astype(np.float64), E0.astype(np.float64)
-    slots_w = [np.full(W0.shape, fill) for _ in suffixes]
-    slots_e = [np.full(E0.shape, fill) for _ in suffixes]
+    suffixes = [suffix for suffix, _ in slots]
+    slots_w = [np.full(W0.shape, fill) for _, fill in slots]
+    slots_e = [np.full(E0.shape, fill) for _, fill in slots]
     for t in range(STEPS):
         grad_w, indices, rows = _inputs(t)
         update(want_w, slots_w, grad_w.astype(np.float64), None, t + 1)
@@ -213,6 +262,14 @@ def _tensorflow(tf1: Any, case: str) -> Any:
         "nesterov": lambda: tf1.train.MomentumOptimizer(0.1, 0.9, use_nesterov=True),
         "adagrad": lambda: tf1.train.AdagradOptimizer(0.1, initial_accumulator_value=0.2),
         "adam": lambda: tf1.train.AdamOptimizer(0.1),
+        "rmsprop": lambda: tf1.train.RMSPropOptimizer(0.1, momentum=0.5, epsilon=1e-3),
+        "rmsprop_centered": lambda: tf1.train.RMSPropOptimizer(0.1, momentum=0.5,
+                                                               epsilon=1e-3, centered=True),
+        "ftrl": lambda: tf1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01,
+                                                l2_regularization_strength=0.02),
+        "ftrl_shrinkage": lambda: tf1.train.FtrlOptimizer(
+            0.1, l1_regularization_strength=0.01, l2_regularization_strength=0.02,
+            l2_shrinkage_regularization_strength=0.03),
     }[case]()
 
 
@@ -308,17 +365,12 @@ def test_graph_mode_slots_and_errors(address: str) -> None:
 
 
 @pytest.mark.tensorflow
-@pytest.mark.parametrize("case", ["momentum", "adagrad", "adam"])
+@pytest.mark.parametrize("case", ["momentum", "adagrad", "adam", "rmsprop_centered", "ftrl"])
 def test_checkpoint_keys_match_what_tensorflow_writes(server: Any, client: vs.Client,
                                                       tmp_path: Any, case: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tf = pytest.importorskip("tensorflow")
     tf1 = tf.compat.v1
-    tf_optimizers = {
-        "momentum": lambda: tf1.train.MomentumOptimizer(0.1, 0.9),
-        "adagrad": lambda: tf1.train.AdagradOptimizer(0.1, initial_accumulator_value=0.2),
-        "adam": lambda: tf1.train.AdamOptimizer(0.1),
-    }
     graph = tf.Graph()
     with graph.as_default():
         with tf1.variable_scope("net"):
@@ -326,7 +378,7 @@ def test_checkpoint_keys_match_what_tensorflow_writes(server: Any, client: vs.Cl
             e = tf1.get_variable("E", initializer=E0)
         step = tf1.train.get_or_create_global_step()
         grad_w, indices, rows = _inputs(0)
-        train_op = tf_optimizers[case]().apply_gradients(
+        train_op = _tensorflow(tf1, case).apply_gradients(
             [(tf.constant(grad_w), w),
              (tf.IndexedSlices(tf.constant(rows), tf.constant(indices, tf.int64),
                                tf.constant(E0.shape, tf.int64)), e)], global_step=step)

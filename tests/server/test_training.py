@@ -256,6 +256,51 @@ def test_a_missing_replica_times_out(client: vs.Client) -> None:
         client.apply_gradients(GradientDescentOptimizer(1.0), {w: [1.0, 1.0]}, local_step=0)
 
 
+def test_push_pull_returns_the_values_after_the_update(client: vs.Client) -> None:
+    w = client.get_variable("w", initializer=np.ones(2, np.float32))
+    e = client.get_variable("e", initializer=np.zeros((3, 2), np.float32))
+    frozen = client.get_variable("frozen", initializer=np.full(2, 7, np.int32))
+    step = vs.train.get_or_create_global_step(client)
+    opt = GradientDescentOptimizer(0.5)
+    got_step, values = client.apply_gradients(
+        opt, {w: [2.0, 4.0], e: ([2, 2], np.ones((2, 2)))}, global_step=step,
+        fetch=[w, e, frozen])
+    assert got_step == 1
+    np.testing.assert_array_equal(values[0], [0.0, -1.0])
+    np.testing.assert_array_equal(values[1], [[0, 0], [0, 0], [-1, -1]])
+    np.testing.assert_array_equal(values[2], [7, 7])
+    got_step, (value,) = client.apply_gradients(opt, {w: [2.0, 2.0]}, fetch=[w])
+    assert got_step is None
+    np.testing.assert_array_equal(value, [-1.0, -2.0])
+    assert client.apply_gradients(opt, {w: [0.0, 0.0]}, fetch=[]) == (None, [])
+
+
+def test_synchronous_push_pull_returns_the_values_after_the_step(address: str,
+                                                                 client: vs.Client) -> None:
+    w = client.get_variable("w", initializer=np.zeros(2, np.float32))
+    step = vs.train.get_or_create_global_step(client)
+    results: dict[int, Any] = {}
+
+    def replica(i: int) -> None:
+        with vs.connect(address) as own:
+            with own.variable_scope("", reuse=True):
+                mine = own.get_variable("w", [2])
+            opt = SyncReplicasOptimizer(GradientDescentOptimizer(1.0), 2, timeout=60)
+            results[i] = own.apply_gradients(opt, {mine: [i, 2.0 * i]}, global_step=step,
+                                             local_step=0, fetch=[mine])
+
+    threads = [threading.Thread(target=replica, args=(i,)) for i in (1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in (1, 3):
+        got_step, (value,) = results[i]
+        assert got_step == 1
+        np.testing.assert_array_equal(value, [-2.0, -4.0])
+    np.testing.assert_array_equal(w.numpy(), [-2.0, -4.0])
+
+
 # --- tf.train.MonitoredTrainingSession ---------------------------------------------------------
 
 def _graph_model(tf: Any) -> tuple[Any, Any, Any, Any]:

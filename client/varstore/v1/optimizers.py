@@ -143,7 +143,7 @@ class GraphOptimizer(train.Optimizer):
                 # Named like TF's slot_creator: "<var>/<optimizer name>", made unique, which
                 # gives Adam's m and v the names W/Adam and W/Adam_1.
                 made[slot.key] = Variable(initial, trainable=False,
-                                          name=f"{var.op.name}/{self._name}")
+                                          name=f"{var.op.name}/{slot.base or self._name}")
         self._slot_variables[key] = made
 
     def _hyper_tensor(self, cache: dict[tuple[str, DType], Tensor], key: str, dtype: DType
@@ -216,3 +216,14 @@ class AdamOptimizer(train.AdamOptimizer, GraphOptimizer):
     """``tf.train.AdamOptimizer(learning_rate=0.001, beta1=0.9, beta2=0.999,
     epsilon=1e-08)``; slots ``W/Adam`` and ``W/Adam_1``, non-slots ``beta1_power`` and
     ``beta2_power``."""
+
+
+class RMSPropOptimizer(train.RMSPropOptimizer, GraphOptimizer):
+    """``tf.train.RMSPropOptimizer(learning_rate, decay=0.9, momentum=0.0, epsilon=1e-10,
+    centered=False)``; slots ``W/RMSProp`` (rms), ``W/RMSProp_1`` (mg when centered, else
+    momentum) and ``W/RMSProp_2`` (momentum when centered)."""
+
+
+class FtrlOptimizer(train.FtrlOptimizer, GraphOptimizer):
+    """``tf.train.FtrlOptimizer(learning_rate, learning_rate_power=-0.5, ...)``; slots
+    ``W/Ftrl`` (accum) and ``W/Ftrl_1`` (linear)."""

@@ -18,8 +18,10 @@ from varstore.v1.init_ops import zeros_initializer
 from varstore.v1.optimizers import (  # noqa: F401 - tf.train's optimizers
     AdagradOptimizer,
     AdamOptimizer,
+    FtrlOptimizer,
     GradientDescentOptimizer,
     MomentumOptimizer,
+    RMSPropOptimizer,
 )
 from varstore.v1.session import Session
 from varstore.v1.variable_scope import get_variable

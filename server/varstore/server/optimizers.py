@@ -287,6 +287,135 @@ def _sparse_apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     return _done(ctx, var, m, v)
 
 
+# --- rmsprop ---------------------------------------------------------------------------------
+
+def _rms_prop_inputs(ctx: Context, node: NodeDef, inputs: list[Any], centered: bool
+                     ) -> tuple[Variable, list[Variable], list[np.ndarray]]:
+    """The variable, its slots ([mg,] ms, mom) and lr, rho, momentum, epsilon."""
+    var = _float_variable(ctx, node)
+    count = 3 if centered else 2
+    slots = [_slot(var, ref, node) for ref in inputs[:count]]
+    hyper = [_hyper(inputs[count + i], var, node, what)
+             for i, what in enumerate(("lr", "rho", "momentum", "epsilon"))]
+    return var, slots, hyper
+
+
+def _rms_prop(ctx: Context, node: NodeDef, inputs: list[Any], centered: bool,
+              sparse: bool) -> Any:
+    """TF's (Sparse)Apply(Centered)RMSProp, following training_ops.cc's CPU functors: the
+    dense step divides ``grad * lr`` by the root, the sparse one multiplies by its inverse,
+    and the centered sparse step adds epsilon before subtracting ``mg**2``."""
+    grad_at = 6 + centered
+    if inputs[grad_at] is None:
+        return None
+    var, slots, (lr, rho, momentum, epsilon) = _rms_prop_inputs(ctx, node, inputs, centered)
+    one = var.dtype.np_dtype.type(1)
+    v_all = var.read()
+    arrays = [s.read() for s in slots]
+    ms, mom = arrays[-2:]
+    mg = arrays[0] if centered else None
+    if not sparse:
+        grad = _dense_grad(var, inputs[grad_at], node)
+        ms += (grad * grad - ms) * (one - rho)
+        if mg is not None:
+            mg += (grad - mg) * (one - rho)
+            denom = (ms - mg * mg) + epsilon
+        else:
+            denom = ms + epsilon
+        mom[...] = mom * momentum + (grad * lr) / np.sqrt(denom)
+        v_all -= mom
+        return _done(ctx, var, *slots)
+    idx, grad = _sparse_grad(var, inputs[grad_at], inputs[grad_at + 1], node)
+    ms_rows = ms[idx] * rho + grad * grad * (one - rho)
+    ms[idx] = ms_rows
+    if mg is not None:
+        mg_rows = mg[idx] * rho + grad * (one - rho)
+        mg[idx] = mg_rows
+        denom = (ms_rows + epsilon) - mg_rows * mg_rows
+    else:
+        denom = ms_rows + epsilon
+    mom_rows = mom[idx] * momentum + (one / np.sqrt(denom)) * lr * grad
+    mom[idx] = mom_rows
+    v_all[idx] -= mom_rows
+    return _done(ctx, var, *slots)
+
+
+@register("apply_rms_prop", 7, uses_variable=True)
+def _apply_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """RMSProp; inputs: ms ref, mom ref, lr, rho, momentum, epsilon, grad."""
+    return _rms_prop(ctx, node, inputs, centered=False, sparse=False)
+
+
+@register("sparse_apply_rms_prop", 8, uses_variable=True)
+def _sparse_apply_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """RMSProp on rows ``indices``; inputs as ``apply_rms_prop``, then indices."""
+    return _rms_prop(ctx, node, inputs, centered=False, sparse=True)
+
+
+@register("apply_centered_rms_prop", 8, uses_variable=True)
+def _apply_centered_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """Centered RMSProp; inputs: mg ref, ms ref, mom ref, lr, rho, momentum, epsilon, grad."""
+    return _rms_prop(ctx, node, inputs, centered=True, sparse=False)
+
+
+@register("sparse_apply_centered_rms_prop", 9, uses_variable=True)
+def _sparse_apply_centered_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """Centered RMSProp on rows ``indices``; inputs as the dense op, then indices."""
+    return _rms_prop(ctx, node, inputs, centered=True, sparse=True)
+
+
+# --- ftrl ------------------------------------------------------------------------------------
+
+def _ftrl_step(var: np.ndarray, accum: np.ndarray, linear: np.ndarray, grad: np.ndarray,
+               hyper: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FTRL-Proximal on arrays, as training_ops.cc's ApplyFtrlV2 CPU functor; returns the new
+    variable, accumulator and linear term."""
+    lr, l1, l2, l2_shrinkage, lr_power = hyper
+    two = var.dtype.type(2)
+    shrunk = grad + two * l2_shrinkage * var
+    new_accum = accum + grad * grad
+    if lr_power == var.dtype.type(-0.5):
+        new_root, old_root = np.sqrt(new_accum), np.sqrt(accum)
+    else:
+        new_root, old_root = np.power(new_accum, -lr_power), np.power(accum, -lr_power)
+    linear = linear + (shrunk - (new_root - old_root) / lr * var)
+    x = np.clip(linear, -l1, l1) - linear
+    y = new_root / lr + two * l2
+    return x / y, new_accum, linear
+
+
+def _ftrl(ctx: Context, node: NodeDef, inputs: list[Any], sparse: bool) -> Any:
+    if inputs[2] is None:
+        return None
+    var = _float_variable(ctx, node)
+    accum, linear = (_slot(var, ref, node) for ref in inputs[:2])
+    first = 4 if sparse else 3
+    hyper = [_hyper(inputs[first + i], var, node, what)
+             for i, what in enumerate(("lr", "l1", "l2", "l2_shrinkage", "lr_power"))]
+    v, a, z = var.read(), accum.read(), linear.read()
+    if sparse:
+        idx, grad = _sparse_grad(var, inputs[2], inputs[3], node)
+        v[idx], a[idx], z[idx] = _ftrl_step(v[idx], a[idx], z[idx], grad, hyper)
+    else:
+        grad = _dense_grad(var, inputs[2], node)
+        v[...], a[...], z[...] = _ftrl_step(v, a, z, grad, hyper)
+    return _done(ctx, var, accum, linear)
+
+
+@register("apply_ftrl", 8, uses_variable=True)
+def _apply_ftrl(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """FTRL-Proximal; inputs: accum ref, linear ref, grad, lr, l1, l2, l2_shrinkage,
+    lr_power."""
+    return _ftrl(ctx, node, inputs, sparse=False)
+
+
+@register("sparse_apply_ftrl", 9, uses_variable=True)
+def _sparse_apply_ftrl(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
+    """FTRL-Proximal on rows ``indices``; inputs: accum ref, linear ref, grad, indices, lr,
+    l1, l2, l2_shrinkage, lr_power."""
+    return _ftrl(ctx, node, inputs, sparse=True)
+
+
 # --- after the updates -----------------------------------------------------------------------
 
 def _skipped(updates: list[Any]) -> bool:
