@@ -26,9 +26,14 @@ if TYPE_CHECKING:
 class Trainable(Protocol):
     """What an optimizer needs of a variable: its full name, dtype and shape."""
 
-    op_name: str
-    dtype: DType
-    shape: tuple[int, ...]
+    @property
+    def op_name(self) -> str: ...
+
+    @property
+    def dtype(self) -> DType: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
 
 # A gradient already in a request: a dense node, or (indices node, values node).

@@ -197,10 +197,12 @@ def _scoped(client: Client, name: str) -> str:
 # --- chief and workers -----------------------------------------------------------------------
 
 def initialize_or_restore(client: Client, variables: Sequence[RemoteVariable],
-                          checkpoint_dir: str | None = None) -> str | None:
+                          checkpoint_dir: str | None = None,
+                          initial_values: Mapping[str, Any] | None = None) -> str | None:
     """The chief's start: restores the newest checkpoint of ``checkpoint_dir`` (a folder inside
     the server's checkpoint folder; its root by default) when there is one, then initializes
-    those of ``variables`` that are still uninitialized. Returns the checkpoint restored, or
+    those of ``variables`` that are still uninitialized, with their initializers or, when
+    given, ``initial_values`` (arrays by variable name). Returns the checkpoint restored, or
     None.
 
     Variables made inside ``client.deferred_initialization()`` stay uninitialized until this
@@ -219,10 +221,14 @@ def initialize_or_restore(client: Client, variables: Sequence[RemoteVariable],
     if pending:
         b = RequestBuilder()
         for var in pending:
-            if var._initializer is None:
+            if initial_values is not None:
+                value = b.const(var._full_value(initial_values[var.op_name]), var.dtype)
+            elif var._initializer is None:
                 raise ValueError(f"{var.op_name} is uninitialized and was not created by this "
                                  f"client, so it has no initializer here")
-            b.target(b.node("assign", [var._initializer(b)], variable=var.op_name))
+            else:
+                value = var._initializer(b)
+            b.target(b.node("assign", [value], variable=var.op_name))
         client.run(b)
         log.info("initialized %s", ", ".join(v.op_name for v in pending))
     return latest

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ONLY = ("varstore.client", "varstore.aio", "varstore.train", "varstore.transport",
                "varstore.initializers", "varstore.request", "varstore.scopes", "varstore.v1",
-               "varstore.cli")
+               "varstore.cli", "varstore.optimizers", "varstore.tensorflow")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -29,6 +29,15 @@ def _loaded_after(statement: str) -> list[str]:
 def test_server_and_common_load_no_eager_client(statement: str) -> None:
     loaded = _loaded_after(statement)
     assert not [m for m in loaded if m.startswith(CLIENT_ONLY)], loaded
+
+
+def test_the_client_loads_no_tensorflow() -> None:
+    code = ("import sys, varstore, varstore.client, varstore.train, varstore.v1\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,0 +1,235 @@
+"""TF1 graph mode: the optimizer wrapper and the session hook, as Horovod's and BytePS's
+TensorFlow plugins shape them (a ``tf.compat.v1.train.Optimizer`` that delegates gradient
+computation to the wrapped one, and a ``SessionRunHook`` that synchronizes the start).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from varstore.client import Client
+from varstore.common import dtypes
+from varstore.optimizers import Optimizer
+from varstore.tensorflow.exchange import Exchange, VariableSpec
+from varstore.tensorflow.server_side import tf1_server_optimizer
+from varstore.train import SyncReplicasOptimizer
+
+tf1 = tf.compat.v1
+
+# The graph collection of the variables DistributedOptimizers keep on the server; SyncHook
+# synchronizes these.
+VARIABLES = "varstore_variables"
+
+
+def spec_of(variable: Any) -> VariableSpec:
+    """The server's view of a TensorFlow variable: its name without ``:0``, dtype, shape.
+    Raises ``ValueError`` when the shape is not fully defined."""
+    shape = variable.shape
+    if not shape.is_fully_defined():
+        raise ValueError(f"varstore needs fully defined shapes: {variable.name} has {shape}")
+    name = variable.name[:-2] if variable.name.endswith(":0") else variable.name
+    return VariableSpec(name, dtypes.as_dtype(variable.dtype.base_dtype.name),
+                        tuple(int(d) for d in shape), bool(getattr(variable, "trainable",
+                                                                    True)))
+
+
+class DistributedOptimizer(tf.compat.v1.train.Optimizer):
+    """Wraps a ``tf.compat.v1.train`` optimizer: gradients are computed locally by it, and
+    :meth:`apply_gradients` pushes them to the server in one round trip, where the same
+    algorithm updates the variables and their slots atomically; the new values come back in
+    that round trip and are assigned to the local variables (and the global step to the
+    local global step).
+
+    Optimizers the server does not run (see :mod:`varstore.tensorflow.server_side`) are run
+    locally, and the change they made is pushed as one atomic ``assign_add`` per variable;
+    their slots then stay local to each worker. With ``replicas_to_aggregate``, the server
+    averages that many workers' gradients per global step before applying them, as
+    ``SyncReplicasOptimizer``; it needs ``global_step``.
+    """
+
+    def __init__(self, optimizer: Any, client: Client | str | None = None,
+                 replicas_to_aggregate: int | None = None, timeout: float = 600.0,
+                 name: str | None = None, use_locking: bool = False) -> None:
+        super().__init__(use_locking, name or f"Distributed{type(optimizer).__name__}")
+        self._optimizer = optimizer
+        self._exchange = Exchange(client)
+        self._server: Optimizer | None = tf1_server_optimizer(optimizer)
+        if replicas_to_aggregate is not None:
+            if self._server is None:
+                raise ValueError(f"synchronous training needs an optimizer the server runs, "
+                                 f"not {type(optimizer).__name__}")
+            self._server = SyncReplicasOptimizer(self._server, replicas_to_aggregate, timeout)
+
+    @property
+    def runs_on_server(self) -> bool:
+        """Whether the server applies the updates (else the worker, pushing deltas)."""
+        return self._server is not None
+
+    def compute_gradients(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped optimizer's ``compute_gradients``: computed locally."""
+        return self._optimizer.compute_gradients(*args, **kwargs)
+
+    def get_slot(self, var: Any, name: str) -> Any:
+        """The wrapped optimizer's slot (local optimizers only; server slots live there)."""
+        return self._optimizer.get_slot(var, name)
+
+    def get_slot_names(self) -> list[str]:
+        """The wrapped optimizer's slot names."""
+        return self._optimizer.get_slot_names()
+
+    def variables(self) -> list[Any]:
+        """The wrapped optimizer's local variables."""
+        return self._optimizer.variables()
+
+    def apply_gradients(self, grads_and_vars: Any, global_step: Any = None,
+                        name: str | None = None) -> Any:
+        """An op that applies ``(gradient, variable)`` pairs through the server and assigns
+        the new values locally, then the global step. Gradients may be ``IndexedSlices``
+        (sent as rows) or None (variable skipped). Raises ``ValueError`` when no variable has
+        a gradient, or for a synchronous optimizer without ``global_step``."""
+        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not pairs:
+            raise ValueError(f"No gradients provided for any variable: "
+                             f"{[v.name for _, v in grads_and_vars]}.")
+        if isinstance(self._server, SyncReplicasOptimizer) and global_step is None:
+            raise ValueError("synchronous training needs global_step")
+        variables = [v for _, v in pairs]
+        graph = tf1.get_default_graph()
+        for var in [*variables, *([global_step] if global_step is not None else [])]:
+            if var not in graph.get_collection(VARIABLES):
+                graph.add_to_collection(VARIABLES, var)
+        specs = [spec_of(v) for v in variables]
+        step_spec = None if global_step is None else spec_of(global_step)
+        with tf1.name_scope(name, self.get_name()) as scope:
+            if self._server is None:
+                outputs = self._push_local_update(pairs, specs, step_spec)
+            else:
+                outputs = self._push_gradients(pairs, specs, step_spec, global_step)
+            return self._assign(variables, global_step, outputs, scope[:-1] if scope
+                                else self.get_name())
+
+    def _push_gradients(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
+                        step_spec: VariableSpec | None, global_step: Any) -> list[Any]:
+        inputs: list[Any] = []
+        sparse = []
+        for grad, _ in pairs:
+            if isinstance(grad, tf.IndexedSlices):
+                inputs += [grad.indices, grad.values]
+            else:
+                inputs.append(tf.convert_to_tensor(grad))
+            sparse.append(isinstance(grad, tf.IndexedSlices))
+        synchronous = isinstance(self._server, SyncReplicasOptimizer)
+        if synchronous:
+            inputs.append(tf1.convert_to_tensor(global_step))
+        assert self._server is not None
+        call = functools.partial(_push_pull, self._exchange, self._server, specs, sparse,
+                                 step_spec, synchronous)
+        return tf1.numpy_function(call, inputs, _types(specs, step_spec), stateful=True,
+                                  name="PushPull")
+
+    def _push_local_update(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
+                           step_spec: VariableSpec | None) -> list[Any]:
+        before = [tf.identity(v.read_value()) for _, v in pairs]
+        with tf1.control_dependencies(before):
+            update = self._optimizer.apply_gradients(pairs)
+        with tf1.control_dependencies([update]):
+            deltas = [v.read_value() - b for (_, v), b in zip(pairs, before, strict=True)]
+        call = functools.partial(self._exchange.push_deltas, specs, step_spec)
+        return tf1.numpy_function(lambda *d: call(d), deltas, _types(specs, step_spec),
+                                  stateful=True, name="PushDeltas")
+
+    @staticmethod
+    def _assign(variables: list[Any], global_step: Any, outputs: list[Any], name: str
+                ) -> Any:
+        assigns = []
+        for var, value in zip(variables, outputs, strict=False):
+            value.set_shape(var.shape)
+            assigns.append(tf1.assign(var, value, use_locking=False).op)
+        if global_step is not None:
+            step = outputs[-1]
+            step.set_shape(())
+            assigns.append(tf1.assign(global_step, tf.cast(step, global_step.dtype.base_dtype)
+                                      ).op)
+        return tf.group(*assigns, name=name)
+
+
+def _types(specs: Sequence[VariableSpec], step: VariableSpec | None) -> list[Any]:
+    types = [tf.as_dtype(s.dtype.name) for s in specs]
+    return types + [tf.int64] if step is not None else types
+
+
+def _push_pull(exchange: Exchange, optimizer: Optimizer, specs: list[VariableSpec],
+               sparse: list[bool], step: VariableSpec | None, synchronous: bool,
+               *arrays: Any) -> list[Any]:
+    """The numpy side of ``PushPull``: gradients in, new values (and global step) out; a
+    synchronous step's last input is the global step the gradients were computed at."""
+    local_step = arrays[-1] if synchronous else None
+    grads = arrays[:-1] if synchronous else arrays
+    return exchange.push_pull(optimizer, specs, sparse, step, grads, local_step)
+
+
+def default_is_chief() -> bool:
+    """Whether this process is varstore's chief when ``SyncHook`` is not told: from
+    ``TF_CONFIG`` (the ``chief`` task, or worker 0 when there is none), else True."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    has_chief = bool((config.get("cluster") or {}).get("chief"))
+    return not has_chief and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+class SyncHook(tf.compat.v1.train.SessionRunHook):
+    """Starts a worker on the server, for ``MonitoredTrainingSession(hooks=[...])``.
+
+    Once the session exists, the chief (``is_chief``; by default from ``TF_CONFIG``, see
+    :func:`default_is_chief`) declares the variables that ``DistributedOptimizer`` keeps on
+    the server (``var_list``: by default those of the graph's optimizers and the global
+    step), restores the newest checkpoint of ``checkpoint_dir`` on the server or initializes
+    them with its own initial values; other workers wait on the server until that is done
+    (``DeadlineExceededError`` after ``timeout`` seconds). Then every worker loads the
+    server's values into its local variables. Raises ``InvalidArgumentError`` when the
+    server has a variable of another shape or dtype.
+    """
+
+    def __init__(self, client: Client | str | None = None, is_chief: bool | None = None,
+                 checkpoint_dir: str | None = None, timeout: float = 600.0,
+                 var_list: Sequence[Any] | None = None) -> None:
+        self._exchange = Exchange(client)
+        self._is_chief = default_is_chief() if is_chief is None else bool(is_chief)
+        self._checkpoint_dir = checkpoint_dir
+        self._timeout = timeout
+        self._var_list = var_list
+        self._variables: list[Any] = []
+        self._load: Any = None
+        self._feeds: list[Any] = []
+
+    def begin(self) -> None:
+        """Builds the ops that load the server's values (the graph is still open here)."""
+        graph = tf1.get_default_graph()
+        variables = list(self._var_list or graph.get_collection(VARIABLES)
+                         or tf1.global_variables())
+        step = tf1.train.get_global_step(graph)
+        if step is not None and step not in variables:
+            variables.append(step)
+        self._variables = variables
+        self._feeds = [tf1.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
+        with tf1.name_scope("varstore_load"):
+            self._load = tf.group(*[tf1.assign(v, p).op for v, p in
+                                    zip(variables, self._feeds, strict=True)])
+
+    def after_create_session(self, session: Any, coord: Any) -> None:
+        """Initializes or restores (chief) or waits (other workers), then loads the values."""
+        specs = [spec_of(v) for v in self._variables]
+        local = session.run(self._variables) if self._is_chief else None
+        values = self._exchange.start(specs, self._is_chief, local, self._checkpoint_dir,
+                                      self._timeout)
+        session.run(self._load, dict(zip(self._feeds, values, strict=True)))

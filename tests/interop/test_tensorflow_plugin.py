@@ -1,0 +1,206 @@
+"""varstore.tensorflow: real tf.compat.v1 programs train with their variables on the server.
+
+Each test runs the same TensorFlow program twice, plainly and with the optimizer wrapped, and
+compares what users see: variable values, the server's checkpoint against TensorFlow's
+``Saver``, predictions of a plain graph restored from the server's checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import varstore as vs
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow")
+tf1 = tf.compat.v1
+vst = pytest.importorskip("varstore.tensorflow")
+
+pytestmark = pytest.mark.tensorflow
+
+STEPS = 6
+
+
+def _dense(x: Any, units: int, name: str, activation: Any = None) -> Any:
+    with tf1.variable_scope(name):
+        kernel = tf1.get_variable("kernel", [x.shape[1], units],
+                                  initializer=tf1.glorot_uniform_initializer(seed=1))
+        bias = tf1.get_variable("bias", [units], initializer=tf1.zeros_initializer())
+    out = tf.matmul(x, kernel) + bias
+    return activation(out) if activation else out
+
+
+class Model:
+    """A small classifier with an embedding (sparse gradients) and two dense layers."""
+
+    def __init__(self, make_optimizer: Callable[[], Any] | None, wrap: bool,
+                 address: str | None = None, **wrap_args: Any) -> None:
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.x = tf1.placeholder(tf.float32, [None, 4], name="x")
+            self.ids = tf1.placeholder(tf.int64, [None], name="ids")
+            self.y = tf1.placeholder(tf.int64, [None], name="y")
+            emb = tf1.get_variable("emb", [10, 4],
+                                   initializer=tf1.random_normal_initializer(seed=3))
+            hidden = _dense(self.x + tf.nn.embedding_lookup(emb, self.ids), 8, "dense",
+                            tf.nn.relu)
+            self.logits = _dense(hidden, 3, "out")
+            loss = tf1.losses.sparse_softmax_cross_entropy(self.y, self.logits)
+            self.global_step = tf1.train.get_or_create_global_step()
+            self.train_op = None
+            if make_optimizer is not None:
+                opt = make_optimizer()
+                if wrap:
+                    opt = vst.DistributedOptimizer(opt, client=address, **wrap_args)
+                self.train_op = opt.minimize(loss, global_step=self.global_step)
+
+    def feeds(self, step: int) -> dict[Any, np.ndarray]:
+        """Step ``step``'s minibatch; ids repeat, so sparse rows must be summed."""
+        rng = np.random.default_rng(step)
+        return {self.x: rng.normal(size=(6, 4)).astype(np.float32),
+                self.ids: np.array([1, 3, 1, 7, 3, 1]) + step % 2,
+                self.y: rng.integers(0, 3, 6)}
+
+    def trainable(self, sess: Any) -> dict[str, np.ndarray]:
+        with self.graph.as_default():
+            return sess.run({v.op.name: v for v in tf1.trainable_variables()})
+
+
+def _train(model: Model, hooks: list[Any], steps: range) -> dict[str, np.ndarray]:
+    with model.graph.as_default():
+        with tf1.train.MonitoredTrainingSession(hooks=hooks) as sess:
+            for t in steps:
+                sess.run(model.train_op, model.feeds(t))
+            values = model.trainable(sess)
+            values["global_step"] = sess.run(model.global_step)
+            return values
+
+
+def _plain(make_optimizer: Callable[[], Any]) -> tuple[dict[str, np.ndarray], Any]:
+    """Trains without varstore; returns the values and the session's variables by name."""
+    model = Model(make_optimizer, wrap=False)
+    with model.graph.as_default(), tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        for t in range(STEPS):
+            sess.run(model.train_op, model.feeds(t))
+        every = sess.run({v.op.name: v for v in tf1.global_variables()})
+    return every, model
+
+
+OPTIMIZERS = {
+    "adam": lambda: tf1.train.AdamOptimizer(0.01),
+    "momentum": lambda: tf1.train.MomentumOptimizer(0.05, 0.9, use_nesterov=True),
+    "rmsprop": lambda: tf1.train.RMSPropOptimizer(0.01, momentum=0.5, centered=True),
+    "ftrl": lambda: tf1.train.FtrlOptimizer(0.1, l1_regularization_strength=0.001),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIMIZERS))
+def test_one_worker_trains_as_tensorflow_and_the_server_holds_what_saver_writes(
+        address: str, client: vs.Client, case: str) -> None:
+    expected, _ = _plain(OPTIMIZERS[case])
+    model = Model(OPTIMIZERS[case], wrap=True, address=address)
+    got = _train(model, [vst.SyncHook(client=address)], range(STEPS))
+    assert got["global_step"] == STEPS
+    names = sorted(v.name for v in client.list_variables())
+    assert names == sorted(expected)
+    values = dict(zip(names, client.pull(vs.RemoteVariable(client, n, vs.as_dtype(
+        expected[n].dtype.name), expected[n].shape) for n in names), strict=True))
+    for name, value in expected.items():
+        np.testing.assert_allclose(values[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+        if name in got:
+            np.testing.assert_array_equal(got[name], values[name], err_msg=name)
+
+
+def test_an_optimizer_the_server_does_not_run_pushes_its_changes(address: str,
+                                                                  client: vs.Client) -> None:
+    def make() -> Any:
+        return tf1.train.ProximalAdagradOptimizer(0.1, l1_regularization_strength=0.01)
+    expected, _ = _plain(make)
+    model = Model(make, wrap=True, address=address)
+    assert len(model.graph.get_collection("varstore_variables")) == 6
+    got = _train(model, [vst.SyncHook(client=address)], range(STEPS))
+    names = sorted(v.name for v in client.list_variables())
+    assert names == ["dense/bias", "dense/kernel", "emb", "global_step", "out/bias",
+                     "out/kernel"]
+    for name, value in got.items():
+        if name != "global_step":
+            np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7,
+                                       err_msg=name)
+    assert got["global_step"] == STEPS
+
+
+def test_two_workers_train_and_the_checkpoint_restores_into_plain_tensorflow(
+        server: Any, address: str, client: vs.Client) -> None:
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def worker(task: int) -> None:
+        try:
+            model = Model(OPTIMIZERS["adam"], wrap=True, address=address)
+            hooks = [vst.SyncHook(client=address, is_chief=task == 0, timeout=120),
+                     tf1.train.StopAtStepHook(last_step=4 * STEPS)]
+            with model.graph.as_default():
+                with tf1.train.MonitoredTrainingSession(hooks=hooks) as sess:
+                    started.set()
+                    t = task
+                    while not sess.should_stop():
+                        sess.run(model.train_op, model.feeds(t))
+                        t += 2
+                    results[task] = t // 2
+        except BaseException as e:
+            errors.append(e)
+            started.set()
+
+    # The worker starts first and waits on the server for the chief.
+    threads = [threading.Thread(target=worker, args=(task,)) for task in (1, 0)]
+    threads[0].start()
+    threads[1].start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    assert sum(results.values()) >= 4 * STEPS
+    step = vs.train.get_or_create_global_step(client)
+    path = client.save("model.ckpt", global_step=int(step.numpy()))
+    assert path == f"model.ckpt-{int(step.numpy())}"
+
+    # A worker that joins now (no chief) gets the server's values; a plain graph restores
+    # the server's checkpoint with TensorFlow's Saver: both predict the same.
+    joined = Model(None, wrap=True)
+    feeds = joined.feeds(99)
+    with joined.graph.as_default():
+        hook = vst.SyncHook(client=address, is_chief=False,
+                            var_list=tf1.trainable_variables())
+        with tf1.train.MonitoredTrainingSession(hooks=[hook]) as sess:
+            from_server = sess.run(joined.logits, feeds)
+    plain = Model(None, wrap=False)
+    with plain.graph.as_default(), tf1.Session() as sess:
+        tf1.train.Saver().restore(sess, str(server.checkpoints.directory / path))
+        restored = sess.run(plain.logits, {plain.x: feeds[joined.x],
+                                           plain.ids: feeds[joined.ids]})
+        assert sess.run(plain.global_step) == int(step.numpy())
+    np.testing.assert_array_equal(restored, from_server)
+
+
+def test_a_model_of_another_shape_is_refused(address: str, client: vs.Client) -> None:
+    client.get_variable("emb", [3, 3])
+    model = Model(OPTIMIZERS["adam"], wrap=True, address=address)
+    with pytest.raises(vs.errors.InvalidArgumentError, match="emb"):
+        _train(model, [vst.SyncHook(client=address)], range(1))
+
+
+def test_distributed_optimizer_refuses_what_it_cannot_wrap() -> None:
+    with pytest.raises(TypeError, match="wraps a tf.compat.v1.train or Keras optimizer, not "
+                                        "str"):
+        vst.DistributedOptimizer("adam")
+    with pytest.raises(ValueError, match="synchronous training needs an optimizer the server "
+                                         "runs, not ProximalAdagradOptimizer"):
+        vst.DistributedOptimizer(tf1.train.ProximalAdagradOptimizer(0.1),
+                                 replicas_to_aggregate=2)
