@@ -13,15 +13,16 @@
 
 Names, scopes and reuse are those of the blocking client (the same code): scopes are plain
 ``with`` blocks, and a call resolves its names when it is made, not when it is awaited.
-Variable handles are :class:`varstore.RemoteVariable` objects whose methods return awaitables
-here. Arrays handed to a call must not change until it completes.
+Variable handles are :class:`RemoteVariable` objects: the methods of
+:class:`varstore.RemoteVariable`, returning awaitables. Arrays handed to a call must not change
+until it completes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -31,58 +32,63 @@ from varstore.client import (
     ClientBase,
     Reply,
     Steps,
+    VariableHandle,
     VariableInfo,
 )
 from varstore.common import codec
-from varstore.common.dtypes import DType
 from varstore.common.errors import OpError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
 from varstore.transport import Transport, is_read_only
 
-__all__ = ["AsyncVariable", "Client", "connect"]
+__all__ = ["Client", "RemoteVariable", "connect"]
 
 
-class AsyncVariable(Protocol):
-    """A :class:`varstore.RemoteVariable` as ``varstore.aio`` hands it out, for type checkers:
-    the same attributes, and every round trip an awaitable."""
+class RemoteVariable(VariableHandle):
+    """A handle to a variable on the server: the methods of :class:`varstore.RemoteVariable`,
+    each returning an awaitable of one atomic round trip (started when called)."""
 
-    op_name: str
-    dtype: DType
-    shape: tuple[int, ...]
-    trainable: bool
-
-    @property
-    def name(self) -> str:
-        """The tensor name, ``"scope/name:0"``."""
+    _shown_as = "varstore.aio.RemoteVariable"
 
     def numpy(self) -> Awaitable[np.ndarray]:
-        """The current value."""
+        """The current value; raises ``FailedPreconditionError`` if uninitialized."""
+        return self._client._drive(self._read_steps())
 
-    def assign(self, value: Any) -> Awaitable[AsyncVariable]:
-        """Replaces the value."""
+    read_value = numpy
+    value = numpy
 
-    def assign_add(self, delta: Any) -> Awaitable[AsyncVariable]:
-        """Adds ``delta`` atomically."""
+    def assign(self, value: Any) -> Awaitable[RemoteVariable]:
+        """Replaces the value (same shape and dtype); returns this handle."""
+        return self._client._drive(self._assign_steps("assign", value))
 
-    def assign_sub(self, delta: Any) -> Awaitable[AsyncVariable]:
-        """Subtracts ``delta`` atomically."""
+    def assign_add(self, delta: Any) -> Awaitable[RemoteVariable]:
+        """Adds ``delta`` atomically; returns this handle."""
+        return self._client._drive(self._assign_steps("assign_add", delta))
 
-    def scatter_add(self, indices: Any, updates: Any) -> Awaitable[AsyncVariable]:
-        """Adds ``updates`` to rows ``indices``."""
+    def assign_sub(self, delta: Any) -> Awaitable[RemoteVariable]:
+        """Subtracts ``delta`` atomically; returns this handle."""
+        return self._client._drive(self._assign_steps("assign_sub", delta))
 
-    def scatter_sub(self, indices: Any, updates: Any) -> Awaitable[AsyncVariable]:
-        """Subtracts ``updates`` from rows ``indices``."""
+    def scatter_add(self, indices: Any, updates: Any) -> Awaitable[RemoteVariable]:
+        """Adds ``updates`` to rows ``indices`` (duplicates accumulate); returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_add", indices, updates))
 
-    def scatter_update(self, indices: Any, updates: Any) -> Awaitable[AsyncVariable]:
-        """Replaces rows ``indices`` with ``updates``."""
+    def scatter_sub(self, indices: Any, updates: Any) -> Awaitable[RemoteVariable]:
+        """Subtracts ``updates`` from rows ``indices``; returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_sub", indices, updates))
+
+    def scatter_update(self, indices: Any, updates: Any) -> Awaitable[RemoteVariable]:
+        """Replaces rows ``indices`` with ``updates``; returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_update", indices, updates))
 
     def gather(self, indices: Any) -> Awaitable[np.ndarray]:
-        """Rows ``indices`` of the value."""
+        """Rows ``indices`` of the value, read atomically."""
+        return self._client._drive(self._gather_steps(indices))
 
     def is_initialized(self) -> Awaitable[bool]:
         """Whether the variable holds a value on the server."""
+        return self._client._drive(self._is_initialized_steps())
 
 
 class Client(ClientBase):
@@ -91,6 +97,8 @@ class Client(ClientBase):
     ``get_variable``, ``Variable``, ``pull``, ``push`` and every variable method return
     awaitables; use as ``async with`` or ``await client.close()``.
     """
+
+    handle_type = RemoteVariable
 
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls: Any = None, timeout: float | None = None) -> None:
@@ -103,26 +111,6 @@ class Client(ClientBase):
             RUN_STREAM_METHOD, request_serializer=codec.serialize_chunk,
             response_deserializer=codec.parse_chunk)
 
-    if TYPE_CHECKING:
-        # The methods ClientBase writes once return awaitables here (see _drive); this client
-        # is no drop-in for the blocking one, hence the overrides' other return types.
-        def Variable(  # type: ignore[override] # noqa: N802
-                self, initial_value: Any, name: str | None = None, dtype: Any = None,
-                trainable: bool = True) -> Awaitable[AsyncVariable]:
-            """:meth:`varstore.Client.Variable`, awaitable."""
-
-        def get_variable(self, name: str, shape: Sequence[int] | None = None,  # type: ignore[override]
-                         dtype: Any = None, initializer: Any = None,
-                         trainable: bool = True) -> Awaitable[AsyncVariable]:
-            """:meth:`varstore.Client.get_variable`, awaitable."""
-
-        def pull(self, variables: Iterable[Any]  # type: ignore[override]
-                 ) -> Awaitable[list[np.ndarray]]:
-            """:meth:`varstore.Client.pull`, awaitable."""
-
-        def push(self, values: Mapping[Any, Any]) -> Awaitable[None]:  # type: ignore[override]
-            """:meth:`varstore.Client.push`, awaitable."""
-
     async def close(self) -> None:
         """Closes the channel (calls in flight are cancelled)."""
         await self.transport.channel.close()
@@ -132,6 +120,26 @@ class Client(ClientBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def Variable(self, initial_value: Any, name: str | None = None,  # noqa: N802
+                 dtype: Any = None, trainable: bool = True) -> Awaitable[RemoteVariable]:
+        """:meth:`varstore.Client.Variable`, awaitable; the name is chosen when called."""
+        return self._drive(self._variable_steps(initial_value, name, dtype, trainable))
+
+    def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
+                     initializer: Any = None, trainable: bool = True
+                     ) -> Awaitable[RemoteVariable]:
+        """:meth:`varstore.Client.get_variable`, awaitable; the name resolves in the scopes
+        open when called. Raises ``ValueError`` for the reuse mistakes TF rejects."""
+        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+
+    def pull(self, variables: Iterable[RemoteVariable]) -> Awaitable[list[np.ndarray]]:
+        """The values of ``variables``, read in one round trip."""
+        return self._drive(self._pull_steps(list(variables)))
+
+    def push(self, values: Mapping[RemoteVariable, Any]) -> Awaitable[None]:
+        """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
+        return self._drive(self._push_steps(values.items()))
 
     async def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends one request; returns the fetched arrays and the variables' infos.

@@ -66,9 +66,12 @@ Reply = tuple[list[np.ndarray], list[pb.VariableInfo]]
 Steps = Generator[tuple[RequestBuilder, int], Reply, Any]
 
 
-class RemoteVariable:
-    """A handle to a variable on the server; every method is one atomic round trip (with
-    ``varstore.aio``, the same methods return awaitables)."""
+class VariableHandle:
+    """What the handles of the blocking and the asyncio client share: the variable's
+    metadata and each of its operations written once as :data:`Steps`, which the handle's
+    client drives (see :class:`RemoteVariable` and ``varstore.aio.RemoteVariable``)."""
+
+    _shown_as = "varstore.RemoteVariable"
 
     def __init__(self, client: ClientBase, name: str, dtype: DType, shape: tuple[int, ...],
                  trainable: bool = True) -> None:
@@ -87,7 +90,7 @@ class RemoteVariable:
         return f"{self.op_name}:0"
 
     def __repr__(self) -> str:
-        return (f"<varstore.RemoteVariable '{self.name}' shape={self.shape} "
+        return (f"<{self._shown_as} '{self.name}' shape={self.shape} "
                 f"dtype={self.dtype.name}>")
 
     def get_shape(self) -> tuple[int, ...]:
@@ -107,72 +110,42 @@ class RemoteVariable:
                 f"shape {list(self.shape)}")
         return array
 
-    def _update(self, op: str, *values: np.ndarray, fetch: bool = False) -> Any:
-        return self._client._drive(self._update_steps(op, values, fetch))
+    # Each ``_*_steps`` method converts its arguments when called (so that bad input raises
+    # at the call, also with asyncio) and returns the Steps that send the request.
 
-    def _update_steps(self, op: str, values: Sequence[np.ndarray], fetch: bool) -> Steps:
+    def _assign_steps(self, op: str, value: Any) -> Steps:
+        """``assign`` (a whole new value), ``assign_add`` or ``assign_sub``."""
+        return self._update_steps(op, [self._full_value(value) if op == "assign"
+                                       else self._value(value)])
+
+    def _scatter_steps(self, op: str, indices: Any, updates: Any) -> Steps:
+        """``scatter_add``, ``scatter_sub`` or ``scatter_update`` of rows ``indices``."""
+        return self._update_steps(op, [_as_int_indices(indices), self._value(updates)])
+
+    def _update_steps(self, op: str, values: Sequence[np.ndarray]) -> Steps:
         b = RequestBuilder()
         inputs = [b.const(v, dtypes.as_dtype(v.dtype)) for v in values]
-        node = b.node(op, inputs, variable=self.op_name)
-        if fetch:
-            b.fetch(node)
-        else:
-            b.target(node)
-        fetched, _ = yield b, self._nbytes() if fetch else 0
-        return fetched[0] if fetch else self
+        b.target(b.node(op, inputs, variable=self.op_name))
+        yield b, 0
+        return self
 
     def _nbytes(self) -> int:
         return codec.num_elements(self.shape) * max(self.dtype.itemsize, 1)
-
-    def numpy(self) -> np.ndarray:
-        """The current value; raises ``FailedPreconditionError`` if uninitialized."""
-        return self._client._drive(self._read_steps())
 
     def _read_steps(self) -> Steps:
         (value,) = yield from self._client._pull_steps([self])
         return value
 
-    read_value = numpy
-    value = numpy
+    def _gather_steps(self, indices: Any) -> Steps:
+        idx = _as_int_indices(indices)
+        return self._gather_rows_steps(idx)
 
-    def assign(self, value: Any) -> RemoteVariable:
-        """Replaces the value (same shape and dtype); returns this handle."""
-        return self._update("assign", self._full_value(value))
-
-    def assign_add(self, delta: Any) -> RemoteVariable:
-        """Adds ``delta`` atomically; returns this handle."""
-        return self._update("assign_add", self._value(delta))
-
-    def assign_sub(self, delta: Any) -> RemoteVariable:
-        """Subtracts ``delta`` atomically; returns this handle."""
-        return self._update("assign_sub", self._value(delta))
-
-    def scatter_add(self, indices: Any, updates: Any) -> RemoteVariable:
-        """Adds ``updates`` to rows ``indices`` (duplicates accumulate); returns this handle."""
-        return self._update("scatter_add", _as_int_indices(indices), self._value(updates))
-
-    def scatter_sub(self, indices: Any, updates: Any) -> RemoteVariable:
-        """Subtracts ``updates`` from rows ``indices``; returns this handle."""
-        return self._update("scatter_sub", _as_int_indices(indices), self._value(updates))
-
-    def scatter_update(self, indices: Any, updates: Any) -> RemoteVariable:
-        """Replaces rows ``indices`` with ``updates``; returns this handle."""
-        return self._update("scatter_update", _as_int_indices(indices), self._value(updates))
-
-    def gather(self, indices: Any) -> np.ndarray:
-        """Rows ``indices`` of the value, read atomically."""
-        return self._client._drive(self._gather_steps(_as_int_indices(indices)))
-
-    def _gather_steps(self, idx: np.ndarray) -> Steps:
+    def _gather_rows_steps(self, idx: np.ndarray) -> Steps:
         row = codec.num_elements(self.shape[1:]) * max(self.dtype.itemsize, 1)
         b = RequestBuilder()
         b.fetch(b.node("gather", [b.const(idx, dtypes.int64)], variable=self.op_name))
         (rows,), _ = yield b, idx.size * row
         return rows
-
-    def is_initialized(self) -> bool:
-        """Whether the variable holds a value on the server."""
-        return self._client._drive(self._is_initialized_steps())
 
     def _is_initialized_steps(self) -> Steps:
         b = RequestBuilder()
@@ -181,10 +154,55 @@ class RemoteVariable:
         return bool(flag)
 
 
+class RemoteVariable(VariableHandle):
+    """A handle to a variable on the server; every method is one atomic round trip."""
+
+    def numpy(self) -> np.ndarray:
+        """The current value; raises ``FailedPreconditionError`` if uninitialized."""
+        return self._client._drive(self._read_steps())
+
+    read_value = numpy
+    value = numpy
+
+    def assign(self, value: Any) -> RemoteVariable:
+        """Replaces the value (same shape and dtype); returns this handle."""
+        return self._client._drive(self._assign_steps("assign", value))
+
+    def assign_add(self, delta: Any) -> RemoteVariable:
+        """Adds ``delta`` atomically; returns this handle."""
+        return self._client._drive(self._assign_steps("assign_add", delta))
+
+    def assign_sub(self, delta: Any) -> RemoteVariable:
+        """Subtracts ``delta`` atomically; returns this handle."""
+        return self._client._drive(self._assign_steps("assign_sub", delta))
+
+    def scatter_add(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Adds ``updates`` to rows ``indices`` (duplicates accumulate); returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_add", indices, updates))
+
+    def scatter_sub(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Subtracts ``updates`` from rows ``indices``; returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_sub", indices, updates))
+
+    def scatter_update(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Replaces rows ``indices`` with ``updates``; returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_update", indices, updates))
+
+    def gather(self, indices: Any) -> np.ndarray:
+        """Rows ``indices`` of the value, read atomically."""
+        return self._client._drive(self._gather_steps(indices))
+
+    def is_initialized(self) -> bool:
+        """Whether the variable holds a value on the server."""
+        return self._client._drive(self._is_initialized_steps())
+
+
 class ClientBase:
     """What the blocking :class:`Client` and ``varstore.aio.Client`` share: the naming state,
     scopes, and every method made of Run requests, written once as :data:`Steps` that the
     subclass's ``_drive`` runs (blocking, or as a coroutine)."""
+
+    handle_type: type[VariableHandle] = VariableHandle  # the subclass's RemoteVariable
 
     def __init__(self) -> None:
         self.naming = Naming()
@@ -225,17 +243,13 @@ class ClientBase:
 
     # --- variables ------------------------------------------------------------------------
 
-    def _handle(self, info: pb.VariableInfo) -> RemoteVariable:
-        return RemoteVariable(self, info.name, dtypes.from_enum(info.dtype),
-                              tuple(info.shape.dim), info.trainable)
+    def _handle(self, info: pb.VariableInfo) -> VariableHandle:
+        return self.handle_type(self, info.name, dtypes.from_enum(info.dtype),
+                                tuple(info.shape.dim), info.trainable)
 
-    def Variable(self, initial_value: Any, name: str | None = None, dtype: Any = None,  # noqa: N802
-                 trainable: bool = True) -> RemoteVariable:
-        """Creates a variable with a unique name (``name``, ``name_1``...) initialized to
-        ``initial_value``; binds to it without re-initializing if the server has it already.
-
-        Raises ``InvalidArgumentError`` when the server's variable has another shape or dtype.
-        """
+    def _variable_steps(self, initial_value: Any, name: str | None, dtype: Any,
+                        trainable: bool) -> Steps:
+        """``Variable``: converts ``initial_value`` now; the steps create the variable."""
         if callable(initial_value):
             initial_value = initial_value()
         if dtype is None:
@@ -245,18 +259,8 @@ class ClientBase:
             dtypes.check_convertible(initial_value, dtype)
         value = dtypes.to_numpy(initial_value, dtype)
         full = self.naming.variable_name(name)
-        return self._drive(self._create_steps(full, dtype, value.shape, trainable,
-                                              lambda b: b.const(value, dtype), "Variable",
-                                              "initial_value"))
-
-    def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
-                     initializer: Any = None, trainable: bool = True) -> RemoteVariable:
-        """Gets or creates the shared variable ``scope/name`` with TF's reuse rules.
-
-        A variable another client created on the server is bound to, never re-initialized.
-        Raises ``ValueError`` for the reuse mistakes TF rejects (same messages).
-        """
-        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+        return self._create_steps(full, dtype, value.shape, trainable,
+                                  lambda b: b.const(value, dtype), "Variable", "initial_value")
 
     def _get_variable_steps(self, name: str, shape: Sequence[int] | None, dtype: Any,
                             initializer: Any, trainable: bool) -> Steps:
@@ -270,7 +274,7 @@ class ClientBase:
             found = yield from self._find_steps(full)
         creation: list[Steps] = []
 
-        def create(full: str) -> RemoteVariable:
+        def create(full: str) -> VariableHandle:
             init = initializer if initializer is not None else scope.initializer
             value_shape = shape
             if not isinstance(init, initializers.Initializer | type | type(None)):
@@ -285,7 +289,7 @@ class ClientBase:
                 full, dtype, value_shape, trainable,
                 lambda b: init_obj.build(b, value_shape, dtype), "get_variable",
                 init_obj.describe()))
-            return RemoteVariable(self, full, dtype, tuple(value_shape), trainable)
+            return self.handle_type(self, full, dtype, tuple(value_shape), trainable)
 
         var = self.naming.get_variable(
             name, shape, dtype if dtype != dtypes.float32 or shape is not None else None,
@@ -338,24 +342,16 @@ class ClientBase:
             return None
         return self._handle(infos[0])
 
-    def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
-        """The values of ``variables``, read in one round trip."""
-        return self._drive(self._pull_steps(list(variables)))
-
-    def _pull_steps(self, variables: list[RemoteVariable]) -> Steps:
+    def _pull_steps(self, variables: Sequence[VariableHandle]) -> Steps:
         b = RequestBuilder()
         for v in variables:
             b.fetch(b.node("read", variable=v.op_name))
         values, _ = yield b, sum(v._nbytes() for v in variables)
         return values
 
-    def push(self, values: Mapping[RemoteVariable, Any]) -> None:
-        """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
-        return self._drive(self._push_steps(values))
-
-    def _push_steps(self, values: Mapping[RemoteVariable, Any]) -> Steps:
+    def _push_steps(self, values: Iterable[tuple[VariableHandle, Any]]) -> Steps:
         b = RequestBuilder()
-        for var, value in values.items():
+        for var, value in values:
             array = var._full_value(value)
             b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
         yield b, 0
@@ -366,6 +362,8 @@ class Client(ClientBase):
 
     Use as a context manager or call :meth:`close`.
     """
+
+    handle_type = RemoteVariable
 
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls: Any = None, timeout: float | None = None) -> None:
@@ -388,6 +386,34 @@ class Client(ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- variables (the same Steps as varstore.aio, run blocking) ---------------------------
+
+    def Variable(self, initial_value: Any, name: str | None = None, dtype: Any = None,  # noqa: N802
+                 trainable: bool = True) -> RemoteVariable:
+        """Creates a variable with a unique name (``name``, ``name_1``...) initialized to
+        ``initial_value``; binds to it without re-initializing if the server has it already.
+
+        Raises ``InvalidArgumentError`` when the server's variable has another shape or dtype.
+        """
+        return self._drive(self._variable_steps(initial_value, name, dtype, trainable))
+
+    def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
+                     initializer: Any = None, trainable: bool = True) -> RemoteVariable:
+        """Gets or creates the shared variable ``scope/name`` with TF's reuse rules.
+
+        A variable another client created on the server is bound to, never re-initialized.
+        Raises ``ValueError`` for the reuse mistakes TF rejects (same messages).
+        """
+        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+
+    def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
+        """The values of ``variables``, read in one round trip."""
+        return self._drive(self._pull_steps(list(variables)))
+
+    def push(self, values: Mapping[RemoteVariable, Any]) -> None:
+        """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
+        self._drive(self._push_steps(values.items()))
 
     def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends one request; returns the fetched arrays and the variables' infos.

@@ -1,10 +1,10 @@
-"""``varstore.v1`` reproduces what TensorFlow 1.x prints (``reference/tf_semantics.md``).
+"""``varstore.v1`` reproduces what TensorFlow 1.x prints.
 
-Each program below is a row of the reference (or a group of related checks): it takes a TF
+Each program below is one TF 1.x behaviour (or a group of related checks): it takes a TF
 module and a session factory and returns what it observed. The program runs against
-``varstore.v1`` and a real server and must give the reference's output; the interop tests run
-the same programs under TensorFlow's ``tf.compat.v1`` (graph mode, in a subprocess so that
-``disable_v2_behavior`` stays out of this process) and compare.
+``varstore.v1`` and a real server and must give TensorFlow's output, recorded below; the
+interop tests run the same programs under TensorFlow's ``tf.compat.v1`` (graph mode, in a
+subprocess so that ``disable_v2_behavior`` stays out of this process) and compare.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def run_errors(tf: Any, session: Any) -> Any:
                 error(lambda: elsewhere.eval())]
 
 
-# --- the reference ---------------------------------------------------------------------------
+# --- what TensorFlow 1.x prints ------------------------------------------------------------
 
 ALREADY = ("Variable foo/vv already exists, disallowed. Did you mean to set reuse=True or "
            "reuse=tf.AUTO_REUSE in VarScope?")

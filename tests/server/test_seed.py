@@ -1,7 +1,8 @@
-"""Every example of the seed document (``seed/tensorflow-variables-saving-restore.md``) run
-against a real server, with only ``import tensorflow as tf`` changed to
-``import varstore.v1 as tf`` and the checkpoint path made relative to the server's
-checkpoint folder. ``tf.Session()`` finds the server through ``VARSTORE_ADDRESS``."""
+"""Every example of TensorFlow 1.x's guide to saving and restoring variables (the programmer's
+guide's "Variables" and "Saving and Restoring" pages) run against a real server, with only
+``import tensorflow as tf`` changed to ``import varstore.v1 as tf`` and the checkpoint path
+made relative to the server's checkpoint folder. ``tf.Session()`` finds the server through
+``VARSTORE_ADDRESS``."""
 
 from __future__ import annotations
 

@@ -55,7 +55,6 @@ class Server:
     grpc_server: grpc.Server
     port: int
     store: VariableStore
-    servicer: VariableServicer
     checkpoints: CheckpointManager
     health: health.HealthServicer
     metrics: ServerMetrics
@@ -138,5 +137,5 @@ def create_server(config: ServerConfig) -> Server:
         log.info("metrics at http://%s:%d/metrics", config.host, metrics_port)
     log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
              ", TLS" if credentials is not None else "")
-    return Server(server, port, store, servicer, checkpoints, health_servicer, metrics,
+    return Server(server, port, store, checkpoints, health_servicer, metrics,
                   metrics_port)

@@ -176,13 +176,13 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     @rpc_errors
     def Status(self, request: pb.StatusRequest,
                context: grpc.ServicerContext) -> pb.StatusResponse:
-        last = self.checkpoints.last_saved if self.checkpoints is not None else None
+        last = self.checkpoints.last_saved
         return pb.StatusResponse(
             version=__version__, uptime_seconds=time.time() - self.started,
             variable_count=len(self.store), bytes_stored=self.store.bytes_stored(),
             connected_clients=self.clients.count(),
             last_checkpoint=last[0] if last else "", last_checkpoint_time=last[1] if last else 0,
-            checkpoint_dir=str(self.checkpoints.directory) if self.checkpoints else "",
+            checkpoint_dir=str(self.checkpoints.directory),
             max_memory=self.store.max_memory)
 
 

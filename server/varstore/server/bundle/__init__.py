@@ -3,8 +3,8 @@
 :class:`BundleWriter` and :class:`BundleReader` write and read ``PREFIX.index`` plus
 ``PREFIX.data-*`` files that TensorFlow reads and writes; :func:`merge_shards` joins parts
 written separately into one sharded checkpoint; :mod:`.state` keeps the folder's text
-``checkpoint`` file. The format is described in docs shared with the project
-(``tensor_bundle_format.md``).
+``checkpoint`` file. The format is TensorFlow's (``core/util/tensor_bundle/tensor_bundle.h``
+and ``core/protobuf/tensor_bundle.proto``).
 """
 
 from varstore.common.errors import DataLossError, NotFoundError
