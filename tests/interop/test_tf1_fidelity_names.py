@@ -4,6 +4,7 @@ and one refused name never poisoning a session; compared with ``tf.compat.v1``."
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def nested_names_may_start_with_underscore_or_dash(tf: Any, env: Any) -> Any:
 
 @PROGRAMS.graph
 def get_variable_names_checked(tf: Any, env: Any) -> Any:
-    return [error(lambda n=n: tf.get_variable(n, [1]).name) for n in ["a:b", "_v", "v w", "ok"]]
+    def created(name: str) -> str:
+        return tf.get_variable(name, [1]).name
+    return [error(functools.partial(created, n)) for n in ["a:b", "_v", "v w", "ok"]]
 
 
 @PROGRAMS.graph
@@ -87,9 +90,9 @@ def name_scope_names_checked(tf: Any, env: Any) -> Any:
     def enter(name: str) -> Any:
         with tf.name_scope(name) as s:
             return s
-    out = [error(lambda n=n: enter(n)) for n in ["a b", "_a", "a:b", "ok/", "/abs"]]
+    out = [error(functools.partial(enter, n)) for n in ["a b", "_a", "a:b", "ok/", "/abs"]]
     with tf.name_scope("s"):
-        out += [error(lambda n=n: enter(n)) for n in ["-x", "_y", "a:b", "a b", "é"]]
+        out += [error(functools.partial(enter, n)) for n in ["-x", "_y", "a:b", "a b", "é"]]
     return out
 
 

@@ -125,7 +125,7 @@ def test_hostile_shapes_name_what_is_wrong(server: Server, stub: pb_grpc.Variabl
     ((1 << 63) - 1, np.int64)])
 @pytest.mark.parametrize("op", ["gather", "scatter_add", "scatter_update"])
 def test_hostile_indices_are_refused(server: Server, stub: pb_grpc.VariableServiceStub,
-                                     op: str, index: int, dtype: type) -> None:
+                                     op: str, index: int, dtype: type[np.integer]) -> None:
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
     stub.Run(pb.RunRequest(
         variables=[pb.VariableSpec(name="t", dtype=FLOAT, shape=pb.Shape(dim=[4, 2]),

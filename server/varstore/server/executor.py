@@ -159,6 +159,7 @@ class Executor:
         names = sorted(set(specs) | {n.variable for n in graph.nodes if n.variable})
         resolved: dict[str, Variable | None] = {}
         made: dict[str, Variable] = {}
+        var: Variable | None
         try:
             for name in names:
                 creating = [s for s in specs.get(name, ()) if not s.bind_only]
