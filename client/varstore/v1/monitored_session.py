@@ -16,8 +16,9 @@ from typing import Any
 
 from varstore import train
 from varstore.v1.graph import Graph, get_default_graph
+from varstore.v1.saver import Saver
 from varstore.v1.session import Session
-from varstore.v1.train import Saver, get_global_step
+from varstore.v1.training_util import get_global_step
 from varstore.v1.variables import global_variables, global_variables_initializer
 
 log = logging.getLogger(__name__)
