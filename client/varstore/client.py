@@ -7,6 +7,7 @@ client (:mod:`varstore.scopes`) and are shared with other clients by full name o
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from varstore import initializers, train
-from varstore.common import codec, dtypes
+from varstore.common import codec, dtypes, names
 from varstore.common.dtypes import DType
 from varstore.common.errors import InvalidArgumentError, NotFoundError, OpError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
-from varstore.scopes import Naming, VariableScope
+from varstore.scopes import Naming, VariableScope, check_initializer_dtype
 from varstore.transport import Transport, is_read_only
 
 DEFAULT_ADDRESS = "localhost:7011"
@@ -265,9 +266,20 @@ class ClientBase:
     def _get_variable_steps(self, name: str, shape: Sequence[int] | None, dtype: Any,
                             initializer: Any, trainable: bool) -> Steps:
         scope = self.naming.var_scope
-        dtype = dtypes.as_dtype(dtype or scope.dtype or dtypes.float32)
-        shape = None if shape is None else tuple(int(d) for d in shape)
         full = self.naming.full_name(name)
+        init = initializer if initializer is not None else scope.initializer
+        value = None
+        if init is not None and not isinstance(init, initializers.Initializer | type):
+            # A value initializer keeps its own dtype (TF's convert_to_tensor), never cast.
+            value_dtype = dtypes.infer(init)
+            if dtype is not None and initializer is not None:
+                check_initializer_dtype(value_dtype, dtypes.as_dtype(dtype))
+            value = dtypes.to_numpy(init, value_dtype)
+            dtype = value_dtype
+            if shape is not None:
+                raise ValueError("If initializer is a constant, do not specify shape.")
+        dtype = dtypes.as_dtype(dtype or scope.dtype or dtypes.float32)
+        shape = None if shape is None else tuple(operator.index(d) for d in shape)
         # Naming asks for variables it does not know only under reuse: look on the server first.
         found = None
         if full not in self.naming.shared and scope.reuse:
@@ -275,24 +287,26 @@ class ClientBase:
         creation: list[Steps] = []
 
         def create(full: str) -> VariableHandle:
-            init = initializer if initializer is not None else scope.initializer
-            value_shape = shape
-            if not isinstance(init, initializers.Initializer | type | type(None)):
-                value = dtypes.to_numpy(init, dtype)
-                if value_shape is None:
-                    value_shape = value.shape
+            names.check_scope_name(full, at_root=True)
+            value_shape = value.shape if value is not None else shape
             if value_shape is None:
-                raise ValueError(f"Shape of a new variable ({full}) must be fully defined, "
-                                 f"but instead was <unknown>.")
-            init_obj = initializers.resolve(init, dtype)
-            creation.append(self._create_steps(
-                full, dtype, value_shape, trainable,
-                lambda b: init_obj.build(b, value_shape, dtype), "get_variable",
-                init_obj.describe()))
+                raise ValueError(f"Variable {full} did not get an initializer, so its `shape` "
+                                 f"argument must be specified.")
+            if value is not None:
+                build: Callable[[RequestBuilder], int] = lambda b: b.const(value, dtype)  # noqa: E731
+                description = "initial_value"
+            else:
+                init_obj = initializers.resolve(init, dtype)
+                init_obj.validate(value_shape, dtype)
+                build = lambda b: init_obj.build(b, value_shape, dtype)  # noqa: E731
+                description = init_obj.describe()
+            creation.append(self._create_steps(full, dtype, value_shape, trainable, build,
+                                               "get_variable", description))
             return self.handle_type(self, full, dtype, tuple(value_shape), trainable)
 
         var = self.naming.get_variable(
-            name, shape, dtype if dtype != dtypes.float32 or shape is not None else None,
+            full, shape if value is None else None,
+            dtype if dtype != dtypes.float32 or shape is not None else None,
             create, find_elsewhere=lambda _: found, describe=lambda v: (v.shape, v.dtype))
         if creation:
             try:

@@ -6,6 +6,7 @@ Each initializer adds the node that computes a variable's initial value to a req
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,11 @@ class Initializer:
         """Adds the node computing the value; returns its index."""
         return builder.node(self.op, shape=list(shape), dtype=dtype, **self.attrs())
 
+    def validate(self, shape: Sequence[int], dtype: DType) -> None:
+        """Raises TF's ``ValueError``/``TypeError`` when this initializer cannot fill
+        ``shape`` with ``dtype`` (checked when a graph is built, as TF does, rather than when
+        it runs)."""
+
     def describe(self) -> str:
         """A short description kept in the variable's server metadata."""
         args = ", ".join(f"{k}={v}" for k, v in self.attrs().items())
@@ -56,16 +62,32 @@ class ones_initializer(Initializer):  # noqa: N801 - TensorFlow's name
 
 
 class constant_initializer(Initializer):  # noqa: N801 - TensorFlow's name
-    """Fills with a scalar, or reshapes a value with as many elements as the variable."""
+    """Fills with ``value``: a scalar everywhere, or a list or array of up to as many
+    elements as the variable, in row-major order, the last one repeated to fill the rest (TF
+    1.x's ``constant_initializer``, ``constant_op.constant_v1(verify_shape=False)``)."""
 
     op = "fill"
 
-    def __init__(self, value: Any = 0, dtype: Any = None) -> None:
+    def __init__(self, value: Any = 0, dtype: Any = None, verify_shape: bool = False) -> None:
         super().__init__(dtype)
         self.value = value
+        self.verify_shape = verify_shape
+
+    def validate(self, shape: Sequence[int], dtype: DType) -> None:
+        dtypes.check_convertible(self.value, dtype)
+        size = int(np.asarray(self.value, dtype=object).size)
+        count = math.prod(int(d) for d in shape)
+        if size > count:
+            raise ValueError(f"Too many elements provided. Takes at most {count}, but got "
+                             f"{size}.")
 
     def build(self, builder: RequestBuilder, shape: Sequence[int], dtype: DType) -> int:
+        self.validate(shape, dtype)
         value = dtypes.to_numpy(self.value, dtype)
+        count = math.prod(int(d) for d in shape)
+        if 1 < value.size < count:
+            flat = value.reshape(-1)
+            value = np.concatenate([flat, np.repeat(flat[-1:], count - flat.size)])
         return builder.node("fill", [builder.const(value, dtype)], shape=list(shape),
                             dtype=dtype)
 

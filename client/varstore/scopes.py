@@ -132,6 +132,8 @@ class Naming:
         self.var_scope = VariableScope(False)
         self._scope_counts: dict[str, int] = {}
         self.shared: dict[str, Any] = {}
+        # Partitioned variables by full name (varstore.v1.partitioned).
+        self.partitioned: dict[str, Any] = {}
 
     # --- names ----------------------------------------------------------------------------
 
@@ -308,18 +310,21 @@ class Naming:
         """``name`` under the current variable scope (name scopes do not count)."""
         return f"{self.var_scope.name}/{name}" if self.var_scope.name else name
 
-    def get_variable(self, name: str, shape: Sequence[int] | None, dtype: Any,
+    def get_variable(self, full: str, shape: Sequence[int] | None, dtype: Any,
                      create: Callable[[str], Any],
                      find_elsewhere: Callable[[str], Any] | None = None,
-                     describe: Callable[[Any], tuple[Sequence[int], Any]] | None = None) -> Any:
-        """TF's ``get_variable`` rules: returns the shared variable ``name`` in the current
-        scope, or ``create(full_name)``'s new one, or raises TF's ``ValueError``.
+                     describe: Callable[[Any], tuple[Sequence[int], Any]] | None = None,
+                     reuse: Any = None) -> Any:
+        """TF's ``_VariableStore.get_variable`` rules: returns the shared variable ``full``
+        (a full name, see :meth:`full_name`), or ``create(full)``'s new one, or raises TF's
+        ``ValueError``.
 
-        ``find_elsewhere(full_name)`` may find a variable this naming does not know (another
-        client's, on the server); ``describe(var)`` gives (shape, dtype) for the sharing check.
+        ``reuse`` defaults to the current scope's. ``find_elsewhere(full)`` may find a
+        variable this naming does not know (another client's, on the server);
+        ``describe(var)`` gives (shape, dtype) for the sharing check.
         """
-        full = self.full_name(name)
-        reuse = self.var_scope.reuse
+        if reuse is None:
+            reuse = self.var_scope.reuse
         found = self.shared.get(full)
         if found is not None:
             if not reuse:
@@ -344,6 +349,18 @@ class Naming:
             var = create(full)
         self.shared[full] = var
         return var
+
+
+def check_initializer_dtype(init_dtype: Any, dtype: Any) -> None:
+    """TF's ``VariableScope.get_variable`` check of a value initializer against an explicit
+    dtype (no conversion: ``[1, 2]`` is int32, ``np.array([1, 2])`` int64).
+
+    Raises:
+        ValueError: ``Initializer type '<dtype: 'int64'>' and explicit dtype ... don't match.``
+    """
+    if init_dtype != dtype:
+        raise ValueError(f"Initializer type '{init_dtype}' and explicit dtype '{dtype}' don't "
+                         f"match.")
 
 
 def _check_sharing(name: str, shape: Sequence[int] | None, dtype: Any,

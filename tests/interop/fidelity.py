@@ -5,7 +5,9 @@ A program is ``fn(tf, env)``. For a *graph* program ``tf`` is ``tensorflow.compa
 ``varstore.v1`` and ``env.session()`` opens a session on the run's server; for an *eager*
 program ``tf`` is ``tensorflow.compat.v1`` or a connected ``varstore.Client`` (both have
 ``Variable``, ``get_variable``, ``variable_scope``, ``name_scope``...) and ``env.read(var)``
-gives a variable's value (TF: in a session, after the initializers ran). The observation is
+gives a variable's value (TF: in a session, after the initializers ran); ``env.lib`` is the
+module with the dtypes and initializers (``tensorflow.compat.v1``, ``varstore`` or
+``varstore.v1``). The observation is
 the program's return value as JSON data, or ``["error", class name, message]`` for what it
 raised.
 
@@ -107,9 +109,10 @@ def reuse_name(value: Any) -> Any:
     return value if value is None or isinstance(value, bool) else "AUTO_REUSE"
 
 
-def dtype_name(dtype: Any) -> str:
-    """A dtype's name as printed (``float32``, ``float32_ref``)."""
-    return str(dtype.name)
+def describe(var: Any) -> list[Any]:
+    """A variable as ``[name, base dtype name, shape]`` (TF's or varstore's, graph or eager)."""
+    shape = var.shape.as_list() if hasattr(var.shape, "as_list") else list(var.shape)
+    return [var.name, var.dtype.base_dtype.name, [int(d) for d in shape]]
 
 
 # --- TensorFlow's side ---------------------------------------------------------------------
@@ -119,6 +122,7 @@ class _TFEnv:
 
     def __init__(self, tf: Any) -> None:
         self.tf = tf
+        self.lib = tf
         self.tmp = tempfile.mkdtemp(prefix="tf1-fidelity-")
 
     def session(self) -> Any:
@@ -171,8 +175,9 @@ def tensorflow_results() -> dict[str, Any]:
 class _VarstoreEnv:
     """``env`` for varstore: sessions and eager reads go to the test's server."""
 
-    def __init__(self, address: str, tmp: Path) -> None:
+    def __init__(self, address: str, tmp: Path, lib: Any) -> None:
         self.address = address
+        self.lib = lib
         self.tmp = str(tmp)
 
     def session(self) -> Any:
@@ -189,7 +194,7 @@ def run_varstore(programs: Programs, name: str, address: str, tmp: Path) -> Any:
     import varstore.v1 as vtf
 
     entry = programs[name]
-    env = _VarstoreEnv(address, tmp)
+    env = _VarstoreEnv(address, tmp, vs if entry.eager else vtf)
     if entry.eager:
         with vs.connect(address) as client:
             return observe(lambda: entry.fn(client, env))

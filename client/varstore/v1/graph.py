@@ -31,6 +31,7 @@ class GraphKeys:
     GLOBAL_VARIABLES = "variables"
     TRAINABLE_VARIABLES = "trainable_variables"
     GLOBAL_STEP = "global_step"
+    REGULARIZATION_LOSSES = "regularization_losses"
 
 
 class Tensor(TensorOperators):

@@ -36,6 +36,7 @@ def initializer_tensor(init: initializers.Initializer, shape: Any, dtype: DType,
     shape = as_shape(shape)
     if not shape.is_fully_defined():
         raise ValueError(f"Shape {shape} must be fully defined to initialize a tensor")
+    init.validate(shape.as_list(), dtype)
     tf_name, op_type = _TF_OPS.get(init.op, (init.op, init.op))
     with op_scope(name, default_name or tf_name) as (graph, op_name):
         return graph.create_op(op_name, op_type, init.op, (), dtype, shape,

@@ -6,6 +6,8 @@ graph carry TF 1.x's messages (``Dimensions must be equal, but are 3 and 4 for '
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,10 +22,10 @@ class TensorShape:
             self._dims: tuple[Dim, ...] | None = dims._dims
         elif dims is None:
             self._dims = None
-        elif isinstance(dims, int):
-            self._dims = (int(dims),)
+        elif isinstance(dims, numbers.Integral):
+            self._dims = (operator.index(dims),)
         else:
-            self._dims = tuple(None if d is None else int(d) for d in dims)
+            self._dims = tuple(None if d is None else operator.index(d) for d in dims)
 
     @property
     def dims(self) -> list[Dim] | None:
@@ -107,10 +109,11 @@ class TensorShape:
 
 
 def as_shape(value: Any) -> TensorShape:
-    """``value`` (a TensorShape, list, tuple, int or None) as a :class:`TensorShape`."""
+    """``value`` (a TensorShape, list, tuple, numpy array, Python or numpy int, or None) as a
+    :class:`TensorShape`; raises ``TypeError`` for anything else (floats included)."""
     if isinstance(value, TensorShape):
         return value
-    if value is None or isinstance(value, int | Iterable):
+    if value is None or isinstance(value, numbers.Integral | Iterable):
         return TensorShape(value)
     raise TypeError(f"cannot convert {value!r} to a TensorShape")
 

@@ -58,7 +58,7 @@ def _scatter(kernel: str, op_type: str, ref: Any, indices: Any, updates: Any,
     var = variable_ref(ref, op_type)
     with op_scope(name, op_type, [ref, indices, updates]) as (graph, op_name):
         idx = convert_to_tensor(indices, name="indices")
-        if not idx.dtype.is_integer:
+        if idx.dtype not in (dtypes.int32, dtypes.int64):
             raise TypeError(f"Value passed to parameter 'indices' has DataType "
                             f"{idx.dtype.name} not in list of allowed values: int32, int64")
         upd = convert_input(updates, var, op_type, "updates", "ref", "updates")

@@ -35,16 +35,34 @@ class Variable(TensorOperators):
 
     ``name`` is ``"op_name:0"`` made unique in the graph (``name1``, ``name1_1``), under the
     current name scope. ``==`` is identity; arithmetic operators build ops on the value.
-    Raises ``ValueError`` when ``initial_value`` is missing or its shape is not fully known.
+    TF 1.x's arguments are taken in its order: ``constraint`` is kept (as TF, optimizers do
+    not apply it); ``validate_shape``, ``caching_device``, ``expected_shape``,
+    ``import_scope``, ``use_resource``, ``synchronization``, ``aggregation`` and ``shape``
+    are accepted and change nothing (a server variable has the fully known shape of its
+    initial value; ``assign(..., validate_shape=False)`` changes it).
+    Raises ``ValueError`` when ``initial_value`` is missing or its shape is not fully known,
+    and for a ``variable_def`` (MetaGraphs are TF-only).
     """
 
     def __init__(self, initial_value: Any = None, trainable: bool | None = None,
-                 collections: Sequence[str] | None = None, name: str | None = None,
-                 dtype: Any = None) -> None:
+                 collections: Sequence[str] | None = None, validate_shape: bool = True,
+                 caching_device: Any = None, name: str | None = None,
+                 variable_def: Any = None, dtype: Any = None, expected_shape: Any = None,
+                 import_scope: str | None = None, constraint: Any = None,
+                 use_resource: bool | None = None, synchronization: Any = None,
+                 aggregation: Any = None, shape: Any = None) -> None:
         if initial_value is None:
             raise ValueError("initial_value must be specified.")
+        if variable_def is not None:
+            raise ValueError("variable_def needs a TensorFlow MetaGraph, which varstore does "
+                             "not read; create the variable from an initial_value.")
+        if constraint is not None and not callable(constraint):
+            raise ValueError(f"The `constraint` argument must be a callable. Received: "
+                             f"{constraint}")
         self.trainable = True if trainable is None else bool(trainable)
+        self.constraint = constraint
         self.created_by = "Variable"
+        self.save_slice_info: Any = None
         graph = get_default_graph()
         with graph.control_dependencies(None), graph.name_scope(name, "Variable") as scope:
             op_name = scope[:-1]

@@ -49,8 +49,37 @@ class DType:
         """The numpy scalar type, as TensorFlow's ``DType.as_numpy_dtype``."""
         return self.np_dtype.type
 
+    @property
+    def base_dtype(self) -> DType:
+        """The dtype itself (TF's reference dtypes' base; varstore's dtypes are all base)."""
+        return self
+
+    @property
+    def real_dtype(self) -> DType:
+        """The dtype of a complex type's parts, else the dtype itself (TF's ``real_dtype``)."""
+        return {"complex64": _BY_NAME["float32"],
+                "complex128": _BY_NAME["float64"]}.get(self.name, self)
+
+    @property
+    def is_complex(self) -> bool:
+        """True for complex64 and complex128."""
+        return self.name.startswith("complex")
+
+    @property
+    def is_bool(self) -> bool:
+        """True for ``bool``."""
+        return self.name == "bool"
+
+    def is_compatible_with(self, other: Any) -> bool:
+        """Whether a value of ``other`` may be used where this dtype is expected (same base
+        dtype), as TensorFlow's ``DType.is_compatible_with``."""
+        return as_dtype(other).base_dtype == self
+
     def __repr__(self) -> str:
         return f"tf.{self.name}"
+
+    def __str__(self) -> str:
+        return f"<dtype: '{self.name}'>"
 
 
 _TABLE = [
@@ -115,17 +144,20 @@ def as_dtype(value: Any) -> DType:
     if isinstance(value, np.dtype) and value in _BY_NUMPY:  # the hot case, checked first
         return _BY_NUMPY[value]
     if isinstance(value, str):
-        if value in _BY_NAME:
-            return _BY_NAME[value]
-        raise TypeError(f"unknown dtype name {value!r}")
+        # TF 1.x reference variables' dtypes (``float32_ref``) stand for their base dtype.
+        name = value.removesuffix("_ref")
+        if name in _BY_NAME:
+            return _BY_NAME[name]
+        raise TypeError(f"unknown dtype name {value[:100]!r}")
     if value in (bytes, str):
         return string
     enum = getattr(value, "enum", None)
     if isinstance(enum, int) and enum in _BY_ENUM:
         return _BY_ENUM[enum]
     tf_name = getattr(value, "name", None)
-    if isinstance(tf_name, str) and tf_name in _BY_NAME and not isinstance(value, np.dtype):
-        return _BY_NAME[tf_name]
+    if isinstance(tf_name, str) and not isinstance(value, np.dtype) \
+            and tf_name.removesuffix("_ref") in _BY_NAME:
+        return _BY_NAME[tf_name.removesuffix("_ref")]
     try:
         np_dtype = np.dtype(value)
     except TypeError:

@@ -1,0 +1,245 @@
+"""Partitioned variables: ``get_variable(..., partitioner=...)`` and TF's three partitioners.
+
+As TensorFlow's ``variable_scope._VariableStore._get_partitioned_variable`` and
+``partitioned_variables.py``: a partitioner maps a shape and dtype to a number of parts per
+axis (more than one on at most one axis); the variable ``emb`` becomes the server variables
+``emb/part_0``, ``emb/part_1``... each holding a slice of the full value along that axis (the
+first ``dim % parts`` slices one row longer), and each part records the full variable's name,
+shape and its offset (:class:`SaveSliceInfo`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from varstore.common import dtypes
+from varstore.common.dtypes import DType
+from varstore.v1.shapes import TensorShape, as_shape
+
+
+@dataclass(frozen=True)
+class SaveSliceInfo:
+    """Where a part lies in its full variable (TF's ``Variable.SaveSliceInfo``)."""
+
+    full_name: str
+    full_shape: list[int]
+    var_offset: list[int]
+    var_shape: list[int]
+
+    @property
+    def spec(self) -> str:
+        """The checkpoint slice spec: ``"4 2 0,2:-"`` (full shape, then offset,length per
+        axis, ``-`` for a whole axis), as TF writes it."""
+        axes = ":".join("-" if length == full else f"{offset},{length}"
+                        for offset, length, full in zip(self.var_offset, self.var_shape,
+                                                        self.full_shape, strict=True))
+        return " ".join(str(d) for d in self.full_shape) + " " + axes
+
+
+class PartitionedVariable:
+    """The parts of one partitioned variable, in order; iterating yields them."""
+
+    def __init__(self, name: str, shape: TensorShape, dtype: DType, parts: list[Any],
+                 partitions: list[int]) -> None:
+        self.name = name
+        self._shape = shape
+        self.dtype = dtype
+        self._parts = parts
+        self._partitions = partitions
+
+    @property
+    def shape(self) -> TensorShape:
+        """The full variable's shape."""
+        return self._shape
+
+    def get_shape(self) -> TensorShape:
+        """The full variable's shape."""
+        return self._shape
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def _get_variable_list(self) -> list[Any]:
+        return list(self._parts)
+
+    def _get_partitions(self) -> list[int]:
+        return list(self._partitions)
+
+    def __repr__(self) -> str:
+        return (f"<PartitionedVariable '{self.name}' shape={self._shape} "
+                f"parts={len(self._parts)}>")
+
+
+def fixed_size_partitioner(num_shards: int, axis: int = 0) -> Callable[..., list[int]]:
+    """A partitioner making ``num_shards`` parts along ``axis`` (fewer for a shorter axis)."""
+    def partitioner(shape: TensorShape, **_: Any) -> list[int]:
+        parts = [1] * len(shape)
+        parts[axis] = min(num_shards, shape.as_list()[axis])
+        return parts
+    return partitioner
+
+
+def variable_axis_size_partitioner(max_shard_bytes: int, axis: int = 0,
+                                   bytes_per_string_element: int = 16,
+                                   max_shards: int | None = None) -> Callable[..., list[int]]:
+    """A partitioner keeping each part under ``max_shard_bytes`` (at least one slice of
+    ``axis`` per part), at most ``max_shards`` parts; TF's arithmetic.
+
+    Raises ``ValueError`` for non-positive sizes, as TF does."""
+    if max_shard_bytes < 1 or bytes_per_string_element < 1:
+        raise ValueError(
+            "Both max_shard_bytes and bytes_per_string_element must be positive. "
+            f"Currently, max_shard_bytes is {max_shard_bytes} and"
+            f"bytes_per_string_element is {bytes_per_string_element}")
+    if max_shards and max_shards < 1:
+        raise ValueError("max_shards must be positive.")
+
+    def partitioner(shape: TensorShape, dtype: Any) -> list[int]:
+        if not isinstance(shape, TensorShape):
+            raise ValueError(f"shape is not a TensorShape: {shape}")
+        if not shape.is_fully_defined():
+            raise ValueError(f"shape is not fully defined: {shape}")
+        dims = shape.as_list()
+        size = _element_size(dtype, bytes_per_string_element)
+        parts = [1] * len(dims)
+        bytes_per_slice = 1.0 * (math.prod(dims) / dims[axis]) * size
+        slices_per_shard = max(1, math.floor(max_shard_bytes / bytes_per_slice))
+        axis_shards = int(math.ceil(1.0 * dims[axis] / slices_per_shard))
+        if max_shards:
+            axis_shards = min(max_shards, axis_shards)
+        parts[axis] = axis_shards
+        return parts
+    return partitioner
+
+
+def min_max_variable_partitioner(max_partitions: int = 1, axis: int = 0,
+                                 min_slice_size: int = 256 << 10,
+                                 bytes_per_string_element: int = 16
+                                 ) -> Callable[..., list[int]]:
+    """A partitioner making parts of at least ``min_slice_size`` bytes, at most
+    ``max_partitions`` of them; TF's arithmetic."""
+    def partitioner(shape: TensorShape, dtype: Any) -> list[int]:
+        if axis >= len(shape):
+            raise ValueError(f"Cannot partition variable along axis {axis} when shape is "
+                             f"only {shape}")
+        dims = shape.as_list()
+        total = math.prod(dims) * _element_size(dtype, bytes_per_string_element)
+        parts = [1] * len(dims)
+        parts[axis] = max(1, min(dims[axis], max_partitions,
+                                 int(math.ceil(total / min_slice_size))))
+        return parts
+    return partitioner
+
+
+def _element_size(dtype: Any, bytes_per_string_element: int) -> int:
+    dtype = dtypes.as_dtype(dtype)
+    return bytes_per_string_element if dtype.is_string else dtype.itemsize
+
+
+def _call_partitioner(partitioner: Any, shape: TensorShape, dtype: DType) -> list[int]:
+    """The partitioner's parts per axis, checked as TF's ``_call_partitioner``."""
+    if not shape.is_fully_defined():
+        raise ValueError(f"Shape of a new partitioned variable must be fully defined, but "
+                         f"instead was {shape}.")
+    if len(shape) < 1:
+        raise ValueError(f"A partitioned Variable must have rank at least 1, shape: {shape}")
+    slicing = partitioner(shape=shape, dtype=dtype)
+    if not isinstance(slicing, Sequence):
+        raise ValueError(f"Partitioner must return a sequence, but saw: {slicing}")
+    if len(slicing) != len(shape):
+        raise ValueError(f"Partitioner returned a partition list that does not match the "
+                         f"Variable's rank: {slicing} vs. {shape}")
+    if any(p < 1 for p in slicing):
+        raise ValueError(f"Partitioner returned zero partitions for some axes: {slicing}")
+    if sum(p > 1 for p in slicing) > 1:
+        raise ValueError(f"Can only slice a variable along one dimension: shape: {shape}, "
+                         f"partitioning: {slicing}")
+    return [int(p) for p in slicing]
+
+
+def _slices(full: list[int], parts: list[int]) -> Iterator[tuple[list[int], list[int]]]:
+    """(offset, shape) of each part, as TF's ``_iter_slices``."""
+    axis = next((i for i, p in enumerate(parts) if p > 1), 0)
+    count = parts[axis] if parts else 1
+    longer, base = full[axis] % count, full[axis] // count
+    offset = [0] * len(full)
+    for i in range(count):
+        shape = list(full)
+        shape[axis] = base + (1 if i < longer else 0)
+        yield list(offset), shape
+        offset[axis] += shape[axis]
+
+
+def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: Any,
+                             partitioner: Any, reuse: Any, known: dict[str, Any],
+                             make_part: Callable[[str, list[int] | None, Any], Any]
+                             ) -> PartitionedVariable:
+    """Gets or creates the partitioned variable ``name`` (``known`` holds the graph's, by
+    name); ``make_part(part_name, part_shape, initializer)`` gets or creates one part.
+
+    A value initializer (number, list, array, constant tensor) is sliced for each part.
+    Raises TF's ``ValueError`` messages for bad partitionings and reuse mistakes.
+    """
+    if not callable(partitioner):
+        raise ValueError(f"Partitioner must be callable, but received: {partitioner}")
+    value = None
+    if initializer is not None and not callable(initializer):
+        value = _constant_value(initializer, dtype)
+        dtype = dtypes.as_dtype(value.dtype)
+        shape = as_shape(value.shape) if shape is None else shape
+    shape = as_shape(shape)
+    parts = _call_partitioner(partitioner, shape, dtype) if not reuse or partitioner else None
+    existing = known.get(name)
+    if existing is not None:
+        if reuse is False:
+            raise ValueError(f"Partitioned variable with name {name} already exists. Did you "
+                             f"mean to set reuse=True or reuse=tf.AUTO_REUSE in VarScope?")
+        if not shape.is_compatible_with(existing.get_shape()):
+            raise ValueError(f"Trying to reuse partitioned variable {name}, but specified shape "
+                             f"{shape} and found shape {existing.get_shape()}.")
+        if dtype != existing.dtype:
+            raise ValueError(f"Trying to reuse partitioned variable {name}, but specified "
+                             f"dtype {dtype.name} and found dtype {existing.dtype.name}.")
+        if parts is not None and existing._get_partitions() != parts:
+            raise ValueError(f"Trying to reuse partitioned variable {name}, but specified "
+                             f"partitions {parts} and found partitions "
+                             f"{existing._get_partitions()}.")
+        return existing
+    if reuse is True:
+        raise ValueError(f"PartitionedVariable {name} does not exist, or was not created with "
+                         f"tf.get_variable(). Did you mean to set reuse=False or "
+                         f"reuse=tf.AUTO_REUSE in VarScope?")
+    assert parts is not None
+    full = shape.as_list()
+    made = []
+    for i, (offset, part_shape) in enumerate(_slices(full, parts)):
+        if value is not None:
+            index = tuple(slice(o, o + n) for o, n in zip(offset, part_shape, strict=True))
+            var = make_part(f"{name}/part_{i}", None, value[index])
+        else:
+            var = make_part(f"{name}/part_{i}", part_shape, initializer)
+        var.save_slice_info = SaveSliceInfo(name, full, offset, part_shape)
+        made.append(var)
+    result = PartitionedVariable(name, shape, dtype, made, parts)
+    known[name] = result
+    return result
+
+
+def _constant_value(initializer: Any, dtype: DType) -> np.ndarray:
+    """A value initializer as an array (a constant tensor's own value)."""
+    op = getattr(initializer, "op", None)
+    if op is not None:
+        if getattr(op, "value", None) is None:
+            raise TypeError(f"A partitioned variable's initializer tensor must be a constant, "
+                            f"got {initializer}")
+        return op.value
+    dtypes.check_convertible(initializer, dtype)
+    return dtypes.to_numpy(initializer, dtype)
