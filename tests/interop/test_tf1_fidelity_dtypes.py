@@ -98,11 +98,14 @@ def variable_of(label: str, make_value: Any, dtype: str | None = None) -> None:
     PROGRAMS.graph(program)
 
 
-for _args in [("mixed_list", lambda: [1, 2.5]), ("big_int", lambda: 2 ** 40),
-              ("list_with_big_int", lambda: [1, 2 ** 40]), ("float_as_int32", lambda: 1.5, "int32"),
-              ("int_as_float32", lambda: 3, "float32"), ("numpy_int64", lambda: np.int64(3)),
-              ("bool_list", lambda: [True, False]), ("nested", lambda: [[1.0], [2]])]:
-    variable_of(*_args)
+variable_of("mixed_list", lambda: [1, 2.5])
+variable_of("big_int", lambda: 2 ** 40)
+variable_of("list_with_big_int", lambda: [1, 2 ** 40])
+variable_of("float_as_int32", lambda: 1.5, "int32")
+variable_of("int_as_float32", lambda: 3, "float32")
+variable_of("numpy_int64", lambda: np.int64(3))
+variable_of("bool_list", lambda: [True, False])
+variable_of("nested", lambda: [[1.0], [2]])
 
 
 @PROGRAMS.graph

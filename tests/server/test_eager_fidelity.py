@@ -128,8 +128,9 @@ def get_variable_value_dtypes(tf: Any, env: Any) -> Any:
              {"initializer": 2.0, "dtype": lib.float32},
              {"initializer": np.ones(2, np.float32), "dtype": lib.float64},
              {"initializer": [1.0], "shape": [1]}]
-    return [error(lambda i=i, kw=kw: describe(tf.get_variable(f"b{i}", **kw)))
-            for i, kw in enumerate(cases)]
+    def make(i: int, kwargs: dict[str, Any]) -> Any:
+        return error(lambda: describe(tf.get_variable(f"b{i}", **kwargs)))
+    return [make(i, kw) for i, kw in enumerate(cases)]
 
 
 @eager
@@ -146,8 +147,10 @@ def constant_initializer_fills(tf: Any, env: Any) -> Any:
     for i, (value, shape) in enumerate([([1, 2], np.array([2, 3])), ([1, 2, 3], [2, 3]),
                                         ([[1, 2], [3, 4]], [4]), (7, [np.int64(2)]),
                                         ([1, 2, 3, 4, 5], [3])]):
-        out.append(error(lambda i=i, value=value, shape=shape: env.read(tf.get_variable(
-            f"c{i}", shape=shape, initializer=lib.constant_initializer(value))).tolist()))
+        def read(i: int = i, value: Any = value, shape: Any = shape) -> Any:
+            return env.read(tf.get_variable(
+                f"c{i}", shape=shape, initializer=lib.constant_initializer(value))).tolist()
+        out.append(error(read))
     return out
 
 

@@ -82,7 +82,7 @@ def fixed_size_partitioner(num_shards: int, axis: int = 0) -> Callable[..., list
     """A partitioner making ``num_shards`` parts along ``axis`` (fewer for a shorter axis)."""
     def partitioner(shape: TensorShape, **_: Any) -> list[int]:
         parts = [1] * len(shape)
-        parts[axis] = min(num_shards, shape.as_list()[axis])
+        parts[axis] = min(num_shards, _dims(shape)[axis])
         return parts
     return partitioner
 
@@ -107,7 +107,7 @@ def variable_axis_size_partitioner(max_shard_bytes: int, axis: int = 0,
             raise ValueError(f"shape is not a TensorShape: {shape}")
         if not shape.is_fully_defined():
             raise ValueError(f"shape is not fully defined: {shape}")
-        dims = shape.as_list()
+        dims = _dims(shape)
         size = _element_size(dtype, bytes_per_string_element)
         parts = [1] * len(dims)
         bytes_per_slice = 1.0 * (math.prod(dims) / dims[axis]) * size
@@ -130,13 +130,22 @@ def min_max_variable_partitioner(max_partitions: int = 1, axis: int = 0,
         if axis >= len(shape):
             raise ValueError(f"Cannot partition variable along axis {axis} when shape is "
                              f"only {shape}")
-        dims = shape.as_list()
+        dims = _dims(shape)
         total = math.prod(dims) * _element_size(dtype, bytes_per_string_element)
         parts = [1] * len(dims)
         parts[axis] = max(1, min(dims[axis], max_partitions,
                                  int(math.ceil(total / min_slice_size))))
         return parts
     return partitioner
+
+
+def _dims(shape: TensorShape) -> list[int]:
+    """A fully defined shape's dimensions; raises ``ValueError`` otherwise."""
+    dims = shape.as_list()
+    known = [d for d in dims if d is not None]
+    if len(known) != len(dims):
+        raise ValueError(f"shape is not fully defined: {shape}")
+    return known
 
 
 def _element_size(dtype: Any, bytes_per_string_element: int) -> int:
@@ -218,7 +227,7 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
                          f"tf.get_variable(). Did you mean to set reuse=False or "
                          f"reuse=tf.AUTO_REUSE in VarScope?")
     assert parts is not None
-    full = shape.as_list()
+    full = _dims(shape)
     made = []
     for i, (offset, part_shape) in enumerate(_slices(full, parts)):
         if value is not None:
