@@ -382,7 +382,9 @@ class Client(ClientBase):
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls: Any = None, timeout: float | None = None) -> None:
         super().__init__()
-        self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
+        from varstore.cluster import tf_config_address
+        self.address = (address or os.environ.get("VARSTORE_ADDRESS") or tf_config_address()
+                        or DEFAULT_ADDRESS)
         self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
         self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
         self.run_stream = self.transport.channel.stream_stream(
@@ -553,16 +555,19 @@ def _entries(var_list: Any) -> list[pb.CheckpointEntry]:
 
 def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
             timeout: float | None = None) -> Client:
-    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011).
+    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else TF_CONFIG's first ps
+    task, else localhost:7011); to every shard when that server is one of a cluster
+    (:mod:`varstore.cluster`).
 
     Raises ``UnavailableError`` naming the address and the likely cause: a refused connection
     or an unknown host at once, a server that accepts connections but does not answer after
     ``timeout`` seconds (default 10); ``InvalidArgumentError`` for a malformed address.
     """
+    from varstore.cluster import connect_cluster
     client = Client(address, token=token, tls=tls, timeout=timeout)
     try:
         client.transport.wait_ready()
+        return connect_cluster(client, token=token, tls=tls, timeout=timeout)
     except BaseException:
         client.close()
         raise
-    return client

@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
+from varstore.server import cluster_service
 from varstore.server.checkpoints import CheckpointManager
+from varstore.server.cluster import ClusterSpec
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.servicer import VariableServicer, add_to_server
@@ -46,6 +48,9 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     token_file: Path | None = None
+    # A cluster's shard addresses by task index, and this shard's (varstore.server.cluster).
+    cluster: tuple[str, ...] = ()
+    task_index: int = 0
 
 
 @dataclass
@@ -112,11 +117,14 @@ def create_server(config: ServerConfig) -> Server:
         ],
     )
     add_to_server(servicer, server)
+    spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
+    cluster_service.add_to_server(cluster_service.ClusterServicer(spec, checkpoints), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, cluster_service.SERVICE_NAME, health.SERVICE_NAME,
+         reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"
     try:
         if credentials is None:

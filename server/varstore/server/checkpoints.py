@@ -44,6 +44,7 @@ from varstore.server.bundle import (
     TensorInfo,
     index_path,
     latest_checkpoint,
+    merge_shards,
     read_state,
     update_state,
 )
@@ -155,6 +156,48 @@ class CheckpointManager:
             self._observe("save", started, tally.progress.bytes_done)
             log.info("saved checkpoint %s (%d tensors, %d bytes)", named, len(plan),
                      tally.progress.bytes_done)
+        return named
+
+    def save_part(self, part: str, entries: Mapping[str, str]) -> int:
+        """Writes ``entries`` as one uncommitted part of a cluster's sharded save (see
+        :mod:`varstore.server.cluster_service`); returns the bytes written. Raises as
+        :meth:`save`."""
+        path = self.folder.resolve(part)
+        with self._lock:
+            plan = self._save_plan(entries)
+            tally = _Tally(None, len(plan), sum(var.nbytes for _, var in plan))
+            try:
+                with BundleWriter(path) as writer:
+                    for key, var in plan:
+                        _write_variable(writer, key, var, tally)
+            except OSError as e:
+                raise os_error(e, f"cannot write checkpoint part {clip(part)}") from None
+        return tally.progress.bytes_done
+
+    def commit_parts(self, parts: list[str], prefix: str, global_step: int | None,
+                     max_to_keep: int) -> str:
+        """Merges the parts every shard wrote into checkpoint ``prefix`` (``prefix-STEP``)
+        as TensorFlow's ``MergeV2Checkpoints`` does, index last, then records it in the state
+        file as :meth:`save` does; returns its path as the client named it.
+
+        Raises ``InvalidArgumentError`` for a bad prefix or parts that do not merge, and the
+        errors of :meth:`save`.
+        """
+        named = prefix if global_step is None else f"{prefix}-{global_step}"
+        if TEMP_MARK in named or max_to_keep < 0:
+            raise InvalidArgumentError(f"cannot commit checkpoint {clip(repr(named))}")
+        path = self.folder.resolve(named)
+        paths = [self.folder.resolve(part) for part in parts]
+        with self._lock:
+            try:
+                merge_shards(paths, path)
+                update_state(os.path.dirname(path), path, max_to_keep)
+            except ValueError as e:
+                raise InvalidArgumentError(f"cannot merge checkpoint {clip(named)}: {e}") \
+                    from None
+            except OSError as e:
+                raise os_error(e, f"cannot write checkpoint {clip(named)}") from None
+            self.last_saved = (named, time.time())
         return named
 
     def _save_plan(self, entries: Mapping[str, str] | None) -> list[tuple[str, Variable]]:

@@ -19,6 +19,7 @@ else:  # pragma: no cover - Python 3.10
 from varstore.common.allocator import keep_freed_memory
 from varstore.common.errors import OpError
 from varstore.server.app import DEFAULT_PORT, ServerConfig, create_server
+from varstore.server.cluster import cluster_settings, parse_addresses
 from varstore.server.daemon import DaemonError, ServeProcess
 
 log = logging.getLogger("varstore.server")
@@ -57,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--daemon", action="store_true",
                         help="detach and run in the background (needs --pidfile and "
                         "--log-file); returns once the server listens")
+    parser.add_argument("--shards", type=int, metavar="N",
+                        help="start N shard processes on ports PORT..PORT+N-1 (all picked "
+                        "with --port 0) as one cluster; stopping this process stops them")
+    parser.add_argument("--cluster", type=parse_addresses, metavar="HOST:PORT,...",
+                        help="every shard of a multi-host cluster, by task index (else read "
+                        "from TF_CONFIG's cluster.ps when set)")
+    parser.add_argument("--task-index", type=int, metavar="I",
+                        help="this shard's index in --cluster (default 0)")
 
 
 def _size(text: str) -> int:
@@ -84,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
+    cluster_settings(values)
     for name in ("checkpoint_dir", "tls_cert", "tls_key", "tls_client_ca", "token_file"):
         if isinstance(values.get(name), str):
             values[name] = Path(values[name])
@@ -98,6 +108,14 @@ def serve(args: argparse.Namespace) -> int:
     code."""
     logging.basicConfig(level=args.log_level.upper(), filename=args.log_file,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "shards", None) is not None:
+        try:
+            config = config_from_args(args)
+        except (OSError, ValueError) as e:
+            print(f"varstore serve: {e}", file=sys.stderr)
+            return 1
+        from varstore.server.shards import run_shards
+        return run_shards(args, config.host, config.port)
     process = ServeProcess(args.pidfile, args.log_file, args.daemon)
     try:
         config = config_from_args(args)

@@ -1,0 +1,342 @@
+"""A client for a cluster of shards: the same API as :class:`varstore.Client`, one store.
+
+``vs.connect(address)`` asks the server it reaches for the cluster (``ClusterInfo``); when it
+names more than one shard, the connection is a :class:`ClusterClient`, which routes every
+request by variable name. Shard 0 keeps the placement table (new variables balanced by bytes,
+slots next to their variable; see ``varstore.server.cluster``); the client caches it. A request
+touching several shards becomes one request per shard, sent in parallel, in stages when a
+value crosses shards (:mod:`varstore.routing`). Updates are atomic per shard; a request that
+spans shards can succeed on some and fail on others. Saving writes TensorFlow's sharded layout
+(every shard a data file, one merged index); restoring places each variable afresh, so a
+checkpoint restores onto any number of shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from varstore.client import Client, Reply, VariableInfo, _entries
+from varstore.common import codec, dtypes
+from varstore.common.errors import OpError, UnavailableError
+from varstore.proto import cluster_pb2 as cpb
+from varstore.proto import cluster_pb2_grpc as cpb_grpc
+from varstore.proto import varstore_pb2 as pb
+from varstore.request import RequestBuilder
+from varstore.routing import Plan
+
+TF_CONFIG = "TF_CONFIG"
+# Where the parts of a save are written until shard 0 merges them; the server treats files
+# carrying this mark as unfinished (TensorFlow's own marker).
+TEMP_MARK = ".tempstate"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+# Bytes assumed per string element when placing a string variable.
+_STRING_BYTES = 64
+
+
+def tf_config_address(environ: Any = os.environ) -> str | None:
+    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None."""
+    try:
+        ps = json.loads(environ.get(TF_CONFIG, "") or "{}").get("cluster", {}).get("ps")
+    except (ValueError, AttributeError):
+        return None
+    return ps[0] if isinstance(ps, list) and ps and isinstance(ps[0], str) else None
+
+
+def cluster_addresses(client: Client) -> list[str]:
+    """The shard addresses the server behind ``client`` reports (empty: no cluster), with a
+    wildcard host replaced by the host ``client`` reached."""
+    stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
+    try:
+        info = client.transport.call(stub.ClusterInfo, cpb.ClusterInfoRequest(),
+                                     idempotent=True)
+    except OpError as e:
+        if e.code == grpc.StatusCode.UNIMPLEMENTED:
+            return []
+        raise
+    host = client.address.rpartition(":")[0]
+    return [f"{host}:{a.rpartition(':')[2]}" if a.rpartition(":")[0] in _WILDCARD_HOSTS
+            else a for a in info.shards]
+
+
+def _nbytes(spec: pb.VariableSpec) -> int:
+    dtype = dtypes.from_enum(spec.dtype)
+    return codec.num_elements(spec.shape.dim) * (dtype.itemsize or _STRING_BYTES)
+
+
+class ClusterClient(Client):
+    """A :class:`Client` over every shard of a cluster (``shards[k]`` is task k's address).
+
+    Requests touching a shard that is down raise ``UnavailableError`` naming the shard; the
+    other shards keep serving.
+    """
+
+    def __init__(self, shards: Sequence[str], *, token: str | None = None, tls: Any = None,
+                 timeout: float | None = None) -> None:
+        super().__init__(shards[0], token=token, tls=tls, timeout=timeout)
+        self.shard_addresses = list(shards)
+        self.shards: list[Client] = [self] + [
+            Client(a, token=token, tls=tls, timeout=timeout) for a in shards[1:]]
+        self.placement_stub = cpb_grpc.ClusterServiceStub(self.transport.channel)
+        self._placement: dict[str, int] = {}
+        self._pinned: int | None = None
+        self._pool = ThreadPoolExecutor(len(shards), thread_name_prefix="varstore-shard")
+
+    def close(self) -> None:
+        """Closes every shard's channel."""
+        for shard in self.shards[1:]:
+            shard.close()
+        super().close()
+        self._pool.shutdown(wait=False)
+
+    # --- placement ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def device(self, device: str) -> Iterator[None]:
+        """Pins variables created inside to one shard, as ``tf.device("/job:ps/task:K")``
+        does (a device naming no task lets the cluster choose).
+
+        Raises ``ValueError`` for a task outside the cluster.
+        """
+        task = _task_of(device)
+        if task is not None and not 0 <= task < len(self.shards):
+            raise ValueError(f"device {device!r}: the cluster has tasks 0..{len(self.shards) - 1}")
+        previous, self._pinned = self._pinned, task
+        try:
+            yield
+        finally:
+            self._pinned = previous
+
+    def shard_of(self, name: str) -> int:
+        """The shard holding variable ``name`` (shard 0 for a name no shard holds)."""
+        self._locate([], [name])
+        return self._placement.get(name, 0)
+
+    def _locate(self, specs: Sequence[pb.VariableSpec], names: Sequence[str],
+                colocate: dict[str, str] | None = None) -> None:
+        """Learns the shard of every name, placing the ``specs`` not placed yet."""
+        colocate = colocate or {}
+        wanted: dict[str, cpb.Placement] = {}
+        for spec in specs:
+            if spec.name not in self._placement and spec.mode == pb.CREATE_OR_BIND:
+                wanted.setdefault(spec.name, cpb.Placement(
+                    name=spec.name, nbytes=_nbytes(spec),
+                    shard=-1 if self._pinned is None else self._pinned,
+                    colocate_with=colocate.get(spec.name, "")))
+        for name in names:
+            if name not in self._placement and name not in wanted:
+                wanted[name] = cpb.Placement(name=name, shard=-1, lookup_only=True)
+        if not wanted:
+            return
+        # Variables first, then what goes next to them.
+        order = sorted(wanted.values(), key=lambda p: bool(p.colocate_with))
+        reply = self.transport.call(self.placement_stub.Place,
+                                    cpb.PlaceRequest(variables=order), idempotent=True)
+        missing = []
+        for placement, shard in zip(order, reply.shards, strict=True):
+            if shard >= 0:
+                self._placement[placement.name] = shard
+            else:
+                missing.append(placement.name)
+        if missing:
+            self._discover(missing)
+
+    def _discover(self, names: list[str]) -> None:
+        """Finds variables that shard 0's table does not know (it restarted) on the shards
+        and records them there."""
+        def find(k: int) -> set[str]:
+            shard = self.shards[k]
+            return {v.name for name in names for v in Client.list_variables(shard, name)
+                    if v.name == name}
+        found = self._each(list(range(len(self.shards))), find)
+        register = [cpb.Placement(name=name, shard=k) for k, names_k in enumerate(found)
+                    for name in sorted(names_k)]
+        if register:
+            reply = self.transport.call(self.placement_stub.Place,
+                                        cpb.PlaceRequest(variables=register), idempotent=True)
+            for placement, shard in zip(register, reply.shards, strict=True):
+                self._placement[placement.name] = shard
+
+    # --- requests -------------------------------------------------------------------------
+
+    def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
+        """Sends the request as one request per shard it touches, in parallel, in as many
+        stages as values crossing shards need; returns what one server would return."""
+        colocate = {}
+        for node in builder.nodes:
+            if node.variable:
+                for j in node.inputs:
+                    ref = builder.nodes[j]
+                    if ref.op == "ref" and ref.variable != node.variable:
+                        colocate.setdefault(ref.variable, node.variable)
+        self._locate(builder.specs, [n.variable for n in builder.nodes if n.variable],
+                     colocate)
+        plan = Plan(builder, lambda name: self._placement.get(name, 0))
+        single = plan.single_shard()
+        if single is not None:
+            return self._each([single], lambda k: Client.run(self.shards[k], builder,
+                                                             expect_bytes))[0]
+        values: dict[int, np.ndarray] = {}
+        infos: dict[int, pb.VariableInfo] = {}
+        for stage in range(plan.stages):
+            parts = plan.parts(stage, values)
+            replies = self._each(list(range(len(parts))), lambda i: Client.run(
+                self.shards[parts[i].shard], parts[i].builder,
+                expect_bytes if parts[i].fetched else 0))
+            for part, (fetched, part_infos) in zip(parts, replies, strict=True):
+                values.update(zip(part.fetched, fetched, strict=True))
+                infos.update(zip(part.specs, part_infos, strict=True))
+        return ([values[i] for i in builder.fetches],
+                [infos[k] for k in range(len(builder.specs))])
+
+    def _each(self, items: list[int], call: Callable[[int], Any]) -> list[Any]:
+        """``call(item)`` for every item, in parallel; raises the first failure (after all
+        finished), an unavailable shard named as such."""
+        if len(items) == 1:
+            return [self._named(call, items[0])]
+        futures = [self._pool.submit(self._named, call, item) for item in items]
+        errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
+
+    def _named(self, call: Callable[[int], Any], item: int) -> Any:
+        try:
+            return call(item)
+        except UnavailableError as e:
+            if e.message.startswith("shard "):
+                raise
+            raise UnavailableError(f"shard {item} of {len(self.shards)}: {e.message}") from e
+
+    def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
+        """Variables on every shard (all, or those under ``scope``), sorted by name."""
+        lists = self._each(list(range(len(self.shards))),
+                           lambda k: Client.list_variables(self.shards[k], scope))
+        return sorted((v for vs in lists for v in vs), key=lambda v: v.name)
+
+    def wait_initialized(self, names: Sequence[str] = (), timeout: float = 60.0) -> list[str]:
+        """Blocks until the named variables (all when empty) are initialized on their shards
+        or ``timeout`` seconds pass; returns the names still uninitialized."""
+        groups: dict[int, list[str]] = {}
+        if names:
+            self._locate([], list(names))
+            for name in names:
+                groups.setdefault(self._placement.get(name, 0), []).append(name)
+        else:
+            groups = {k: [] for k in range(len(self.shards))}
+        shards = sorted(groups)
+        pending = self._each(shards, lambda k: Client.wait_initialized(
+            self.shards[k], groups[k], timeout))
+        return [name for names_k in pending for name in names_k]
+
+    def cluster_status(self) -> list[tuple[str, pb.StatusResponse | OpError]]:
+        """Every shard's address and status (or the error asking for it)."""
+        def status(k: int) -> pb.StatusResponse | OpError:
+            try:
+                return Client.status(self.shards[k])
+            except OpError as e:
+                return e
+        return list(zip(self.shard_addresses,
+                        self._each(list(range(len(self.shards))), status), strict=True))
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save(self, prefix: str, var_list: Any = None, global_step: int | None = None,
+             max_to_keep: int = 5,
+             progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
+        """Writes one checkpoint of the whole cluster in TensorFlow's sharded layout: every
+        shard writes its variables in parallel, then shard 0 merges the parts into one index
+        and records the checkpoint; returns its path. A shard failing fails the save and
+        leaves the previous checkpoint as it was."""
+        entries = _entries(var_list)
+        if entries:
+            self._locate([], [e.variable for e in entries])
+            by_shard: dict[int, list[pb.CheckpointEntry]] = {}
+            for e in entries:
+                by_shard.setdefault(self._placement.get(e.variable, 0), []).append(e)
+        else:
+            lists = self._each(list(range(len(self.shards))),
+                               lambda k: Client.list_variables(self.shards[k]))
+            by_shard = {k: [pb.CheckpointEntry(key=v.name, variable=v.name) for v in vs]
+                        for k, vs in enumerate(lists) if vs}
+            if not by_shard:  # shard 0 says so, as a single server does
+                return super().save(prefix, var_list, global_step, max_to_keep, progress)
+        named = prefix if global_step is None else f"{prefix}-{global_step}"
+        token = secrets.token_hex(4)
+        shards = sorted(by_shard)
+        parts = [f"{named}{TEMP_MARK}{token}_part-{i:05d}-of-{len(shards):05d}"
+                 for i in range(len(shards))]
+        try:
+            written = self._each(list(range(len(shards))), lambda i: self.shards[
+                shards[i]].transport.call(
+                    cpb_grpc.ClusterServiceStub(self.shards[shards[i]].transport.channel)
+                    .SavePart, cpb.SavePartRequest(part_prefix=parts[i],
+                                                   entries=by_shard[shards[i]])))
+            reply = self.transport.call(self.placement_stub.CommitParts, cpb.CommitPartsRequest(
+                part_prefixes=parts, prefix=prefix, has_global_step=global_step is not None,
+                global_step=int(global_step or 0), max_to_keep=max_to_keep))
+        except OpError:
+            with contextlib.suppress(OpError):
+                self.transport.call(self.placement_stub.CommitParts, cpb.CommitPartsRequest(
+                    part_prefixes=parts, abort=True))
+            raise
+        if progress is not None:
+            total = sum(w.bytes_written for w in written)
+            count = sum(len(e) for e in by_shard.values())
+            progress(pb.CheckpointProgress(bytes_done=total, bytes_total=total,
+                                           tensors_done=count, tensors_total=count,
+                                           path=reply.path, done=True))
+        return reply.path
+
+    def restore(self, prefix: str, var_list: Any = None,
+                progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
+        """Restores a checkpoint (any layout, any number of shards that wrote it) onto this
+        cluster: each variable goes to the shard the placement gives it; returns the path."""
+        keys = self.transport.call(self.placement_stub.CheckpointKeys,
+                                   cpb.CheckpointKeysRequest(prefix=prefix), idempotent=True)
+        entries = _entries(var_list) or [pb.CheckpointEntry(key=k.key, variable=k.key)
+                                         for k in keys.keys]
+        found = {k.key: k for k in keys.keys}
+        self._locate([pb.VariableSpec(name=e.variable, dtype=found[e.key].dtype,
+                                      shape=pb.Shape(dim=found[e.key].shape))
+                      for e in entries if e.key in found], [e.variable for e in entries])
+        by_shard: dict[int, list[pb.CheckpointEntry]] = {}
+        for e in entries:
+            by_shard.setdefault(self._placement.get(e.variable, 0), []).append(e)
+        shards = sorted(by_shard)
+
+        def restore(k: int) -> str:
+            return Client.restore(self.shards[k], keys.path,
+                                  {e.key: e.variable for e in by_shard[k]}, progress)
+        self._each(shards, restore)
+        return keys.path if prefix == "latest" else prefix
+
+
+def _task_of(device: str) -> int | None:
+    """The task of a device string such as ``/job:ps/task:2`` (None when it names none)."""
+    for piece in device.split("/"):
+        if piece.startswith("task:"):
+            return int(piece[5:])
+    return None
+
+
+def connect_cluster(client: Client, *, token: str | None = None, tls: Any = None,
+                    timeout: float | None = None) -> Client:
+    """``client`` itself for a single server; a :class:`ClusterClient` over every shard
+    (with the same credentials) when the server it reached is one shard of several
+    (``client`` is closed then)."""
+    shards = cluster_addresses(client)
+    if len(shards) <= 1:
+        return client
+    cluster = ClusterClient(shards, token=token, tls=tls, timeout=timeout)
+    client.close()
+    return cluster

@@ -1,0 +1,186 @@
+"""A cluster of shards acting as one store: who the shards are, and where variables live.
+
+Several ``varstore serve`` processes form one store as TensorFlow's ps tasks do: each shard
+holds whole variables, workers route every request by variable name and learn the cluster
+from any one shard (``ClusterInfo``). The cluster is given as ``--cluster HOST:PORT,...
+--task-index I`` or by the ``TF_CONFIG`` environment variable that Kubeflow's TFJob sets
+(``cluster.ps`` and ``task.index``, as TensorFlow's ``TFConfigClusterResolver`` reads it).
+
+Shard 0 keeps the placement table (:class:`PlacementTable`): the first client to create a
+variable asks it for a shard, and every later client asks it where that name lives, so all
+clients agree. New variables go to the shard holding the fewest bytes so far, TensorFlow's
+``GreedyLoadBalancingStrategy`` (``python/training/device_setter.py``), except that the
+table is shared by every client rather than rebuilt by each. The table lives in shard 0's
+memory; a restarted shard 0 relearns existing variables as clients report where they found
+them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from varstore.common.errors import FailedPreconditionError, InvalidArgumentError, clip
+
+TF_CONFIG = "TF_CONFIG"
+# Addresses a shard listens on for every interface: a client reaches such a shard at the host
+# it used to reach the shard that told it the cluster.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+MAX_SHARDS = 1024
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The shards of a cluster (``host:port`` by task index) and this server's index."""
+
+    shards: tuple[str, ...]
+    task_index: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.shards) <= MAX_SHARDS:
+            raise ValueError(f"a cluster needs 1 to {MAX_SHARDS} shards, got {len(self.shards)}")
+        for address in self.shards:
+            host, sep, port = address.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"cluster address {clip(repr(address))} is not HOST:PORT")
+        if len(set(self.shards)) != len(self.shards):
+            raise ValueError("cluster addresses must be distinct")
+        if not 0 <= self.task_index < len(self.shards):
+            raise ValueError(f"task index {self.task_index} is not in [0, {len(self.shards)})")
+
+    @property
+    def port(self) -> int:
+        """The port this shard's address names."""
+        return int(self.shards[self.task_index].rpartition(":")[2])
+
+
+def parse_addresses(text: str) -> tuple[str, ...]:
+    """``"h:p,h:p"`` as a tuple of addresses (``--cluster``'s argument)."""
+    return tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+def spec_from_tf_config(text: str) -> ClusterSpec:
+    """The cluster of a ``TF_CONFIG`` value for a ps task, as TFJob sets it:
+    ``{"cluster": {"ps": [...], ...}, "task": {"type": "ps", "index": I}}``.
+
+    Raises ``ValueError`` for malformed JSON, a missing ``cluster.ps`` or a task that is not
+    a ps task (workers connect to the cluster; they do not serve it).
+    """
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{TF_CONFIG} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{TF_CONFIG} must be a JSON object")
+    cluster = config.get("cluster")
+    ps = cluster.get("ps") if isinstance(cluster, dict) else None
+    if not isinstance(ps, list) or not ps or not all(isinstance(a, str) for a in ps):
+        raise ValueError(f"{TF_CONFIG} has no cluster.ps list of addresses")
+    task = config.get("task")
+    if not isinstance(task, dict) or task.get("type", "ps") != "ps":
+        kind = task.get("type") if isinstance(task, dict) else None
+        raise ValueError(f"{TF_CONFIG} names task type {clip(repr(kind))}: varstore serve runs "
+                         "the ps tasks")
+    index = task.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f"{TF_CONFIG} task.index must be an integer")
+    return ClusterSpec(tuple(ps), index)
+
+
+def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.environ) -> None:
+    """Fills ``cluster`` from ``TF_CONFIG`` in server settings that name none, and checks
+    that ``cluster`` and ``task_index`` make a valid :class:`ClusterSpec`.
+
+    Raises ``ValueError`` for an invalid cluster or ``TF_CONFIG``.
+    """
+    if not values.get("cluster") and environ.get(TF_CONFIG):
+        spec = spec_from_tf_config(environ[TF_CONFIG])
+        values["cluster"] = spec.shards
+        values.setdefault("task_index", spec.task_index)
+        values.setdefault("port", spec.port)
+    if values.get("cluster"):
+        cluster = values["cluster"]
+        if isinstance(cluster, str):
+            cluster = parse_addresses(cluster)
+        values["cluster"] = tuple(cluster)
+        spec = ClusterSpec(values["cluster"], int(values.get("task_index", 0)))
+        values.setdefault("port", spec.port)
+
+
+class PlacementTable:
+    """Shard 0's record of which shard holds each variable, and the bytes placed per shard.
+
+    :meth:`place` answers for many names at once; the first answer for a name is final.
+    """
+
+    def __init__(self, num_shards: int) -> None:
+        self.num_shards = num_shards
+        self._shard: dict[str, int] = {}
+        self._bytes = [0] * num_shards
+        self._lock = threading.Lock()
+
+    def place(self, name: str, nbytes: int = 0, shard: int = -1, colocate_with: str = "",
+              lookup_only: bool = False) -> int:
+        """The shard of ``name``; placing it first if it is new and not ``lookup_only``
+        (-1 then). A new variable goes to ``shard`` when given (>= 0), else next to
+        ``colocate_with`` or to the variable its name extends (``W/Adam`` next to ``W``, as
+        TensorFlow colocates slots with their variable), else to the shard with the fewest
+        bytes (the lowest index among equals).
+
+        Raises ``InvalidArgumentError`` for a shard outside the cluster or negative bytes.
+        """
+        if shard >= self.num_shards or shard < -1:
+            raise InvalidArgumentError(
+                f"shard {shard} of variable {clip(name)} is not in a cluster of "
+                f"{self.num_shards} shards")
+        if nbytes < 0:
+            raise InvalidArgumentError(f"variable {clip(name)} cannot hold {nbytes} bytes")
+        with self._lock:
+            known = self._shard.get(name)
+            if known is not None:
+                return known
+            if lookup_only:
+                return -1
+            if shard < 0:
+                shard = self._neighbour(colocate_with or name, exact=bool(colocate_with))
+            if shard < 0:
+                shard = min(range(self.num_shards), key=lambda s: (self._bytes[s], s))
+            self._shard[name] = shard
+            self._bytes[shard] += nbytes
+            return shard
+
+    def _neighbour(self, name: str, exact: bool) -> int:
+        if exact:
+            return self._shard.get(name, -1)
+        while "/" in name:
+            name = name.rpartition("/")[0]
+            if name in self._shard:
+                return self._shard[name]
+        return -1
+
+    def bytes_per_shard(self) -> list[int]:
+        """Bytes placed on each shard so far."""
+        with self._lock:
+            return list(self._bytes)
+
+
+def greedy_placement(sizes: Sequence[tuple[str, int]], num_shards: int) -> list[int]:
+    """The shards a fresh :class:`PlacementTable` gives variables created in this order."""
+    table = PlacementTable(num_shards)
+    return [table.place(name, nbytes) for name, nbytes in sizes]
+
+
+def require_shared_folder(directory: str, part: str) -> None:
+    """Checks that a checkpoint part another shard wrote is visible here.
+
+    Raises ``FailedPreconditionError`` saying that the checkpoint folder must be shared.
+    """
+    if not os.path.exists(part):
+        raise FailedPreconditionError(
+            f"checkpoint part {clip(os.path.relpath(part, directory))} written by another shard "
+            f"is not visible in this shard's checkpoint folder {clip(directory)}: the shards of a "
+            "cluster must share one checkpoint folder (one mounted volume)")

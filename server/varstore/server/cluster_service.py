@@ -1,0 +1,100 @@
+"""``varstore.v1.ClusterService``: the cluster's shards, the placement table, sharded saves.
+
+A cluster's save follows TensorFlow's ``Saver(sharded=True)``: every shard writes the
+variables it holds as one part (``SavePart``, in parallel), then shard 0 merges the parts into
+``PREFIX.index`` + ``PREFIX.data-0000i-of-0000N`` and records the checkpoint (``CommitParts``,
+``MergeV2Checkpoints``'s job). Until the merged index appears, every file is temporary, so a
+shard failing mid-save leaves the previous checkpoint whole. The shards must share the
+checkpoint folder; shard 0 refuses parts it cannot see, naming the folder.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from varstore.common.errors import FailedPreconditionError, NotFoundError, clip
+from varstore.proto import cluster_pb2 as cpb
+from varstore.proto import cluster_pb2_grpc as cpb_grpc
+from varstore.server.bundle import BundleReader, index_path
+from varstore.server.bundle.bundle import _unlink_quietly, data_path
+from varstore.server.checkpoint_folder import os_error
+from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
+from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
+from varstore.server.servicer import rpc_errors
+
+SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ClusterService"].full_name
+
+
+class ClusterServicer(cpb_grpc.ClusterServiceServicer):
+    """Answers for one shard of ``spec`` (None: a server that is no cluster)."""
+
+    def __init__(self, spec: ClusterSpec | None, checkpoints: CheckpointManager) -> None:
+        self.spec = spec
+        self.checkpoints = checkpoints
+        self.table = PlacementTable(len(spec.shards)) if spec is not None else None
+
+    @rpc_errors
+    def ClusterInfo(self, request: cpb.ClusterInfoRequest,
+                    context: grpc.ServicerContext) -> cpb.ClusterInfoResponse:
+        if self.spec is None:
+            return cpb.ClusterInfoResponse()
+        return cpb.ClusterInfoResponse(shards=self.spec.shards, task_index=self.spec.task_index)
+
+    @rpc_errors
+    def Place(self, request: cpb.PlaceRequest,
+              context: grpc.ServicerContext) -> cpb.PlaceResponse:
+        if self.table is None or self.spec is None or self.spec.task_index != 0:
+            raise FailedPreconditionError("the placement table is kept by shard 0 of a cluster")
+        return cpb.PlaceResponse(shards=[
+            self.table.place(p.name, p.nbytes, p.shard, p.colocate_with, p.lookup_only)
+            for p in request.variables])
+
+    @rpc_errors
+    def SavePart(self, request: cpb.SavePartRequest,
+                 context: grpc.ServicerContext) -> cpb.SavePartResponse:
+        entries = {e.key: e.variable for e in request.entries}
+        return cpb.SavePartResponse(
+            bytes_written=self.checkpoints.save_part(request.part_prefix, entries))
+
+    @rpc_errors
+    def CommitParts(self, request: cpb.CommitPartsRequest,
+                    context: grpc.ServicerContext) -> cpb.CommitPartsResponse:
+        folder = self.checkpoints.folder
+        parts = list(request.part_prefixes)
+        if request.abort:
+            for part in parts:
+                path = folder.resolve(part)
+                _unlink_quietly(index_path(path))
+                _unlink_quietly(data_path(path, 0, 1))
+            return cpb.CommitPartsResponse()
+        for part in parts:
+            require_shared_folder(str(folder.directory), index_path(folder.resolve(part)))
+        step = request.global_step if request.has_global_step else None
+        return cpb.CommitPartsResponse(path=self.checkpoints.commit_parts(
+            parts, request.prefix, step, request.max_to_keep))
+
+    @rpc_errors
+    def CheckpointKeys(self, request: cpb.CheckpointKeysRequest,
+                       context: grpc.ServicerContext) -> cpb.CheckpointKeysResponse:
+        named = request.prefix
+        if named == LATEST:
+            named = self.checkpoints.latest() or ""
+            if not named:
+                raise NotFoundError(
+                    f"no checkpoint is recorded in the checkpoint folder "
+                    f"{self.checkpoints.directory}")
+        path = self.checkpoints.folder.resolve(named)
+        self.checkpoints.folder.check_files(path, named)
+        try:
+            with BundleReader(path) as reader:
+                keys = [cpb.CheckpointKey(key=key, dtype=info.dtype.enum, shape=info.shape)
+                        for key in reader.keys() if key != OBJECT_GRAPH_KEY
+                        for info in [reader.entry(key)]]
+        except OSError as e:
+            raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
+        return cpb.CheckpointKeysResponse(path=named, keys=keys)
+
+
+def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:
+    """Registers ``servicer`` as ``varstore.v1.ClusterService``."""
+    cpb_grpc.add_ClusterServiceServicer_to_server(servicer, server)
