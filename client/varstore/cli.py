@@ -42,6 +42,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Prints the server's status."""
     with _connect(args) as client:
+        if hasattr(client, "cluster_status"):  # one line per shard (varstore.cluster)
+            from varstore.cluster import print_cluster_status
+            return print_cluster_status(client.cluster_status())
         s = client.status()
     last = s.last_checkpoint or "none"
     if s.last_checkpoint:

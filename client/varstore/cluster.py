@@ -19,9 +19,8 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 
 from varstore.client import Client, Reply, VariableInfo, _entries
@@ -33,6 +32,7 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
 from varstore.routing import Plan
 
+T = TypeVar("T")
 TF_CONFIG = "TF_CONFIG"
 # Where the parts of a save are written until shard 0 merges them; the server treats files
 # carrying this mark as unfinished (TensorFlow's own marker).
@@ -52,16 +52,14 @@ def tf_config_address(environ: Any = os.environ) -> str | None:
 
 
 def cluster_addresses(client: Client) -> list[str]:
-    """The shard addresses the server behind ``client`` reports (empty: no cluster), with a
-    wildcard host replaced by the host ``client`` reached."""
+    """The shard addresses the server behind ``client`` reports (empty: no cluster, or the
+    server would not say), with a wildcard host replaced by the host ``client`` reached."""
     stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
     try:
         info = client.transport.call(stub.ClusterInfo, cpb.ClusterInfoRequest(),
                                      idempotent=True)
-    except OpError as e:
-        if e.code == grpc.StatusCode.UNIMPLEMENTED:
-            return []
-        raise
+    except OpError:  # an older server, or a call refused: it is used as one server
+        return []
     host = client.address.rpartition(":")[0]
     return [f"{host}:{a.rpartition(':')[2]}" if a.rpartition(":")[0] in _WILDCARD_HOSTS
             else a for a in info.shards]
@@ -170,14 +168,15 @@ class ClusterClient(Client):
     def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends the request as one request per shard it touches, in parallel, in as many
         stages as values crossing shards need; returns what one server would return."""
-        colocate = {}
+        colocate: dict[str, str] = {}
         for node in builder.nodes:
             if node.variable:
                 for j in node.inputs:
                     ref = builder.nodes[j]
                     if ref.op == "ref" and ref.variable != node.variable:
                         colocate.setdefault(ref.variable, node.variable)
-        self._locate(builder.specs, [n.variable for n in builder.nodes if n.variable],
+        self._locate(builder.specs, [*(s.name for s in builder.specs),
+                                     *(n.variable for n in builder.nodes if n.variable)],
                      colocate)
         plan = Plan(builder, lambda name: self._placement.get(name, 0))
         single = plan.single_shard()
@@ -188,34 +187,36 @@ class ClusterClient(Client):
         infos: dict[int, pb.VariableInfo] = {}
         for stage in range(plan.stages):
             parts = plan.parts(stage, values)
-            replies = self._each(list(range(len(parts))), lambda i: Client.run(
-                self.shards[parts[i].shard], parts[i].builder,
-                expect_bytes if parts[i].fetched else 0))
+            replies = self._each(parts, lambda p: Client.run(
+                self.shards[p.shard], p.builder, expect_bytes if p.fetched else 0),
+                shard=lambda p: p.shard)
             for part, (fetched, part_infos) in zip(parts, replies, strict=True):
                 values.update(zip(part.fetched, fetched, strict=True))
                 infos.update(zip(part.specs, part_infos, strict=True))
         return ([values[i] for i in builder.fetches],
                 [infos[k] for k in range(len(builder.specs))])
 
-    def _each(self, items: list[int], call: Callable[[int], Any]) -> list[Any]:
+    def _each(self, items: Sequence[T], call: Callable[[T], Any],
+              shard: Callable[[Any], int] = int) -> list[Any]:
         """``call(item)`` for every item, in parallel; raises the first failure (after all
-        finished), an unavailable shard named as such."""
+        finished), an unavailable shard (``shard(item)``) named as such."""
         if len(items) == 1:
-            return [self._named(call, items[0])]
-        futures = [self._pool.submit(self._named, call, item) for item in items]
+            return [self._named(call, items[0], shard)]
+        futures = [self._pool.submit(self._named, call, item, shard) for item in items]
         errors = [f.exception() for f in futures]
         for error in errors:
             if error is not None:
                 raise error
         return [f.result() for f in futures]
 
-    def _named(self, call: Callable[[int], Any], item: int) -> Any:
+    def _named(self, call: Callable[[T], Any], item: T, shard: Callable[[Any], int]) -> Any:
         try:
             return call(item)
         except UnavailableError as e:
             if e.message.startswith("shard "):
                 raise
-            raise UnavailableError(f"shard {item} of {len(self.shards)}: {e.message}") from e
+            raise UnavailableError(
+                f"shard {shard(item)} of {len(self.shards)}: {e.message}") from e
 
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on every shard (all, or those under ``scope``), sorted by name."""
@@ -275,12 +276,15 @@ class ClusterClient(Client):
         shards = sorted(by_shard)
         parts = [f"{named}{TEMP_MARK}{token}_part-{i:05d}-of-{len(shards):05d}"
                  for i in range(len(shards))]
+        part_of = dict(zip(shards, parts, strict=True))
+
+        def save_part(k: int) -> cpb.SavePartResponse:
+            transport = self.shards[k].transport
+            return transport.call(cpb_grpc.ClusterServiceStub(transport.channel).SavePart,
+                                  cpb.SavePartRequest(part_prefix=part_of[k],
+                                                      entries=by_shard[k]))
         try:
-            written = self._each(list(range(len(shards))), lambda i: self.shards[
-                shards[i]].transport.call(
-                    cpb_grpc.ClusterServiceStub(self.shards[shards[i]].transport.channel)
-                    .SavePart, cpb.SavePartRequest(part_prefix=parts[i],
-                                                   entries=by_shard[shards[i]])))
+            written = self._each(shards, save_part)
             reply = self.transport.call(self.placement_stub.CommitParts, cpb.CommitPartsRequest(
                 part_prefixes=parts, prefix=prefix, has_global_step=global_step is not None,
                 global_step=int(global_step or 0), max_to_keep=max_to_keep))
@@ -319,6 +323,27 @@ class ClusterClient(Client):
                                   {e.key: e.variable for e in by_shard[k]}, progress)
         self._each(shards, restore)
         return keys.path if prefix == "latest" else prefix
+
+
+def print_cluster_status(shards: list[tuple[str, pb.StatusResponse | OpError]]) -> int:
+    """Prints ``varstore status`` for a cluster: totals, then one line per shard (variables,
+    bytes, clients, uptime, or why it is unavailable); returns 1 when a shard is down."""
+    up = [s for _, s in shards if isinstance(s, pb.StatusResponse)]
+    print(f"shards:           {len(shards)} ({len(up)} serving)")
+    print(f"variables:        {sum(s.variable_count for s in up)}")
+    print(f"bytes stored:     {sum(s.bytes_stored for s in up)}")
+    if up:
+        print(f"version:          {up[0].version}")
+        print(f"checkpoint dir:   {up[0].checkpoint_dir} (shared)")
+        print(f"last checkpoint:  {up[0].last_checkpoint or 'none'}")
+    for task, (address, s) in enumerate(shards):
+        if isinstance(s, pb.StatusResponse):
+            print(f"  shard {task} {address}: serving, {s.variable_count} variables, "
+                  f"{s.bytes_stored} bytes, {s.connected_clients} clients, "
+                  f"up {s.uptime_seconds:.0f}s")
+        else:
+            print(f"  shard {task} {address}: UNAVAILABLE ({s.message})")
+    return 0 if len(up) == len(shards) else 1
 
 
 def _task_of(device: str) -> int | None:

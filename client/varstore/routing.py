@@ -10,7 +10,8 @@ alone in a stage is one request per shard, sent in parallel. Each part is atomic
 tasks, where each op runs on its own device.
 
 A variable reference (``ref``, an optimizer's slot input) cannot cross shards: slots are
-placed next to their variable (see :mod:`varstore.server.cluster`).
+placed next to their variable (see :mod:`varstore.server.cluster`); Adam's beta powers,
+shared by every variable, reach the other shards as values read in an earlier stage.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from varstore.common.errors import InvalidArgumentError
 from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
 
+# Ref inputs that a kernel also takes as values read on another shard: Adam's beta powers.
+_VALUE_REFS = {"apply_adam": (2, 3), "sparse_apply_adam": (2, 3)}
 # Attributes through which an op names more variables than its own (sync_accumulate).
 _VARIABLE_ATTRS = ("variables", "group")
 
@@ -121,8 +124,9 @@ class Plan:
         nodes = self.source.nodes
         for i in self.needed:
             node = nodes[i]
-            for j in node.inputs:
-                if nodes[j].op == "ref" and self.home[j] != self.home[i]:
+            for k, j in enumerate(node.inputs):
+                if nodes[j].op == "ref" and self.home[j] != self.home[i] and \
+                        not (node.op in _VALUE_REFS and k in _VALUE_REFS[node.op]):
                     raise InvalidArgumentError(
                         f"{node.op} of {node.variable or 'node ' + str(i)} (shard "
                         f"{self.home[i]}) takes a reference to {nodes[j].variable} on shard "
@@ -137,70 +141,82 @@ class Plan:
 
     def parts(self, stage: int, values: dict[int, np.ndarray]) -> list[Part]:
         """The requests of ``stage``, one per shard with work, given the ``values`` of the
-        nodes earlier stages fetched (original node index -> value)."""
+        nodes earlier stages fetched (original node index -> value).
+
+        A ``ref`` node is repeated in every part of its shard that uses it; where a node on
+        another shard takes it, its variable's value is read in this stage instead.
+        """
         src = self.source
         nodes = src.nodes
+        outside = self._consumed_elsewhere(stage)
         members: dict[int, list[int]] = {}
+        reads: dict[int, list[int]] = {}
         for i in self.needed:
             if i in self.home and self.level[i] == stage:
-                members.setdefault(self.home[i], []).append(i)
+                if nodes[i].op != "ref":
+                    members.setdefault(self.home[i], []).append(i)
+                elif i in outside:
+                    reads.setdefault(self.home[i], []).append(i)
         spec_parts: dict[int, list[int]] = {}
         for k, spec in enumerate(src.specs):
             if self.spec_level[k] == stage:
                 spec_parts.setdefault(self.var_shard[spec.name], []).append(k)
-        outside = self._consumed_elsewhere(stage)
-        parts = []
-        for shard in sorted(set(members) | set(spec_parts)):
-            part = Part(shard)
-            b = part.builder
-            inside = set(members.get(shard, []))
-            index: dict[int, int] = {}
+        return [self._part(shard, members.get(shard, []), reads.get(shard, []),
+                           spec_parts.get(shard, []), values, outside)
+                for shard in sorted(set(members) | set(reads) | set(spec_parts))]
 
-            def source(j: int, b: RequestBuilder = b, index: dict[int, int] = index,
-                       inside: set[int] = inside) -> int:
-                if j not in index:
-                    if j in inside:
-                        raise AssertionError("nodes are in order")
-                    if nodes[j].op == "const":
-                        array, dtype = src.arrays[nodes[j].tensor]
-                        index[j] = b.const(array, dtype)
-                    else:
-                        value = values[j]
-                        index[j] = b.const(value, _dtype_of(value))
-                return index[j]
+    def _part(self, shard: int, members: list[int], reads: list[int], specs: list[int],
+              values: dict[int, np.ndarray], outside: set[int]) -> Part:
+        src = self.source
+        nodes = src.nodes
+        part = Part(shard)
+        b = part.builder
+        index: dict[int, int] = {}
 
-            used: set[int] = set()
-            for i in sorted(inside):
-                node = nodes[i]
-                inputs = [source(j) for j in node.inputs]
-                controls = [index[j] for j in node.control_inputs if j in inside]
-                used.update(j for j in (*node.inputs, *node.control_inputs) if j in inside)
-                clone = pb.Node()
-                clone.CopyFrom(node)
-                del clone.inputs[:]
-                clone.inputs.extend(inputs)
-                del clone.control_inputs[:]
-                clone.control_inputs.extend(controls)
-                b.nodes.append(clone)
-                index[i] = len(b.nodes) - 1
-            for k in spec_parts.get(shard, []):
-                spec = pb.VariableSpec()
-                spec.CopyFrom(src.specs[k])
-                if spec.initializer:
-                    init = spec.initializer - 1
-                    used.add(init)
-                    spec.initializer = source(init) + 1
-                b.specs.append(spec)
-                part.specs.append(k)
-            fetch = set(src.fetches) | outside
-            for i in sorted(inside):
-                if i in fetch:
-                    b.fetch(index[i])
-                    part.fetched.append(i)
-                elif i not in used or i in src.targets:
-                    b.target(index[i])
-            parts.append(part)
-        return parts
+        def source(j: int) -> int:
+            if j not in index:
+                node = nodes[j]
+                if node.op == "const":
+                    array, dtype = src.arrays[node.tensor]
+                    index[j] = b.const(array, dtype)
+                elif node.op == "ref" and self.home[j] == shard:
+                    index[j] = b.node("ref", variable=node.variable)
+                else:
+                    index[j] = b.const(values[j], _dtype_of(values[j]))
+            return index[j]
+
+        inside = set(members)
+        used: set[int] = set()
+        for i in members:
+            node = nodes[i]
+            clone = pb.Node()
+            clone.CopyFrom(node)
+            del clone.inputs[:]
+            clone.inputs.extend(source(j) for j in node.inputs)
+            del clone.control_inputs[:]
+            clone.control_inputs.extend(index[j] for j in node.control_inputs if j in inside)
+            used.update(j for j in (*node.inputs, *node.control_inputs) if j in inside)
+            b.nodes.append(clone)
+            index[i] = len(b.nodes) - 1
+        for k in specs:
+            spec = pb.VariableSpec()
+            spec.CopyFrom(src.specs[k])
+            if spec.initializer:
+                used.add(spec.initializer - 1)
+                spec.initializer = source(spec.initializer - 1) + 1
+            b.specs.append(spec)
+            part.specs.append(k)
+        fetch = set(src.fetches) | outside
+        for i in members:
+            if i in fetch:
+                b.fetch(index[i])
+                part.fetched.append(i)
+            elif i not in used or i in src.targets:
+                b.target(index[i])
+        for i in reads:
+            b.fetch(b.node("read", variable=nodes[i].variable))
+            part.fetched.append(i)
+        return part
 
     def _consumed_elsewhere(self, stage: int) -> set[int]:
         """Nodes of ``stage`` whose values a later stage needs."""

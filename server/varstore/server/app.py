@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection
 
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
-from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from varstore.server import cluster_service
+from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import ClusterSpec
 from varstore.server.executor import Executor

@@ -68,15 +68,23 @@ def _slot(var: Variable, ref: Any, node: NodeDef) -> Variable:
     return slot
 
 
-def _scalar_ref(ref: Any, node: NodeDef, dtype: np.dtype) -> Variable:
-    if not isinstance(ref, VariableRef) or ref.variable.shape != ():
+def _scalar_ref(ref: Any, node: NodeDef, dtype: np.dtype) -> np.ndarray:
+    """A beta power's value: from a ref to a scalar variable, or, when that variable lives on
+    another shard of a cluster, the value the client read there (as TensorFlow's ps tasks
+    receive it from the device that holds it)."""
+    if not isinstance(ref, VariableRef):
+        value = np.asarray(ref)
+        if value.shape != () or value.dtype != dtype:
+            raise InvalidArgumentError(f"{node.op}: beta powers must be {dtype} scalars")
+        return value
+    if ref.variable.shape != ():
         raise InvalidArgumentError(f"{node.op}: beta power inputs must be refs to scalars")
-    ref.variable.read()
+    value = ref.variable.read()
     if ref.variable.dtype.np_dtype != dtype:
         raise InvalidArgumentError(
             f"{node.op}: {ref.variable.name} has dtype {ref.variable.dtype.name}, expected "
             f"{dtypes.as_dtype(dtype).name}")
-    return ref.variable
+    return value
 
 
 def _hyper(value: Any, var: Variable, node: NodeDef, what: str) -> np.ndarray:
@@ -245,8 +253,8 @@ def _adam_inputs(ctx: Context, node: NodeDef, inputs: list[Any]
     m = _slot(var, inputs[0], node)
     v = _slot(var, inputs[1], node)
     dtype = var.dtype.np_dtype
-    beta1_power = _scalar_ref(inputs[2], node, dtype).read()
-    beta2_power = _scalar_ref(inputs[3], node, dtype).read()
+    beta1_power = _scalar_ref(inputs[2], node, dtype)
+    beta2_power = _scalar_ref(inputs[3], node, dtype)
     lr, beta1, beta2, epsilon = (_hyper(inputs[4 + i], var, node, what) for i, what in
                                  enumerate(("lr", "beta1", "beta2", "epsilon")))
     one = dtype.type(1)

@@ -129,6 +129,8 @@ def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
     process.ready(f"varstore serving on {addresses[0]} (cluster of {count} shards: "
                   f"{', '.join(addresses)}; checkpoints in {args.checkpoint_dir or 'checkpoints'}"
                   f", shared by all)")
+    for shard in shards:
+        print(f"  {shard.describe()}", flush=True)
     crashed = False
     while not stop.wait(POLL_SECONDS):
         for shard in _newly_exited(shards):

@@ -1,0 +1,285 @@
+"""Clusters of real shard processes (`varstore serve --shards N --port 0`): one store across
+shards, exact concurrent updates, runs crossing shards, sharded checkpoints that TensorFlow
+reads and that restore onto any number of shards, and a shard killed with SIGKILL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import varstore as vs
+import varstore.v1 as tf
+from tests.conftest import ServerProcess, start_server_process, stop_server_process
+from varstore.cluster import ClusterClient
+from varstore.errors import UnavailableError
+from varstore.request import RequestBuilder
+
+SHARD_LINE = re.compile(r"shard (\d+) \(([^,]+), pid (\d+)\)")
+
+
+@dataclass
+class Cluster:
+    """A `varstore serve --shards N` parent, its shards' addresses and pids."""
+
+    server: ServerProcess
+    addresses: list[str]
+    pids: list[int]
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+
+def start_cluster(checkpoint_dir: Path, shards: int) -> Cluster:
+    server = start_server_process(checkpoint_dir, "--shards", str(shards))
+    assert server.process.stdout is not None
+    addresses, pids = [], []
+    for _ in range(shards):
+        m = SHARD_LINE.search(server.process.stdout.readline())
+        assert m is not None
+        addresses.append(m.group(2))
+        pids.append(int(m.group(3)))
+    return Cluster(server, addresses, pids)
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = start_cluster(tmp_path / "ckpt", 3)
+    yield cluster
+    stop_server_process(cluster.server)
+
+
+@contextlib.contextmanager
+def connected(address: str, timeout: float | None = None) -> Iterator[ClusterClient]:
+    """``vs.connect(address)``, which must give a cluster client."""
+    client = vs.connect(address, timeout=timeout)
+    try:
+        assert isinstance(client, ClusterClient)
+        yield client
+    finally:
+        client.close()
+
+
+def shard_contents(cluster: Cluster) -> list[list[str]]:
+    """The variable names each shard holds, asked of each shard alone."""
+    out = []
+    for address in cluster.addresses:
+        with vs.Client(address) as alone:
+            out.append([v.name for v in alone.list_variables()])
+    return out
+
+
+def test_any_shard_gives_the_whole_cluster(cluster3: Cluster) -> None:
+    with vs.connect(cluster3.addresses[2]) as a, vs.connect(cluster3.address) as b:
+        assert isinstance(a, ClusterClient) and a.shard_addresses == cluster3.addresses
+        made = [a.get_variable(f"layer{i}/W", shape=[64, 64 * (i % 3 + 1)],
+                               initializer=vs.constant_initializer(float(i)))
+                for i in range(9)]
+        with b.variable_scope("", reuse=True):
+            found = [b.get_variable(f"layer{i}/W", shape=v.shape) for i, v in enumerate(made)]
+        for i, v in enumerate(found):
+            np.testing.assert_array_equal(v.numpy(), np.full(v.shape, float(i), np.float32))
+        assert [v.name for v in b.list_variables()] == sorted(f"layer{i}/W" for i in range(9))
+    contents = shard_contents(cluster3)
+    assert sorted(sum(contents, [])) == sorted(f"layer{i}/W" for i in range(9))
+    assert all(contents), contents  # every shard holds some
+
+
+def test_single_server_is_no_cluster(server_process: ServerProcess) -> None:
+    with vs.connect(server_process.address) as client:
+        assert type(client) is vs.Client
+
+
+def test_workers_adding_across_shards_lose_nothing(cluster3: Cluster) -> None:
+    workers, steps = 4, 40
+    with connected(cluster3.address) as setup:
+        counters = []
+        for shard in range(3):
+            with setup.device(f"/job:ps/task:{shard}"):
+                counters.append(setup.Variable(0, name=f"count{shard}", dtype=vs.int64))
+
+    def work() -> None:
+        with vs.connect(cluster3.address) as client:
+            with client.variable_scope("", reuse=True):
+                handle = client.get_variable("count1", shape=(), dtype=vs.int64)
+            for _ in range(steps):
+                b = RequestBuilder()
+                for c in counters:  # one request: one part per shard, sent in parallel
+                    b.target(b.node("assign_add", [b.const(np.int64(1), vs.int64)],
+                                    variable=c.op_name))
+                client.run(b)
+                handle.assign_add(2)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with vs.connect(cluster3.address) as client:
+        assert [int(v) for v in client.pull(counters)] == \
+            [workers * steps, 3 * workers * steps, workers * steps]
+
+
+def test_a_session_run_crossing_shards(cluster3: Cluster) -> None:
+    with connected(cluster3.address) as setup:
+        with setup.device("/job:ps/task:1"):
+            setup.Variable(10.0, name="x")
+        with setup.device("/job:ps/task:2"):
+            setup.Variable(1.0, name="y")
+        assert [setup.shard_of("x"), setup.shard_of("y")] == [1, 2]
+    tf.reset_default_graph()
+    x = tf.get_variable("x", shape=(), dtype=tf.float32)
+    y = tf.get_variable("y", shape=(), dtype=tf.float32)
+    c = tf.Variable(0.0, name="c")
+    # a read on shard 1 feeding an update on shard 2, and y + 1 on y's own shard
+    step = tf.assign(y, y + 1.0)
+    cross = tf.assign_add(y, x * 2.0)
+    with tf.Session(cluster3.address) as sess:
+        sess.run(c.initializer)
+        for _ in range(5):
+            sess.run(step)
+        assert sess.run(cross) == 26.0
+        assert sess.run([x, y]) == [10.0, 26.0]
+
+
+def test_adam_on_variables_of_several_shards(cluster3: Cluster) -> None:
+    with connected(cluster3.address) as client:
+        variables = []
+        for shard in range(3):
+            with client.device(f"/job:ps/task:{shard}"):
+                variables.append(client.Variable(np.ones(4, np.float32) * shard, name=f"w{shard}"))
+        opt = vs.train.AdamOptimizer(0.1)
+        for _ in range(3):
+            client.apply_gradients(opt, {v: np.full(4, 1.0, np.float32) for v in variables})
+        # Each Adam step with a constant gradient moves by the rate: TensorFlow's numbers.
+        for shard, value in enumerate(client.pull(variables)):
+            np.testing.assert_allclose(value, np.full(4, shard - 0.3, np.float32), rtol=1e-5)
+        assert {client.shard_of(f"w{s}/Adam") for s in range(3)} == {0, 1, 2}
+
+
+def _model(client: vs.Client) -> dict[str, np.ndarray]:
+    """Variables of several dtypes and shapes with distinct values; returns name -> value."""
+    rng = np.random.default_rng(7)
+    values = {f"model/dense{i}/kernel": rng.standard_normal((16 + i, 8)).astype(np.float32)
+              for i in range(8)}
+    values["model/embedding"] = rng.standard_normal((300, 16)).astype(np.float32)
+    values["model/steps"] = np.array([3, 1, 4], np.int64)
+    values["model/scale"] = np.array(2.5, np.float64)
+    for name, value in values.items():
+        client.Variable(value, name=name)
+    return values
+
+
+def test_save_writes_tensorflows_sharded_layout_and_reshards(tmp_path: Path,
+                                                             cluster3: Cluster) -> None:
+    folder = cluster3.server.checkpoint_dir
+    with vs.connect(cluster3.address) as client:
+        values = _model(client)
+        path = client.save("run/model", global_step=7)
+        assert path == "run/model-7"
+        assert sorted(os.listdir(folder / "run")) == [
+            "checkpoint", *(f"model-7.data-0000{i}-of-00003" for i in range(3)),
+            "model-7.index"]
+        assert client.latest_checkpoint("run") == "run/model-7"
+    stop_server_process(cluster3.server)
+    arrays: dict[str, Any] = {k.replace("/", "|"): v for k, v in values.items()}
+    np.savez(tmp_path / "expected.npz", **arrays)
+    _check_with_tensorflow(folder / "run" / "model-7", tmp_path / "expected.npz")
+    for shards in (1, 2, 5):
+        cluster = start_cluster(folder, shards)
+        try:
+            with vs.connect(cluster.address) as client:
+                assert client.restore("run/model-7") == "run/model-7"
+                restored = {v.name: v for v in client.list_variables()}
+                assert sorted(restored) == sorted(values)
+                for name, value in values.items():
+                    got = client.get_variable(name, shape=value.shape,
+                                              dtype=vs.as_dtype(value.dtype))
+                    np.testing.assert_array_equal(got.numpy(), value)
+            if shards > 1:
+                assert all(shard_contents(cluster)), "every shard got variables"
+        finally:
+            stop_server_process(cluster.server)
+
+
+def _check_with_tensorflow(prefix: Path, expected: Path) -> None:
+    """TensorFlow's load_checkpoint reads every tensor of the merged checkpoint."""
+    program = f"""
+import numpy as np, tensorflow as tf
+reader = tf.train.load_checkpoint({str(prefix)!r})
+expected = np.load({str(expected)!r})
+names = sorted(reader.get_variable_to_shape_map())
+assert names == sorted(k.replace("|", "/") for k in expected.files), names
+for key in expected.files:
+    np.testing.assert_array_equal(reader.get_tensor(key.replace("|", "/")), expected[key])
+print("ok", len(names))
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert result.stdout.strip() == "ok 11", result.stderr[-2000:]
+
+
+def test_killed_shard_fails_its_requests_and_the_others_serve(cluster3: Cluster) -> None:
+    with connected(cluster3.address, timeout=5) as client:
+        handles = []
+        for shard in range(3):
+            with client.device(f"/job:ps/task:{shard}"):
+                handles.append(client.Variable(float(shard), name=f"v{shard}"))
+        before = client.save("ck/model", global_step=1)
+        os.kill(cluster3.pids[1], signal.SIGKILL)
+        with pytest.raises(UnavailableError, match="shard 1 of 3"):
+            handles[1].numpy()
+        with pytest.raises(UnavailableError, match="shard 1 of 3"):
+            client.pull(handles)
+        handles[2].assign_add(5.0)
+        assert [float(handles[0].numpy()), float(handles[2].numpy())] == [0.0, 7.0]
+        with pytest.raises(UnavailableError, match="shard 1 of 3"):
+            client.save("ck/model", global_step=2)
+        assert client.latest_checkpoint("ck") == before
+        assert not [f for f in os.listdir(cluster3.server.checkpoint_dir / "ck")
+                    if "model-2" in f]
+    status = subprocess.run([sys.executable, "-m", "varstore.cli", "status", "--address",
+                             cluster3.address], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1
+    assert "shards:           3 (2 serving)" in status.stdout
+    assert re.search(rf"shard 1 {re.escape(cluster3.addresses[1])}: UNAVAILABLE",
+                     status.stdout), status.stdout
+    assert re.search(r"shard 2 \S+: serving, 1 variables", status.stdout), status.stdout
+    cluster3.server.process.send_signal(signal.SIGTERM)
+    _, err = cluster3.server.process.communicate(timeout=60)
+    assert f"shard 1 ({cluster3.addresses[1]}, pid {cluster3.pids[1]}) exited with code -9" in err
+    assert cluster3.server.process.returncode == 1
+
+
+def test_sigterm_to_the_parent_stops_every_shard(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    cluster.server.process.send_signal(signal.SIGTERM)
+    assert cluster.server.process.wait(timeout=60) == 0
+    for pid in cluster.pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_shard_started_from_tf_config(tmp_path: Path) -> None:
+    config = {"cluster": {"ps": ["127.0.0.1:1", "127.0.0.1:2"], "worker": ["w:1"]},
+              "task": {"type": "ps", "index": 1}}
+    server = start_server_process(tmp_path / "ckpt", env={"TF_CONFIG": json.dumps(config)})
+    try:
+        with vs.Client(server.address) as alone:
+            from varstore.cluster import cluster_addresses
+            assert cluster_addresses(alone) == ["127.0.0.1:1", "127.0.0.1:2"]
+    finally:
+        stop_server_process(server)
