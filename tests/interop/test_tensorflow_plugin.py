@@ -8,8 +8,12 @@ compares what users see: variable values, the server's checkpoint against Tensor
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,7 @@ vst = pytest.importorskip("varstore.tensorflow")
 pytestmark = pytest.mark.tensorflow
 
 STEPS = 6
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _dense(x: Any, units: int, name: str, activation: Any = None) -> Any:
@@ -204,3 +209,25 @@ def test_distributed_optimizer_refuses_what_it_cannot_wrap() -> None:
                                          "runs, not ProximalAdagradOptimizer"):
         vst.DistributedOptimizer(tf1.train.ProximalAdagradOptimizer(0.1),
                                  replicas_to_aggregate=2)
+
+
+def test_the_tf1_example_trains_with_two_worker_processes(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "tf1_mnist_style.py"), "--workers", "2", "--steps",
+         "400", "--log-every", "1000", "--checkpoint-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"^worker 0: final step (\d+)  test accuracy ([\d.]+)$", result.stdout,
+                      re.M)
+    assert match, result.stdout
+    step, accuracy = int(match.group(1)), float(match.group(2))
+    assert step >= 400 and accuracy >= 0.9, result.stdout
+    assert re.search(r"^worker 1: done after \d+ steps, global step \d+$", result.stdout, re.M)
+    reader = tf.train.load_checkpoint(str(tmp_path / f"model.ckpt-{step}"))
+    assert reader.get_variable_to_shape_map() == {
+        "global_step": [], "beta1_power": [], "beta2_power": [],
+        **{f"{layer}/{kind}{slot}": shape
+           for layer, shapes in (("hidden", ([64, 64], [64])), ("softmax", ([64, 10], [10])))
+           for kind, shape in zip(("weights", "biases"), shapes, strict=True)
+           for slot in ("", "/Adam", "/Adam_1")}}
