@@ -109,6 +109,13 @@ def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.env
         values["cluster"] = tuple(cluster)
         spec = ClusterSpec(values["cluster"], int(values.get("task_index", 0)))
         values.setdefault("port", spec.port)
+        if len(spec.shards) > 1:
+            for key, flag in (("restore", "--restore"), ("save_every", "--save-every")):
+                if values.get(key):
+                    raise ValueError(
+                        f"a shard of a cluster does not take {flag}: a cluster saves and "
+                        "restores as a whole, from a client (`varstore save`, `varstore "
+                        "restore`), so that every shard writes its part of one checkpoint")
 
 
 class PlacementTable:
