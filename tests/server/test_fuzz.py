@@ -22,7 +22,7 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
 from varstore.server import ServerConfig, create_server
 from varstore.server.app import Server
-from varstore.server.kernels import OPS
+from varstore.server.ops import OPS
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -101,7 +101,7 @@ HOSTILE_SHAPES = [
     (_zeros([2, -1]), grpc.StatusCode.INVALID_ARGUMENT,
      "op zeros: negative dimension in shape [2, -1]"),
     (_zeros([(1 << 63) - 1, (1 << 63) - 1]), grpc.StatusCode.RESOURCE_EXHAUSTED,
-     f"a tensor of shape [{(1 << 63) - 1}, {(1 << 63) - 1}]"),
+     f"zeros (node 0): a tensor of shape [{(1 << 63) - 1}, {(1 << 63) - 1}]"),
     (pb.RunRequest(nodes=[pb.Node(op="zeros", attrs={
         "shape": pb.AttrValue(shape=pb.Shape(dim=[4]))}),
         pb.Node(op="reshape", inputs=[0], attrs={

@@ -9,7 +9,7 @@ Every decoder validates what it is given and raises ``InvalidArgumentError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,13 @@ _DATA_TAG = b"\x1a"
 # one by one (see parse_run_request).
 _RUN_TENSORS_FIELD = 3
 SPLIT_PARSE_BYTES = 64 << 10
+# Memory a decoded string element takes besides its bytes: the array's pointer (8) and the
+# bytes object's header (33 in CPython), allocated in 16-byte steps.
+STRING_ELEMENT_BYTES = 56
+# Charge(nbytes, what, request=False): called with the bytes a decoder is about to allocate
+# (``request``: request buffers), before it allocates them; it raises to refuse them (the
+# server's memory budget, varstore.server.budget.Lease.charge).
+Charge = Callable[..., None]
 
 
 def shape_to_proto(shape: Sequence[int]) -> pb.Shape:
@@ -79,14 +86,15 @@ def encode_content(array: np.ndarray, dtype: DType) -> bytes | memoryview:
 
 
 def decode_content(dtype: DType, shape: tuple[int, ...], content: Any,
-                   writable: bool = True) -> np.ndarray:
+                   writable: bool = True, charge: Charge | None = None) -> np.ndarray:
     """The array encoded in ``content``; raises ``InvalidArgumentError`` on a size mismatch.
 
     With ``writable`` and an immutable buffer, the result is a copy; otherwise a view.
+    ``charge`` is called with the bytes of a copy or of decoded strings before they are made.
     """
     n = num_elements(shape)
     if dtype.is_string:
-        return _decode_strings(shape, n, memoryview(content))
+        return _decode_strings(shape, n, memoryview(content), charge)
     expected = n * dtype.itemsize
     if len(content) != expected:
         raise InvalidArgumentError(
@@ -94,16 +102,22 @@ def decode_content(dtype: DType, shape: tuple[int, ...], content: Any,
             f"got {len(content)}")
     array = np.frombuffer(content, dtype=dtype.np_dtype, count=n)
     if writable and not array.flags.writeable:
+        if charge is not None:
+            charge(expected, f"a tensor of dtype {dtype.name} and shape {list(shape)}")
         array = array.copy()
     return array.astype(dtype.np_dtype, copy=False).reshape(shape)
 
 
-def _decode_strings(shape: tuple[int, ...], n: int, content: memoryview) -> np.ndarray:
+def _decode_strings(shape: tuple[int, ...], n: int, content: memoryview,
+                    charge: Charge | None) -> np.ndarray:
     header = n * _LEN.itemsize
     if len(content) < header:
         raise InvalidArgumentError(
             f"string tensor of shape {list(shape)} needs {header} bytes of lengths, got "
             f"{len(content)} bytes")
+    if charge is not None:
+        charge(n * STRING_ELEMENT_BYTES + len(content) - header,
+               f"a string tensor of shape {list(shape)}")
     # Python integers: a uint64 sum wraps, and lengths near 2**64 would then pass.
     lengths = np.frombuffer(content[:header], dtype=_LEN).tolist()
     total = sum(lengths)
@@ -127,11 +141,14 @@ def tensor_to_proto(array: np.ndarray, dtype: DType | None = None) -> pb.Tensor:
                      content=bytes(encode_content(array, dtype)))
 
 
-def tensor_from_proto(message: pb.Tensor, content: Any = None) -> np.ndarray:
-    """The validated array of a ``Tensor`` message (``content`` overrides streamed bytes)."""
+def tensor_from_proto(message: pb.Tensor, content: Any = None,
+                      charge: Charge | None = None) -> np.ndarray:
+    """The validated array of a ``Tensor`` message (``content`` overrides streamed bytes);
+    ``charge`` as :func:`decode_content` calls it."""
     dtype = dtype_from_proto(message.dtype)
     shape = shape_from_proto(message.shape)
-    return decode_content(dtype, shape, message.content if content is None else content)
+    return decode_content(dtype, shape, message.content if content is None else content,
+                          charge=charge)
 
 
 def pack_tensors(arrays: Sequence[tuple[np.ndarray, DType]], stream: bool,
@@ -278,12 +295,15 @@ class ChunkReader:
     """Reassembles a chunked message fed one chunk at a time (by a blocking or an async loop).
 
     The first chunk is the header (``request`` or ``response``); the tensors it marks as
-    streamed are filled from the data chunks that follow, in order.
+    streamed are filled from the data chunks that follow, in order. ``charge`` (see
+    :data:`Charge`) is told the header's size and the declared bytes (as request bytes) before
+    the buffers are allocated, and the decoded strings' memory.
     """
 
-    def __init__(self, field: str, limit: int) -> None:
+    def __init__(self, field: str, limit: int, charge: Charge | None = None) -> None:
         self.field = field
         self.limit = limit
+        self._charge = charge
         self.header: Any = None
         self._tensors: Any = None
         self._arrays: list[np.ndarray | None] = []
@@ -310,7 +330,8 @@ class ChunkReader:
             data = data[take:]
             self._filled += take
             if self._filled == len(buf):
-                self._arrays[index] = tensor_from_proto(self._tensors[index], buf)
+                self._arrays[index] = tensor_from_proto(self._tensors[index], buf,
+                                                        self._charge)
                 self._current, self._filled = next(self._pending, None), 0
 
     def _start(self, first: pb.RunChunk | DataChunk) -> None:
@@ -337,6 +358,8 @@ class ChunkReader:
         if declared > self.limit:
             raise ResourceExhaustedError(
                 f"request of {declared} bytes exceeds the limit of {self.limit} bytes")
+        if self._charge is not None:
+            self._charge(first.ByteSize() + declared, f"a streamed {self.field}", True)
         self.header, self._tensors = header, tensors
         self._arrays = [None] * len(tensors)
         # numpy buffers rather than bytearrays: numpy asks the kernel for huge pages on large
@@ -355,11 +378,11 @@ class ChunkReader:
         return self.header, self._arrays
 
 
-def join_chunks(chunks: Iterable[pb.RunChunk | DataChunk], field: str, limit: int
-                ) -> tuple[Any, list[np.ndarray | None]]:
-    """Reads a whole chunked message with a :class:`ChunkReader`; returns its header and the
-    streamed tensors' arrays (None for inline ones)."""
-    reader = ChunkReader(field, limit)
+def join_chunks(chunks: Iterable[pb.RunChunk | DataChunk], field: str, limit: int,
+                charge: Charge | None = None) -> tuple[Any, list[np.ndarray | None]]:
+    """Reads a whole chunked message with a :class:`ChunkReader` (``charge`` as it takes it);
+    returns its header and the streamed tensors' arrays (None for inline ones)."""
+    reader = ChunkReader(field, limit, charge)
     for chunk in chunks:
         reader.feed(chunk)
     return reader.result()

@@ -16,6 +16,7 @@ from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.server import cluster_service
 from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
+from varstore.server.budget import MemoryBudget
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import ClusterSpec
 from varstore.server.executor import Executor
@@ -90,7 +91,8 @@ def create_server(config: ServerConfig) -> Server:
     token file cannot be read, ``ValueError`` for inconsistent TLS settings or an empty token
     file, ``OpError`` (NotFoundError, DataLossError...) when ``config.restore`` fails.
     """
-    store = VariableStore(max_memory=config.max_memory)
+    # One budget for all the server holds for clients: variables, and every call in flight.
+    store = VariableStore(budget=MemoryBudget(config.max_memory, config.max_request_bytes))
     executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
     metrics = ServerMetrics(store)
     checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics,

@@ -9,6 +9,7 @@ changes nothing (see :meth:`Executor.run`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import Counter
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from varstore.common import dtypes
 from varstore.common.codec import MAX_RANK
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
@@ -28,8 +30,9 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.common.protocol import READ_ONLY_OPS
-from varstore.server import optimizers, sync  # noqa: F401 - registers the training ops
-from varstore.server.kernels import OPS, NodeDef
+from varstore.server.budget import Lease, reply_bytes
+from varstore.server.kernels import NodeDef
+from varstore.server.ops import OPS
 from varstore.server.store import Variable, VariableStore, check_compatible, validate_name
 from varstore.server.waits import Waiter
 
@@ -88,7 +91,8 @@ class Executor:
         self.max_tensor_bytes = max_tensor_bytes
 
     def run(self, graph: Graph, waiter: Waiter | None = None,
-            max_reply_bytes: int | None = None) -> Result:
+            max_reply_bytes: int | None = None, lease: Lease | None = None,
+            reply_streamed: bool = True) -> Result:
         """Creates or binds ``graph.variables``, then evaluates fetches and targets.
 
         All or nothing: the variables the request creates stay pending (see
@@ -99,10 +103,17 @@ class Executor:
         (for a variable another request is still creating, ``sync_wait``) end as ``waiter``
         says.
 
+        Every array the evaluation makes (nodes' results, undo and fetched copies, and the
+        reply's encoding, streamed or not) is charged to ``lease`` before it is allocated
+        (without one, to a lease of the store's budget given back at the end).
+
         Raises ``InvalidArgumentError`` for a malformed graph, ``NotFoundError`` for a missing
-        variable, ``ResourceExhaustedError`` for a reply past ``max_reply_bytes``, the
-        kernels' errors and ``waiter``'s.
+        variable, ``ResourceExhaustedError`` for a reply past ``max_reply_bytes`` or past the
+        memory budget, the kernels' errors and ``waiter``'s.
         """
+        if lease is None:
+            with contextlib.closing(self.store.budget.lease()) as own:
+                return self.run(graph, waiter, max_reply_bytes, own, reply_streamed)
         if not graph.validated:
             self._validate(graph)
             graph.validated = True
@@ -110,7 +121,8 @@ class Executor:
         resolved, bound = self._bind(graph, waiter)
         created = [var for var, made in bound if made]
         try:
-            values = self._evaluate(graph, resolved, created, waiter, max_reply_bytes)
+            values = self._evaluate(graph, resolved, created, waiter, max_reply_bytes, lease,
+                                    reply_streamed)
         except BaseException:
             self.store.discard(created)
             raise
@@ -189,8 +201,8 @@ class Executor:
         return resolved, bound
 
     def _evaluate(self, graph: Graph, resolved: dict[str, Variable | None],
-                  created: list[Variable], waiter: Waiter, max_reply_bytes: int | None
-                  ) -> list[Any]:
+                  created: list[Variable], waiter: Waiter, max_reply_bytes: int | None,
+                  lease: Lease, reply_streamed: bool) -> list[Any]:
         """Runs the created variables' initializers, then the fetches and targets, under the
         locks of every variable they touch, with one journal for both; checks the reply's
         size, then commits."""
@@ -207,8 +219,8 @@ class Executor:
                 if var is None:
                     raise NotFoundError(f"Variable {name} does not exist on the server")
                 variables[name] = var
-        journal = Journal()
-        ctx = _Context(self, graph, variables, journal, waiter)
+        journal = Journal(lease)
+        ctx = _Context(self, graph, variables, journal, waiter, lease)
         memo: dict[int, Any] = {}
         with self.store.locked([*variables.values(), *created]):
             try:
@@ -222,7 +234,8 @@ class Executor:
                                 spec, memo[spec.initializer]))
                 self._run_nodes(ctx, _closure(graph.nodes, wanted, memo), memo, journal,
                                 True, max_reply_bytes)
-                values = [_detach(memo[i], variables) for i in graph.fetches]
+                values = [_detach(memo[i], variables, lease) for i in graph.fetches]
+                lease.charge(reply_bytes(values, reply_streamed), "the reply")
                 if max_reply_bytes is not None:
                     size = _reply_bytes(values, graph)
                     if size > max_reply_bytes:
@@ -246,6 +259,7 @@ class Executor:
         nodes = ctx.graph.nodes
         for i in order:
             node = nodes[i]
+            ctx.node = f"{node.op} (node {i})"
             if not (final and i == order[-1] and _last_is_safe(ctx, node, memo,
                                                                max_reply_bytes)):
                 journal.save_changed(node, nodes, ctx.variables)
@@ -270,10 +284,13 @@ def _last_is_safe(ctx: _Context, node: NodeDef, memo: dict[int, Any],
                   max_reply_bytes: int | None) -> bool:
     """Whether the request's last node can go without an undo record: it changes at most
     its own variable (no ``ref`` inputs: optimizer ops update slots too, and may fail
-    between them) and, with a reply limit, the reply fits even counting the node's output
-    as large as its variable."""
+    between them), nothing it fetches needs memory the budget may refuse (under a memory
+    limit, copying and encoding fetched values is charged after the node) and, with a reply
+    limit, the reply fits even counting the node's output as large as its variable."""
     graph = ctx.graph
     if any(graph.nodes[j].op == "ref" for j in node.inputs):
+        return False
+    if graph.fetches and ctx.lease.budget.limit:
         return False
     if max_reply_bytes is None:
         return True
@@ -317,7 +334,8 @@ class Journal:
     the old array itself; in-place updates keep a copy.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
         self._saved: dict[int, tuple[Variable, np.ndarray | None, int]] = {}
         self._undo: list[Callable[[], None]] = []
         self._commit: list[Callable[[], None]] = []
@@ -337,6 +355,8 @@ class Journal:
         if id(var) not in self._saved:
             value = var.value
             if copy and value is not None:
+                self._lease.charge_array(value.shape, var.dtype,
+                                         f"an undo copy of {clip(var.name)}")
                 value = value.copy()
             self._saved[id(var)] = (var, value, var.version)
 
@@ -402,10 +422,11 @@ def _checked(value: Any, node: NodeDef, index: int) -> Any:
     return value
 
 
-def _detach(value: Any, variables: dict[str, Variable]) -> Any:
+def _detach(value: Any, variables: dict[str, Variable], lease: Lease) -> Any:
     """A fetched value that no longer aliases variable storage (copied under the lock)."""
     if isinstance(value, np.ndarray) and (not value.flags.owndata or any(
             value is v.value for v in variables.values())):
+        lease.charge_array(value.shape, dtypes.as_dtype(value.dtype), "a fetched value")
         return value.copy()
     return value
 
@@ -414,8 +435,11 @@ class _Context:
     """What kernels see of an evaluation: the store, the request's tensors, locked variables."""
 
     def __init__(self, executor: Executor, graph: Graph, variables: dict[str, Variable],
-                 journal: Journal, waiter: Waiter) -> None:
+                 journal: Journal, waiter: Waiter, lease: Lease) -> None:
         self.store = executor.store
+        self.lease = lease
+        # The node being evaluated, as refusals name it ("stack (node 3)").
+        self.node = ""
         self.tensors = graph.tensors
         self.graph = graph
         self.variables = variables
@@ -435,7 +459,10 @@ class _Context:
         return node.inputs[position] in self._sole
 
     def check_alloc(self, shape: tuple[int, ...], dtype: DType) -> None:
-        check_alloc(shape, dtype, self._max_bytes)
+        """Charges a result of ``shape`` and ``dtype`` to the request's lease, before the
+        kernel allocates it; raises ``ResourceExhaustedError`` past a limit."""
+        check_alloc(shape, dtype, self._max_bytes, self.node)
+        self.lease.charge_array(shape, dtype, self.node)
 
 
 def _sole_consts(graph: Graph) -> set[int]:
@@ -449,11 +476,11 @@ def _sole_consts(graph: Graph) -> set[int]:
     return {i for i, t in consts if uses[i] == 1 and producers[t] == 1}
 
 
-def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int) -> None:
+def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int, what: str = "") -> None:
     """Raises ``ResourceExhaustedError`` when a tensor of ``shape`` and ``dtype`` would take
-    more than ``limit`` bytes."""
+    more than ``limit`` bytes (the message starts with ``what``, e.g. the node)."""
     size = math.prod(shape) * max(dtype.itemsize, 1)
     if size > limit:
         raise ResourceExhaustedError(
-            f"a tensor of shape {list(shape)} and dtype {dtype.name} ({size} bytes) "
-            f"exceeds the server's limit of {limit} bytes")
+            f"{what}{': ' if what else ''}a tensor of shape {list(shape)} and dtype "
+            f"{dtype.name} ({size} bytes) exceeds the server's limit of {limit} bytes")

@@ -41,9 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="save a checkpoint on this period")
     parser.add_argument("--keep", type=int, metavar="N", help="checkpoints kept (default 5)")
     parser.add_argument("--max-memory", type=_size, metavar="BYTES",
-                        help="limit on the bytes variables may hold (suffixes K, M, G)")
+                        help="bound on the memory the server holds for clients: variables "
+                        "and everything requests in flight hold (suffixes K, M, G)")
     parser.add_argument("--max-request-bytes", type=_size, metavar="BYTES",
-                        help="largest request accepted (default 8G)")
+                        help="bound on the request bytes of all calls in flight together, "
+                        "one request's included (default 8G)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")

@@ -25,7 +25,7 @@ import numpy as np
 
 from varstore.common import dtypes
 from varstore.common.errors import InvalidArgumentError
-from varstore.server.kernels import Context, NodeDef, _indices, register
+from varstore.server.kernels import Context, NodeDef, OpDef, _indices
 from varstore.server.store import Variable
 
 
@@ -41,7 +41,6 @@ class VariableRef:
             f"an input of an update op")
 
 
-@register("ref", 0, uses_variable=True)
 def _ref(ctx: Context, node: NodeDef, _: list[Any]) -> VariableRef:
     return VariableRef(ctx.variable(node))
 
@@ -142,7 +141,6 @@ def _done(ctx: Context, *variables: Variable) -> np.ndarray:
 
 # --- gradient descent ------------------------------------------------------------------------
 
-@register("apply_gradient_descent", 2, uses_variable=True)
 def _apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """``var -= grad * lr``; inputs: lr, grad."""
     if inputs[1] is None:
@@ -154,7 +152,6 @@ def _apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any]) -> A
     return _done(ctx, var)
 
 
-@register("sparse_apply_gradient_descent", 3, uses_variable=True)
 def _sparse_apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """``var[indices] -= grad * lr``, duplicates accumulating; inputs: lr, grad, indices."""
     if inputs[1] is None:
@@ -168,7 +165,6 @@ def _sparse_apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any
 
 # --- momentum --------------------------------------------------------------------------------
 
-@register("apply_momentum", 4, uses_variable=True)
 def _apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """``accum = accum * momentum + grad``, then ``var -= accum * lr`` (or the Nesterov step
     with ``use_nesterov``); inputs: accum ref, lr, grad, momentum."""
@@ -188,7 +184,6 @@ def _apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     return _done(ctx, var, accum)
 
 
-@register("sparse_apply_momentum", 5, uses_variable=True)
 def _sparse_apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """The momentum step on rows ``indices`` only; inputs: accum ref, lr, grad, indices,
     momentum."""
@@ -210,7 +205,6 @@ def _sparse_apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> An
 
 # --- adagrad ---------------------------------------------------------------------------------
 
-@register("apply_adagrad", 3, uses_variable=True)
 def _apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """``accum += grad**2``, then ``var -= grad * lr / sqrt(accum)``; inputs: accum ref, lr,
     grad."""
@@ -226,7 +220,6 @@ def _apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     return _done(ctx, var, accum)
 
 
-@register("sparse_apply_adagrad", 4, uses_variable=True)
 def _sparse_apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """The Adagrad step on rows ``indices`` only; inputs: accum ref, lr, grad, indices."""
     if inputs[2] is None:
@@ -262,7 +255,6 @@ def _adam_inputs(ctx: Context, node: NodeDef, inputs: list[Any]
     return var, m, v, lr_t, beta1, beta2, epsilon, one
 
 
-@register("apply_adam", 9, uses_variable=True)
 def _apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """TF1's Adam step with the bias correction folded into the rate; inputs: m ref, v ref,
     beta1_power ref, beta2_power ref, lr, beta1, beta2, epsilon, grad."""
@@ -277,7 +269,6 @@ def _apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     return _done(ctx, var, m, v)
 
 
-@register("sparse_apply_adam", 10, uses_variable=True)
 def _sparse_apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """TF1's sparse Adam: both moments decay everywhere, the gradient is added on rows
     ``indices``, and every row of the variable moves; inputs as ``apply_adam``, then indices.
@@ -348,25 +339,21 @@ def _rms_prop(ctx: Context, node: NodeDef, inputs: list[Any], centered: bool,
     return _done(ctx, var, *slots)
 
 
-@register("apply_rms_prop", 7, uses_variable=True)
 def _apply_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """RMSProp; inputs: ms ref, mom ref, lr, rho, momentum, epsilon, grad."""
     return _rms_prop(ctx, node, inputs, centered=False, sparse=False)
 
 
-@register("sparse_apply_rms_prop", 8, uses_variable=True)
 def _sparse_apply_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """RMSProp on rows ``indices``; inputs as ``apply_rms_prop``, then indices."""
     return _rms_prop(ctx, node, inputs, centered=False, sparse=True)
 
 
-@register("apply_centered_rms_prop", 8, uses_variable=True)
 def _apply_centered_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """Centered RMSProp; inputs: mg ref, ms ref, mom ref, lr, rho, momentum, epsilon, grad."""
     return _rms_prop(ctx, node, inputs, centered=True, sparse=False)
 
 
-@register("sparse_apply_centered_rms_prop", 9, uses_variable=True)
 def _sparse_apply_centered_rms_prop(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """Centered RMSProp on rows ``indices``; inputs as the dense op, then indices."""
     return _rms_prop(ctx, node, inputs, centered=True, sparse=True)
@@ -410,14 +397,12 @@ def _ftrl(ctx: Context, node: NodeDef, inputs: list[Any], sparse: bool) -> Any:
     return _done(ctx, var, accum, linear)
 
 
-@register("apply_ftrl", 8, uses_variable=True)
 def _apply_ftrl(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """FTRL-Proximal; inputs: accum ref, linear ref, grad, lr, l1, l2, l2_shrinkage,
     lr_power."""
     return _ftrl(ctx, node, inputs, sparse=False)
 
 
-@register("sparse_apply_ftrl", 9, uses_variable=True)
 def _sparse_apply_ftrl(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """FTRL-Proximal on rows ``indices``; inputs: accum ref, linear ref, grad, indices, lr,
     l1, l2, l2_shrinkage, lr_power."""
@@ -430,7 +415,6 @@ def _skipped(updates: list[Any]) -> bool:
     return bool(updates) and all(u is None for u in updates)
 
 
-@register("assign_mul", None, uses_variable=True)
 def _assign_mul(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """``var *= factor`` (Adam's beta powers); inputs: factor, then the updates it follows."""
     if not inputs:
@@ -443,7 +427,6 @@ def _assign_mul(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     return _done(ctx, var)
 
 
-@register("increment", None, uses_variable=True)
 def _increment(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """Adds one to an integer variable (the global step) and returns it; inputs: the updates
     it follows."""
@@ -457,3 +440,24 @@ def _increment(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
         value += 1
         ctx.store.touched(var)
     return value
+
+
+OPS = {
+    "ref": OpDef(_ref, 0, uses_variable=True),
+    "apply_gradient_descent": OpDef(_apply_gradient_descent, 2, uses_variable=True),
+    "sparse_apply_gradient_descent": OpDef(_sparse_apply_gradient_descent, 3, uses_variable=True),
+    "apply_momentum": OpDef(_apply_momentum, 4, uses_variable=True),
+    "sparse_apply_momentum": OpDef(_sparse_apply_momentum, 5, uses_variable=True),
+    "apply_adagrad": OpDef(_apply_adagrad, 3, uses_variable=True),
+    "sparse_apply_adagrad": OpDef(_sparse_apply_adagrad, 4, uses_variable=True),
+    "apply_adam": OpDef(_apply_adam, 9, uses_variable=True),
+    "sparse_apply_adam": OpDef(_sparse_apply_adam, 10, uses_variable=True),
+    "assign_mul": OpDef(_assign_mul, None, uses_variable=True),
+    "increment": OpDef(_increment, None, uses_variable=True),
+    "apply_rms_prop": OpDef(_apply_rms_prop, 7, uses_variable=True),
+    "sparse_apply_rms_prop": OpDef(_sparse_apply_rms_prop, 8, uses_variable=True),
+    "apply_centered_rms_prop": OpDef(_apply_centered_rms_prop, 8, uses_variable=True),
+    "sparse_apply_centered_rms_prop": OpDef(_sparse_apply_centered_rms_prop, 9, uses_variable=True),
+    "apply_ftrl": OpDef(_apply_ftrl, 8, uses_variable=True),
+    "sparse_apply_ftrl": OpDef(_sparse_apply_ftrl, 9, uses_variable=True),
+}

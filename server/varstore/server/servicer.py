@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from varstore.common import __version__, codec
-from varstore.common.errors import OpError
+from varstore.common.errors import InvalidArgumentError, OpError
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
+from varstore.server.budget import Lease
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
 from varstore.server.store import VariableStore
@@ -35,8 +37,9 @@ log = logging.getLogger(__name__)
 # built and checked for their first call: that is most of the Python a small op costs.
 GRAPH_CACHE_MAX_BYTES = 4096
 GRAPH_CACHE_ENTRIES = 512
-# A Run request as its deserializer hands it over: the request, its tensors, its wire bytes.
-RunCall = tuple[pb.RunRequest, list[pb.Tensor], bytes]
+# Memory a parsed node takes in the server (its NodeDef, tuples and attribute dict), charged
+# per node of a request besides the request's bytes.
+NODE_BYTES = 512
 
 
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
@@ -96,6 +99,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
                  max_request_bytes: int) -> None:
         self.store = store
+        self.budget = store.budget
         self.executor = executor
         self.checkpoints = checkpoints
         self.max_request_bytes = max_request_bytes
@@ -103,22 +107,40 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         self.clients = ClientTracker()
         self._graphs: dict[bytes, Graph] = {}
 
+    def _lease(self, context: grpc.ServicerContext) -> Lease:
+        """A lease on the memory budget that gives everything back when the call ends
+        (after its reply was sent, or when it failed or was cancelled)."""
+        lease = self.budget.lease()
+        if not context.add_callback(lease.close):
+            lease.close()
+        return lease
+
     @rpc_errors
-    def Run(self, request: RunCall, context: grpc.ServicerContext) -> pb.RunResponse:
+    def Run(self, raw: bytes, context: grpc.ServicerContext) -> pb.RunResponse:
         self.clients.saw(context)
-        result = self.executor.run(self._graph(request), self._waiter(context),
-                                   max_reply_bytes=MAX_MESSAGE_BYTES)
+        lease = self._lease(context)
+        lease.charge_request(len(raw), "a Run request")
+        result = self.executor.run(self._graph(raw, lease), self._waiter(context),
+                                   max_reply_bytes=MAX_MESSAGE_BYTES, lease=lease,
+                                   reply_streamed=False)
         response, _ = wire.result_to_proto(result, stream=False)
         return response
 
     def _waiter(self, context: grpc.ServicerContext) -> Waiter:
         return Waiter.for_call(context, self.store.stopping)
 
-    def _graph(self, call: RunCall) -> Graph:
-        header, tensors, raw = call
+    def _graph(self, raw: bytes, lease: Lease) -> Graph:
         graph = self._graphs.get(raw)
         if graph is None:
-            graph = wire.graph_from_proto(header, [codec.tensor_from_proto(t) for t in tensors])
+            lease.charge(len(raw), "parsing a Run request")
+            try:
+                header, tensors = codec.parse_run_request(raw)
+            except DecodeError:
+                raise InvalidArgumentError(f"malformed Run request ({len(raw)} bytes)") from None
+            lease.charge(len(header.nodes) * NODE_BYTES,
+                         f"a graph of {len(header.nodes)} nodes")
+            graph = wire.graph_from_proto(header, [codec.tensor_from_proto(t, charge=lease.charge)
+                                                   for t in tensors])
             if len(raw) > GRAPH_CACHE_MAX_BYTES:
                 graph.owned = True
             else:
@@ -133,13 +155,15 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     def RunStream(self, request_iterator: Iterator[pb.RunChunk],
                   context: grpc.ServicerContext) -> Iterator[pb.RunChunk | bytes]:
         self.clients.saw(context)
+        lease = self._lease(context)
         header, streamed = codec.join_chunks(request_iterator, "request",
-                                               self.max_request_bytes)
-        arrays = wire.tensors_from_proto(header.tensors, streamed)
+                                             self.max_request_bytes, lease.charge)
+        lease.charge(len(header.nodes) * NODE_BYTES, f"a graph of {len(header.nodes)} nodes")
+        arrays = wire.tensors_from_proto(header.tensors, streamed, lease.charge)
         graph = wire.graph_from_proto(header, arrays)
         graph.owned = True
         response, payloads = wire.result_to_proto(
-            self.executor.run(graph, self._waiter(context)), stream=True)
+            self.executor.run(graph, self._waiter(context), lease=lease), stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed
         yield from codec.split_chunks(pb.RunChunk(response=response), payloads)
@@ -188,10 +212,10 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
 # RunStream's chunks go through varstore's own codec: the same protobuf bytes on the wire, but
 # data chunks are framed from tensor memory and parsed as views, without protobuf's copies.
-# Run's requests are parsed with their tensors apart (codec.parse_run_request).
+# Run's handler takes the request's bytes: it charges them to the memory budget before it
+# parses them (with their tensors apart, codec.parse_run_request).
 _CODECS = {"RunStream": (codec.parse_chunk, codec.serialize_chunk),
-           "Run": (lambda raw: (*codec.parse_run_request(raw), raw),
-                   pb.RunResponse.SerializeToString)}
+           "Run": (None, pb.RunResponse.SerializeToString)}
 
 
 def add_to_server(servicer: VariableServicer, server: grpc.Server) -> None:

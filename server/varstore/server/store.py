@@ -17,22 +17,24 @@ for a discarded variable creates its own (or, binding only, finds none).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from varstore.common.codec import STRING_ELEMENT_BYTES
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    ResourceExhaustedError,
     clip,
 )
 from varstore.common.names import is_valid_node_name
+from varstore.server.budget import MemoryBudget
 from varstore.server.waits import Waiter
 
 # TensorFlow sets no limit; this one bounds what one name costs the server (names arrive in
@@ -99,21 +101,27 @@ def value_nbytes(dtype: DType, shape: tuple[int, ...], value: np.ndarray | None)
 
 
 class VariableStore:
-    """The name table of variables, with an optional limit on the bytes they hold.
+    """The name table of variables, whose values are charged to a memory budget (by default
+    one of its own with limit ``max_memory``, 0 for none) for as long as they exist.
 
     ``stopping`` is set when the server shuts down: every wait of the store then ends.
     """
 
-    def __init__(self, max_memory: int = 0) -> None:
+    def __init__(self, max_memory: int = 0, budget: MemoryBudget | None = None) -> None:
         self._vars: dict[str, Variable] = {}
         self._lock = threading.Lock()
         # Notified when a variable is published, discarded or initialized.
         self._changed = threading.Condition(self._lock)
         # Published variables without a value: waiters on "all variables" read this count.
         self._uninitialized = 0
-        self.max_memory = max_memory
+        self.budget = budget if budget is not None else MemoryBudget(max_memory)
         self._reserved = 0
         self.stopping = threading.Event()
+
+    @property
+    def max_memory(self) -> int:
+        """The memory budget's limit (0: none)."""
+        return self.budget.limit
 
     def __len__(self) -> int:
         return len(self._vars)
@@ -172,7 +180,7 @@ class VariableStore:
             with self._lock:
                 existing = self._vars.get(var.name)
                 if existing is None:
-                    self._reserve(size, var.name)
+                    self._reserve(size + _element_overhead(var), size, var.name)
                     self._vars[var.name] = var
                     if not var.pending:
                         self._published(var)
@@ -211,14 +219,16 @@ class VariableStore:
             for var in created:
                 if var.pending and self._vars.get(var.name) is var:
                     del self._vars[var.name]
-                    self._reserved -= var.nbytes
+                    self._reserve(-var.nbytes - _element_overhead(var), -var.nbytes, var.name)
             self._changed.notify_all()
 
-    def _reserve(self, size: int, name: str) -> None:
-        if self.max_memory and self._reserved + size > self.max_memory:
-            raise ResourceExhaustedError(
-                f"creating {name} ({size} bytes) would exceed the server's memory limit of "
-                f"{self.max_memory} bytes ({self._reserved} in use)")
+    def _reserve(self, memory: int, size: int, name: str) -> None:
+        """Charges ``memory`` bytes to the budget (gives them back when negative) for ``size``
+        bytes of values; raises ``ResourceExhaustedError`` past the limit."""
+        if memory > 0:
+            self.budget.charge(memory, f"creating {clip(name)}")
+        else:
+            self.budget.release(-memory)
         self._reserved += size
 
     def resize(self, var: Variable, new_value: np.ndarray | None) -> None:
@@ -226,7 +236,7 @@ class VariableStore:
         delta = value_nbytes(var.dtype, var.shape, new_value) - var.nbytes
         if delta:
             with self._lock:
-                self._reserve(delta, var.name)
+                self._reserve(delta, delta, var.name)
 
     def set_value(self, var: Variable, value: np.ndarray) -> None:
         """Replaces a variable's value (hold ``var.lock``); wakes waiters on initialization."""
@@ -312,3 +322,9 @@ def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...]) -> Non
         raise InvalidArgumentError(
             f"Trying to share variable {var.name}, but specified dtype {dtype.name} and shape "
             f"{shape} and found dtype {var.dtype.name} and shape {var.shape}.")
+
+
+def _element_overhead(var: Variable) -> int:
+    """Memory a variable's elements take besides its bytes: a string element's pointer and
+    object header (:data:`varstore.common.codec.STRING_ELEMENT_BYTES`)."""
+    return math.prod(var.shape) * STRING_ELEMENT_BYTES if var.dtype.is_string else 0

@@ -24,7 +24,7 @@ import numpy as np
 from varstore.common import dtypes
 from varstore.common.errors import DeadlineExceededError, InvalidArgumentError
 from varstore.common.protocol import APPLIED, PENDING, STALE
-from varstore.server.kernels import Context, NodeDef, _indices, register
+from varstore.server.kernels import Context, NodeDef, OpDef, _indices
 from varstore.server.store import VariableStore
 from varstore.server.waits import client_duration
 
@@ -137,7 +137,6 @@ def _gradients(ctx: Context, layout: tuple[tuple[str, bool], ...], inputs: list[
     return out
 
 
-@register("sync_accumulate", None, uses_variable=True)
 def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     """Adds one replica's gradients to the sums of step ``step`` of the node's global step.
 
@@ -193,7 +192,6 @@ def _mean(total: Any, replicas: int) -> Gradient:
     return (total / replicas).astype(total.dtype, copy=False)
 
 
-@register("sync_mean", 1, uses_variable=True)
 def _sync_mean(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     """Gradient ``index`` of a step this request's ``sync_accumulate`` completed (``part``:
     ``dense``, ``indices`` or ``values``), or None when it did not complete one."""
@@ -211,7 +209,6 @@ def _sync_mean(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     raise InvalidArgumentError(f"sync_mean: gradient {index} has no part {part!r}")
 
 
-@register("sync_wait", 0)
 def _sync_wait(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
     """Blocks until a step of global step ``group`` completes after ``generation``; returns
     the global step then. Raises ``DeadlineExceededError`` after ``timeout`` seconds (cut to
@@ -228,3 +225,10 @@ def _sync_wait(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
                 f"synchronous step {group.step}: {group.count} of {group.replicas} replicas "
                 f"sent gradients within {timeout:g}s")
         return np.int64(group.applied_step)
+
+
+OPS = {
+    "sync_accumulate": OpDef(_sync_accumulate, None, uses_variable=True),
+    "sync_mean": OpDef(_sync_mean, 1, uses_variable=True),
+    "sync_wait": OpDef(_sync_wait, 0),
+}

@@ -17,11 +17,11 @@ from varstore.server.store import Variable
 MAX_ATTRS = 64
 
 
-def tensors_from_proto(messages: Sequence[pb.Tensor], streamed: Sequence[np.ndarray | None]
-                       ) -> list[np.ndarray]:
+def tensors_from_proto(messages: Sequence[pb.Tensor], streamed: Sequence[np.ndarray | None],
+                       charge: codec.Charge | None = None) -> list[np.ndarray]:
     """The request's tensors as arrays: ``streamed`` holds those whose bytes came in stream
-    chunks (None for tensors inline in their message)."""
-    return [array if array is not None else codec.tensor_from_proto(t)
+    chunks (None for tensors inline in their message, decoded with ``charge``)."""
+    return [array if array is not None else codec.tensor_from_proto(t, charge=charge)
             for t, array in zip(messages, streamed, strict=True)]
 
 
@@ -70,7 +70,8 @@ def variable_info(var: Variable, created: bool = False) -> pb.VariableInfo:
 
 def result_to_proto(result: Result, stream: bool
                     ) -> tuple[pb.RunResponse, list[bytes | memoryview]]:
-    """The response for ``result``; with ``stream``, tensor bytes are returned separately."""
+    """The response for ``result``; with ``stream``, tensor bytes are returned separately.
+    (The executor charged the memory its encoding takes, see budget.reply_bytes.)"""
     arrays = []
     for value in result.values:
         array = np.asarray(value if value is not None else np.zeros((0,), np.float32))

@@ -1,0 +1,28 @@
+"""The op registry: every op a graph may contain, by name, merged from the explicit tables of
+the kernel modules (:mod:`varstore.server.kernels`) and the training ops
+(:mod:`varstore.server.optimizers`, :mod:`varstore.server.sync`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from varstore.server import optimizers, sync
+from varstore.server.kernels import array, initializers, math, state
+from varstore.server.kernels.base import OpDef
+
+TABLES: tuple[Mapping[str, OpDef], ...] = (state.OPS, initializers.OPS, math.OPS, array.OPS,
+                                           optimizers.OPS, sync.OPS)
+
+
+def build_registry(tables: tuple[Mapping[str, OpDef], ...] = TABLES) -> dict[str, OpDef]:
+    """One table of ``tables``' ops; raises ``ValueError`` when two define the same op."""
+    registry: dict[str, OpDef] = {}
+    for table in tables:
+        twice = registry.keys() & table.keys()
+        if twice:
+            raise ValueError(f"ops defined twice: {sorted(twice)}")
+        registry.update(table)
+    return registry
+
+
+OPS: Mapping[str, OpDef] = build_registry()
