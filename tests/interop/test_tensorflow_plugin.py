@@ -231,3 +231,57 @@ def test_the_tf1_example_trains_with_two_worker_processes(tmp_path: Path) -> Non
            for layer, shapes in (("hidden", ([64, 64], [64])), ("softmax", ([64, 10], [10])))
            for kind, shape in zip(("weights", "biases"), shapes, strict=True)
            for slot in ("", "/Adam", "/Adam_1")}}
+
+
+# --- TF2: Keras fit and GradientTape loops ----------------------------------------------------
+
+def _keras_run(make_optimizer: Callable[[], Any], wrap: bool, how: str,
+               address: str | None = None) -> tuple[list[np.ndarray], int]:
+    """Trains a small Keras model with ``fit`` or a ``tf.function`` GradientTape loop;
+    returns its trainable values and the optimizer's iterations."""
+    import keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, "relu", name="hidden"),
+                              keras.layers.Dense(3, name="out")], name="net")
+    opt = make_optimizer()
+    if wrap:
+        opt = vst.DistributedOptimizer(opt, client=address)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if how == "fit":
+        model.compile(optimizer=opt, loss=loss)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    else:
+        @tf.function
+        def step(xb: Any, yb: Any) -> None:
+            with tf.GradientTape() as tape:
+                value = loss(yb, model(xb))
+            grads = tape.gradient(value, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        for i in range(8):
+            step(x[4 * i:4 * i + 4], y[4 * i:4 * i + 4])
+    return [v.numpy() for v in model.trainable_variables], int(opt.iterations.numpy())
+
+
+KERAS = {"adam": lambda: __import__("keras").optimizers.Adam(0.01),
+         "nesterov": lambda: __import__("keras").optimizers.SGD(0.05, 0.9, nesterov=True),
+         "rmsprop": lambda: __import__("keras").optimizers.RMSprop(0.01)}
+
+
+@pytest.mark.parametrize("how", ["fit", "tape"])
+@pytest.mark.parametrize("case", list(KERAS))
+def test_keras_trains_as_keras_with_its_variables_on_the_server(
+        address: str, client: vs.Client, how: str, case: str) -> None:
+    expected, steps = _keras_run(KERAS[case], wrap=False, how=how)
+    got, got_steps = _keras_run(KERAS[case], wrap=True, how=how, address=address)
+    assert got_steps == steps == 8
+    for value, want in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
+    names = [v.name for v in client.list_variables()]
+    model = ["net/hidden/bias", "net/hidden/kernel", "net/out/bias", "net/out/kernel"]
+    slots = {"adam": ["Adam", "Adam_1"], "nesterov": ["SGD"], "rmsprop": []}[case]
+    assert names == sorted([*model, "global_step", *(f"{n}/{s}" for n in model for s in slots),
+                            *(["beta1_power", "beta2_power"] if case == "adam" else [])])
+    assert vs.train.get_or_create_global_step(client).numpy() == 8

@@ -49,5 +49,9 @@ def DistributedOptimizer(optimizer: Any, client: Client | str | None = None,  # 
     import tensorflow as tf
     if isinstance(optimizer, tf.compat.v1.train.Optimizer):
         return GraphDistributedOptimizer(optimizer, client, **kwargs)
+    import keras
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        from varstore.tensorflow.keras import distributed
+        return distributed(optimizer, client, **kwargs)
     raise TypeError(f"DistributedOptimizer wraps a tf.compat.v1.train or Keras optimizer, "
                     f"not {type(optimizer).__name__}")

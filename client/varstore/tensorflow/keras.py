@@ -1,0 +1,138 @@
+"""TF2: Keras optimizers that train through the server, in ``model.fit`` and in custom
+``GradientTape`` loops (eager or inside ``tf.function``).
+
+:func:`distributed` returns an optimizer of the wrapped one's own class (so Keras accepts it
+everywhere), as Horovod's Keras plugin does, whose gradient step goes through the server: the
+first step starts the worker on the server (the chief initializes or restores the variables,
+the others wait for that, and everyone loads the server's values; done eagerly, at trace time
+under ``tf.function``), and every step pushes the gradients and assigns the values that come
+back in the same round trip. The optimizer's ``iterations`` follows the server's global step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from varstore.client import Client
+from varstore.common import dtypes
+from varstore.optimizers import Optimizer
+from varstore.tensorflow.exchange import Exchange, VariableSpec
+from varstore.tensorflow.graph import default_is_chief
+from varstore.tensorflow.server_side import keras_server_optimizer
+from varstore.train import GLOBAL_STEP, SyncReplicasOptimizer
+
+STEP = VariableSpec(GLOBAL_STEP, dtypes.int64, (), trainable=False)
+
+
+def spec_of(variable: Any) -> VariableSpec:
+    """A Keras variable as the server knows it: its path (``sequential/dense/kernel``)."""
+    return VariableSpec(variable.path, dtypes.as_dtype(str(variable.dtype)),
+                        tuple(int(d) for d in variable.shape), bool(variable.trainable))
+
+
+class _Distributed:
+    """The methods mixed into the wrapped optimizer's class (see :func:`distributed`)."""
+
+    _varstore: Exchange
+    _varstore_server: Optimizer | None
+    _varstore_chief: bool
+    _varstore_start: dict[str, Any]
+    _varstore_started: bool
+
+    def _backend_apply_gradients(self, grads: Sequence[Any],
+                                 trainable_variables: Sequence[Any]) -> None:
+        variables = list(trainable_variables)
+        specs = [spec_of(v) for v in variables]
+        if not self._varstore_started:
+            with tf.init_scope():
+                self._varstore_begin(variables, specs)
+        iterations: Any = self.iterations  # type: ignore[attr-defined]
+        if self._varstore_server is None:
+            before = [tf.identity(v.value) for v in variables]
+            super()._backend_apply_gradients(grads, variables)  # type: ignore[misc]
+            deltas = [v.value - b for v, b in zip(variables, before, strict=True)]
+            call = functools.partial(self._varstore.push_deltas, specs, STEP)
+            outputs = tf.numpy_function(lambda *d: call(d), deltas, _types(specs),
+                                        stateful=True, name="PushDeltas")
+            # Keras adds one to iterations after this method; the server's step already did.
+            _assign(variables, iterations, outputs, 1)
+            return
+        inputs: list[Any] = []
+        sparse = []
+        for grad in grads:
+            if isinstance(grad, tf.IndexedSlices):
+                inputs += [grad.indices, grad.values]
+            else:
+                inputs.append(tf.convert_to_tensor(grad))
+            sparse.append(isinstance(grad, tf.IndexedSlices))
+        synchronous = isinstance(self._varstore_server, SyncReplicasOptimizer)
+        if synchronous:
+            inputs.append(tf.convert_to_tensor(iterations))
+        call = functools.partial(_push_pull, self._varstore, self._varstore_server, specs,
+                                 sparse, synchronous)
+        outputs = tf.numpy_function(call, inputs, _types(specs), stateful=True,
+                                    name="PushPull")
+        _assign(variables, iterations, outputs, 1)
+
+    def _varstore_begin(self, variables: list[Any], specs: list[VariableSpec]) -> None:
+        """The worker's start, run eagerly once (see :meth:`Exchange.start`)."""
+        iterations: Any = self.iterations  # type: ignore[attr-defined]
+        local = [np.asarray(v) for v in variables] + [np.int64(int(iterations))]
+        values = self._varstore.start([*specs, STEP], self._varstore_chief,
+                                      local if self._varstore_chief else None,
+                                      **self._varstore_start)
+        for var, value in zip(variables, values, strict=False):
+            var.assign(value)
+        iterations.assign(values[-1])
+        self._varstore_started = True
+
+
+def _types(specs: Sequence[VariableSpec]) -> list[Any]:
+    return [tf.as_dtype(s.dtype.name) for s in specs] + [tf.int64]
+
+
+def _assign(variables: list[Any], iterations: Any, outputs: list[Any], ahead: int) -> None:
+    for var, value in zip(variables, outputs, strict=False):
+        value.set_shape(var.shape)
+        var.assign(value)
+    step = outputs[-1]
+    step.set_shape(())
+    iterations.assign(tf.cast(step, iterations.dtype) - ahead)
+
+
+def _push_pull(exchange: Exchange, optimizer: Optimizer, specs: list[VariableSpec],
+               sparse: list[bool], synchronous: bool, *arrays: Any) -> list[Any]:
+    local_step = arrays[-1] if synchronous else None
+    grads = arrays[:-1] if synchronous else arrays
+    return exchange.push_pull(optimizer, specs, sparse, STEP, grads, local_step)
+
+
+def distributed(optimizer: Any, client: Client | str | None = None,
+                is_chief: bool | None = None, checkpoint_dir: str | None = None,
+                timeout: float = 600.0, replicas_to_aggregate: int | None = None) -> Any:
+    """A Keras optimizer of ``optimizer``'s class and configuration that trains through the
+    server (see the module docstring). ``is_chief`` defaults as in
+    :func:`varstore.tensorflow.graph.default_is_chief`; the chief restores the newest
+    checkpoint of ``checkpoint_dir`` on the server. Keras's SGD and Adam run on the server;
+    other optimizers run locally and push their changes. Raises ``ValueError`` for
+    ``replicas_to_aggregate`` with an optimizer the server does not run."""
+    base = type(optimizer)
+    cls = type(base.__name__, (_Distributed, base), {"__doc__": base.__doc__})
+    wrapped = cls.from_config(optimizer.get_config())
+    server = keras_server_optimizer(optimizer)
+    if replicas_to_aggregate is not None:
+        if server is None:
+            raise ValueError(f"synchronous training needs an optimizer the server runs, not "
+                             f"{base.__name__}")
+        server = SyncReplicasOptimizer(server, replicas_to_aggregate, timeout)
+    wrapped._varstore = Exchange(client)
+    wrapped._varstore_server = server
+    wrapped._varstore_chief = default_is_chief() if is_chief is None else bool(is_chief)
+    wrapped._varstore_start = {"checkpoint_dir": checkpoint_dir, "timeout": timeout}
+    wrapped._varstore_started = False
+    return wrapped
