@@ -122,7 +122,7 @@ def distributed(optimizer: Any, client: Client | str | None = None,
     other optimizers run locally and push their changes. Raises ``ValueError`` for
     ``replicas_to_aggregate`` with an optimizer the server does not run."""
     base = type(optimizer)
-    cls = type(base.__name__, (_Distributed, base), {"__doc__": base.__doc__})
+    cls: Any = type(base.__name__, (_Distributed, base), {"__doc__": base.__doc__})
     wrapped = cls.from_config(optimizer.get_config())
     server = keras_server_optimizer(optimizer)
     if replicas_to_aggregate is not None:
