@@ -285,3 +285,22 @@ def test_keras_trains_as_keras_with_its_variables_on_the_server(
     assert names == sorted([*model, "global_step", *(f"{n}/{s}" for n in model for s in slots),
                             *(["beta1_power", "beta2_power"] if case == "adam" else [])])
     assert vs.train.get_or_create_global_step(client).numpy() == 8
+
+
+def test_the_keras_example_fits_with_two_worker_processes(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "keras_fit.py"), "--epochs", "10",
+         "--checkpoint-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"^worker 0: final step (\d+)  test accuracy ([\d.]+)$", result.stdout,
+                      re.M)
+    assert match, result.stdout
+    step, accuracy = int(match.group(1)), float(match.group(2))
+    assert accuracy >= 0.9, result.stdout
+    assert re.search(r"^worker 1: done at global step \d+$", result.stdout, re.M)
+    reader = tf.train.load_checkpoint(str(tmp_path / f"model.ckpt-{step}"))
+    assert sorted(reader.get_variable_to_shape_map()) == sorted(
+        ["global_step", "beta1_power", "beta2_power",
+         *(f"digits/{layer}/{kind}{slot}" for layer in ("hidden", "softmax")
+           for kind in ("kernel", "bias") for slot in ("", "/Adam", "/Adam_1"))])
