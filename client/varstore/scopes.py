@@ -113,13 +113,14 @@ class VariableScope:
         return f"<VariableScope {self._name!r} reuse={self._reuse}>"
 
 
-def _wrap_custom_getter(getter: Any, old: Any) -> Any:
-    """``getter`` calling ``old`` as its getter, as TF's ``_maybe_wrap_custom_getter``."""
+def _wrap_custom_getter(custom_getter: Any, old: Any) -> Any:
+    """``custom_getter`` calling ``old`` as its getter, as TF's ``_maybe_wrap_custom_getter``
+    (getters are called with keyword arguments: ``getter=``, ``name=``...)."""
     if old is None:
-        return getter
+        return custom_getter
 
-    def wrapped(next_getter: Any, *args: Any, **kwargs: Any) -> Any:
-        return getter(functools.partial(old, next_getter), *args, **kwargs)
+    def wrapped(getter: Any, *args: Any, **kwargs: Any) -> Any:
+        return custom_getter(functools.partial(old, getter), *args, **kwargs)
     return wrapped
 
 

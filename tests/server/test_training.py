@@ -374,9 +374,11 @@ def test_monitored_chief_saves_restores_and_stops_at_step(server: Any, address: 
             np.testing.assert_array_equal(sess.run(w), W_INIT - 1.5)
             while not sess.should_stop():
                 sess.run(train_op, {grad: np.ones((2, 2))})
-            assert sess.run(step) == 5
+            with pytest.raises(RuntimeError, match="Run called even after should_stop"):
+                sess.run(step)
     with vs.connect(address) as client:
         assert client.latest_checkpoint("job") == "job/model.ckpt-5"
+        assert client.pull([vs.RemoteVariable(client, "global_step", vs.int64, ())]) == [5]
     with pytest.raises(TypeError, match="StopAtStepHook only"):
         not_hooks: list[Any] = [object()]
         tf.train.MonitoredTrainingSession(master=address, hooks=not_hooks)

@@ -104,6 +104,12 @@ from varstore.v1.math_ops import (
     truediv,
 )
 from varstore.v1.optimizers import IndexedSlices
+from varstore.v1.partitioned import (
+    PartitionedVariable,
+    fixed_size_partitioner,
+    min_max_variable_partitioner,
+    variable_axis_size_partitioner,
+)
 from varstore.v1.session import Session
 from varstore.v1.shapes import TensorShape
 from varstore.v1.state_ops import (
@@ -144,24 +150,25 @@ def add_to_collection(name: str, value: object) -> None:
 
 
 __all__ = [
-    "AUTO_REUSE", "DType", "Graph", "GraphKeys", "IndexedSlices", "Operation", "Session",
-    "Tensor",
-    "TensorShape", "Variable", "VariableScope", "abs", "add", "add_to_collection", "as_dtype",
-    "assign", "assign_add", "assign_sub", "bfloat16", "bool", "boolean_mask", "cast",
-    "complex64", "complex128", "constant", "constant_initializer", "control_dependencies",
-    "convert_to_tensor", "divide", "double", "equal", "errors", "exp", "fill", "float16",
-    "float32", "float64", "floordiv", "gather", "get_collection", "get_default_graph",
-    "get_default_session", "get_variable", "get_variable_scope", "global_variables",
-    "global_variables_initializer", "glorot_uniform_initializer", "greater", "greater_equal",
-    "group", "half", "identity", "int8", "int16", "int32", "int64", "is_variable_initialized",
-    "less", "less_equal", "log", "logical_and", "logical_not", "logical_or", "matmul",
-    "maximum", "minimum", "mod", "multiply", "name_scope", "negative", "nn", "no_op",
-    "not_equal", "ones", "ones_initializer", "placeholder", "pow", "random_normal",
-    "random_normal_initializer", "random_uniform", "random_uniform_initializer",
-    "reduce_max", "reduce_mean", "reduce_min", "reduce_sum", "report_uninitialized_variables",
-    "reset_default_graph", "reshape", "scatter_add", "scatter_sub", "scatter_update",
-    "sigmoid", "sign", "sqrt", "square", "stack", "string", "subtract", "tanh", "train",
-    "trainable_variables", "truediv", "truncated_normal", "truncated_normal_initializer",
-    "uint8", "uint16", "uint32", "uint64", "variable_scope", "variables_initializer",
-    "zeros", "zeros_initializer",
+    "AUTO_REUSE", "DType", "Graph", "GraphKeys", "IndexedSlices", "Operation",
+    "PartitionedVariable", "Session", "Tensor", "TensorShape", "Variable", "VariableScope",
+    "abs", "add", "add_to_collection", "as_dtype", "assign", "assign_add", "assign_sub",
+    "bfloat16", "bool", "boolean_mask", "cast", "complex128", "complex64", "constant",
+    "constant_initializer", "control_dependencies", "convert_to_tensor", "divide", "double",
+    "equal", "errors", "exp", "fill", "fixed_size_partitioner", "float16", "float32", "float64",
+    "floordiv", "gather", "get_collection", "get_default_graph", "get_default_session",
+    "get_variable", "get_variable_scope", "global_variables", "global_variables_initializer",
+    "glorot_uniform_initializer", "greater", "greater_equal", "group", "half", "identity",
+    "int16", "int32", "int64", "int8", "is_variable_initialized", "less", "less_equal", "log",
+    "logical_and", "logical_not", "logical_or", "matmul", "maximum",
+    "min_max_variable_partitioner", "minimum", "mod", "multiply", "name_scope", "negative",
+    "nn", "no_op", "not_equal", "ones", "ones_initializer", "placeholder", "pow",
+    "random_normal", "random_normal_initializer", "random_uniform",
+    "random_uniform_initializer", "reduce_max", "reduce_mean", "reduce_min", "reduce_sum",
+    "report_uninitialized_variables", "reset_default_graph", "reshape", "scatter_add",
+    "scatter_sub", "scatter_update", "sigmoid", "sign", "sqrt", "square", "stack", "string",
+    "subtract", "tanh", "train", "trainable_variables", "truediv", "truncated_normal",
+    "truncated_normal_initializer", "uint16", "uint32", "uint64", "uint8",
+    "variable_axis_size_partitioner", "variable_scope", "variables_initializer", "zeros",
+    "zeros_initializer",
 ]

@@ -74,7 +74,10 @@ class MonitoredSession:
 
     def run(self, fetches: Any, feed_dict: Any = None) -> Any:
         """As ``Session.run``; then the chief saves a checkpoint when one is due, and the
-        hooks may ask to stop. Raises ``RuntimeError`` once the session is closed."""
+        hooks may ask to stop. Raises ``RuntimeError`` once a hook asked to stop or the
+        session is closed, as TF's ``_MonitoredSession.run``."""
+        if self.should_stop():
+            raise RuntimeError("Run called even after should_stop requested.")
         if self._global_step is None:
             values = self._session.run(fetches, feed_dict)
         else:

@@ -202,8 +202,9 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
     value = None
     if initializer is not None and not callable(initializer):
         value = _constant_value(initializer, dtype)
-        dtype = dtypes.as_dtype(value.dtype)
-        shape = as_shape(value.shape) if shape is None else shape
+        if hasattr(initializer, "op"):  # as TF: a tensor gives its shape and dtype
+            dtype = dtypes.as_dtype(value.dtype)
+            shape = as_shape(value.shape) if shape is None else shape
     shape = as_shape(shape)
     parts = _call_partitioner(partitioner, shape, dtype) if not reuse or partitioner else None
     existing = known.get(name)
@@ -235,7 +236,7 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
             var = make_part(f"{name}/part_{i}", None, value[index])
         else:
             var = make_part(f"{name}/part_{i}", part_shape, initializer)
-        var.save_slice_info = SaveSliceInfo(name, full, offset, part_shape)
+        var._set_save_slice_info(SaveSliceInfo(name, full, offset, part_shape))
         made.append(var)
     result = PartitionedVariable(name, shape, dtype, made, parts)
     known[name] = result

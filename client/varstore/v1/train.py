@@ -20,11 +20,16 @@ from varstore.v1.optimizers import (
     RMSPropOptimizer,
 )
 from varstore.v1.saver import Saver, latest_checkpoint
-from varstore.v1.training_util import get_global_step, get_or_create_global_step
+from varstore.v1.training_util import (
+    create_global_step,
+    get_global_step,
+    get_or_create_global_step,
+    global_step,
+)
 
 __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "FtrlOptimizer", "GradientDescentOptimizer",
     "MomentumOptimizer", "MonitoredSession", "MonitoredTrainingSession", "RMSPropOptimizer",
-    "Saver", "StopAtStepHook", "get_global_step", "get_or_create_global_step",
-    "latest_checkpoint",
+    "Saver", "StopAtStepHook", "create_global_step", "get_global_step",
+    "get_or_create_global_step", "global_step", "latest_checkpoint",
 ]

@@ -57,12 +57,11 @@ class Variable(TensorOperators):
             raise ValueError("variable_def needs a TensorFlow MetaGraph, which varstore does "
                              "not read; create the variable from an initial_value.")
         if constraint is not None and not callable(constraint):
-            raise ValueError(f"The `constraint` argument must be a callable. Received: "
-                             f"{constraint}")
+            raise ValueError("The `constraint` argument must be a callable.")
         self.trainable = True if trainable is None else bool(trainable)
         self.constraint = constraint
         self.created_by = "Variable"
-        self.save_slice_info: Any = None
+        self._save_slice_info: Any = None
         graph = get_default_graph()
         with graph.control_dependencies(None), graph.name_scope(name, "Variable") as scope:
             op_name = scope[:-1]
@@ -132,6 +131,14 @@ class Variable(TensorOperators):
 
     def __repr__(self) -> str:
         return f"<tf.Variable '{self.name}' shape={self.shape} dtype={self.dtype.name}>"
+
+    def _get_save_slice_info(self) -> Any:
+        """Where this part lies in its partitioned variable (None when not a part)."""
+        return self._save_slice_info
+
+    def _set_save_slice_info(self, info: Any) -> None:
+        """Records where this part lies in its partitioned variable."""
+        self._save_slice_info = info
 
     # --- values ----------------------------------------------------------------------------
 
