@@ -236,3 +236,45 @@ def test_refusals_quote_client_input_up_to_a_bound(
     assert 0 < len(details) < MESSAGE_BOUND
     if "aaaa" in details:
         assert "characters)" in details, "a cut quote says how long the input was"
+
+
+LONG = "a" * 60_000  # a valid variable name: names may be up to 64 KiB
+
+
+def _long_calls() -> list[tuple[str, pb.RunRequest, grpc.StatusCode]]:
+    def var(dtype: int, shape: list[int], initializer: int = 0) -> pb.VariableSpec:
+        return pb.VariableSpec(name=LONG, dtype=dtype, shape=pb.Shape(dim=shape),
+                               initializer=initializer)
+    f32 = pb.Tensor(dtype=FLOAT, shape=[2], content=b"\0" * 8)
+    return [
+        ("binding with another shape", pb.RunRequest(variables=[var(FLOAT, [3])]),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("reading it uninitialized", pb.RunRequest(
+            nodes=[pb.Node(op="read", variable=LONG)], fetches=[0]),
+         grpc.StatusCode.FAILED_PRECONDITION),
+        ("assigning another dtype", pb.RunRequest(
+            tensors=[pb.Tensor(dtype=INT64, shape=[2], content=b"\0" * 16)],
+            nodes=[pb.Node(op="const"), pb.Node(op="assign", inputs=[0], variable=LONG)],
+            targets=[1]), grpc.StatusCode.INVALID_ARGUMENT),
+        ("an optimizer on an uninitialized slot", pb.RunRequest(
+            tensors=[f32], nodes=[pb.Node(op="ref", variable=LONG), pb.Node(op="const"),
+                                  pb.Node(op="const"), pb.Node(op="const"),
+                                  pb.Node(op="apply_momentum", inputs=[0, 1, 2, 3],
+                                          variable=LONG)], targets=[4]),
+         grpc.StatusCode.FAILED_PRECONDITION),
+        ("binding to one that does not exist", pb.RunRequest(variables=[pb.VariableSpec(
+            name=LONG + "b", dtype=FLOAT, shape=pb.Shape(dim=[2]), mode=pb.BIND)]),
+         grpc.StatusCode.NOT_FOUND),
+    ]
+
+
+@pytest.mark.parametrize("what, request_, code", _long_calls(),
+                         ids=[c[0] for c in _long_calls()])
+def test_refusals_about_long_names_stay_bounded(stub: pb_grpc.VariableServiceStub, what: str,
+                                                request_: pb.RunRequest,
+                                                code: grpc.StatusCode) -> None:
+    stub.Run(pb.RunRequest(variables=[pb.VariableSpec(name=LONG, dtype=FLOAT,
+                                                      shape=pb.Shape(dim=[2]))]), timeout=30)
+    got, details = refusal(lambda: stub.Run(request_, timeout=30))
+    assert got == code, details[:300]
+    assert 0 < len(details) < MESSAGE_BOUND and "(6000" in details and " characters)" in details

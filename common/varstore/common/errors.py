@@ -12,6 +12,8 @@ import grpc
 # The most characters of client input (a name, path, key or shape) an error message quotes:
 # messages travel in gRPC's status metadata, which peers cap at 8 KiB, and end up in logs.
 QUOTE_LIMIT = 200
+# The longest status message the server sends, whatever it quotes: a bound of last resort.
+STATUS_LIMIT = 4096
 
 
 def clip(value: object, limit: int = QUOTE_LIMIT) -> str:

@@ -296,8 +296,8 @@ class CheckpointManager:
             var = self.store.find(name)
             if var is not None and (var.dtype != info.dtype or var.shape != info.shape):
                 raise InvalidArgumentError(
-                    f"cannot restore variable {name} ({var.dtype.name} {list(var.shape)}) from "
-                    f"key {clip(key)} of checkpoint {clip(named)} ({info.dtype.name} "
+                    f"cannot restore variable {clip(name)} ({var.dtype.name} {list(var.shape)}) "
+                    f"from key {clip(key)} of checkpoint {clip(named)} ({info.dtype.name} "
                     f"{list(info.shape)})")
             plan.append((key, name, info))
         return plan

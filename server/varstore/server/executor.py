@@ -152,7 +152,7 @@ class Executor:
             validate_name(spec.name)
             check_alloc(spec.shape, spec.dtype, self.max_tensor_bytes)
             if spec.initializer is not None and not 0 <= spec.initializer < len(graph.nodes):
-                raise InvalidArgumentError(f"initializer of {spec.name} is not a node")
+                raise InvalidArgumentError(f"initializer of {clip(spec.name)} is not a node")
         graph.blocking = any(node.op in BLOCKING_OPS for node in graph.nodes)
         if graph.blocking and (graph.variables or any(n.variable for n in graph.nodes)):
             raise InvalidArgumentError(
@@ -217,7 +217,7 @@ class Executor:
             if name:
                 var = resolved[name]
                 if var is None:
-                    raise NotFoundError(f"Variable {name} does not exist on the server")
+                    raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
                 variables[name] = var
         journal = Journal(lease)
         ctx = _Context(self, graph, variables, journal, waiter, lease)
@@ -271,11 +271,11 @@ class Executor:
         if value.dtype != spec.dtype.np_dtype and not (spec.dtype.is_string
                                                        and value.dtype == object):
             raise InvalidArgumentError(
-                f"initial value of {spec.name} has dtype {value.dtype}, expected "
+                f"initial value of {clip(spec.name)} has dtype {value.dtype}, expected "
                 f"{spec.dtype.name}")
         if value.shape != spec.shape:
             raise InvalidArgumentError(
-                f"initial value of {spec.name} has shape {list(value.shape)}, expected "
+                f"initial value of {clip(spec.name)} has shape {list(value.shape)}, expected "
                 f"{list(spec.shape)}")
         return np.array(value, copy=True)
 

@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from varstore.common.errors import InvalidArgumentError, OpError
+from varstore.common.errors import STATUS_LIMIT, InvalidArgumentError, OpError, clip
 from varstore.server.handlers import behavior_of, method_handler
 from varstore.server.store import VariableStore
 
@@ -169,7 +169,7 @@ class _MeasuredCall:
                 outcome = grpc.StatusCode.OK
                 return response
             except OpError as e:
-                context.abort(e.code, e.message)
+                context.abort(e.code, clip(e.message, STATUS_LIMIT))
             finally:
                 self._end(context, start, outcome)
         return call
@@ -186,7 +186,7 @@ class _MeasuredCall:
                 outcome = grpc.StatusCode.CANCELLED
                 raise
             except OpError as e:
-                context.abort(e.code, e.message)
+                context.abort(e.code, clip(e.message, STATUS_LIMIT))
             finally:
                 self._end(context, start, outcome)
         return call

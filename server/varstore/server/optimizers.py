@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from varstore.common import dtypes
-from varstore.common.errors import InvalidArgumentError
+from varstore.common.errors import InvalidArgumentError, clip
 from varstore.server.kernels import Context, NodeDef, OpDef, _indices
 from varstore.server.store import Variable
 
@@ -37,7 +37,7 @@ class VariableRef:
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise InvalidArgumentError(
-            f"ref {self.variable.name} is a variable reference, not a value: it can only be "
+            f"ref {clip(self.variable.name)} is a variable reference, not a value: it can only be "
             f"an input of an update op")
 
 
@@ -49,7 +49,7 @@ def _float_variable(ctx: Context, node: NodeDef) -> Variable:
     var = ctx.variable(node)
     if not var.dtype.is_floating:
         raise InvalidArgumentError(
-            f"{node.op} {var.name}: needs a floating-point variable, got {var.dtype.name}")
+            f"{node.op} {clip(var.name)}: needs a floating-point variable, got {var.dtype.name}")
     var.read()
     return var
 
@@ -57,12 +57,13 @@ def _float_variable(ctx: Context, node: NodeDef) -> Variable:
 def _slot(var: Variable, ref: Any, node: NodeDef) -> Variable:
     """The slot variable behind ``ref``, checked to match ``var``'s dtype and shape."""
     if not isinstance(ref, VariableRef):
-        raise InvalidArgumentError(f"{node.op} {var.name}: slot inputs must be ref nodes")
+        raise InvalidArgumentError(f"{node.op} {clip(var.name)}: slot inputs must be ref nodes")
     slot = ref.variable
     if slot.dtype != var.dtype or slot.shape != var.shape:
         raise InvalidArgumentError(
-            f"{node.op} {var.name}: slot {slot.name} has dtype {slot.dtype.name} and shape "
-            f"{list(slot.shape)}, the variable {var.dtype.name} and {list(var.shape)}")
+            f"{node.op} {clip(var.name)}: slot {clip(slot.name)} has dtype {slot.dtype.name} "
+            f"and shape {list(slot.shape)}, the variable {var.dtype.name} and "
+            f"{list(var.shape)}")
     slot.read()
     return slot
 
@@ -81,7 +82,7 @@ def _scalar_ref(ref: Any, node: NodeDef, dtype: np.dtype) -> np.ndarray:
     value = ref.variable.read()
     if ref.variable.dtype.np_dtype != dtype:
         raise InvalidArgumentError(
-            f"{node.op}: {ref.variable.name} has dtype {ref.variable.dtype.name}, expected "
+            f"{node.op}: {clip(ref.variable.name)} has dtype {ref.variable.dtype.name}, expected "
             f"{dtypes.as_dtype(dtype).name}")
     return value
 
@@ -90,7 +91,7 @@ def _hyper(value: Any, var: Variable, node: NodeDef, what: str) -> np.ndarray:
     """A scalar hyperparameter cast to the variable's dtype."""
     array = np.asarray(value)
     if array.shape != () or array.dtype.kind not in "iuf":
-        raise InvalidArgumentError(f"{node.op} {var.name}: {what} must be a real scalar")
+        raise InvalidArgumentError(f"{node.op} {clip(var.name)}: {what} must be a real scalar")
     return array.astype(var.dtype.np_dtype)
 
 
@@ -98,11 +99,11 @@ def _dense_grad(var: Variable, grad: Any, node: NodeDef) -> np.ndarray:
     grad = np.asarray(grad)
     if grad.dtype != var.dtype.np_dtype:
         raise InvalidArgumentError(
-            f"{node.op} {var.name}: grad has dtype {dtypes.as_dtype(grad.dtype).name}, "
+            f"{node.op} {clip(var.name)}: grad has dtype {dtypes.as_dtype(grad.dtype).name}, "
             f"variable has dtype {var.dtype.name}")
     if grad.shape != var.shape:
         raise InvalidArgumentError(
-            f"{node.op} {var.name}: var and grad do not have the same shape "
+            f"{node.op} {clip(var.name)}: var and grad do not have the same shape "
             f"{list(var.shape)} {list(grad.shape)}")
     return grad
 
@@ -110,7 +111,7 @@ def _dense_grad(var: Variable, grad: Any, node: NodeDef) -> np.ndarray:
 def _sparse_grad(var: Variable, grad: Any, indices: Any, node: NodeDef, unique: bool = True
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Checked ``(indices, rows)``; with ``unique``, duplicate indices' rows are summed."""
-    what = f"{node.op} {var.name}"
+    what = f"{node.op} {clip(var.name)}"
     if not var.shape:
         raise InvalidArgumentError(f"{what}: var must be at least 1 dimensional")
     grad = np.asarray(grad)
@@ -434,7 +435,7 @@ def _increment(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     value = var.read()
     if not var.dtype.is_integer or value.shape != ():
         raise InvalidArgumentError(
-            f"increment {var.name}: needs an integer scalar, got {var.dtype.name} "
+            f"increment {clip(var.name)}: needs an integer scalar, got {var.dtype.name} "
             f"{list(var.shape)}")
     if not _skipped(inputs):
         value += 1

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from varstore.common import __version__, codec
-from varstore.common.errors import InvalidArgumentError, OpError
+from varstore.common.errors import STATUS_LIMIT, InvalidArgumentError, OpError, clip
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
@@ -44,7 +44,7 @@ NODE_BYTES = 512
 
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
     if isinstance(error, OpError):
-        context.abort(error.code, error.message)
+        context.abort(error.code, clip(error.message, STATUS_LIMIT))
     log.exception("internal error in %s", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 

@@ -86,7 +86,7 @@ class Variable:
         """The current value (a view; hold the lock); raises ``FailedPreconditionError``."""
         if self.value is None:
             raise FailedPreconditionError(
-                f"Attempting to use uninitialized value {self.name}")
+                f"Attempting to use uninitialized value {clip(self.name)}")
         return self.value
 
 
@@ -320,8 +320,8 @@ def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...]) -> Non
     """Raises ``InvalidArgumentError`` unless ``var`` has ``dtype`` and ``shape``."""
     if var.dtype != dtype or var.shape != shape:
         raise InvalidArgumentError(
-            f"Trying to share variable {var.name}, but specified dtype {dtype.name} and shape "
-            f"{shape} and found dtype {var.dtype.name} and shape {var.shape}.")
+            f"Trying to share variable {clip(var.name)}, but specified dtype {dtype.name} and "
+            f"shape {shape} and found dtype {var.dtype.name} and shape {var.shape}.")
 
 
 def _element_overhead(var: Variable) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from varstore.common import dtypes
-from varstore.common.errors import DeadlineExceededError, InvalidArgumentError
+from varstore.common.errors import DeadlineExceededError, InvalidArgumentError, clip
 from varstore.common.protocol import APPLIED, PENDING, STALE
 from varstore.server.kernels import Context, NodeDef, OpDef, _indices
 from varstore.server.store import VariableStore
@@ -114,7 +114,7 @@ def _gradients(ctx: Context, layout: tuple[tuple[str, bool], ...], inputs: list[
     for name, sparse in layout:
         var = ctx.store.get(name)
         values = np.asarray(next(it))
-        what = f"sync_accumulate {name}"
+        what = f"sync_accumulate {clip(name)}"
         if values.dtype != var.dtype.np_dtype:
             raise InvalidArgumentError(
                 f"{what}: gradient has dtype {dtypes.as_dtype(values.dtype).name}, variable "
@@ -147,7 +147,7 @@ def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarr
     global_step = ctx.variable(node)
     current = global_step.read()
     if not global_step.dtype.is_integer or current.shape != ():
-        raise InvalidArgumentError(f"sync_accumulate: {global_step.name} is not an integer "
+        raise InvalidArgumentError(f"sync_accumulate: {clip(global_step.name)} is not an integer "
                                    f"scalar")
     step, replicas = int(node.attr("step", -1)), int(node.attr("replicas", 0))
     if replicas < 1:
