@@ -26,17 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from varstore.client import (
-    DEFAULT_ADDRESS,
-    RUN_STREAM_METHOD,
-    ClientBase,
-    Reply,
-    Steps,
-    VariableHandle,
-    VariableInfo,
-)
+from varstore.client import DEFAULT_ADDRESS, RUN_STREAM_METHOD, ClientBase, VariableInfo
 from varstore.common import codec
 from varstore.common.errors import OpError
+from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
@@ -135,11 +128,11 @@ class Client(ClientBase):
 
     def pull(self, variables: Iterable[RemoteVariable]) -> Awaitable[list[np.ndarray]]:
         """The values of ``variables``, read in one round trip."""
-        return self._drive(self._pull_steps(list(variables)))
+        return self._drive(pull_steps(list(variables)))
 
     def push(self, values: Mapping[RemoteVariable, Any]) -> Awaitable[None]:
         """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
-        return self._drive(self._push_steps(values.items()))
+        return self._drive(push_steps(values.items()))
 
     async def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends one request; returns the fetched arrays and the variables' infos.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -19,9 +19,19 @@ from varstore import initializers
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
 from varstore.request import RequestBuilder
+from varstore.scopes import Naming
 
-if TYPE_CHECKING:
-    from varstore.client import Client
+
+class Runner(Protocol):
+    """What an optimizer needs of a client (:class:`varstore.Client` is one): its naming
+    state and blocking requests. Typed here so that this module imports no client."""
+
+    @property
+    def naming(self) -> Naming: ...
+
+    def run(self, builder: RequestBuilder, expect_bytes: int = 0
+            ) -> tuple[list[np.ndarray], list[Any]]: ...
+
 
 class Trainable(Protocol):
     """What an optimizer needs of a variable: its full name, dtype and shape."""
@@ -157,7 +167,7 @@ class Optimizer:
                    initializer_desc=init.describe())
         return b.node("ref", variable=name)
 
-    def _run(self, client: Client, b: RequestBuilder,
+    def _run(self, client: Runner, b: RequestBuilder,
              grads: list[tuple[Trainable, GradientNodes]], global_step: str | None,
              local_step: int | None, fetch: Sequence[Trainable]) -> tuple[Any, list[Any]]:
         """Sends the step; returns the global step after it (None without one) and the

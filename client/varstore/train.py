@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from varstore import initializers
 from varstore.common import dtypes
 from varstore.common.errors import DeadlineExceededError
 from varstore.common.protocol import PENDING, STALE
+from varstore.handles import VariableHandle
 from varstore.optimizers import (
     AdagradOptimizer,
     AdamOptimizer,
@@ -43,14 +44,13 @@ from varstore.optimizers import (
     NonSlot,
     Optimizer,
     RMSPropOptimizer,
+    Runner,
     Slot,
     Trainable,
     read_after,
 )
 from varstore.request import RequestBuilder
-
-if TYPE_CHECKING:
-    from varstore.client import Client, RemoteVariable
+from varstore.scopes import VariableScope
 
 __all__ = [
     "GLOBAL_STEP", "AdagradOptimizer", "AdamOptimizer", "CheckpointSaver", "FtrlOptimizer",
@@ -61,6 +61,29 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GLOBAL_STEP = "global_step"
+
+V_co = TypeVar("V_co", covariant=True)
+V = TypeVar("V")
+
+
+class TrainingClient(Runner, Protocol[V_co]):
+    """What training needs of a client (:class:`varstore.Client` is one, with handles
+    ``V_co``). Typed here so that this module imports no client."""
+
+    def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
+                     initializer: Any = None, trainable: bool = True) -> V_co: ...
+
+    def get_variable_scope(self) -> VariableScope: ...
+
+    def latest_checkpoint(self, directory: str = "") -> str | None: ...
+
+    def restore(self, prefix: str, var_list: Any = None) -> str: ...
+
+    def save(self, prefix: str, var_list: Any = None, global_step: int | None = None,
+             max_to_keep: int = 5) -> str: ...
+
+    def wait_initialized(self, names: Sequence[str] = (), timeout: float = 60.0
+                         ) -> list[str]: ...
 
 # --- synchronous training --------------------------------------------------------------------
 
@@ -90,7 +113,7 @@ class SyncReplicasOptimizer(Optimizer):
         self.timeout = float(timeout)
         self.stale_gradients = 0
 
-    def _run(self, client: Client, b: RequestBuilder,
+    def _run(self, client: Runner, b: RequestBuilder,
              grads: list[tuple[Trainable, GradientNodes]], global_step: str | None,
              local_step: int | None, fetch: Sequence[Trainable]) -> tuple[Any, list[Any]]:
         if global_step is None or local_step is None:
@@ -133,8 +156,8 @@ class SyncReplicasOptimizer(Optimizer):
 
 # --- applying gradients ----------------------------------------------------------------------
 
-def apply_gradients(client: Client, optimizer: Optimizer, grads: Mapping[Any, Any],
-                    global_step: RemoteVariable | None = None,
+def apply_gradients(client: Runner, optimizer: Optimizer, grads: Mapping[Any, Any],
+                    global_step: Trainable | None = None,
                     local_step: int | None = None,
                     fetch: Sequence[Trainable] | None = None) -> Any:
     """Applies ``{variable: gradient}`` with ``optimizer`` in one round trip and increments
@@ -178,7 +201,7 @@ def _gradient_nodes(b: RequestBuilder, var: Trainable, grad: Any) -> GradientNod
     return b.const(value, var.dtype)
 
 
-def get_or_create_global_step(client: Client) -> RemoteVariable:
+def get_or_create_global_step(client: TrainingClient[V]) -> V:
     """The ``global_step`` variable (int64 scalar, not trainable) of the current variable
     scope, created at 0 or bound to the server's, as ``tf.train.get_or_create_global_step``.
     """
@@ -189,14 +212,14 @@ def get_or_create_global_step(client: Client) -> RemoteVariable:
                                initializer=initializers.zeros_initializer, trainable=False)
 
 
-def _scoped(client: Client, name: str) -> str:
+def _scoped(client: TrainingClient[Any], name: str) -> str:
     scope = client.get_variable_scope().name
     return f"{scope}/{name}" if scope else name
 
 
 # --- chief and workers -----------------------------------------------------------------------
 
-def initialize_or_restore(client: Client, variables: Sequence[RemoteVariable],
+def initialize_or_restore(client: TrainingClient[Any], variables: Sequence[VariableHandle],
                           checkpoint_dir: str | None = None,
                           initial_values: Mapping[str, Any] | None = None) -> str | None:
     """The chief's start: restores the newest checkpoint of ``checkpoint_dir`` (a folder inside
@@ -234,7 +257,8 @@ def initialize_or_restore(client: Client, variables: Sequence[RemoteVariable],
     return latest
 
 
-def wait_until_ready(client: Client, variables: Sequence[Any], timeout: float = 600.0,
+def wait_until_ready(client: TrainingClient[Any], variables: Sequence[Any],
+                     timeout: float = 600.0,
                      log_every: float = 10.0) -> None:
     """A worker's start: blocks until every variable of ``variables`` (handles or full names)
     is initialized on the server, returning as soon as the chief has initialized or restored
@@ -265,7 +289,7 @@ class CheckpointSaver:
     ``client.save`` takes (None: every variable on the server).
     """
 
-    def __init__(self, client: Client, checkpoint_dir: str | None = None,
+    def __init__(self, client: TrainingClient[Any], checkpoint_dir: str | None = None,
                  save_secs: float = 600.0, checkpoint_basename: str = "model.ckpt",
                  max_to_keep: int = 5, var_list: Any = None) -> None:
         self.client = client

@@ -34,7 +34,7 @@ class GraphKeys:
     REGULARIZATION_LOSSES = "regularization_losses"
 
 
-class Tensor(TensorOperators):
+class Tensor(TensorOperators["Tensor"]):
     """The output of an :class:`Operation`: a symbolic value computed when a session runs."""
 
     def __init__(self, op: Operation, value_index: int, dtype: DType, shape: TensorShape

@@ -30,7 +30,7 @@ from varstore.v1.operators import TensorOperators
 from varstore.v1.shapes import TensorShape
 
 
-class Variable(TensorOperators):
+class Variable(TensorOperators[Tensor]):
     """A variable: a named, shaped, typed value that lives on the server.
 
     ``name`` is ``"op_name:0"`` made unique in the graph (``name1``, ``name1_1``), under the

@@ -1,0 +1,191 @@
+"""Variable handles of the eager clients, and the :data:`Steps` they are made of.
+
+A client method or handle operation is written once as Steps; :class:`varstore.Client` drives
+them with blocking calls, ``varstore.aio.Client`` as awaitables. :class:`VariableHandle` holds
+a variable's metadata and its operations as Steps; :class:`RemoteVariable` (here) and
+``varstore.aio.RemoteVariable`` drive them through the client that made the handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from varstore.common import codec, dtypes
+from varstore.common.dtypes import DType
+from varstore.common.errors import InvalidArgumentError
+from varstore.proto import varstore_pb2 as pb
+from varstore.request import RequestBuilder
+
+Reply = tuple[list[np.ndarray], list[pb.VariableInfo]]
+# A client method written once as a generator of requests: it yields (request, expected
+# response bytes), is sent each reply (or thrown its error), and returns the method's result.
+# Client runs the steps with blocking calls; varstore.aio awaits them.
+Steps = Generator[tuple[RequestBuilder, int], Reply, Any]
+
+
+class Driver(Protocol):
+    """What a handle needs of the client that made it: running Steps (blocking, or as an
+    awaitable)."""
+
+    def _drive(self, steps: Steps) -> Any: ...
+
+
+def as_int_indices(indices: Any) -> np.ndarray:
+    """``indices`` as int64; raises ``TypeError`` unless they are integers."""
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got {idx.dtype}")
+    return idx.astype(np.int64, copy=False)
+
+
+def pull_steps(variables: Sequence[VariableHandle]) -> Steps:
+    """Reads ``variables`` in one request; returns their values."""
+    b = RequestBuilder()
+    for v in variables:
+        b.fetch(b.node("read", variable=v.op_name))
+    values, _ = yield b, sum(v._nbytes() for v in variables)
+    return values
+
+
+def push_steps(values: Iterable[tuple[VariableHandle, Any]]) -> Steps:
+    """Assigns each ``(variable, value)`` in one request; raises ``InvalidArgumentError``
+    before sending when a value has the wrong shape."""
+    b = RequestBuilder()
+    for var, value in values:
+        array = var._full_value(value)
+        b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
+    yield b, 0
+
+
+class VariableHandle:
+    """What the handles of the blocking and the asyncio client share: the variable's
+    metadata and each of its operations written once as :data:`Steps`, which the handle's
+    client drives (see :class:`RemoteVariable` and ``varstore.aio.RemoteVariable``)."""
+
+    _shown_as = "varstore.RemoteVariable"
+
+    def __init__(self, client: Driver, name: str, dtype: DType, shape: tuple[int, ...],
+                 trainable: bool = True) -> None:
+        self._client = client
+        self.op_name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.trainable = trainable
+        # Adds the node computing the initial value to a request; None for a variable this
+        # client bound to but did not create. Used by initialize_or_restore.
+        self._initializer: Callable[[RequestBuilder], int] | None = None
+
+    @property
+    def name(self) -> str:
+        """The tensor name, ``"scope/name:0"``."""
+        return f"{self.op_name}:0"
+
+    def __repr__(self) -> str:
+        return (f"<{self._shown_as} '{self.name}' shape={self.shape} "
+                f"dtype={self.dtype.name}>")
+
+    def get_shape(self) -> tuple[int, ...]:
+        """The variable's shape."""
+        return self.shape
+
+    def _value(self, value: Any) -> np.ndarray:
+        return dtypes.to_numpy(value, self.dtype)
+
+    def _full_value(self, value: Any) -> np.ndarray:
+        """``value`` as a whole new value of this variable; checked here so that a request
+        assigning several variables is refused before any of them changes."""
+        array = self._value(value)
+        if array.shape != self.shape:
+            raise InvalidArgumentError(
+                f"Assign {self.op_name}: value has shape {list(array.shape)}, variable has "
+                f"shape {list(self.shape)}")
+        return array
+
+    # Each ``_*_steps`` method converts its arguments when called (so that bad input raises
+    # at the call, also with asyncio) and returns the Steps that send the request.
+
+    def _assign_steps(self, op: str, value: Any) -> Steps:
+        """``assign`` (a whole new value), ``assign_add`` or ``assign_sub``."""
+        return self._update_steps(op, [self._full_value(value) if op == "assign"
+                                       else self._value(value)])
+
+    def _scatter_steps(self, op: str, indices: Any, updates: Any) -> Steps:
+        """``scatter_add``, ``scatter_sub`` or ``scatter_update`` of rows ``indices``."""
+        return self._update_steps(op, [as_int_indices(indices), self._value(updates)])
+
+    def _update_steps(self, op: str, values: Sequence[np.ndarray]) -> Steps:
+        b = RequestBuilder()
+        inputs = [b.const(v, dtypes.as_dtype(v.dtype)) for v in values]
+        b.target(b.node(op, inputs, variable=self.op_name))
+        yield b, 0
+        return self
+
+    def _nbytes(self) -> int:
+        return codec.num_elements(self.shape) * max(self.dtype.itemsize, 1)
+
+    def _read_steps(self) -> Steps:
+        (value,) = yield from pull_steps([self])
+        return value
+
+    def _gather_steps(self, indices: Any) -> Steps:
+        idx = as_int_indices(indices)
+        return self._gather_rows_steps(idx)
+
+    def _gather_rows_steps(self, idx: np.ndarray) -> Steps:
+        row = codec.num_elements(self.shape[1:]) * max(self.dtype.itemsize, 1)
+        b = RequestBuilder()
+        b.fetch(b.node("gather", [b.const(idx, dtypes.int64)], variable=self.op_name))
+        (rows,), _ = yield b, idx.size * row
+        return rows
+
+    def _is_initialized_steps(self) -> Steps:
+        b = RequestBuilder()
+        b.fetch(b.node("is_initialized", variable=self.op_name))
+        (flag,), _ = yield b, 0
+        return bool(flag)
+
+
+class RemoteVariable(VariableHandle):
+    """A handle to a variable on the server; every method is one atomic round trip."""
+
+    def numpy(self) -> np.ndarray:
+        """The current value; raises ``FailedPreconditionError`` if uninitialized."""
+        return self._client._drive(self._read_steps())
+
+    read_value = numpy
+    value = numpy
+
+    def assign(self, value: Any) -> RemoteVariable:
+        """Replaces the value (same shape and dtype); returns this handle."""
+        return self._client._drive(self._assign_steps("assign", value))
+
+    def assign_add(self, delta: Any) -> RemoteVariable:
+        """Adds ``delta`` atomically; returns this handle."""
+        return self._client._drive(self._assign_steps("assign_add", delta))
+
+    def assign_sub(self, delta: Any) -> RemoteVariable:
+        """Subtracts ``delta`` atomically; returns this handle."""
+        return self._client._drive(self._assign_steps("assign_sub", delta))
+
+    def scatter_add(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Adds ``updates`` to rows ``indices`` (duplicates accumulate); returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_add", indices, updates))
+
+    def scatter_sub(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Subtracts ``updates`` from rows ``indices``; returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_sub", indices, updates))
+
+    def scatter_update(self, indices: Any, updates: Any) -> RemoteVariable:
+        """Replaces rows ``indices`` with ``updates``; returns this handle."""
+        return self._client._drive(self._scatter_steps("scatter_update", indices, updates))
+
+    def gather(self, indices: Any) -> np.ndarray:
+        """Rows ``indices`` of the value, read atomically."""
+        return self._client._drive(self._gather_steps(indices))
+
+    def is_initialized(self) -> bool:
+        """Whether the variable holds a value on the server."""
+        return self._client._drive(self._is_initialized_steps())
