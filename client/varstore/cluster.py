@@ -273,7 +273,10 @@ class ClusterClient(Client):
                 return super().save(prefix, var_list, global_step, max_to_keep, progress)
         named = prefix if global_step is None else f"{prefix}-{global_step}"
         token = secrets.token_hex(4)
-        shards = sorted(by_shard)
+        # Every shard writes a part, empty or not: data file I holds shard I's variables, which
+        # a shard restarted with --restore finds again.
+        shards = list(range(len(self.shards)))
+        by_shard = {k: by_shard.get(k, []) for k in shards}
         parts = [f"{named}{TEMP_MARK}{token}_part-{i:05d}-of-{len(shards):05d}"
                  for i in range(len(shards))]
         part_of = dict(zip(shards, parts, strict=True))

@@ -283,3 +283,51 @@ def test_a_shard_started_from_tf_config(tmp_path: Path) -> None:
             assert cluster_addresses(alone) == ["127.0.0.1:1", "127.0.0.1:2"]
     finally:
         stop_server_process(server)
+
+
+def test_a_restarted_shard_gets_its_own_variables_back(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+    try:
+        with connected(cluster.address, timeout=5) as client:
+            handles = []
+            for shard in range(2):
+                with client.device(f"/job:ps/task:{shard}"):
+                    handles.append(client.Variable(np.arange(3.0) + shard, name=f"v{shard}"))
+            client.save("model")
+            for h in handles:
+                h.assign_add(np.full(3, 10.0))
+            os.kill(cluster.pids[1], signal.SIGKILL)
+            port = cluster.addresses[1].rpartition(":")[2]
+            replacement = start_server_process(
+                cluster.server.checkpoint_dir, "--cluster", ",".join(cluster.addresses),
+                "--task-index", "1", "--port", port, "--restore", "latest")
+            np.testing.assert_array_equal(handles[1].numpy(), [1.0, 2.0, 3.0])  # saved
+            np.testing.assert_array_equal(handles[0].numpy(), [10.0, 11.0, 12.0])  # kept
+            with vs.Client(replacement.address) as alone:
+                assert [v.name for v in alone.list_variables()] == ["v1"]
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
+        stop_server_process(cluster.server)
+
+
+def test_shards_that_do_not_share_the_checkpoint_folder_are_refused(tmp_path: Path) -> None:
+    from varstore.server.shards import free_ports
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports("127.0.0.1", 2))
+    shards = [start_server_process(tmp_path / f"own{i}", "--cluster", addresses,
+                                   "--task-index", str(i), "--port", addresses.split(",")[i]
+                                   .rpartition(":")[2]) for i in range(2)]
+    try:
+        with connected(shards[0].address) as client:
+            for shard in range(2):
+                with client.device(f"/job:ps/task:{shard}"):
+                    client.Variable(1.0, name=f"v{shard}")
+            with pytest.raises(vs.errors.FailedPreconditionError,
+                               match="is not visible in this shard's checkpoint folder .*own0: "
+                                     "the shards of a cluster must share one checkpoint folder"):
+                client.save("model")
+            assert client.latest_checkpoint() is None
+    finally:
+        for shard in shards:
+            stop_server_process(shard)

@@ -98,7 +98,8 @@ def create_server(config: ServerConfig) -> Server:
     checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics,
                                     save_every=config.save_every, keep=config.keep)
     # Before the port is bound: no client ever sees a store that is still being restored.
-    checkpoints.recover(config.restore)
+    spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
+    cluster_service.recover_shard(checkpoints, spec, config.restore)
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes)
     # Metrics first: it also counts the calls that authentication turns away.
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
@@ -119,7 +120,6 @@ def create_server(config: ServerConfig) -> Server:
         ],
     )
     add_to_server(servicer, server)
-    spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
     cluster_service.add_to_server(cluster_service.ClusterServicer(spec, checkpoints), server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -164,7 +164,8 @@ class CheckpointManager:
         :meth:`save`."""
         path = self.folder.resolve(part)
         with self._lock:
-            plan = self._save_plan(entries)
+            # A shard without variables writes an empty part: data file I is always shard I's.
+            plan = self._save_plan(entries) if entries else []
             tally = _Tally(None, len(plan), sum(var.nbytes for _, var in plan))
             try:
                 with BundleWriter(path) as writer:

@@ -110,12 +110,11 @@ def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.env
         spec = ClusterSpec(values["cluster"], int(values.get("task_index", 0)))
         values.setdefault("port", spec.port)
         if len(spec.shards) > 1:
-            for key, flag in (("restore", "--restore"), ("save_every", "--save-every")):
-                if values.get(key):
-                    raise ValueError(
-                        f"a shard of a cluster does not take {flag}: a cluster saves and "
-                        "restores as a whole, from a client (`varstore save`, `varstore "
-                        "restore`), so that every shard writes its part of one checkpoint")
+            if values.get("save_every"):
+                raise ValueError(
+                    "a shard of a cluster does not take --save-every: a cluster saves as a "
+                    "whole, from a client (`varstore save`), so that every shard writes its "
+                    "part of one checkpoint")
 
 
 class PlacementTable:

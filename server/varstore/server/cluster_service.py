@@ -10,17 +10,23 @@ checkpoint folder; shard 0 refuses parts it cannot see, naming the folder.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from varstore.common.errors import FailedPreconditionError, NotFoundError, clip
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
+from varstore.proto import tensor_bundle_pb2 as bpb
 from varstore.server.bundle import BundleReader, index_path
 from varstore.server.bundle.bundle import _unlink_quietly, data_path
+from varstore.server.bundle.table import read_table
 from varstore.server.checkpoint_folder import os_error
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
 from varstore.server.servicer import rpc_errors
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ClusterService"].full_name
 
@@ -98,3 +104,53 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:
     """Registers ``servicer`` as ``varstore.v1.ClusterService``."""
     cpb_grpc.add_ClusterServiceServicer_to_server(servicer, server)
+
+
+def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
+                  restore: str | None) -> str | None:
+    """Start-up: cleans up after interrupted saves and restores ``restore`` (a prefix or
+    ``"latest"``). A single server restores the whole checkpoint
+    (:meth:`CheckpointManager.recover`); a shard of a cluster only its own data file, the
+    variables it held when the cluster saved, while the other shards keep theirs. Returns
+    what it restored.
+
+    Raises ``FailedPreconditionError`` for a checkpoint written by another number of shards
+    (a client restores that one, placing every variable afresh), and what
+    :meth:`CheckpointManager.restore` raises.
+    """
+    if spec is None or len(spec.shards) == 1:
+        return checkpoints.recover(restore)
+    checkpoints.recover(None)
+    if not restore:
+        return None
+    named = checkpoints.latest() if restore == LATEST else restore
+    if named is None:
+        log.warning("--restore latest: no checkpoint in %s yet; starting empty",
+                    checkpoints.directory)
+        return None
+    path = checkpoints.folder.resolve(named)
+    checkpoints.folder.check_files(path, named)
+    try:
+        with BundleReader(path) as reader:  # checks the index's checksums
+            num_shards = reader.num_shards
+        with open(index_path(path), "rb") as f:
+            table = f.read()
+    except OSError as e:
+        raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
+    own = []
+    for key, value in read_table(table):
+        if not key or key.startswith(b"\x00") or key == OBJECT_GRAPH_KEY.encode():
+            continue  # the header, slices of partitioned tensors, TF2's object graph
+        entry = bpb.BundleEntryProto.FromString(value)
+        if not entry.slices and entry.shard_id == spec.task_index:
+            own.append(key.decode())
+    if num_shards != len(spec.shards):
+        raise FailedPreconditionError(
+            f"cannot restore {clip(repr(named))} on shard {spec.task_index}: it has "
+            f"{num_shards} data files, the cluster {len(spec.shards)} shards; restore it "
+            f"from a client (`varstore restore {clip(named)}`), which places every variable "
+            "on the shards there are")
+    if own:
+        checkpoints.restore(named, {key: key for key in own})
+    log.info("restored this shard's %d variables of %s", len(own), named)
+    return named

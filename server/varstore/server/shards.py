@@ -32,7 +32,7 @@ STOP_TIMEOUT = 30.0
 POLL_SECONDS = 0.2
 # Flags passed on unchanged to every shard (dest, flag); ports and the cluster are set apart.
 _FORWARDED = (("config", "--config"), ("checkpoint_dir", "--checkpoint-dir"),
-              ("keep", "--keep"), ("max_memory", "--max-memory"),
+              ("keep", "--keep"), ("restore", "--restore"), ("max_memory", "--max-memory"),
               ("max_request_bytes", "--max-request-bytes"), ("tls_cert", "--tls-cert"),
               ("tls_key", "--tls-key"), ("tls_client_ca", "--tls-client-ca"),
               ("token_file", "--token-file"), ("log_level", "--log-level"),
@@ -105,11 +105,10 @@ def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
     try:
         if not 1 <= count <= MAX_SHARDS:
             raise ValueError(f"--shards must be in [1, {MAX_SHARDS}], got {count}")
-        for flag, value in (("--cluster", args.cluster), ("--restore", args.restore),
-                            ("--save-every", args.save_every)):
+        for flag, value in (("--cluster", args.cluster), ("--save-every", args.save_every)):
             if value:
-                raise ValueError(f"--shards does not take {flag} (save and restore a cluster "
-                                 "from a client: `varstore save`, `varstore restore`)")
+                raise ValueError(f"--shards does not take {flag} (a cluster saves from a "
+                                 "client: `varstore save`)")
         process.start()
         ports = free_ports(host, count) if port == 0 else list(range(port, port + count))
     except (OSError, ValueError, DaemonError) as e:
