@@ -104,7 +104,7 @@ class ClusterClient(Client):
 
         Raises ``ValueError`` for a task outside the cluster.
         """
-        task = _task_of(device)
+        task = task_of(device)
         if task is not None and not 0 <= task < len(self.shards):
             raise ValueError(f"device {device!r}: the cluster has tasks 0..{len(self.shards) - 1}")
         previous, self._pinned = self._pinned, task
@@ -119,15 +119,24 @@ class ClusterClient(Client):
         return self._placement.get(name, 0)
 
     def _locate(self, specs: Sequence[pb.VariableSpec], names: Sequence[str],
-                colocate: dict[str, str] | None = None) -> None:
-        """Learns the shard of every name, placing the ``specs`` not placed yet."""
-        colocate = colocate or {}
+                colocate: dict[str, str] | None = None,
+                devices: dict[str, str] | None = None) -> None:
+        """Learns the shard of every name, placing the ``specs`` not placed yet (on the task
+        of their ``devices`` entry, else of :meth:`device`, else where shard 0 chooses).
+
+        Raises ``ValueError`` for a device naming a task outside the cluster."""
+        colocate, devices = colocate or {}, devices or {}
         wanted: dict[str, cpb.Placement] = {}
         for spec in specs:
             if spec.name not in self._placement and spec.mode == pb.CREATE_OR_BIND:
+                task = task_of(devices.get(spec.name, ""))
+                if task is not None and task >= len(self.shards):
+                    raise ValueError(f"variable {spec.name}: device task {task} is not in a "
+                                     f"cluster of {len(self.shards)} shards")
                 wanted.setdefault(spec.name, cpb.Placement(
                     name=spec.name, nbytes=_nbytes(spec),
-                    shard=-1 if self._pinned is None else self._pinned,
+                    shard=task if task is not None else (
+                        -1 if self._pinned is None else self._pinned),
                     colocate_with=colocate.get(spec.name, "")))
         for name in names:
             if name not in self._placement and name not in wanted:
@@ -177,7 +186,7 @@ class ClusterClient(Client):
                         colocate.setdefault(ref.variable, node.variable)
         self._locate(builder.specs, [*(s.name for s in builder.specs),
                                      *(n.variable for n in builder.nodes if n.variable)],
-                     colocate)
+                     colocate, builder.devices)
         plan = Plan(builder, lambda name: self._placement.get(name, 0))
         single = plan.single_shard()
         if single is not None:
@@ -349,10 +358,14 @@ def print_cluster_status(shards: list[tuple[str, pb.StatusResponse | OpError]]) 
     return 0 if len(up) == len(shards) else 1
 
 
-def _task_of(device: str) -> int | None:
-    """The task of a device string such as ``/job:ps/task:2`` (None when it names none)."""
+def task_of(device: str) -> int | None:
+    """The task a device string names (``"/job:ps/task:2"``: 2), or None.
+
+    Raises ``ValueError`` for a task that is no number."""
     for piece in device.split("/"):
         if piece.startswith("task:"):
+            if not piece[5:].isdigit():
+                raise ValueError(f"device {device!r}: the task must be a number")
             return int(piece[5:])
     return None
 

@@ -38,6 +38,9 @@ class RequestBuilder:
         self.arrays: list[tuple[np.ndarray, DType]] = []
         self.fetches: list[int] = []
         self.targets: list[int] = []
+        # Variables' devices ("/job:ps/task:2"), which a cluster client places them by; not
+        # sent.
+        self.devices: dict[str, str] = {}
 
     def const(self, array: np.ndarray, dtype: DType) -> int:
         """A node producing ``array``; returns its index."""
@@ -55,8 +58,12 @@ class RequestBuilder:
 
     def variable(self, name: str, dtype: DType, shape: Sequence[int], trainable: bool = True,
                  initializer: int | None = None, bind_only: bool = False,
-                 created_by: str = "Variable", initializer_desc: str = "") -> int:
-        """Creates or binds a variable before the graph runs; returns its spec index."""
+                 created_by: str = "Variable", initializer_desc: str = "",
+                 device: str = "") -> int:
+        """Creates or binds a variable before the graph runs; returns its spec index.
+        ``device`` (``tf.device``'s) places it on a cluster's ps task."""
+        if device:
+            self.devices[name] = device
         self.specs.append(pb.VariableSpec(
             name=name, dtype=dtype.enum, shape=codec.shape_to_proto(shape),
             trainable=trainable, mode=pb.BIND if bind_only else pb.CREATE_OR_BIND,

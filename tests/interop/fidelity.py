@@ -41,6 +41,7 @@ MODULES = (
     "tests.interop.test_tf1_fidelity_names",
     "tests.interop.test_tf1_fidelity_dtypes",
     "tests.interop.test_tf1_fidelity_signatures",
+    "tests.interop.test_tf1_fidelity_devices",
     "tests.server.test_eager_fidelity",
 )
 

@@ -331,3 +331,18 @@ def test_shards_that_do_not_share_the_checkpoint_folder_are_refused(tmp_path: Pa
     finally:
         for shard in shards:
             stop_server_process(shard)
+
+
+def test_replica_device_setter_places_graph_variables_on_its_tasks(cluster3: Cluster) -> None:
+    tf.reset_default_graph()
+    with tf.device(tf.train.replica_device_setter(ps_tasks=3)):
+        variables = [tf.Variable(np.full(4, float(i), np.float32), name=f"rr{i}")
+                     for i in range(6)]
+        with tf.device("/job:ps/task:0"):
+            pinned = tf.Variable(7.0, name="pinned")
+    with tf.Session(cluster3.address) as sess:
+        sess.run(tf.global_variables_initializer())
+        assert float(sess.run(pinned)) == 7.0
+        np.testing.assert_array_equal(sess.run(variables[5]), np.full(4, 5.0, np.float32))
+    assert [sorted(names) for names in shard_contents(cluster3)] == [
+        ["pinned", "rr0", "rr3"], ["rr1", "rr4"], ["rr2", "rr5"]]

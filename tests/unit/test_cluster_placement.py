@@ -203,3 +203,17 @@ def test_slot_reference_on_another_shard_is_refused() -> None:
     plan_error = "apply_momentum of W \\(shard 0\\) takes a reference to W/Momentum on shard 1"
     with pytest.raises(InvalidArgumentError, match=plan_error):
         Plan(b, {"W": 0, "W/Momentum": 1}.__getitem__)
+
+
+def test_greedy_load_balancing_strategy_by_bytes() -> None:
+    import varstore.v1 as tf
+    from varstore.v1.device_setter import GreedyLoadBalancingStrategy, byte_size_load_fn
+    graph = tf.Graph()
+    with graph.as_default():
+        strategy = GreedyLoadBalancingStrategy(2, byte_size_load_fn)
+        with tf.device(tf.train.replica_device_setter(ps_tasks=2, ps_strategy=strategy)):
+            variables = [tf.get_variable(f"w{i}", shape=shape) for i, shape in
+                         enumerate([(1000, 10), (10, 10), (10, 10), (500, 10), (5, 5)])]
+    assert [v.op.device for v in variables] == [
+        "/job:ps/task:0", "/job:ps/task:1", "/job:ps/task:1", "/job:ps/task:1",
+        "/job:ps/task:1"]

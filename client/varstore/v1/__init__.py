@@ -50,6 +50,7 @@ from varstore.v1.array_ops import (
     zeros,
 )
 from varstore.v1.control_flow_ops import control_dependencies, group, no_op
+from varstore.v1.device_setter import device
 from varstore.v1.graph import (
     Graph,
     GraphKeys,
@@ -154,7 +155,8 @@ __all__ = [
     "PartitionedVariable", "Session", "Tensor", "TensorShape", "Variable", "VariableScope",
     "abs", "add", "add_to_collection", "as_dtype", "assign", "assign_add", "assign_sub",
     "bfloat16", "bool", "boolean_mask", "cast", "complex128", "complex64", "constant",
-    "constant_initializer", "control_dependencies", "convert_to_tensor", "divide", "double",
+    "constant_initializer", "control_dependencies", "convert_to_tensor", "device", "divide",
+    "double",
     "equal", "errors", "exp", "fill", "fixed_size_partitioner", "float16", "float32", "float64",
     "floordiv", "gather", "get_collection", "get_default_graph", "get_default_session",
     "get_variable", "get_variable_scope", "global_variables", "global_variables_initializer",

@@ -21,6 +21,7 @@ from varstore.common.dtypes import DType
 from varstore.common.names import check_node_name
 from varstore.initializers import Initializer
 from varstore.scopes import Naming
+from varstore.v1.device_setter import resolve_device
 from varstore.v1.operators import TensorOperators
 from varstore.v1.shapes import TensorShape, as_shape
 
@@ -130,6 +131,8 @@ class Operation:
         self.value = value
         self.initializer = initializer
         self._outputs: list[Tensor] = []
+        # Set by the graph's ``device`` blocks (varstore.v1.device_setter).
+        self.device = ""
 
     @property
     def name(self) -> str:
@@ -183,6 +186,8 @@ class Graph:
         self._variables: list[Any] = []
         self._collections: dict[str, list[Any]] = {}
         self._control_dependencies: list[Operation] = []
+        # The ``tf.device`` blocks open now, outermost first (varstore.v1.device_setter).
+        self.device_functions: list[Any] = []
 
     # --- default graph ---------------------------------------------------------------------
 
@@ -227,6 +232,8 @@ class Graph:
                        attrs or {}, variable, value, initializer)
         if dtype is not None:
             op._outputs.append(Tensor(op, 0, dtype, as_shape(shape)))
+        if self.device_functions:
+            op.device = resolve_device(self.device_functions, op)
         self._ops[name] = op
         return op
 

@@ -106,7 +106,8 @@ class Session:
             if name not in self._bound and (names is None or name in names):
                 builder.variable(name, var.dtype, var.shape.as_list(), var.trainable,
                                  created_by=var.created_by,
-                                 initializer_desc=var.initializer_description)
+                                 initializer_desc=var.initializer_description,
+                                 device=var.op.device)
                 bound.append(name)
         return bound
 

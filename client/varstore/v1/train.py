@@ -1,11 +1,13 @@
 """``tf.train``: the optimizers (:mod:`varstore.v1.optimizers`), ``Saver`` and
 ``latest_checkpoint`` (:mod:`varstore.v1.saver`), the global step
-(:mod:`varstore.v1.training_util`) and ``MonitoredTrainingSession``
-(:mod:`varstore.v1.monitored_session`).
+(:mod:`varstore.v1.training_util`), ``MonitoredTrainingSession``
+(:mod:`varstore.v1.monitored_session`) and ``replica_device_setter``
+(:mod:`varstore.v1.device_setter`).
 """
 
 from __future__ import annotations
 
+from varstore.v1.device_setter import replica_device_setter
 from varstore.v1.monitored_session import (
     MonitoredSession,
     MonitoredTrainingSession,
@@ -31,5 +33,5 @@ __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "FtrlOptimizer", "GradientDescentOptimizer",
     "MomentumOptimizer", "MonitoredSession", "MonitoredTrainingSession", "RMSPropOptimizer",
     "Saver", "StopAtStepHook", "create_global_step", "get_global_step",
-    "get_or_create_global_step", "global_step", "latest_checkpoint",
+    "get_or_create_global_step", "global_step", "latest_checkpoint", "replica_device_setter",
 ]
