@@ -4,9 +4,10 @@
     python examples/train_digits.py --address HOST:PORT   # workers against a running server
     python examples/train_digits.py --address HOST:PORT --task 2   # (re)start one worker
 
-Each worker pulls the weights, computes the loss and gradients of a minibatch of its shard
-with numpy, and pushes the gradients; the server applies them with Adam (asynchronously, or
-averaged over all workers per step with ``--sync``). Worker 0 is the chief: it restores the
+Each worker computes the loss and gradients of a minibatch of its shard with numpy and pushes
+the gradients; the server applies them with Adam (asynchronously, or averaged over all
+workers per step with ``--sync``) and returns the new weights in the same round trip
+(push-pull). Worker 0 is the chief: it restores the
 newest checkpoint of the server's checkpoint folder (or initializes the model), saves a
 checkpoint every ``--save-secs`` seconds and at the end, and reports progress. A worker that
 is killed can be started again with ``--task``; when the server is restarted (``varstore
@@ -140,10 +141,14 @@ def run_worker(args: argparse.Namespace) -> None:
             else None
         reported = -1
         down_since: float | None = None
+        # The weights: pulled at the start and after an error, else from the last push-pull.
+        params: list[np.ndarray] | None = None
+        step = 0
         while True:
             try:
-                *params, pulled_step = client.pull(variables)
-                step = int(pulled_step)
+                if params is None:
+                    *params, pulled_step = client.pull(variables)
+                    step = int(pulled_step)
                 if down_since is not None:
                     say(f"reconnected at global step {step}")
                     down_since = None
@@ -152,14 +157,14 @@ def run_worker(args: argparse.Namespace) -> None:
                 batch = rng.choice(shard, args.batch_size, replace=False)
                 loss, batch_accuracy, grads = loss_and_gradients(
                     params, data.x_train[batch], data.y_train[batch])
-                new_step = client.apply_gradients(
+                step, params = client.apply_gradients(
                     optimizer, dict(zip(variables[:4], grads, strict=True)),
-                    global_step=variables[4], local_step=step if args.sync else None)
-                assert new_step is not None  # apply_gradients was given a global_step
-                step = new_step
+                    global_step=variables[4], local_step=step if args.sync else None,
+                    fetch=variables[:4])
                 if saver is not None:
                     saver.maybe_save(step)
             except UnavailableError:
+                params = None
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > args.reconnect_secs:
                     raise
@@ -168,6 +173,7 @@ def run_worker(args: argparse.Namespace) -> None:
                 continue
             except (NotFoundError, FailedPreconditionError):
                 say("the server lost the model (restarted without --restore?); starting over")
+                params = None
                 variables = start(client, task)
                 continue
             if task == 0 and step // args.log_every > reported:

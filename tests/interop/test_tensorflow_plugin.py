@@ -194,6 +194,51 @@ def test_two_workers_train_and_the_checkpoint_restores_into_plain_tensorflow(
     np.testing.assert_array_equal(restored, from_server)
 
 
+def test_synchronous_workers_apply_the_mean_of_their_gradients_once_per_step(
+        address: str) -> None:
+    def make() -> Any:
+        return tf1.train.GradientDescentOptimizer(0.1)
+
+    # Two replicas' minibatches of equal size: their mean gradient is the gradient of both.
+    both = Model(make, wrap=False)
+    with both.graph.as_default(), tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        for t in range(STEPS):
+            feeds = [both.feeds(2 * t + i) for i in (0, 1)]
+            sess.run(both.train_op, {k: np.concatenate([f[k] for f in feeds])
+                                     for k in feeds[0]})
+        expected = both.trainable(sess)
+    seen: dict[int, list[int]] = {}
+    results: dict[int, dict[str, np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def worker(task: int) -> None:
+        try:
+            model = Model(make, wrap=True, address=address, replicas_to_aggregate=2,
+                          timeout=120)
+            hook = vst.SyncHook(client=address, is_chief=task == 0, timeout=120)
+            with model.graph.as_default():
+                with tf1.train.MonitoredTrainingSession(hooks=[hook]) as sess:
+                    seen[task] = []
+                    for t in range(STEPS):
+                        sess.run(model.train_op, model.feeds(2 * t + task))
+                        seen[task].append(int(sess.run(model.global_step)))
+                    results[task] = model.trainable(sess)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(task,)) for task in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    assert seen == {0: list(range(1, STEPS + 1)), 1: list(range(1, STEPS + 1))}
+    for got in results.values():
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_a_model_of_another_shape_is_refused(address: str, client: vs.Client) -> None:
     client.get_variable("emb", [3, 3])
     model = Model(OPTIMIZERS["adam"], wrap=True, address=address)
