@@ -70,6 +70,38 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Removes the named variables, or those under ``--scope``."""
+    if bool(args.names) == (args.scope is not None):
+        print("varstore rm: give variable names or --scope, not both", file=sys.stderr)
+        return 2
+    with _connect(args) as client:
+        removed = client.delete(args.names, scope=args.scope)
+    for name in removed:
+        print(f"removed {name}")
+    if not removed:
+        print(f"no variables under {args.scope}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Removes every variable, after asking for confirmation unless ``--yes``."""
+    address = _address(args) or "localhost:7011"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("varstore reset: refusing to remove every variable without --yes "
+                  "(standard input is not a terminal)", file=sys.stderr)
+            return 2
+        answer = input(f"Remove every variable of the server at {address}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("reset cancelled")
+            return 1
+    with _connect(args) as client:
+        removed = client.reset()
+    print(f"removed {len(removed)} variable(s)")
+    return 0
+
+
 def _progress_bar(label: str) -> Callable[[object], None]:
     interactive = sys.stderr.isatty()
 
@@ -147,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     client_command("status", cmd_status, "print the server's status")
     ls = client_command("ls", cmd_ls, "list variables")
     ls.add_argument("--scope", help="only variables under this scope")
+    rm = client_command("rm", cmd_rm, "remove variables")
+    rm.add_argument("names", nargs="*", metavar="NAME", help="full variable names")
+    rm.add_argument("--scope", help="remove every variable at or under this scope")
+    reset = client_command("reset", cmd_reset, "remove every variable")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     save = client_command("save", cmd_save, "write a checkpoint")
     save.add_argument("prefix", nargs="?", default="model.ckpt",
                       help="path prefix inside the checkpoint folder (default model.ckpt)")

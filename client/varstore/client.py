@@ -18,7 +18,7 @@ import numpy as np
 from varstore import initializers, train
 from varstore.common import codec, dtypes, names
 from varstore.common.dtypes import DType
-from varstore.common.errors import NotFoundError, OpError
+from varstore.common.errors import InvalidArgumentError, NotFoundError, OpError
 from varstore.handles import (
     RemoteVariable,
     Reply,
@@ -312,6 +312,38 @@ class Client(ClientBase):
                     request = steps.send(reply)
         except StopIteration as done:
             return done.value
+
+    def delete(self, variables: Iterable[Any] = (), *, scope: str | None = None) -> list[str]:
+        """Removes ``variables`` (handles or full names) from the server, or with ``scope``
+        every variable at or under it; returns the names removed. This client forgets them:
+        ``get_variable`` creates them anew, and their old handles raise ``NotFoundError``.
+
+        Raises ``NotFoundError`` (nothing removed) when a named variable does not exist,
+        ``InvalidArgumentError`` unless exactly one of ``variables`` and ``scope`` is given.
+        """
+        names = [getattr(v, "op_name", v) for v in variables]
+        if bool(names) == (scope is not None):
+            raise InvalidArgumentError("delete needs variables or a scope, not both")
+        if scope is not None and not scope.strip("/"):
+            raise InvalidArgumentError("delete(scope='') would remove every variable; use "
+                                       "reset()")
+        request = pb.DeleteRequest(names=names) if names else pb.DeleteRequest(scope=scope)
+        return self._forget(self._delete(request))
+
+    def reset(self) -> list[str]:
+        """Removes every variable the server holds (as ``tf.Session.reset``); returns their
+        names. This client forgets them as :meth:`delete` does."""
+        return self._forget(self._delete(pb.DeleteRequest(all=True)))
+
+    def _delete(self, request: pb.DeleteRequest) -> list[str]:
+        return list(self.transport.call(self.stub.Delete, request).deleted)
+
+    def _forget(self, names: list[str]) -> list[str]:
+        for name in names:
+            handle = self.naming.shared.pop(name, None)
+            if isinstance(handle, VariableHandle):
+                handle._initializer = None
+        return names
 
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on the server (all, or those under ``scope``), sorted by name."""

@@ -227,6 +227,20 @@ class ClusterClient(Client):
             raise UnavailableError(
                 f"shard {shard(item)} of {len(self.shards)}: {e.message}") from e
 
+    def _delete(self, request: pb.DeleteRequest) -> list[str]:
+        """Sends the deletion to the shards concerned: named variables to their own shards,
+        a scope or a reset to every shard."""
+        if request.names:
+            groups: dict[int, list[str]] = {}
+            for name in request.names:
+                groups.setdefault(self.shard_of(name), []).append(name)
+            calls = [(k, pb.DeleteRequest(names=names)) for k, names in groups.items()]
+        else:
+            calls = [(k, request) for k in range(len(self.shards))]
+        lists = self._each(calls, lambda c: Client._delete(self.shards[c[0]], c[1]),
+                           lambda c: c[0])
+        return sorted(n for names in lists for n in names)
+
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on every shard (all, or those under ``scope``), sorted by name."""
         lists = self._each(list(range(len(self.shards))),

@@ -15,7 +15,7 @@ import numpy as np
 
 from varstore.common import codec, dtypes
 from varstore.common.dtypes import DType
-from varstore.common.errors import InvalidArgumentError
+from varstore.common.errors import InvalidArgumentError, NotFoundError
 from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
 
@@ -116,7 +116,27 @@ class VariableHandle:
         """``scatter_add``, ``scatter_sub`` or ``scatter_update`` of rows ``indices``."""
         return self._update_steps(op, [as_int_indices(indices), self._value(updates)])
 
+    def _recovering(self, make: Callable[[], Steps]) -> Steps:
+        """``make()``'s steps; when the server has lost this variable (it restarted empty)
+        and this client created it, creates it again with its initial value and runs them
+        once more, as the program that declared it would on a new server. Variables bound
+        to (another client's) or deleted with ``Client.delete`` raise ``NotFoundError``."""
+        try:
+            return (yield from make())
+        except NotFoundError:
+            if self._initializer is None:
+                raise
+        b = RequestBuilder()
+        b.variable(self.op_name, self.dtype, self.shape, self.trainable,
+                   initializer=self._initializer(b), created_by="recreated",
+                   initializer_desc="initial value")
+        yield b, 0
+        return (yield from make())
+
     def _update_steps(self, op: str, values: Sequence[np.ndarray]) -> Steps:
+        return self._recovering(lambda: self._update_once(op, values))
+
+    def _update_once(self, op: str, values: Sequence[np.ndarray]) -> Steps:
         b = RequestBuilder()
         inputs = [b.const(v, dtypes.as_dtype(v.dtype)) for v in values]
         b.target(b.node(op, inputs, variable=self.op_name))
@@ -127,6 +147,9 @@ class VariableHandle:
         return codec.num_elements(self.shape) * max(self.dtype.itemsize, 1)
 
     def _read_steps(self) -> Steps:
+        return self._recovering(self._read_once)
+
+    def _read_once(self) -> Steps:
         (value,) = yield from pull_steps([self])
         return value
 
@@ -135,6 +158,9 @@ class VariableHandle:
         return self._gather_rows_steps(idx)
 
     def _gather_rows_steps(self, idx: np.ndarray) -> Steps:
+        return self._recovering(lambda: self._gather_once(idx))
+
+    def _gather_once(self, idx: np.ndarray) -> Steps:
         row = codec.num_elements(self.shape[1:]) * max(self.dtype.itemsize, 1)
         b = RequestBuilder()
         b.fetch(b.node("gather", [b.const(idx, dtypes.int64)], variable=self.op_name))
@@ -142,6 +168,9 @@ class VariableHandle:
         return rows
 
     def _is_initialized_steps(self) -> Steps:
+        return self._recovering(self._is_initialized_once)
+
+    def _is_initialized_once(self) -> Steps:
         b = RequestBuilder()
         b.fetch(b.node("is_initialized", variable=self.op_name))
         (flag,), _ = yield b, 0

@@ -130,6 +130,15 @@ class Session:
             feeds[tensor] = array
         return feeds
 
+    @staticmethod
+    def reset(target: str, containers: Any = None, config: Any = None) -> None:
+        """Removes every variable of the server at ``target``, as TF's ``Session.reset``
+        clears a server's resource containers: sessions then see the graph's variables
+        uninitialized and declare them again. ``containers`` and ``config`` are accepted
+        for TF's signature (a server has one container)."""
+        with varstore.connect(target.removeprefix("grpc://")) as client:
+            client.reset()
+
     # --- lifetime ------------------------------------------------------------------------
 
     def as_default(self) -> contextlib.AbstractContextManager[Session]:

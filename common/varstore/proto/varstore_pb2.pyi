@@ -157,6 +157,22 @@ class ListVariablesResponse(_message.Message):
     variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
     def __init__(self, variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ...) -> None: ...
 
+class DeleteRequest(_message.Message):
+    __slots__ = ("names", "scope", "all")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    scope: str
+    all: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class WaitInitializedRequest(_message.Message):
     __slots__ = ("names", "timeout_seconds")
     NAMES_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class VariableServiceStub:
                 request_serializer=varstore_dot_proto_dot_varstore__pb2.StatusRequest.SerializeToString,
                 response_deserializer=varstore_dot_proto_dot_varstore__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/varstore.v1.VariableService/Delete',
+                request_serializer=varstore_dot_proto_dot_varstore__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=varstore_dot_proto_dot_varstore__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class VariableServiceServicer:
@@ -135,6 +140,13 @@ class VariableServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Delete(self, request, context):
+        """Removes variables: the named ones, those under a scope, or all (a reset).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariableServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +189,11 @@ def add_VariableServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=varstore_dot_proto_dot_varstore__pb2.StatusRequest.FromString,
                     response_serializer=varstore_dot_proto_dot_varstore__pb2.StatusResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=varstore_dot_proto_dot_varstore__pb2.DeleteRequest.FromString,
+                    response_serializer=varstore_dot_proto_dot_varstore__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +412,33 @@ class VariableService:
             '/varstore.v1.VariableService/Status',
             varstore_dot_proto_dot_varstore__pb2.StatusRequest.SerializeToString,
             varstore_dot_proto_dot_varstore__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableService/Delete',
+            varstore_dot_proto_dot_varstore__pb2.DeleteRequest.SerializeToString,
+            varstore_dot_proto_dot_varstore__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

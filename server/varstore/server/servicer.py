@@ -175,6 +175,22 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
             variables=[wire.variable_info(v) for v in self.store.variables(request.scope)])
 
     @rpc_errors
+    def Delete(self, request: pb.DeleteRequest,
+               context: grpc.ServicerContext) -> pb.DeleteResponse:
+        given = [bool(request.names), bool(request.scope), request.all]
+        if sum(given) != 1:
+            raise InvalidArgumentError("Delete needs exactly one of names, scope and all")
+        if request.all:
+            deleted = self.store.delete(scope="")
+        elif request.scope:
+            deleted = self.store.delete(scope=request.scope)
+        else:
+            deleted = self.store.delete(list(request.names))
+        if deleted:
+            log.info("deleted %d variable(s) at the request of %s", len(deleted), context.peer())
+        return pb.DeleteResponse(deleted=deleted)
+
+    @rpc_errors
     def WaitInitialized(self, request: pb.WaitInitializedRequest,
                         context: grpc.ServicerContext) -> pb.WaitInitializedResponse:
         timeout = client_duration(request.timeout_seconds, "timeout_seconds")

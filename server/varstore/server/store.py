@@ -222,6 +222,33 @@ class VariableStore:
                     self._reserve(-var.nbytes - _element_overhead(var), -var.nbytes, var.name)
             self._changed.notify_all()
 
+    def delete(self, names: Iterable[str] = (), scope: str | None = None) -> list[str]:
+        """Removes the variables named ``names``, or (with ``scope``) every variable at or
+        under ``scope`` ("" for all of them); returns the removed names, sorted. Their memory
+        goes back to the budget; a request still running on one finishes on its own copy.
+
+        Raises:
+            NotFoundError: a named variable does not exist (then nothing is removed).
+        """
+        with self._lock:
+            if scope is None:
+                wanted = sorted(set(names))
+                for name in wanted:
+                    var = self._vars.get(name)
+                    if var is None or var.pending:
+                        raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
+            else:
+                prefix = scope.rstrip("/")
+                wanted = sorted(n for n, v in self._vars.items() if not v.pending and (
+                    not prefix or n == prefix or n.startswith(prefix + "/")))
+            for name in wanted:
+                var = self._vars.pop(name)
+                if var.value is None:
+                    self._uninitialized -= 1
+                self._reserve(-var.nbytes - _element_overhead(var), -var.nbytes, name)
+            self._changed.notify_all()
+        return wanted
+
     def _reserve(self, memory: int, size: int, name: str) -> None:
         """Charges ``memory`` bytes to the budget (gives them back when negative) for ``size``
         bytes of values; raises ``ResourceExhaustedError`` past the limit."""
