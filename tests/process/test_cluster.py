@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,15 @@ class Cluster:
 def start_cluster(checkpoint_dir: Path, shards: int) -> Cluster:
     server = start_server_process(checkpoint_dir, "--shards", str(shards))
     assert server.process.stdout is not None
-    addresses, pids = [], []
-    for _ in range(shards):
-        m = SHARD_LINE.search(server.process.stdout.readline())
-        assert m is not None
-        addresses.append(m.group(2))
-        pids.append(int(m.group(3)))
-    return Cluster(server, addresses, pids)
+    found: dict[int, tuple[str, int]] = {}
+    while len(found) < shards:
+        line = server.process.stdout.readline()
+        assert line, "the cluster stopped before naming its shards"
+        m = SHARD_LINE.search(line)
+        if m is not None:
+            found[int(m.group(1))] = (m.group(2), int(m.group(3)))
+    return Cluster(server, [found[i][0] for i in range(shards)],
+                   [found[i][1] for i in range(shards)])
 
 
 @pytest.fixture
@@ -346,3 +349,41 @@ def test_replica_device_setter_places_graph_variables_on_its_tasks(cluster3: Clu
         np.testing.assert_array_equal(sess.run(variables[5]), np.full(4, 5.0, np.float32))
     assert [sorted(names) for names in shard_contents(cluster3)] == [
         ["pinned", "rr0", "rr3"], ["rr1", "rr4"], ["rr2", "rr5"]]
+
+
+def test_a_shard_dying_mid_save_fails_the_save_and_keeps_the_last_checkpoint(
+        cluster3: Cluster) -> None:
+    folder = cluster3.server.checkpoint_dir
+    with connected(cluster3.address, timeout=30) as client:
+        handles = []
+        for shard in range(3):
+            with client.device(f"/job:ps/task:{shard}"):
+                handles.append(client.Variable(np.full(1000, float(shard)), name=f"v{shard}"))
+        assert client.save("ck/model", handles, global_step=1) == "ck/model-1"
+        for h in handles:
+            h.assign_add(np.ones(1000))
+        # Shard 1 stops answering, then dies while the save waits for its part.
+        os.kill(cluster3.pids[1], signal.SIGSTOP)
+        while Path(f"/proc/{cluster3.pids[1]}/stat").read_text().rsplit(")", 1)[1].split()[0] \
+                != "T":
+            time.sleep(0.01)
+        outcome: list[BaseException] = []
+
+        def save() -> None:
+            try:
+                client.save("ck/model", handles, global_step=2)
+            except BaseException as e:  # noqa: BLE001 - the test looks at it
+                outcome.append(e)
+        saving = threading.Thread(target=save)
+        saving.start()
+        saving.join(1.0)
+        os.kill(cluster3.pids[1], signal.SIGKILL)
+        saving.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], UnavailableError), outcome
+        assert "shard 1 of 3" in str(outcome[0])
+        assert client.latest_checkpoint("ck") == "ck/model-1"
+        assert sorted(os.listdir(folder / "ck")) == [
+            "checkpoint", *(f"model-1.data-0000{i}-of-00003" for i in range(3)),
+            "model-1.index"]
+        client.restore("ck/model-1", [handles[0], handles[2]])
+        assert [float(h.numpy()[0]) for h in (handles[0], handles[2])] == [0.0, 2.0]

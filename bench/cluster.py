@@ -1,0 +1,143 @@
+"""varstore on 1, 2 and 4 shards (`varstore serve --shards N`), on this machine.
+
+    python bench/cluster.py [--shards 1 2 4] [--seconds 3] [--clients 4] [--model-mb 256]
+
+For each shard count it starts a fresh cluster and measures, from worker processes:
+small ops/s (every client adds to its own counter, the counters spread over the shards),
+the shards' CPU seconds per small op, and pull + push of a 100-variable model by two workers
+(aggregate MB/s moved). Prints one line per shard count and writes OUT/cluster.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import varstore as vs
+
+MB = 1 << 20
+SHARD_LINE = re.compile(r"shard \d+ \([^,]+, pid (\d+)\)")
+
+
+def start_cluster(shards: int, folder: str) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """`varstore serve --shards N --port 0`: the process, shard 0's address, shard pids."""
+    cmd = [sys.executable, "-m", "varstore.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+           "--shards", str(shards), "--checkpoint-dir", folder, "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"serving on (\S+?) ", line) or re.search(r"serving on (\S+)", line)
+    if m is None:
+        proc.kill()
+        raise RuntimeError(f"cluster did not start: {line!r}")
+    pids = []
+    for _ in range(shards):
+        found = SHARD_LINE.search(proc.stdout.readline())
+        assert found is not None
+        pids.append(int(found.group(1)))
+    return proc, m.group(1), pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _small_ops(address: str, k: int, seconds: float, start: Any, out: Any) -> None:
+    with vs.connect(address) as client:
+        counter = client.Variable(0, name=f"counter{k}", dtype=vs.int64)
+        start.wait()
+        n = 0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            counter.assign_add(1)
+            n += 1
+        out.put(n)
+
+
+def _pull_push(address: str, names: list[str], rounds: int, start: Any, out: Any) -> None:
+    with vs.connect(address) as client:
+        with client.variable_scope("", reuse=True):
+            variables = [client.get_variable(n, shape=None) for n in names]
+        start.wait()
+        began = time.perf_counter()
+        for _ in range(rounds):
+            values = client.pull(variables)
+            client.push(dict(zip(variables, values, strict=True)))
+        out.put(time.perf_counter() - began)
+
+
+def _parallel(target: Any, jobs: list[tuple[Any, ...]]) -> list[Any]:
+    start, out = mp.Event(), mp.Queue()
+    procs = [mp.Process(target=target, args=(*job, start, out)) for job in jobs]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # every worker connected and ready
+    start.set()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return results
+
+
+def measure(shards: int, args: argparse.Namespace) -> dict[str, float]:
+    """The figures for one shard count."""
+    with tempfile.TemporaryDirectory() as folder:
+        proc, address, pids = start_cluster(shards, folder)
+        try:
+            before = sum(cpu_seconds(p) for p in pids)
+            counts = _parallel(_small_ops, [(address, k, args.seconds)
+                                            for k in range(args.clients)])
+            ops = sum(counts)
+            cpu = sum(cpu_seconds(p) for p in pids) - before
+            with vs.connect(address) as client:
+                per = args.model_mb * MB // 100 // 4
+                names = [f"model/v{i}" for i in range(100)]
+                for name in names:
+                    client.Variable(np.ones(per, np.float32), name=name)
+            times = _parallel(_pull_push, [(address, names, args.rounds)] * 2)
+            moved = 2 * 2 * args.rounds * 100 * per * 4 / MB
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return {"shards": shards, "small_ops_per_s": ops / args.seconds,
+            "shard_cpu_ms_per_op": 1000 * cpu / max(ops, 1),
+            "pull_push_mb_per_s": moved / max(times)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--model-mb", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    results = []
+    for shards in args.shards:
+        figures = measure(shards, args)
+        results.append(figures)
+        print(f"{shards} shards: {figures['small_ops_per_s']:8.0f} small ops/s, "
+              f"{figures['shard_cpu_ms_per_op']:.3f} shard CPU ms/op, "
+              f"{figures['pull_push_mb_per_s']:7.1f} MB/s pull+push ({args.model_mb} MB model, "
+              "2 workers)", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cluster.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
