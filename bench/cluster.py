@@ -80,7 +80,8 @@ def _pull_push(address: str, names: list[str], rounds: int, start: Any, out: Any
 
 
 def _parallel(target: Any, jobs: list[tuple[Any, ...]]) -> list[Any]:
-    start, out = mp.Event(), mp.Queue()
+    start = mp.Event()
+    out: mp.Queue[Any] = mp.Queue()
     procs = [mp.Process(target=target, args=(*job, start, out)) for job in jobs]
     for p in procs:
         p.start()

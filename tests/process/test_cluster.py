@@ -332,8 +332,8 @@ def test_shards_that_do_not_share_the_checkpoint_folder_are_refused(tmp_path: Pa
                 client.save("model")
             assert client.latest_checkpoint() is None
     finally:
-        for shard in shards:
-            stop_server_process(shard)
+        for process in shards:
+            stop_server_process(process)
 
 
 def test_replica_device_setter_places_graph_variables_on_its_tasks(cluster3: Cluster) -> None:
