@@ -22,7 +22,8 @@ from varstore.common import __version__  # noqa: E402 - needs the extended __pat
 
 if TYPE_CHECKING:
     from varstore import errors, train
-    from varstore.client import Client, RemoteVariable, VariableInfo, connect
+    from varstore.client import Client, RemoteVariable, VariableInfo
+    from varstore.cluster import connect
     from varstore.common.dtypes import (
         DType,
         as_dtype,
@@ -68,7 +69,7 @@ _HOMES: dict[str, str] = {
     **{name: "varstore.common.dtypes" for name in _DTYPES},
     **{name: "varstore.initializers" for name in _INITIALIZERS},
     "Client": "varstore.client", "RemoteVariable": "varstore.client",
-    "VariableInfo": "varstore.client", "connect": "varstore.client",
+    "VariableInfo": "varstore.client", "connect": "varstore.cluster",
     "AUTO_REUSE": "varstore.scopes", "VariableScope": "varstore.scopes",
     "TLSConfig": "varstore.transport",
 }

@@ -17,7 +17,7 @@ def _address(args: argparse.Namespace) -> str | None:
 
 
 def _connect(args: argparse.Namespace):  # noqa: ANN202 - varstore.Client
-    from varstore.client import connect
+    from varstore.cluster import connect
     return connect(_address(args), token=args.token, timeout=args.timeout)
 
 

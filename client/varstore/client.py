@@ -7,6 +7,7 @@ client (:mod:`varstore.scopes`) and are shared with other clients by full name o
 from __future__ import annotations
 
 import contextlib
+import json
 import operator
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,9 +35,19 @@ from varstore.scopes import Naming, VariableScope, check_initializer_dtype
 from varstore.transport import Transport, is_read_only
 
 DEFAULT_ADDRESS = "localhost:7011"
+TF_CONFIG = "TF_CONFIG"
 # Called with varstore's chunk codec (codec.serialize_chunk/parse_chunk) instead of the
 # generated stub's protobuf one: same bytes on the wire, fewer copies.
 RUN_STREAM_METHOD = "/varstore.v1.VariableService/RunStream"
+
+
+def tf_config_address(environ: Any = os.environ) -> str | None:
+    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None."""
+    try:
+        ps = json.loads(environ.get(TF_CONFIG, "") or "{}").get("cluster", {}).get("ps")
+    except (ValueError, AttributeError):
+        return None
+    return ps[0] if isinstance(ps, list) and ps and isinstance(ps[0], str) else None
 
 
 @dataclass(frozen=True)
@@ -231,7 +242,6 @@ class Client(ClientBase):
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls: Any = None, timeout: float | None = None) -> None:
         super().__init__()
-        from varstore.cluster import tf_config_address
         self.address = (address or os.environ.get("VARSTORE_ADDRESS") or tf_config_address()
                         or DEFAULT_ADDRESS)
         self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
@@ -432,23 +442,3 @@ def _entries(var_list: Any) -> list[pb.CheckpointEntry]:
     else:
         items = ((getattr(v, "op_name", v), v) for v in var_list)
     return [pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v)) for key, v in items]
-
-
-def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
-            timeout: float | None = None) -> Client:
-    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else TF_CONFIG's first ps
-    task, else localhost:7011); to every shard when that server is one of a cluster
-    (:mod:`varstore.cluster`).
-
-    Raises ``UnavailableError`` naming the address and the likely cause: a refused connection
-    or an unknown host at once, a server that accepts connections but does not answer after
-    ``timeout`` seconds (default 10); ``InvalidArgumentError`` for a malformed address.
-    """
-    from varstore.cluster import connect_cluster
-    client = Client(address, token=token, tls=tls, timeout=timeout)
-    try:
-        client.transport.wait_ready()
-        return connect_cluster(client, token=token, tls=tls, timeout=timeout)
-    except BaseException:
-        client.close()
-        raise

@@ -14,8 +14,6 @@ checkpoint restores onto any number of shards.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,22 +31,12 @@ from varstore.request import RequestBuilder
 from varstore.routing import Plan
 
 T = TypeVar("T")
-TF_CONFIG = "TF_CONFIG"
 # Where the parts of a save are written until shard 0 merges them; the server treats files
 # carrying this mark as unfinished (TensorFlow's own marker).
 TEMP_MARK = ".tempstate"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 # Bytes assumed per string element when placing a string variable.
 _STRING_BYTES = 64
-
-
-def tf_config_address(environ: Any = os.environ) -> str | None:
-    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None."""
-    try:
-        ps = json.loads(environ.get(TF_CONFIG, "") or "{}").get("cluster", {}).get("ps")
-    except (ValueError, AttributeError):
-        return None
-    return ps[0] if isinstance(ps, list) and ps and isinstance(ps[0], str) else None
 
 
 def cluster_addresses(client: Client) -> list[str]:
@@ -395,3 +383,22 @@ def connect_cluster(client: Client, *, token: str | None = None, tls: Any = None
     cluster = ClusterClient(shards, token=token, tls=tls, timeout=timeout)
     client.close()
     return cluster
+
+
+def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
+            timeout: float | None = None) -> Client:
+    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else TF_CONFIG's first ps
+    task, else localhost:7011); to every shard when that server is one of a cluster
+    (a :class:`ClusterClient`).
+
+    Raises ``UnavailableError`` naming the address and the likely cause: a refused connection
+    or an unknown host at once, a server that accepts connections but does not answer after
+    ``timeout`` seconds (default 10); ``InvalidArgumentError`` for a malformed address.
+    """
+    client = Client(address, token=token, tls=tls, timeout=timeout)
+    try:
+        client.transport.wait_ready()
+        return connect_cluster(client, token=token, tls=tls, timeout=timeout)
+    except BaseException:
+        client.close()
+        raise

@@ -71,3 +71,51 @@ def test_folders_mirror_import_paths() -> None:
     assert Path(varstore.common.__file__).parent == ROOT / "common" / "varstore" / "common"
     assert Path(varstore.server.__file__).parent == ROOT / "server" / "varstore" / "server"
 
+
+
+def _module_name(path: Path) -> str:
+    """``client/varstore/v1/graph.py`` -> ``varstore.v1.graph`` (each top folder is a root)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts[1:]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of ``graph`` (its modules in order, the first repeated last), or []."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return []
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return []
+
+
+def test_no_import_cycles() -> None:
+    """Every import counts, inside functions and under TYPE_CHECKING too: a cycle there is
+    one in the design. A module importing its own package, or a package its own modules, is
+    no edge (Python loads the package first either way)."""
+    modules = {_module_name(p): p for folder in ("client", "common", "server")
+               for p in (ROOT / folder).rglob("*.py") if "_pb2" not in p.name}
+
+    def resolve(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {module: {target for name in _imports(path) if (target := resolve(name))
+                      and not (target + ".").startswith(module + ".")
+                      and not module.startswith(target + ".")}
+             for module, path in modules.items()}
+    assert _import_cycle(graph) == []

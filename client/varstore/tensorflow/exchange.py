@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from varstore import train
-from varstore.client import Client, RemoteVariable, connect
+from varstore.client import Client, RemoteVariable
+from varstore.cluster import connect
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
 from varstore.optimizers import Optimizer, read_after

@@ -50,12 +50,12 @@ from varstore.v1.array_ops import (
     zeros,
 )
 from varstore.v1.control_flow_ops import control_dependencies, group, no_op
-from varstore.v1.device_setter import device
 from varstore.v1.graph import (
     Graph,
     GraphKeys,
     Operation,
     Tensor,
+    device,
     get_default_graph,
     get_default_session,
     reset_default_graph,

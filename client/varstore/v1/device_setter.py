@@ -10,8 +10,7 @@ bytes), and on a single server devices change nothing.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from varstore.common import codec
@@ -53,19 +52,6 @@ def resolve_device(functions: Sequence[Any], op: Any) -> str:
         value = spec(op) if callable(spec) else spec
         device = merge_device(device, value or "")
     return device
-
-
-@contextlib.contextmanager
-def device(device_name_or_function: Any) -> Iterator[None]:
-    """Ops created inside get this device, as ``tf.device``: a string such as
-    ``"/job:ps/task:1"``, a function of the op (``replica_device_setter``), or None."""
-    from varstore.v1.graph import get_default_graph
-    functions = get_default_graph().device_functions
-    functions.append(device_name_or_function)
-    try:
-        yield
-    finally:
-        functions.pop()
 
 
 def byte_size_load_fn(op: Any) -> int:

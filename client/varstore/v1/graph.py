@@ -368,6 +368,19 @@ def reset_default_graph() -> None:
 
 
 @contextlib.contextmanager
+def device(device_name_or_function: Any) -> Iterator[None]:
+    """Ops created inside get this device, as ``tf.device`` (TensorFlow's ops.py): a string
+    such as ``"/job:ps/task:1"``, a function of the op
+    (:func:`varstore.v1.device_setter.replica_device_setter`), or None."""
+    functions = get_default_graph().device_functions
+    functions.append(device_name_or_function)
+    try:
+        yield
+    finally:
+        functions.pop()
+
+
+@contextlib.contextmanager
 def default_session(session: Any) -> Iterator[Any]:
     """Makes ``session`` the default session inside the ``with`` block."""
     _stacks.sessions.append(session)
