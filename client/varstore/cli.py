@@ -124,7 +124,10 @@ def _progress_bar(label: str) -> Callable[[object], None]:
 def cmd_save(args: argparse.Namespace) -> int:
     """Asks the server to write a checkpoint."""
     with _connect(args) as client:
+        # Every `varstore save` of one prefix is one saver: --keep deletes only checkpoints
+        # that earlier `varstore save` runs of this prefix wrote, while the server runs.
         path = client.save(args.prefix, global_step=args.step, max_to_keep=args.keep,
+                           saver=f"varstore save {args.prefix}",
                            progress=None if args.quiet else _progress_bar("saving"))
     print(path)
     return 0
@@ -188,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("prefix", nargs="?", default="model.ckpt",
                       help="path prefix inside the checkpoint folder (default model.ckpt)")
     save.add_argument("--step", type=int, help="global step suffix")
-    save.add_argument("--keep", type=int, default=5, help="checkpoints to keep (0: all)")
+    save.add_argument("--keep", type=int, default=5,
+                      help="keep the newest N checkpoints that `varstore save` of this "
+                      "prefix wrote while the server runs, deleting older ones of them "
+                      "(0: delete none); other checkpoints are never deleted")
     save.add_argument("--quiet", action="store_true", help="no progress bar")
     restore = client_command("restore", cmd_restore, "restore a checkpoint")
     restore.add_argument("prefix", help="checkpoint prefix, or 'latest'")

@@ -10,6 +10,7 @@ import contextlib
 import json
 import operator
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -245,6 +246,8 @@ class Client(ClientBase):
         self.address = (address or os.environ.get("VARSTORE_ADDRESS") or tf_config_address()
                         or DEFAULT_ADDRESS)
         self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
+        # The saver of each prefix this client saved (see save()).
+        self._savers: dict[str, str] = {}
         self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
         self.run_stream = self.transport.channel.stream_stream(
             RUN_STREAM_METHOD, request_serializer=codec.serialize_chunk,
@@ -394,39 +397,71 @@ class Client(ClientBase):
 
     # --- checkpoints and status -------------------------------------------------------------
 
-    def save(self, prefix: str, var_list: Any = None, global_step: int | None = None,
-             max_to_keep: int = 5,
-             progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
-        """Asks the server to write a checkpoint; returns its path (``prefix-STEP``)."""
-        request = pb.SaveRequest(prefix=prefix, entries=_entries(var_list),
-                                 has_global_step=global_step is not None,
-                                 global_step=int(global_step or 0), max_to_keep=max_to_keep)
+    def save(self, prefix: str, var_list: Any = None, global_step: Any = None,
+             max_to_keep: int | None = 5,
+             progress: Callable[[pb.CheckpointProgress], None] | None = None, *,
+             latest_filename: str | None = None, write_state: bool = True,
+             saver: str | None = None) -> str:
+        """Asks the server to write a checkpoint; returns its path (``prefix-STEP`` with
+        ``global_step``, any integer).
+
+        Retention is TensorFlow 1's ``Saver`` rule: the saves of one ``prefix`` by this client
+        form one saver, which keeps the newest ``max_to_keep`` of the checkpoints it wrote
+        (0 or None: deletes none) and never deletes others; ``saver`` names another saver
+        (e.g. one shared by several prefixes). ``latest_filename`` names the state file
+        (default ``checkpoint``); ``write_state=False`` writes none and deletes nothing.
+        Raises ``TypeError`` for a non-integer step, the server's errors otherwise.
+        """
+        return self.save_checkpoint(
+            prefix, var_list, global_step, max_to_keep, progress,
+            latest_filename=latest_filename, write_state=write_state,
+            saver=saver if saver is not None else self._savers.setdefault(
+                prefix, uuid.uuid4().hex)).path
+
+    def save_checkpoint(self, prefix: str, var_list: Any = None, global_step: Any = None,
+                        max_to_keep: int | None = 5,
+                        progress: Callable[[pb.CheckpointProgress], None] | None = None, *,
+                        latest_filename: str | None = None, write_state: bool = True,
+                        saver: str = "", keep_checkpoint_every_n_hours: float = 0.0
+                        ) -> pb.CheckpointProgress:
+        """:meth:`save` for savers that keep their own identity (``varstore.v1``'s
+        ``Saver``): ``saver`` as is ("" deletes nothing), ``keep_checkpoint_every_n_hours``
+        as TensorFlow's ``Saver``. Returns the last progress message: ``path`` and the
+        saver's ``last_checkpoints``."""
+        request = pb.SaveRequest(
+            prefix=prefix, entries=_entries(var_list), has_global_step=global_step is not None,
+            global_step=0 if global_step is None else operator.index(global_step),
+            max_to_keep=operator.index(max_to_keep or 0), saver=saver,
+            latest_filename=latest_filename or "", skip_state=not write_state,
+            keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours)
         return self._checkpoint_call(self.stub.Save, request, progress)
 
     def restore(self, prefix: str, var_list: Any = None,
                 progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
         """Asks the server to restore variables from a checkpoint; returns its path."""
         request = pb.RestoreRequest(prefix=prefix, entries=_entries(var_list))
-        return self._checkpoint_call(self.stub.Restore, request, progress)
+        return self._checkpoint_call(self.stub.Restore, request, progress).path
 
     def _checkpoint_call(self, method: Any, request: Any,
-                         progress: Callable[[pb.CheckpointProgress], None] | None) -> str:
-        def follow(**options: Any) -> str:
-            path = ""
+                         progress: Callable[[pb.CheckpointProgress], None] | None
+                         ) -> pb.CheckpointProgress:
+        def follow(**options: Any) -> pb.CheckpointProgress:
+            last = pb.CheckpointProgress()
             for message in method(request, **options):
                 if progress is not None:
                     progress(message)
                 if message.done:
-                    path = message.path
-            return path
+                    last = message
+            return last
         return self.transport.invoke(follow, idempotent=False)
 
-    def latest_checkpoint(self, directory: str = "") -> str | None:
-        """The newest checkpoint in the server's checkpoint folder (or a folder inside it)."""
-        response = self.transport.call(self.stub.LatestCheckpoint,
-                                       pb.LatestCheckpointRequest(directory=directory))
+    def latest_checkpoint(self, directory: str = "",
+                          latest_filename: str | None = None) -> str | None:
+        """The newest checkpoint in the server's checkpoint folder (or a folder inside it),
+        as its state file ``latest_filename`` (default ``checkpoint``) records it."""
+        response = self.transport.call(self.stub.LatestCheckpoint, pb.LatestCheckpointRequest(
+            directory=directory, latest_filename=latest_filename or ""))
         return response.path or None
-
     def status(self) -> pb.StatusResponse:
         """The server's version, uptime, store size, clients and last checkpoint."""
         return self.transport.call(self.stub.Status, pb.StatusRequest())

@@ -14,6 +14,7 @@ checkpoint restores onto any number of shards.
 from __future__ import annotations
 
 import contextlib
+import operator
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -262,13 +263,17 @@ class ClusterClient(Client):
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    def save(self, prefix: str, var_list: Any = None, global_step: int | None = None,
-             max_to_keep: int = 5,
-             progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
+    def save_checkpoint(self, prefix: str, var_list: Any = None, global_step: Any = None,
+                        max_to_keep: int | None = 5,
+                        progress: Callable[[pb.CheckpointProgress], None] | None = None, *,
+                        latest_filename: str | None = None, write_state: bool = True,
+                        saver: str = "", keep_checkpoint_every_n_hours: float = 0.0
+                        ) -> pb.CheckpointProgress:
         """Writes one checkpoint of the whole cluster in TensorFlow's sharded layout: every
         shard writes its variables in parallel, then shard 0 merges the parts into one index
-        and records the checkpoint; returns its path. A shard failing fails the save and
-        leaves the previous checkpoint as it was."""
+        and records the checkpoint with the saver's retention (see ``Client.save``); returns
+        the last progress message. A shard failing fails the save and leaves the previous
+        checkpoint as it was."""
         entries = _entries(var_list)
         if entries:
             self._locate([], [e.variable for e in entries])
@@ -281,8 +286,12 @@ class ClusterClient(Client):
             by_shard = {k: [pb.CheckpointEntry(key=v.name, variable=v.name) for v in vs]
                         for k, vs in enumerate(lists) if vs}
             if not by_shard:  # shard 0 says so, as a single server does
-                return super().save(prefix, var_list, global_step, max_to_keep, progress)
-        named = prefix if global_step is None else f"{prefix}-{global_step}"
+                return super().save_checkpoint(
+                    prefix, var_list, global_step, max_to_keep, progress,
+                    latest_filename=latest_filename, write_state=write_state, saver=saver,
+                    keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours)
+        step = None if global_step is None else operator.index(global_step)
+        named = prefix if step is None else f"{prefix}-{step}"
         token = secrets.token_hex(4)
         # Every shard writes a part, empty or not: data file I holds shard I's variables, which
         # a shard restarted with --restore finds again.
@@ -300,20 +309,24 @@ class ClusterClient(Client):
         try:
             written = self._each(shards, save_part)
             reply = self.transport.call(self.placement_stub.CommitParts, cpb.CommitPartsRequest(
-                part_prefixes=parts, prefix=prefix, has_global_step=global_step is not None,
-                global_step=int(global_step or 0), max_to_keep=max_to_keep))
+                part_prefixes=parts, prefix=prefix, has_global_step=step is not None,
+                global_step=step or 0, max_to_keep=operator.index(max_to_keep or 0),
+                saver=saver, latest_filename=latest_filename or "",
+                skip_state=not write_state,
+                keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours))
         except OpError:
             with contextlib.suppress(OpError):
                 self.transport.call(self.placement_stub.CommitParts, cpb.CommitPartsRequest(
                     part_prefixes=parts, abort=True))
             raise
+        total = sum(w.bytes_written for w in written)
+        count = sum(len(e) for e in by_shard.values())
+        done = pb.CheckpointProgress(bytes_done=total, bytes_total=total, tensors_done=count,
+                                     tensors_total=count, path=reply.path, done=True,
+                                     last_checkpoints=reply.last_checkpoints)
         if progress is not None:
-            total = sum(w.bytes_written for w in written)
-            count = sum(len(e) for e in by_shard.values())
-            progress(pb.CheckpointProgress(bytes_done=total, bytes_total=total,
-                                           tensors_done=count, tensors_total=count,
-                                           path=reply.path, done=True))
-        return reply.path
+            progress(done)
+        return done
 
     def restore(self, prefix: str, var_list: Any = None,
                 progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:

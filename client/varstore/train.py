@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -286,18 +287,23 @@ class CheckpointSaver:
 
     ``checkpoint_dir`` is a folder inside the server's checkpoint folder (its root by
     default), the one :func:`initialize_or_restore` restores from. ``var_list`` is what
-    ``client.save`` takes (None: every variable on the server).
+    ``client.save`` takes (None: every variable on the server). It is one saver: it keeps
+    the newest ``max_to_keep`` of the checkpoints it wrote (0 or None: deletes none) and
+    never deletes others, as the hook's ``Saver`` does.
     """
 
     def __init__(self, client: TrainingClient[Any], checkpoint_dir: str | None = None,
                  save_secs: float = 600.0, checkpoint_basename: str = "model.ckpt",
-                 max_to_keep: int = 5, var_list: Any = None) -> None:
+                 max_to_keep: int | None = 5, var_list: Any = None) -> None:
         self.client = client
         self.save_secs = save_secs
         self.var_list = var_list
         self.prefix = f"{checkpoint_dir}/{checkpoint_basename}" if checkpoint_dir \
             else checkpoint_basename
         self.max_to_keep = max_to_keep
+        # The step of the last save, as the hook's timer remembers its last triggered step.
+        self.last_step: int | None = None
+        self._saver = f"CheckpointSaver:{uuid.uuid4().hex}"
         self._last = time.monotonic()
 
     def maybe_save(self, step: int) -> str | None:
@@ -310,7 +316,8 @@ class CheckpointSaver:
     def save(self, step: int) -> str:
         """Saves ``prefix-step`` now; returns its path. Raises the server's errors."""
         path = self.client.save(self.prefix, self.var_list, global_step=step,
-                                max_to_keep=self.max_to_keep)
+                                max_to_keep=self.max_to_keep, saver=self._saver)
         self._last = time.monotonic()
+        self.last_step = step
         log.info("saved %s", path)
         return path

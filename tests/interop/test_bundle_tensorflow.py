@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.test_bundle import SHAPES, _same, _sample, _save
 from varstore import dtypes
-from varstore.server.bundle import BundleReader, BundleWriter, merge_shards, update_state
+from varstore.server.bundle import BundleReader, BundleWriter, merge_shards, write_state
 
 pytestmark = pytest.mark.tensorflow
 
@@ -86,7 +86,10 @@ def test_tensorflow_merge_matches_ours(tmp_path: Path, tf: Any) -> None:
 
 def test_tensorflow_reads_our_state_file(tmp_path: Path, tf: Any) -> None:
     for step in (1, 2, 3):
-        update_state(tmp_path, _save(tmp_path, f"model.ckpt-{step}"), 2)
+        _save(tmp_path, f"model.ckpt-{step}")
+    write_state(tmp_path, str(tmp_path / "model.ckpt-3"),
+                [str(tmp_path / "model.ckpt-2"), str(tmp_path / "model.ckpt-3")],
+                timestamps=[1.0, 2.0])
     assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "model.ckpt-3")
     state = tf.train.get_checkpoint_state(str(tmp_path))
     assert list(state.all_model_checkpoint_paths) == [

@@ -243,9 +243,11 @@ def test_max_to_keep_deletes_old_checkpoints(client: vs.Client, ckpt_dir: Path) 
     state = _state(ckpt_dir)
     assert state.model_checkpoint_path == "model.ckpt-5"
     assert list(state.all_model_checkpoint_paths) == ["model.ckpt-4", "model.ckpt-5"]
+    # As TF's Saver(max_to_keep=0): nothing deleted, the state file lists only the newest.
     for step in (6, 7, 8):
         client.save("model.ckpt", global_step=step, max_to_keep=0)
-    assert list(_state(ckpt_dir).all_model_checkpoint_paths) == [
+    assert list(_state(ckpt_dir).all_model_checkpoint_paths) == ["model.ckpt-8"]
+    assert sorted(n[:-6] for n in os.listdir(ckpt_dir) if n.endswith(".index")) == [
         f"model.ckpt-{s}" for s in (4, 5, 6, 7, 8)]
     client.restore("model.ckpt-4")
     assert v.numpy() == 4

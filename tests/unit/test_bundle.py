@@ -24,7 +24,7 @@ from varstore.server.bundle import (
     merge_shards,
     part_prefix,
     read_state,
-    update_state,
+    write_state,
 )
 from varstore.server.bundle.bundle import encode_slice_key
 from varstore.server.bundle.table import BLOCK_SIZE, TableBuilder, read_table
@@ -531,63 +531,48 @@ def test_golden_state_file_parses() -> None:
     assert latest_checkpoint(TF_DATA) == str(TF_DATA / "golden")
 
 
-def test_state_retention_and_latest(tmp_path: Path) -> None:
+def test_state_file_lists_what_it_is_given_and_deletes_nothing(tmp_path: Path) -> None:
     assert read_state(tmp_path) is None and latest_checkpoint(tmp_path) is None
-    dropped_all = []
     for step in range(1, 5):
-        dropped_all += update_state(tmp_path, _save(tmp_path, f"model.ckpt-{step}"), 2)
-    assert dropped_all == [str(tmp_path / "model.ckpt-1"), str(tmp_path / "model.ckpt-2")]
-    assert sorted(os.listdir(tmp_path)) == [
-        "checkpoint", "model.ckpt-3.data-00000-of-00001", "model.ckpt-3.index",
-        "model.ckpt-4.data-00000-of-00001", "model.ckpt-4.index"]
+        _save(tmp_path, f"model.ckpt-{step}")
+    write_state(tmp_path, tmp_path / "model.ckpt-4",
+                [str(tmp_path / "model.ckpt-3"), str(tmp_path / "model.ckpt-4")])
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".index")]) == 4
     text = (tmp_path / "checkpoint").read_text()
-    parsed = text_format.Parse(text, pb.CheckpointState())
-    assert parsed.model_checkpoint_path == "model.ckpt-4"
-    assert list(parsed.all_model_checkpoint_paths) == ["model.ckpt-3", "model.ckpt-4"]
-    assert len(parsed.all_model_checkpoint_timestamps) == 2
-    assert parsed.last_preserved_timestamp > 0
-    assert text.startswith('model_checkpoint_path: "model.ckpt-4"\n'
-                           'all_model_checkpoint_paths: "model.ckpt-3"\n'
-                           'all_model_checkpoint_paths: "model.ckpt-4"\n')
+    assert text == ('model_checkpoint_path: "model.ckpt-4"\n'
+                    'all_model_checkpoint_paths: "model.ckpt-3"\n'
+                    'all_model_checkpoint_paths: "model.ckpt-4"\n')
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-4")
+    write_state(tmp_path, tmp_path / "model.ckpt-4", [], timestamps=[5.0])
+    parsed = text_format.Parse((tmp_path / "checkpoint").read_text(), pb.CheckpointState())
+    assert list(parsed.all_model_checkpoint_timestamps) == [5.0]
+    assert parsed.last_preserved_timestamp == 4.0
+    with pytest.raises(ValueError):
+        write_state(tmp_path, tmp_path / "model.ckpt-4", [], timestamps=[1.0, 2.0])
+
+    # The newest is appended when missing; another state file leaves this one alone.
+    write_state(tmp_path, str(tmp_path / "model.ckpt-2"), [], "other")
+    state = read_state(tmp_path, "other")
+    assert state is not None
+    assert list(state.all_model_checkpoint_paths) == [str(tmp_path / "model.ckpt-2")]
+    assert latest_checkpoint(tmp_path, "other") == str(tmp_path / "model.ckpt-2")
     assert latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-4")
 
-    # Saving an existing prefix again moves it to the end; relative names are in the folder.
-    _save(tmp_path, "model.ckpt-3")
-    assert update_state(tmp_path, "model.ckpt-3", 2) == []
-    state = read_state(tmp_path)
-    assert state is not None
-    assert list(state.all_model_checkpoint_paths) == [
-        str(tmp_path / "model.ckpt-4"), str(tmp_path / "model.ckpt-3")]
-    assert latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-3")
-
-    # max_to_keep=0 keeps everything; the index vanishing hides the checkpoint.
-    for step in (5, 6, 7):
-        assert update_state(tmp_path, _save(tmp_path, f"model.ckpt-{step}"), 0) == []
-    assert len(read_state(tmp_path).all_model_checkpoint_paths) == 5  # type: ignore[union-attr]
-    os.unlink(tmp_path / "model.ckpt-7.index")
+    # The index vanishing hides the checkpoint; no temp file stays behind.
+    os.unlink(tmp_path / "model.ckpt-4.index")
     assert latest_checkpoint(tmp_path) is None
     assert not [n for n in os.listdir(tmp_path) if "tempstate" in n]
 
 
-def test_state_outside_paths_stay_absolute_and_old_files_without_timestamps(
-        tmp_path: Path) -> None:
+def test_state_outside_paths_stay_absolute(tmp_path: Path) -> None:
     ckpt_dir = tmp_path / "ckpt"
     other = tmp_path / "elsewhere"
     ckpt_dir.mkdir()
     other.mkdir()
-    (ckpt_dir / "checkpoint").write_text(
-        'model_checkpoint_path: "old"\nall_model_checkpoint_paths: "old"\n')
-    _save(ckpt_dir, "old-0")
-    os.rename(ckpt_dir / "old-0.index", ckpt_dir / "old.index")
-    os.rename(ckpt_dir / "old-0.data-00000-of-00001", ckpt_dir / "old.data-00000-of-00001")
-    dropped = update_state(ckpt_dir, _save(other, "x-1"), 1)
-    assert dropped == [str(ckpt_dir / "old")]
-    assert checkpoint_files(ckpt_dir / "old") == []
+    write_state(ckpt_dir, _save(other, "x-1"), [])
     parsed = text_format.Parse((ckpt_dir / "checkpoint").read_text(), pb.CheckpointState())
     assert parsed.model_checkpoint_path == str(other / "x-1")
     assert latest_checkpoint(ckpt_dir) == str(other / "x-1")
-    with pytest.raises(ValueError):
-        update_state(ckpt_dir, str(other / "x-1"), -1)
 
 
 def test_unparseable_state_file_reads_as_none(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 The chief restores the newest checkpoint of ``checkpoint_dir`` (a folder inside the server's
 checkpoint folder) or, when there is none, runs ``global_variables_initializer()``; it then
-saves a checkpoint every ``save_checkpoint_secs`` seconds and when the session closes. Other
-workers wait until every global variable of their graph is initialized on the server: the
-server wakes them as soon as the chief is done (no polling), they log what they wait for,
-and after ``max_wait_secs`` they raise ``DeadlineExceededError`` naming the variables.
+saves a checkpoint at once, every ``save_checkpoint_secs`` seconds and when the session
+closes. Other workers wait until every global variable of their graph is initialized on the
+server: the server wakes them as soon as the chief is done (no polling), they log what they
+wait for, and after ``max_wait_secs`` they raise ``DeadlineExceededError`` naming the variables.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ class MonitoredSession:
                 raise ValueError("StopAtStepHook needs a global step (create one with "
                                  "tf.train.get_or_create_global_step())")
             hook._begin(self._step)
+        if self._saver is not None and self._step is not None:
+            # As CheckpointSaverHook.after_create_session: the state at the initial step.
+            self._saver.save(self._step)
         self._stop = self._done()
 
     @property
@@ -96,8 +99,10 @@ class MonitoredSession:
         return self._stop
 
     def close(self) -> None:
-        """The chief saves a last checkpoint; then the connection closes."""
-        if self._saver is not None and self._step is not None:
+        """The chief saves a last checkpoint unless it saved this step already (as
+        ``CheckpointSaverHook.end``); then the connection closes."""
+        if (self._saver is not None and self._step is not None
+                and self._step != self._saver.last_step):
             self._saver.save(self._step)
         self._saver = None
         self._stop = True
@@ -118,11 +123,11 @@ def MonitoredTrainingSession(  # noqa: N802 - TensorFlow's name
     """Connects to the server ``master`` and prepares the default graph's global variables.
 
     The chief restores ``checkpoint_dir``'s newest checkpoint or initializes every global
-    variable, and saves ``model.ckpt-STEP`` there every ``save_checkpoint_secs`` (600 by
-    default; None: never) and on close. Other workers wait up to ``max_wait_secs``
-    for the chief. Raises ``DeadlineExceededError`` naming the variables still uninitialized,
-    ``TypeError`` for a hook varstore does not provide, and the server's errors for an
-    unreadable checkpoint.
+    variable, and saves ``model.ckpt-STEP`` there at once (the initial step), every
+    ``save_checkpoint_secs`` (600 by default; None: never) and on close. Other workers
+    wait up to ``max_wait_secs`` for the chief. Raises ``DeadlineExceededError`` naming the
+    variables still uninitialized, ``TypeError`` for a hook varstore does not provide, and
+    the server's errors for an unreadable checkpoint.
     """
     hooks = list(hooks or [])
     for hook in hooks:

@@ -6,8 +6,13 @@ checkpoint folder: paths are resolved there, and keys are variable names without
 
 from __future__ import annotations
 
+import operator
+import os
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 import varstore
 from varstore.v1.graph import get_default_session
@@ -30,35 +35,104 @@ def _checkpoint_names(var_list: Sequence[Variable] | Mapping[str, Variable]) -> 
 
 
 class Saver:
-    """Saves and restores variables through the server.
+    """Saves and restores variables through the server, as TensorFlow 1's ``tf.train.Saver``.
 
     ``var_list`` is a list of variables (saved under their own names) or a ``{key: variable}``
-    dict; None means every global variable that exists now. The server keeps the newest
-    ``max_to_keep`` checkpoints of a prefix. Raises ``ValueError`` when there is nothing to
-    save or two variables share a key.
+    dict; None means every global variable that exists when the saver is built (now, or at
+    :meth:`build` with ``defer_build``). Retention is TF's: the saver keeps the newest
+    ``max_to_keep`` checkpoints it wrote itself (0 or None: deletes none), plus one every
+    ``keep_checkpoint_every_n_hours``, and never deletes a checkpoint another saver wrote; the
+    server remembers the list while it runs. ``pad_step_number`` writes ``path-00000003``.
+
+    Accepted with TF's signature but meaningless for a server: ``reshape``, ``sharded`` (the
+    server decides the shards), ``name``, ``restore_sequentially``, ``saver_def``,
+    ``builder``, ``write_version`` (always V2), ``filename`` and ``save_relative_paths`` (the
+    state file always holds paths relative to its folder, which lies on the server).
+    Raises ``ValueError`` when there is nothing to save (unless ``allow_empty``), when two
+    variables share a key, or for ``defer_build`` with a ``var_list``.
     """
 
     def __init__(self, var_list: Sequence[Variable] | Mapping[str, Variable] | None = None,
-                 max_to_keep: int = 5) -> None:
-        variables = global_variables() if var_list is None else var_list
-        if not variables:
+                 reshape: bool = False, sharded: bool = False, max_to_keep: int | None = 5,
+                 keep_checkpoint_every_n_hours: float = 10000.0, name: str | None = None,
+                 restore_sequentially: bool = False, saver_def: Any = None,
+                 builder: Any = None, defer_build: bool = False, allow_empty: bool = False,
+                 write_version: int = 2, pad_step_number: bool = False,
+                 save_relative_paths: bool = False, filename: str | None = None) -> None:
+        if defer_build and var_list:
+            raise ValueError("If `var_list` is provided then build cannot be deferred. "
+                             "Either set defer_build=False or var_list=None.")
+        self._var_list = var_list
+        self._allow_empty = allow_empty
+        self._pad_step_number = pad_step_number
+        self.max_to_keep = 0 if max_to_keep is None else operator.index(max_to_keep)
+        self._keep_hours = float(keep_checkpoint_every_n_hours)
+        self._names: dict[str, str] | None = None
+        self._last_checkpoints: list[str] = []
+        # The server deletes only what this name's saves wrote (see varstore.server.retention).
+        self._saver = f"v1.Saver:{uuid.uuid4().hex}"
+        if not defer_build:
+            self.build()
+
+    def build(self) -> None:
+        """Collects the variables to save (TF builds the save and restore ops here); a second
+        call does nothing. Raises ``ValueError`` as the constructor does."""
+        if self._names is not None:
+            return
+        variables = global_variables() if self._var_list is None else self._var_list
+        if not variables and not self._allow_empty:
             raise ValueError("No variables to save")
-        self._names = _checkpoint_names(variables)
-        self.max_to_keep = max_to_keep
+        self._names = _checkpoint_names(variables) if variables else {}
+
+    @property
+    def last_checkpoints(self) -> list[str]:
+        """The checkpoints this saver wrote and has not deleted, oldest first."""
+        return list(self._last_checkpoints)
 
     def save(self, sess: Session, save_path: str, global_step: Any = None,
-             write_meta_graph: bool = True) -> str:
-        """Writes a checkpoint ``save_path`` (``save_path-STEP`` with ``global_step``, an int
-        or a tensor/variable evaluated in ``sess``); returns the path written.
+             latest_filename: str | None = None, meta_graph_suffix: str = "meta",
+             write_meta_graph: bool = True, write_state: bool = True,
+             strip_default_attrs: bool = False, save_debug_info: bool = False) -> str | None:
+        """Writes a checkpoint ``save_path`` (``save_path-STEP`` with ``global_step``: any
+        integer, or a tensor or variable evaluated in ``sess``); returns the path written,
+        or None for an empty saver (``allow_empty``).
 
-        ``write_meta_graph`` is accepted for TF's signature; ``.meta`` files are TF-only and
-        never written. Raises ``FailedPreconditionError`` for uninitialized variables and
+        ``latest_filename`` names the state file (default ``checkpoint``);
+        ``write_state=False`` records nothing and deletes nothing. ``write_meta_graph``,
+        ``meta_graph_suffix``, ``strip_default_attrs`` and ``save_debug_info`` are accepted
+        for TF's signature; ``.meta`` files describe TF graphs and are never written. Raises
+        ``RuntimeError`` before :meth:`build` with ``defer_build``, ``ValueError`` for a
+        ``latest_filename`` with a path component or equal to ``save_path``'s name,
+        ``FailedPreconditionError`` for uninitialized variables and
         ``PermissionDeniedError`` for a path outside the server's checkpoint folder.
         """
-        if global_step is not None and not isinstance(global_step, int):
-            global_step = int(sess.run(global_step))
+        if self._names is None:
+            raise RuntimeError("`build()` should be called before save if defer_build==True")
+        if latest_filename is None:
+            latest_filename = "checkpoint"
+        if os.path.split(latest_filename)[0]:
+            raise ValueError("'latest_filename' must not contain path components")
+        if global_step is not None:
+            if not isinstance(global_step, int | np.integer):
+                global_step = sess.run(global_step)
+            step = operator.index(global_step)
+            checkpoint_file = (f"{save_path}-{step:08d}" if self._pad_step_number
+                               else f"{save_path}-{step}")
+        else:
+            checkpoint_file = save_path
+            if os.path.basename(save_path) == latest_filename:
+                raise ValueError("'latest_filename' collides with 'save_path': "
+                                 f"'{latest_filename}' and '{save_path}'")
+        if not self._names:
+            return None
         sess.bind_variables()
-        return sess.client.save(save_path, self._names, global_step, self.max_to_keep)
+        done = sess.client.save_checkpoint(
+            checkpoint_file, self._names, max_to_keep=self.max_to_keep,
+            latest_filename=latest_filename, write_state=write_state, saver=self._saver,
+            keep_checkpoint_every_n_hours=self._keep_hours)
+        if write_state:
+            self._last_checkpoints = list(done.last_checkpoints)
+        return done.path
 
     def restore(self, sess: Session, save_path: str | None) -> None:
         """Sets the variables to their values in checkpoint ``save_path``; other variables
@@ -69,15 +143,20 @@ class Saver:
         """
         if save_path is None:
             raise ValueError("Can't load save_path when it is None.")
+        if self._names is None:
+            self.build()
+        if not self._names:
+            return
         sess.bind_variables()
         sess.client.restore(save_path, self._names)
 
 
-def latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest checkpoint in ``checkpoint_dir`` (inside the server's checkpoint folder),
-    or None; asks the default session's server, else the one ``varstore.connect()`` finds."""
+def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None) -> str | None:
+    """The newest checkpoint in ``checkpoint_dir`` (inside the server's checkpoint folder) as
+    its state file ``latest_filename`` (default ``checkpoint``) records it, or None; asks the
+    default session's server, else the one ``varstore.connect()`` finds."""
     session = get_default_session()
     if session is not None:
-        return session.client.latest_checkpoint(checkpoint_dir)
+        return session.client.latest_checkpoint(checkpoint_dir, latest_filename)
     with varstore.connect() as client:
-        return client.latest_checkpoint(checkpoint_dir)
+        return client.latest_checkpoint(checkpoint_dir, latest_filename)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from varstore.proto import varstore_pb2 as varstore_dot_proto_dot_varstore__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvarstore/proto/cluster.proto\x12\x0bvarstore.v1\x1a\x1dvarstore/proto/varstore.proto\"\x14\n\x12\x43lusterInfoRequest\"9\n\x13\x43lusterInfoResponse\x12\x0e\n\x06shards\x18\x01 \x03(\t\x12\x12\n\ntask_index\x18\x02 \x01(\x05\"d\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06nbytes\x18\x02 \x01(\x03\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x15\n\rcolocate_with\x18\x04 \x01(\t\x12\x13\n\x0blookup_only\x18\x05 \x01(\x08\"9\n\x0cPlaceRequest\x12)\n\tvariables\x18\x01 \x03(\x0b\x32\x16.varstore.v1.Placement\"\x1f\n\rPlaceResponse\x12\x0e\n\x06shards\x18\x01 \x03(\x05\"U\n\x0fSavePartRequest\x12\x13\n\x0bpart_prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\")\n\x10SavePartResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x03\"\x8d\x01\n\x12\x43ommitPartsRequest\x12\x15\n\rpart_prefixes\x18\x01 \x03(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x17\n\x0fhas_global_step\x18\x03 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x04 \x01(\x03\x12\x13\n\x0bmax_to_keep\x18\x05 \x01(\x05\x12\r\n\x05\x61\x62ort\x18\x06 \x01(\x08\"#\n\x13\x43ommitPartsResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\"\'\n\x15\x43heckpointKeysRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\":\n\rCheckpointKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\"P\n\x16\x43heckpointKeysResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12(\n\x04keys\x18\x02 \x03(\x0b\x32\x1a.varstore.v1.CheckpointKey2\x98\x03\n\x0e\x43lusterService\x12P\n\x0b\x43lusterInfo\x12\x1f.varstore.v1.ClusterInfoRequest\x1a .varstore.v1.ClusterInfoResponse\x12>\n\x05Place\x12\x19.varstore.v1.PlaceRequest\x1a\x1a.varstore.v1.PlaceResponse\x12G\n\x08SavePart\x12\x1c.varstore.v1.SavePartRequest\x1a\x1d.varstore.v1.SavePartResponse\x12P\n\x0b\x43ommitParts\x12\x1f.varstore.v1.CommitPartsRequest\x1a .varstore.v1.CommitPartsResponse\x12Y\n\x0e\x43heckpointKeys\x12\".varstore.v1.CheckpointKeysRequest\x1a#.varstore.v1.CheckpointKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvarstore/proto/cluster.proto\x12\x0bvarstore.v1\x1a\x1dvarstore/proto/varstore.proto\"\x14\n\x12\x43lusterInfoRequest\"9\n\x13\x43lusterInfoResponse\x12\x0e\n\x06shards\x18\x01 \x03(\t\x12\x12\n\ntask_index\x18\x02 \x01(\x05\"d\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06nbytes\x18\x02 \x01(\x03\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x15\n\rcolocate_with\x18\x04 \x01(\t\x12\x13\n\x0blookup_only\x18\x05 \x01(\x08\"9\n\x0cPlaceRequest\x12)\n\tvariables\x18\x01 \x03(\x0b\x32\x16.varstore.v1.Placement\"\x1f\n\rPlaceResponse\x12\x0e\n\x06shards\x18\x01 \x03(\x05\"U\n\x0fSavePartRequest\x12\x13\n\x0bpart_prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\")\n\x10SavePartResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x03\"\xf0\x01\n\x12\x43ommitPartsRequest\x12\x15\n\rpart_prefixes\x18\x01 \x03(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x17\n\x0fhas_global_step\x18\x03 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x04 \x01(\x03\x12\x13\n\x0bmax_to_keep\x18\x05 \x01(\x05\x12\r\n\x05\x61\x62ort\x18\x06 \x01(\x08\x12\r\n\x05saver\x18\x07 \x01(\t\x12\x17\n\x0flatest_filename\x18\x08 \x01(\t\x12\x12\n\nskip_state\x18\t \x01(\x08\x12%\n\x1dkeep_checkpoint_every_n_hours\x18\n \x01(\x01\"=\n\x13\x43ommitPartsResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x18\n\x10last_checkpoints\x18\x02 \x03(\t\"\'\n\x15\x43heckpointKeysRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\":\n\rCheckpointKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\"P\n\x16\x43heckpointKeysResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12(\n\x04keys\x18\x02 \x03(\x0b\x32\x1a.varstore.v1.CheckpointKey2\x98\x03\n\x0e\x43lusterService\x12P\n\x0b\x43lusterInfo\x12\x1f.varstore.v1.ClusterInfoRequest\x1a .varstore.v1.ClusterInfoResponse\x12>\n\x05Place\x12\x19.varstore.v1.PlaceRequest\x1a\x1a.varstore.v1.PlaceResponse\x12G\n\x08SavePart\x12\x1c.varstore.v1.SavePartRequest\x1a\x1d.varstore.v1.SavePartResponse\x12P\n\x0b\x43ommitParts\x12\x1f.varstore.v1.CommitPartsRequest\x1a .varstore.v1.CommitPartsResponse\x12Y\n\x0e\x43heckpointKeys\x12\".varstore.v1.CheckpointKeysRequest\x1a#.varstore.v1.CheckpointKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,15 +47,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAVEPARTRESPONSE']._serialized_start=438
   _globals['_SAVEPARTRESPONSE']._serialized_end=479
   _globals['_COMMITPARTSREQUEST']._serialized_start=482
-  _globals['_COMMITPARTSREQUEST']._serialized_end=623
-  _globals['_COMMITPARTSRESPONSE']._serialized_start=625
-  _globals['_COMMITPARTSRESPONSE']._serialized_end=660
-  _globals['_CHECKPOINTKEYSREQUEST']._serialized_start=662
-  _globals['_CHECKPOINTKEYSREQUEST']._serialized_end=701
-  _globals['_CHECKPOINTKEY']._serialized_start=703
-  _globals['_CHECKPOINTKEY']._serialized_end=761
-  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_start=763
-  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_end=843
-  _globals['_CLUSTERSERVICE']._serialized_start=846
-  _globals['_CLUSTERSERVICE']._serialized_end=1254
+  _globals['_COMMITPARTSREQUEST']._serialized_end=722
+  _globals['_COMMITPARTSRESPONSE']._serialized_start=724
+  _globals['_COMMITPARTSRESPONSE']._serialized_end=785
+  _globals['_CHECKPOINTKEYSREQUEST']._serialized_start=787
+  _globals['_CHECKPOINTKEYSREQUEST']._serialized_end=826
+  _globals['_CHECKPOINTKEY']._serialized_start=828
+  _globals['_CHECKPOINTKEY']._serialized_end=886
+  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_start=888
+  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_end=968
+  _globals['_CLUSTERSERVICE']._serialized_start=971
+  _globals['_CLUSTERSERVICE']._serialized_end=1379
 # @@protoc_insertion_point(module_scope)

@@ -60,26 +60,36 @@ class SavePartResponse(_message.Message):
     def __init__(self, bytes_written: _Optional[int] = ...) -> None: ...
 
 class CommitPartsRequest(_message.Message):
-    __slots__ = ("part_prefixes", "prefix", "has_global_step", "global_step", "max_to_keep", "abort")
+    __slots__ = ("part_prefixes", "prefix", "has_global_step", "global_step", "max_to_keep", "abort", "saver", "latest_filename", "skip_state", "keep_checkpoint_every_n_hours")
     PART_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     HAS_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_TO_KEEP_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
+    SAVER_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    SKIP_STATE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHECKPOINT_EVERY_N_HOURS_FIELD_NUMBER: _ClassVar[int]
     part_prefixes: _containers.RepeatedScalarFieldContainer[str]
     prefix: str
     has_global_step: bool
     global_step: int
     max_to_keep: int
     abort: bool
-    def __init__(self, part_prefixes: _Optional[_Iterable[str]] = ..., prefix: _Optional[str] = ..., has_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., max_to_keep: _Optional[int] = ..., abort: _Optional[bool] = ...) -> None: ...
+    saver: str
+    latest_filename: str
+    skip_state: bool
+    keep_checkpoint_every_n_hours: float
+    def __init__(self, part_prefixes: _Optional[_Iterable[str]] = ..., prefix: _Optional[str] = ..., has_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., max_to_keep: _Optional[int] = ..., abort: _Optional[bool] = ..., saver: _Optional[str] = ..., latest_filename: _Optional[str] = ..., skip_state: _Optional[bool] = ..., keep_checkpoint_every_n_hours: _Optional[float] = ...) -> None: ...
 
 class CommitPartsResponse(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "last_checkpoints")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    last_checkpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, path: _Optional[str] = ..., last_checkpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckpointKeysRequest(_message.Message):
     __slots__ = ("prefix",)

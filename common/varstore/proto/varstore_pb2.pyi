@@ -196,18 +196,26 @@ class CheckpointEntry(_message.Message):
     def __init__(self, key: _Optional[str] = ..., variable: _Optional[str] = ...) -> None: ...
 
 class SaveRequest(_message.Message):
-    __slots__ = ("prefix", "entries", "has_global_step", "global_step", "max_to_keep")
+    __slots__ = ("prefix", "entries", "has_global_step", "global_step", "max_to_keep", "saver", "latest_filename", "skip_state", "keep_checkpoint_every_n_hours")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     HAS_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_TO_KEEP_FIELD_NUMBER: _ClassVar[int]
+    SAVER_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    SKIP_STATE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHECKPOINT_EVERY_N_HOURS_FIELD_NUMBER: _ClassVar[int]
     prefix: str
     entries: _containers.RepeatedCompositeFieldContainer[CheckpointEntry]
     has_global_step: bool
     global_step: int
     max_to_keep: int
-    def __init__(self, prefix: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[CheckpointEntry, _Mapping]]] = ..., has_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., max_to_keep: _Optional[int] = ...) -> None: ...
+    saver: str
+    latest_filename: str
+    skip_state: bool
+    keep_checkpoint_every_n_hours: float
+    def __init__(self, prefix: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[CheckpointEntry, _Mapping]]] = ..., has_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., max_to_keep: _Optional[int] = ..., saver: _Optional[str] = ..., latest_filename: _Optional[str] = ..., skip_state: _Optional[bool] = ..., keep_checkpoint_every_n_hours: _Optional[float] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
     __slots__ = ("prefix", "entries")
@@ -218,26 +226,30 @@ class RestoreRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[CheckpointEntry, _Mapping]]] = ...) -> None: ...
 
 class CheckpointProgress(_message.Message):
-    __slots__ = ("bytes_done", "bytes_total", "tensors_done", "tensors_total", "path", "done")
+    __slots__ = ("bytes_done", "bytes_total", "tensors_done", "tensors_total", "path", "done", "last_checkpoints")
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TENSORS_DONE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     bytes_done: int
     bytes_total: int
     tensors_done: int
     tensors_total: int
     path: str
     done: bool
-    def __init__(self, bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., path: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
+    last_checkpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., tensors_done: _Optional[int] = ..., tensors_total: _Optional[int] = ..., path: _Optional[str] = ..., done: _Optional[bool] = ..., last_checkpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LatestCheckpointRequest(_message.Message):
-    __slots__ = ("directory",)
+    __slots__ = ("directory", "latest_filename")
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FILENAME_FIELD_NUMBER: _ClassVar[int]
     directory: str
-    def __init__(self, directory: _Optional[str] = ...) -> None: ...
+    latest_filename: str
+    def __init__(self, directory: _Optional[str] = ..., latest_filename: _Optional[str] = ...) -> None: ...
 
 class LatestCheckpointResponse(_message.Message):
     __slots__ = ("path",)

@@ -32,6 +32,7 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.server.bundle import (
+    STATE_FILENAME,
     TEMP_MARK,
     BundleReader,
     checkpoint_files,
@@ -41,13 +42,18 @@ from varstore.server.bundle import (
 )
 from varstore.server.bundle.bundle import _fsync_dir
 
-__all__ = ["CheckpointFolder", "os_error"]
+__all__ = ["CheckpointFolder", "check_state_filename", "os_error"]
 
 log = logging.getLogger(__name__)
 
 # Contains TEMP_MARK, so whatever a crash leaves under this prefix counts as a leftover.
 COMMIT_MARK = f"{TEMP_MARK}-commit"
 _DATA_FILE = re.compile(r"(.+)\.data-\d{5}-of-(\d{5})")
+
+# TensorFlow's `checkpoint.tmp<hex>` and varstore's temp names, and checkpoint files, are no
+# state file names: writing one would replace a file the saver does not own.
+_NOT_STATE_FILE = re.compile(
+    r"(.*\.index|.*\.data-\d{5}-of-\d{5}|checkpoint\.tmp[0-9a-f]*|\.|\.\.)")
 
 _ERRNO_ERRORS: dict[int, type[OpError]] = {
     errno.ENOSPC: ResourceExhaustedError,
@@ -69,6 +75,24 @@ def os_error(error: OSError, action: str) -> OpError:
     where = f" ({clip(error.filename)})" if error.filename else ""
     cls = _ERRNO_ERRORS.get(error.errno or 0, InternalError)
     return cls(f"{action}: {error.strerror or error}{where}")
+
+
+def check_state_filename(name: str) -> str:
+    """The state file name a client asked for (TensorFlow's ``latest_filename``; empty:
+    ``checkpoint``). Raises ``InvalidArgumentError`` for a name with a path component, a NUL
+    byte, the name of a checkpoint or temporary file, or over 255 bytes."""
+    if not name:
+        return STATE_FILENAME
+    problem = ""
+    if "/" in name or "\x00" in name:
+        problem = "must not contain path components"
+    elif len(name.encode("utf-8", "surrogatepass")) > 255:
+        problem = "is longer than 255 bytes"
+    elif TEMP_MARK in name or _NOT_STATE_FILE.fullmatch(name):
+        problem = "names a checkpoint or temporary file"
+    if problem:
+        raise InvalidArgumentError(f"latest_filename {clip(repr(name))} {problem}")
+    return name
 
 
 class CheckpointFolder:
@@ -131,16 +155,19 @@ class CheckpointFolder:
         return prefix + COMMIT_MARK
 
     @staticmethod
-    def commit(prefix: str) -> None:
+    def commit(prefix: str) -> list[str]:
         """Moves the complete single-shard checkpoint at ``temp_prefix(prefix)`` to
-        ``prefix``, replacing any checkpoint of that name. Raises ``OSError``."""
+        ``prefix``, replacing any checkpoint of that name; returns its files (data, index).
+        Raises ``OSError``."""
         temp = CheckpointFolder.temp_prefix(prefix)
         directory = os.path.dirname(prefix)
-        os.replace(data_path(temp, 0, 1), data_path(prefix, 0, 1))  # the commit point
+        files = [data_path(prefix, 0, 1), index_path(prefix)]
+        os.replace(data_path(temp, 0, 1), files[0])  # the commit point
         _fsync_dir(directory)
-        os.replace(index_path(temp), index_path(prefix))
+        os.replace(index_path(temp), files[1])
         _fsync_dir(directory)
         _remove_stale_shards(prefix, 1)
+        return files
 
     def recover(self) -> list[str]:
         """Finishes committed saves a crash interrupted and deletes every other leftover of

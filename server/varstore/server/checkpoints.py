@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,16 +42,28 @@ from varstore.server.bundle import (
     BundleReader,
     BundleWriter,
     TensorInfo,
+    data_path,
     index_path,
     latest_checkpoint,
     merge_shards,
-    read_state,
-    update_state,
 )
-from varstore.server.checkpoint_folder import CheckpointFolder, os_error
+from varstore.server.bundle import write_state as write_state_file
+from varstore.server.checkpoint_folder import (
+    CheckpointFolder,
+    check_state_filename,
+    os_error,
+)
+from varstore.server.retention import (
+    Retention,
+    SaverSettings,
+    Written,
+    check_retention,
+    client_saver,
+    file_identity,
+)
 from varstore.server.store import Variable, VariableStore, validate_name, value_nbytes
 
-__all__ = ["CheckpointManager", "CheckpointMetrics", "Progress"]
+__all__ = ["CheckpointManager", "CheckpointMetrics", "Progress", "Saved"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,8 @@ GLOBAL_STEP = "global_step"
 LATEST = "latest"
 # TF2 object-based checkpoints describe their object graph under this key; it is no variable.
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# The timer's saver; clients' savers are ("client", name), so no client can take its place.
+TIMER_SAVER = ("timer",)
 
 
 class CheckpointMetrics(Protocol):
@@ -89,12 +103,22 @@ class Progress:
 ProgressSink = Callable[[Progress], None]
 
 
+@dataclass
+class Saved:
+    """A finished save: the checkpoint's path as the client named it, and its saver's own
+    checkpoints still on disk, oldest first (TensorFlow's ``Saver.last_checkpoints``)."""
+
+    path: str
+    last_checkpoints: list[str]
+
+
 class CheckpointManager:
     """Saves and restores the store's variables inside one checkpoint folder.
 
     ``save_every`` > 0 enables the save timer (:meth:`start`) and a final checkpoint on
-    :meth:`stop`, keeping the newest ``keep`` timer checkpoints (0: all). ``metrics``, when
-    given, hears of every finished save and restore.
+    :meth:`stop`; the timer is a saver of its own that keeps the newest ``keep`` of the
+    checkpoints it wrote (0: all) and deletes nothing else. ``metrics``, when given, hears of
+    every finished save and restore.
     """
 
     def __init__(self, store: VariableStore, directory: str | os.PathLike[str], *,
@@ -107,6 +131,7 @@ class CheckpointManager:
         self.keep = keep
         # The last checkpoint written, as its client named it, and when (unix time).
         self.last_saved: tuple[str, float] | None = None
+        self.retention = Retention()
         self._lock = threading.Lock()
         self._counter: int | None = None
         self._stopping = threading.Event()
@@ -121,25 +146,27 @@ class CheckpointManager:
 
     def save(self, prefix: str, entries: Mapping[str, str] | None = None,
              global_step: int | None = None, max_to_keep: int = 0,
-             progress: ProgressSink | None = None) -> str:
-        """Writes checkpoint ``prefix`` (``prefix-STEP`` with ``global_step``) and records it
-        in its folder's state file, keeping the newest ``max_to_keep`` (0: all).
+             progress: ProgressSink | None = None, *, saver: Hashable | None = None,
+             latest_filename: str = "", write_state: bool = True,
+             keep_every_hours: float = 0.0) -> Saved:
+        """Writes checkpoint ``prefix`` (``prefix-STEP`` with ``global_step``), records it in
+        the state file ``latest_filename`` (default ``checkpoint``) of its folder, and deletes
+        what TensorFlow's ``Saver`` would: the oldest of the checkpoints ``saver`` itself wrote
+        beyond its newest ``max_to_keep`` (see :mod:`varstore.server.retention`; None: a saver
+        for this save alone). ``write_state=False`` updates no state file and deletes nothing.
 
         ``entries`` maps checkpoint keys to variable names; None saves every variable under
-        its own name. Returns the checkpoint's path as the client named it. Nothing is
-        written when it fails. Raises ``PermissionDeniedError`` for a path outside the
-        folder, ``NotFoundError`` for a missing variable, ``FailedPreconditionError`` for an
-        uninitialized one or an empty store, ``InvalidArgumentError`` for a bad prefix, key
-        or ``max_to_keep``, and the file errors of :func:`os_error`.
+        its own name. Nothing is written when it fails before the checkpoint's files are in
+        place; when the state file cannot be updated after that, the error says that the
+        checkpoint was written and the state file still names the previous one. Raises
+        ``PermissionDeniedError`` for a path outside the folder, ``NotFoundError`` for a
+        missing variable, ``FailedPreconditionError`` for an uninitialized one or an empty
+        store, ``InvalidArgumentError`` for a bad prefix, key, state file name or retention
+        setting, and the file errors of :func:`os_error`.
         """
-        if max_to_keep < 0:
-            raise InvalidArgumentError(f"max_to_keep must be >= 0, got {max_to_keep}")
-        named = prefix if global_step is None else f"{prefix}-{global_step}"
-        if TEMP_MARK in named:
-            raise InvalidArgumentError(
-                f"checkpoint prefix {clip(repr(named))} contains {TEMP_MARK!r}, which marks "
-                "unfinished files")
-        path = self.folder.resolve(named)
+        settings = SaverSettings(saver, max_to_keep, latest_filename, write_state,
+                                 keep_every_hours)
+        named, path = self._target(prefix, global_step, settings)
         with self._lock:
             started = time.monotonic()
             plan = self._save_plan(entries)
@@ -148,15 +175,74 @@ class CheckpointManager:
                 with BundleWriter(self.folder.temp_prefix(path)) as writer:
                     for key, var in plan:
                         _write_variable(writer, key, var, tally)
-                self.folder.commit(path)
-                update_state(os.path.dirname(path), path, max_to_keep)
+                files = self.folder.commit(path)
             except OSError as e:
                 raise os_error(e, f"cannot write checkpoint {clip(named)}") from None
-            self.last_saved = (named, time.time())
-            self._observe("save", started, tally.progress.bytes_done)
             log.info("saved checkpoint %s (%d tensors, %d bytes)", named, len(plan),
                      tally.progress.bytes_done)
-        return named
+            self._observe("save", started, tally.progress.bytes_done)
+            return self._record(named, path, files, settings)
+
+    def _target(self, prefix: str, global_step: int | None,
+                settings: SaverSettings) -> tuple[str, str]:
+        """The checkpoint's name (``prefix-STEP`` with a step) and real path, after checking
+        the name and ``settings``; raises ``InvalidArgumentError``/``PermissionDeniedError``."""
+        check_retention(settings.max_to_keep, settings.keep_every_hours)
+        check_state_filename(settings.latest_filename)
+        named = prefix if global_step is None else f"{prefix}-{global_step}"
+        if TEMP_MARK in named:
+            raise InvalidArgumentError(
+                f"checkpoint prefix {clip(repr(named))} contains {TEMP_MARK!r}, which marks "
+                "unfinished files")
+        return named, self.folder.resolve(named)
+
+    def _record(self, named: str, path: str, files: list[str],
+                settings: SaverSettings) -> Saved:
+        """After checkpoint ``named`` (real prefix ``path``, ``files``) is in place: updates the
+        state file and deletes what its saver no longer keeps (hold ``_lock``)."""
+        written = Written(named, path, time.time(), file_identity(files))
+        self.last_saved = (named, written.time)
+        if not settings.write_state:
+            return Saved(named, [])
+        last, doomed = self.retention.record(settings.saver, written, settings.max_to_keep,
+                                             settings.keep_every_hours)
+        listed = last or [written]
+        state_name = check_state_filename(settings.latest_filename)
+        try:
+            write_state_file(os.path.dirname(path), path, [w.prefix for w in listed],
+                             state_name, [w.time for w in listed])
+        except OSError as e:
+            raise os_error(e, f"checkpoint {clip(named)} was written, but the state file "
+                              f"{clip(state_name)} could not be updated, so it still names "
+                              "the previous checkpoint") from None
+        for old in doomed:
+            self._delete_written(old, f"the oldest of the {settings.max_to_keep} newest "
+                                      f"checkpoints its saver keeps, after {named}")
+        return Saved(named, [w.named for w in last])
+
+    def _delete_written(self, old: Written, why: str) -> None:
+        """Deletes the files of checkpoint ``old`` that are still the ones this server wrote
+        (index first) and lie inside the folder; logs what it deleted and why. Failures are
+        logged, as TensorFlow's ``Saver`` ignores them."""
+        root = self.folder.root
+        deleted, skipped = [], []
+        for file, identity in sorted(old.files.items(),
+                                     key=lambda item: not item[0].endswith(".index")):
+            inside = os.path.commonpath([root, os.path.realpath(file)]) == root
+            if not inside or file_identity([file]).get(file) != identity:
+                skipped.append(os.path.basename(file))
+                continue
+            try:
+                os.unlink(file)
+            except OSError as e:
+                log.warning("cannot delete %s of checkpoint %s: %s", file, old.named, e)
+                continue
+            deleted.append(os.path.basename(file))
+        if deleted:
+            log.info("deleted checkpoint %s (%s): %s", old.named, why, ", ".join(deleted))
+        if skipped:
+            log.info("kept %s of checkpoint %s: replaced or moved since this server wrote it",
+                     ", ".join(skipped), old.named)
 
     def save_part(self, part: str, entries: Mapping[str, str]) -> int:
         """Writes ``entries`` as one uncommitted part of a cluster's sharded save (see
@@ -176,30 +262,31 @@ class CheckpointManager:
         return tally.progress.bytes_done
 
     def commit_parts(self, parts: list[str], prefix: str, global_step: int | None,
-                     max_to_keep: int) -> str:
+                     max_to_keep: int, *, saver: Hashable | None = None,
+                     latest_filename: str = "", write_state: bool = True,
+                     keep_every_hours: float = 0.0) -> Saved:
         """Merges the parts every shard wrote into checkpoint ``prefix`` (``prefix-STEP``)
-        as TensorFlow's ``MergeV2Checkpoints`` does, index last, then records it in the state
-        file as :meth:`save` does; returns its path as the client named it.
+        as TensorFlow's ``MergeV2Checkpoints`` does, index last, then records it and applies
+        its saver's retention as :meth:`save` does; returns its path as the client named it
+        and the saver's checkpoints.
 
         Raises ``InvalidArgumentError`` for a bad prefix or parts that do not merge, and the
         errors of :meth:`save`.
         """
-        named = prefix if global_step is None else f"{prefix}-{global_step}"
-        if TEMP_MARK in named or max_to_keep < 0:
-            raise InvalidArgumentError(f"cannot commit checkpoint {clip(repr(named))}")
-        path = self.folder.resolve(named)
+        settings = SaverSettings(saver, max_to_keep, latest_filename, write_state,
+                                 keep_every_hours)
+        named, path = self._target(prefix, global_step, settings)
         paths = [self.folder.resolve(part) for part in parts]
         with self._lock:
             try:
                 merge_shards(paths, path)
-                update_state(os.path.dirname(path), path, max_to_keep)
             except ValueError as e:
                 raise InvalidArgumentError(f"cannot merge checkpoint {clip(named)}: {e}") \
                     from None
             except OSError as e:
                 raise os_error(e, f"cannot write checkpoint {clip(named)}") from None
-            self.last_saved = (named, time.time())
-        return named
+            files = [data_path(path, k, len(paths)) for k in range(len(paths))]
+            return self._record(named, path, [*files, index_path(path)], settings)
 
     def _save_plan(self, entries: Mapping[str, str] | None) -> list[tuple[str, Variable]]:
         if entries is None:
@@ -355,15 +442,18 @@ class CheckpointManager:
 
     # --- the folder -----------------------------------------------------------------------
 
-    def latest(self, directory: str = "") -> str | None:
-        """The newest checkpoint recorded in ``directory`` (a folder inside the checkpoint
-        folder; empty: the folder itself), named as the client names it, or None.
+    def latest(self, directory: str = "", latest_filename: str = "") -> str | None:
+        """The newest checkpoint recorded in ``directory``'s state file ``latest_filename``
+        (default ``checkpoint``; ``directory`` is a folder inside the checkpoint folder, empty
+        for the folder itself), named as the client names it, or None.
 
-        Raises ``PermissionDeniedError`` for a folder outside the checkpoint folder.
+        Raises ``PermissionDeniedError`` for a folder outside the checkpoint folder,
+        ``InvalidArgumentError`` for a bad state file name.
         """
         base = self.folder.resolve(directory, folder=True)
+        state_name = check_state_filename(latest_filename)
         try:
-            found = latest_checkpoint(base)
+            found = latest_checkpoint(base, state_name)
         except OSError as e:
             raise os_error(e, f"cannot read the checkpoint state of {directory or '.'}") \
                 from None
@@ -401,16 +491,21 @@ class CheckpointManager:
     # --- requests -------------------------------------------------------------------------
 
     def save_request(self, request: pb.SaveRequest) -> Iterator[pb.CheckpointProgress]:
-        """Runs a ``SaveRequest``, streaming progress; the last message carries the path."""
+        """Runs a ``SaveRequest``, streaming progress; the last message carries the path and
+        the saver's checkpoints. Raises what :func:`client_saver` and :meth:`save` raise."""
         entries = _entry_map(request.entries)
         step = request.global_step if request.has_global_step else None
+        saver = client_saver(request.saver)
         yield from _progress_stream(lambda sink: self.save(
-            request.prefix, entries, step, request.max_to_keep, sink))
+            request.prefix, entries, step, request.max_to_keep, sink, saver=saver,
+            latest_filename=request.latest_filename, write_state=not request.skip_state,
+            keep_every_hours=request.keep_checkpoint_every_n_hours))
 
     def restore_request(self, request: pb.RestoreRequest) -> Iterator[pb.CheckpointProgress]:
         """Runs a ``RestoreRequest``, streaming progress; the last message carries the path."""
         entries = _entry_map(request.entries)
-        yield from _progress_stream(lambda sink: self.restore(request.prefix, entries, sink))
+        yield from _progress_stream(lambda sink: Saved(
+            self.restore(request.prefix, entries, sink), []))
 
     # --- the timer ------------------------------------------------------------------------
 
@@ -435,11 +530,13 @@ class CheckpointManager:
                 pass
 
     def save_periodic(self) -> str | None:
-        """Writes ``model.ckpt-STEP`` keeping ``keep`` checkpoints; returns its path, or None
-        (writing nothing) when the store is empty. Raises what :meth:`save` raises."""
+        """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of
+        its own checkpoints; returns its path, or None (writing nothing) when the store is
+        empty. Raises what :meth:`save` raises."""
         if not len(self.store):
             return None
-        return self.save(TIMER_PREFIX, global_step=self._timer_step(), max_to_keep=self.keep)
+        return self.save(TIMER_PREFIX, global_step=self._timer_step(), max_to_keep=self.keep,
+                         saver=TIMER_SAVER).path
 
     def _run_timer(self) -> None:
         while not self._stopping.wait(self.save_every):
@@ -471,16 +568,13 @@ class CheckpointManager:
         return self._counter
 
     def _newest_timer_step(self) -> int:
+        """The largest N of the ``model.ckpt-N`` checkpoints in the folder (0: none)."""
         try:
-            state = read_state(self.folder.root)
+            names = os.listdir(self.folder.root)
         except OSError:
             return 0
-        if state is None:
-            return 0
-        pattern = re.compile(re.escape(TIMER_PREFIX) + r"-(\d+)")
-        steps = [int(m.group(1)) for p in state.all_model_checkpoint_paths
-                 if (m := pattern.fullmatch(os.path.basename(p)))]
-        return max(steps, default=0)
+        pattern = re.compile(re.escape(TIMER_PREFIX) + r"-(\d{1,18})\.index")
+        return max((int(m.group(1)) for n in names if (m := pattern.fullmatch(n))), default=0)
 
     def _observe(self, kind: str, started: float, nbytes: int) -> None:
         if self.metrics is not None:
@@ -553,7 +647,7 @@ class _Tally:
             self.sink(replace(p, bytes_total=max(p.bytes_total, p.bytes_done)))
 
 
-def _progress_stream(job: Callable[[ProgressSink], str]) -> Iterator[pb.CheckpointProgress]:
+def _progress_stream(job: Callable[[ProgressSink], Saved]) -> Iterator[pb.CheckpointProgress]:
     """Runs ``job`` on its own thread and yields its progress reports, then a last message
     with ``done`` and the path ``job`` returned; re-raises what ``job`` raised. A client that
     goes away does not stop the job: a checkpoint operation, once started, completes."""
@@ -571,7 +665,7 @@ class _Relay:
         self._cond = threading.Condition()
         self._pending: deque[Progress] = deque()
         self._finished = False
-        self._path = ""
+        self._result = Saved("", [])
         self._error: BaseException | None = None
 
     def report(self, progress: Progress) -> None:
@@ -579,14 +673,14 @@ class _Relay:
             self._pending.append(progress)
             self._cond.notify_all()
 
-    def run(self, job: Callable[[ProgressSink], str]) -> None:
-        path, error = "", None
+    def run(self, job: Callable[[ProgressSink], Saved]) -> None:
+        result, error = Saved("", []), None
         try:
-            path = job(self.report)
+            result = job(self.report)
         except BaseException as e:  # noqa: BLE001 - handed to the RPC's thread
             error = e
         with self._cond:
-            self._path, self._error, self._finished = path, error, True
+            self._result, self._error, self._finished = result, error, True
             self._cond.notify_all()
 
     def messages(self) -> Iterator[pb.CheckpointProgress]:
@@ -602,10 +696,14 @@ class _Relay:
                 break
         if self._error is not None:
             raise self._error
-        yield _progress_message(last, path=self._path, done=True)
+        yield _progress_message(last, self._result)
 
 
-def _progress_message(p: Progress, path: str = "", done: bool = False) -> pb.CheckpointProgress:
-    return pb.CheckpointProgress(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
-                                 tensors_done=p.tensors_done, tensors_total=p.tensors_total,
-                                 path=path, done=done)
+def _progress_message(p: Progress, result: Saved | None = None) -> pb.CheckpointProgress:
+    message = pb.CheckpointProgress(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                                    tensors_done=p.tensors_done, tensors_total=p.tensors_total)
+    if result is not None:
+        message.path = result.path
+        message.done = True
+        message.last_checkpoints.extend(result.last_checkpoints)
+    return message

@@ -24,6 +24,7 @@ from varstore.server.bundle.table import read_table
 from varstore.server.checkpoint_folder import os_error
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
+from varstore.server.retention import client_saver
 from varstore.server.servicer import rpc_errors
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,12 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         for part in parts:
             require_shared_folder(str(folder.directory), index_path(folder.resolve(part)))
         step = request.global_step if request.has_global_step else None
-        return cpb.CommitPartsResponse(path=self.checkpoints.commit_parts(
-            parts, request.prefix, step, request.max_to_keep))
+        saved = self.checkpoints.commit_parts(
+            parts, request.prefix, step, request.max_to_keep,
+            saver=client_saver(request.saver), latest_filename=request.latest_filename,
+            write_state=not request.skip_state,
+            keep_every_hours=request.keep_checkpoint_every_n_hours)
+        return cpb.CommitPartsResponse(path=saved.path, last_checkpoints=saved.last_checkpoints)
 
     @rpc_errors
     def CheckpointKeys(self, request: cpb.CheckpointKeysRequest,

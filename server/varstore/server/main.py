@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "newest one, if there is one yet)")
     parser.add_argument("--save-every", type=float, metavar="SECONDS",
                         help="save a checkpoint on this period")
-    parser.add_argument("--keep", type=int, metavar="N", help="checkpoints kept (default 5)")
+    parser.add_argument("--keep", type=int, metavar="N",
+                        help="timer checkpoints kept: the newest N that the timer wrote; it "
+                        "deletes no other checkpoint (default 5; 0: delete none)")
     parser.add_argument("--max-memory", type=_size, metavar="BYTES",
                         help="bound on the memory the server holds for clients: variables "
                         "and everything requests in flight hold (suffixes K, M, G)")

@@ -211,7 +211,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     @rpc_errors
     def LatestCheckpoint(self, request: pb.LatestCheckpointRequest,
                          context: grpc.ServicerContext) -> pb.LatestCheckpointResponse:
-        return pb.LatestCheckpointResponse(path=self.checkpoints.latest(request.directory) or "")
+        return pb.LatestCheckpointResponse(path=self.checkpoints.latest(
+            request.directory, request.latest_filename) or "")
 
     @rpc_errors
     def Status(self, request: pb.StatusRequest,

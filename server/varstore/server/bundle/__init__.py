@@ -19,15 +19,17 @@ from varstore.server.bundle.bundle import (
     part_prefix,
 )
 from varstore.server.bundle.state import (
+    STATE_FILENAME,
     CheckpointState,
     checkpoint_files,
     clean_leftovers,
     latest_checkpoint,
     read_state,
-    update_state,
+    write_state,
 )
 
 __all__ = [
+    "STATE_FILENAME",
     "TEMP_MARK",
     "BundleReader",
     "BundleWriter",
@@ -43,5 +45,5 @@ __all__ = [
     "merge_shards",
     "part_prefix",
     "read_state",
-    "update_state",
+    "write_state",
 ]

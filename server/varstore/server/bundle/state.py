@@ -1,8 +1,10 @@
 """The text ``checkpoint`` file that lists a folder's checkpoints, as TensorFlow keeps it.
 
-Semantics follow ``tf.train.CheckpointManager`` / ``checkpoint_management.py``: newest last,
-paths inside the folder stored relative to it, one timestamp per checkpoint, the file
-replaced atomically. Relative paths read from the file resolve against the folder.
+Semantics follow TensorFlow's ``checkpoint_management.py`` as its 1.x ``Saver`` uses it: the
+newest checkpoint, then the saver's own checkpoints, oldest first; paths inside the folder
+stored relative to it; the file replaced atomically. Relative paths read from the file resolve
+against the folder. Which checkpoints are deleted is :mod:`varstore.server.retention`'s job:
+nothing here deletes a checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import os
 import re
 import secrets
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -26,7 +28,7 @@ __all__ = [
     "clean_leftovers",
     "latest_checkpoint",
     "read_state",
-    "update_state",
+    "write_state",
 ]
 
 STATE_FILENAME = "checkpoint"
@@ -35,6 +37,8 @@ CheckpointState = pb.CheckpointState
 _log = logging.getLogger(__name__)
 # TensorFlow's own atomic_write_string_to_file temp name for the state file.
 _TF_STATE_TEMP = re.compile(re.escape(STATE_FILENAME) + r"\.tmp[0-9a-f]{32}")
+# A state file lists a few paths; TensorFlow's are far below this. Bigger ones are ignored.
+_MAX_STATE_BYTES = 1 << 20
 _DATA_FILE = re.compile(r"(.+)\.data-\d{5}-of-\d{5}")
 
 
@@ -50,19 +54,28 @@ def _relative(directory: str, path: str) -> str:
     return full
 
 
-def read_state(directory: str | os.PathLike[str]) -> CheckpointState | None:
-    """The folder's checkpoint state with every path resolved against ``directory``.
+def read_state(directory: str | os.PathLike[str],
+               filename: str = STATE_FILENAME) -> CheckpointState | None:
+    """The checkpoint state in ``directory``'s state file ``filename`` (TensorFlow's
+    ``latest_filename``), every path resolved against ``directory``.
 
     Returns None if there is no state file, or (logging a warning, where TensorFlow would
     raise for the second case) if it does not parse or names no checkpoint.
     Raises ``OSError`` if the file exists but cannot be read.
     """
     directory = os.fspath(directory)
-    path = os.path.join(directory, STATE_FILENAME)
+    path = os.path.join(directory, filename)
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(_MAX_STATE_BYTES + 1)
     except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as e:
+        _log.warning("ignoring checkpoint state %s: %s", path, e)
+        return None
+    if len(text) > _MAX_STATE_BYTES:
+        _log.warning("ignoring checkpoint state %s: larger than %d bytes", path,
+                     _MAX_STATE_BYTES)
         return None
     state = CheckpointState()
     try:
@@ -80,74 +93,55 @@ def read_state(directory: str | os.PathLike[str]) -> CheckpointState | None:
     return state
 
 
-def latest_checkpoint(directory: str | os.PathLike[str]) -> str | None:
-    """The newest checkpoint prefix recorded in ``directory``, or None if there is none or
-    its index file is missing. Raises ``OSError`` if the state file cannot be read."""
-    state = read_state(directory)
+def latest_checkpoint(directory: str | os.PathLike[str],
+                      filename: str = STATE_FILENAME) -> str | None:
+    """The newest checkpoint prefix recorded in ``directory``'s state file ``filename``, or
+    None if there is none or its index file is missing (as TensorFlow's
+    ``latest_checkpoint``). Raises ``OSError`` if the state file cannot be read."""
+    state = read_state(directory, filename)
     if state is None:
         return None
     if not os.path.exists(index_path(state.model_checkpoint_path)):
         _log.warning("checkpoint %s named in %s has no index file", state.model_checkpoint_path,
-                     os.path.join(os.fspath(directory), STATE_FILENAME))
+                     os.path.join(os.fspath(directory), filename))
         return None
     return state.model_checkpoint_path
 
 
-def update_state(directory: str | os.PathLike[str], new_prefix: str | os.PathLike[str],
-                 max_to_keep: int | None) -> list[str]:
-    """Records ``new_prefix`` as the newest checkpoint of ``directory`` and prunes old ones.
+def write_state(directory: str | os.PathLike[str], latest: str | os.PathLike[str],
+                all_paths: Sequence[str | os.PathLike[str]],
+                filename: str = STATE_FILENAME,
+                timestamps: Sequence[float] | None = None) -> None:
+    """Replaces ``directory``'s state file ``filename`` atomically: ``latest`` is the newest
+    checkpoint, ``all_paths`` (oldest first; ``latest`` is appended when it is not last)
+    the ones listed with it, as TensorFlow's ``update_checkpoint_state_internal`` does for a
+    ``Saver``; ``timestamps`` (unix times, one per listed path) let TensorFlow 2's
+    ``CheckpointManager`` adopt the list (it adopts those newer than
+    ``last_preserved_timestamp``, written as the oldest minus one second, as it
+    writes its own). Paths inside ``directory`` are written relative
+    to it. Deletes nothing.
 
-    A relative ``new_prefix`` is taken relative to ``directory``. Saving a prefix already
-    listed moves it to the end. Keeps the newest ``max_to_keep`` (0 or None: all), replaces
-    the state file atomically, and only then deletes the dropped checkpoints' files.
-    Returns the dropped prefixes. Raises ``ValueError`` for a negative ``max_to_keep``,
-    ``OSError`` if the state file cannot be written (nothing is deleted then).
+    Raises ``ValueError`` when ``timestamps`` does not match the paths listed, ``OSError`` if
+    the file cannot be written (the old one is then unchanged).
     """
-    if max_to_keep is not None and max_to_keep < 0:
-        raise ValueError(f"max_to_keep must be >= 0, got {max_to_keep}")
     directory = os.fspath(directory)
-    new = _resolve(directory, os.fspath(new_prefix))
-    now = time.time()
-    old = read_state(directory)
-    paths: list[str] = []
-    stamps: list[float] = []
-    last_preserved = now
-    if old is not None:
-        paths = list(old.all_model_checkpoint_paths)
-        stamps = list(old.all_model_checkpoint_timestamps)
-        last_preserved = old.last_preserved_timestamp or now
-        if len(stamps) != len(paths):
-            # As CheckpointManager does for state files written without timestamps.
-            stamps = [last_preserved] * len(paths)
-    same = os.path.abspath(new)
-    kept = [(p, t) for p, t in zip(paths, stamps, strict=True) if os.path.abspath(p) != same]
-    kept.append((new, now))
-    dropped: list[str] = []
-    if max_to_keep and len(kept) > max_to_keep:
-        dropped = [p for p, _ in kept[:-max_to_keep]]
-        kept = kept[-max_to_keep:]
+    latest = os.fspath(latest)
+    paths = [os.fspath(p) for p in all_paths]
+    if not paths or paths[-1] != latest:
+        paths.append(latest)
+    if timestamps is not None and len(timestamps) != len(paths):
+        raise ValueError(f"{len(timestamps)} timestamps for {len(paths)} checkpoints")
     state = CheckpointState(
-        model_checkpoint_path=_relative(directory, new),
-        all_model_checkpoint_paths=[_relative(directory, p) for p, _ in kept],
-        all_model_checkpoint_timestamps=[t for _, t in kept],
-        last_preserved_timestamp=last_preserved,
+        model_checkpoint_path=_relative(directory, latest),
+        all_model_checkpoint_paths=[_relative(directory, p) for p in paths],
+        all_model_checkpoint_timestamps=timestamps or [],
+        last_preserved_timestamp=min(timestamps) - 1.0 if timestamps else 0.0,
     )
-    _write_state(directory, text_format.MessageToString(state))
-    for prefix in dropped:
-        # Index first: a checkpoint without its index is simply absent (and its data files
-        # are leftovers clean_leftovers removes), never an index pointing at missing data.
-        files = sorted(checkpoint_files(prefix), key=lambda p: not p.name.endswith(".index"))
-        for path in files:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-    return dropped
+    _write_state(directory, filename, text_format.MessageToString(state))
 
 
-def _write_state(directory: str, text: str) -> None:
-    os.makedirs(directory or ".", exist_ok=True)
-    final = os.path.join(directory, STATE_FILENAME)
+def _write_state(directory: str, filename: str, text: str) -> None:
+    final = os.path.join(directory, filename)
     temp = f"{final}{TEMP_MARK}{secrets.randbits(64)}"
     try:
         _write_file_synced(temp, text.encode("utf-8"))
