@@ -619,3 +619,36 @@ def test_cli_inspect_truncates_big_values_and_fails_clearly(tmp_path: Path) -> N
     _flip(tmp_path / "big.data-00000-of-00001", 100)
     corrupt = varstore("inspect", str(tmp_path / "big"))
     assert corrupt.returncode == 1 and "DataLossError" in corrupt.stderr and "big" in corrupt.stderr
+
+
+def test_a_save_logs_what_it_deleted_and_keeps_files_it_did_not_write(
+        client: vs.Client, ckpt_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    client.Variable(1.0, name="v")
+    client.save("m", global_step=1, max_to_keep=1)
+    client.save("m", global_step=2, max_to_keep=1)
+    with caplog.at_level("INFO", logger="varstore.server.checkpoints"):
+        client.save("m", global_step=3, max_to_keep=1)
+    assert any("deleted checkpoint m-2" in r.getMessage() and "m-2.index" in r.getMessage()
+               and "its saver keeps" in r.getMessage() for r in caplog.records)
+    # m-3 replaced by someone else: its files are no longer the ones this saver wrote.
+    for name in ("m-3.index", "m-3.data-00000-of-00001"):
+        (ckpt_dir / "copy").write_bytes((ckpt_dir / name).read_bytes())
+        os.replace(ckpt_dir / "copy", ckpt_dir / name)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="varstore.server.checkpoints"):
+        client.save("m", global_step=4, max_to_keep=1)
+    assert (ckpt_dir / "m-3.index").exists()
+    assert any("kept m-3" in r.getMessage() and "replaced or moved" in r.getMessage()
+               for r in caplog.records)
+    assert sorted(n[:-6] for n in os.listdir(ckpt_dir) if n.endswith(".index")) == ["m-3", "m-4"]
+
+
+@pytest.mark.parametrize("bad", ["a/b", "m-1.index", "x.data-00000-of-00001", "..",
+                                 "checkpoint.tmp1234", "x" * 300])
+def test_bad_state_file_names_are_refused(client: vs.Client, ckpt_dir: Path, bad: str) -> None:
+    client.Variable(1.0, name="v")
+    with pytest.raises(InvalidArgumentError, match="latest_filename"):
+        client.save("m", latest_filename=bad)
+    with pytest.raises(InvalidArgumentError, match="latest_filename"):
+        client.latest_checkpoint("", latest_filename=bad)
+    assert not ckpt_dir.exists() or not os.listdir(ckpt_dir)

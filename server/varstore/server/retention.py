@@ -29,19 +29,20 @@ __all__ = ["MAX_SAVERS", "MAX_SAVER_NAME", "Retention", "SaverSettings", "Writte
 MAX_SAVERS = 4096
 MAX_SAVER_NAME = 256
 
-# (st_dev, st_ino) of a file: a file replaced since it was written is not ours any more.
-FileId = tuple[int, int]
+# (st_dev, st_ino, st_size, st_mtime_ns) of a file: one replaced or rewritten since this
+# server wrote it is not its own any more.
+FileId = tuple[int, int, int, int]
 
 
 def file_identity(paths: Iterable[str]) -> dict[str, FileId]:
-    """``{path: (device, inode)}`` of the existing regular files among ``paths``."""
+    """``{path: (device, inode, size, mtime)}`` of the files among ``paths`` that exist."""
     found: dict[str, FileId] = {}
     for path in paths:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             continue
-        found[path] = (st.st_dev, st.st_ino)
+        found[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     return found
 
 
