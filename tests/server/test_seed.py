@@ -88,6 +88,7 @@ def save_checkpoint() -> str:
 
       # Save the variables to disk.
       save_path = saver.save(sess, "model.ckpt")
+    assert save_path is not None
     return save_path
 
 

@@ -57,7 +57,7 @@ def test_tensorflow_reads_what_saver_wrote(address: str, folder: Path) -> None:
         sess.run(tf.global_variables_initializer())
         sess.run(tf.assign(step, 7))
         path = tf.train.Saver().save(sess, "model.ckpt", global_step=step)
-        assert w.name == "layer/W:0"
+        assert w.name == "layer/W:0" and path == "model.ckpt-7"
     reader = real_tf.train.load_checkpoint(str(folder / path))
     assert reader.get_variable_to_shape_map() == {"layer/W": [2, 3], "global_step": []}
     assert reader.get_tensor("layer/W").tolist() == [[0, 1, 2], [3, 4, 5]]
