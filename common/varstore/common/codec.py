@@ -133,14 +133,6 @@ def _decode_strings(shape: tuple[int, ...], n: int, content: memoryview,
     return out.reshape(shape)
 
 
-def tensor_to_proto(array: np.ndarray, dtype: DType | None = None) -> pb.Tensor:
-    """A ``Tensor`` message holding ``array`` (converted to ``dtype`` when given)."""
-    dtype = dtypes.as_dtype(array.dtype) if dtype is None else dtype
-    array = dtypes.to_numpy(array, dtype)
-    return pb.Tensor(dtype=dtype.enum, shape=array.shape,
-                     content=bytes(encode_content(array, dtype)))
-
-
 def tensor_from_proto(message: pb.Tensor, content: Any = None,
                       charge: Charge | None = None) -> np.ndarray:
     """The validated array of a ``Tensor`` message (``content`` overrides streamed bytes);
