@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ T = TypeVar("T")
 # carrying this mark as unfinished (TensorFlow's own marker).
 TEMP_MARK = ".tempstate"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+# Seconds between lookups of variables not created yet, while waiting for them.
+PLACEMENT_POLL = 0.5
 # Bytes assumed per string element when placing a string variable.
 _STRING_BYTES = 64
 
@@ -191,7 +194,7 @@ class ClusterClient(Client):
             for part, (fetched, part_infos) in zip(parts, replies, strict=True):
                 values.update(zip(part.fetched, fetched, strict=True))
                 infos.update(zip(part.specs, part_infos, strict=True))
-        return ([values[i] for i in builder.fetches],
+        return ([values[i] if i in values else _constant(builder, i) for i in builder.fetches],
                 [infos[k] for k in range(len(builder.specs))])
 
     def _each(self, items: Sequence[T], call: Callable[[T], Any],
@@ -239,17 +242,30 @@ class ClusterClient(Client):
     def wait_initialized(self, names: Sequence[str] = (), timeout: float = 60.0) -> list[str]:
         """Blocks until the named variables (all when empty) are initialized on their shards
         or ``timeout`` seconds pass; returns the names still uninitialized."""
-        groups: dict[int, list[str]] = {}
-        if names:
+        if not names:
+            pending = self._each(list(range(len(self.shards))), lambda k: Client.wait_initialized(
+                self.shards[k], [], timeout))
+            return [name for names_k in pending for name in names_k]
+        deadline = time.monotonic() + timeout
+        while True:
+            # A name no shard holds yet (the chief has not created it) is looked up again
+            # every PLACEMENT_POLL seconds: it appears on whichever shard it is placed on.
             self._locate([], list(names))
+            unplaced = [n for n in names if n not in self._placement]
+            remaining = max(0.0, deadline - time.monotonic())
+            wait = min(remaining, PLACEMENT_POLL) if unplaced else remaining
+            groups: dict[int, list[str]] = {}
             for name in names:
-                groups.setdefault(self._placement.get(name, 0), []).append(name)
-        else:
-            groups = {k: [] for k in range(len(self.shards))}
-        shards = sorted(groups)
-        pending = self._each(shards, lambda k: Client.wait_initialized(
-            self.shards[k], groups[k], timeout))
-        return [name for names_k in pending for name in names_k]
+                if name in self._placement:
+                    groups.setdefault(self._placement[name], []).append(name)
+            jobs = [(k, groups[k], wait) for k in sorted(groups)]
+            pending = self._each(jobs, lambda job: Client.wait_initialized(
+                self.shards[job[0]], job[1], job[2]), shard=lambda job: job[0])
+            if not groups:
+                time.sleep(wait)
+            left = [name for names_k in pending for name in names_k] + unplaced
+            if not left or time.monotonic() >= deadline:
+                return left
 
     def cluster_status(self) -> list[tuple[str, pb.StatusResponse | OpError]]:
         """Every shard's address and status (or the error asking for it)."""
@@ -350,6 +366,12 @@ class ClusterClient(Client):
                                   {e.key: e.variable for e in by_shard[k]}, progress)
         self._each(shards, restore)
         return keys.path if prefix == "latest" else prefix
+
+
+def _constant(builder: RequestBuilder, index: int) -> np.ndarray:
+    """The value of const node ``index``, fetched as such (no shard computes it)."""
+    array, _ = builder.arrays[builder.nodes[index].tensor]
+    return np.asarray(array)
 
 
 def print_cluster_status(shards: list[tuple[str, pb.StatusResponse | OpError]]) -> int:

@@ -387,3 +387,32 @@ def test_a_shard_dying_mid_save_fails_the_save_and_keeps_the_last_checkpoint(
             "model-1.index"]
         client.restore("ck/model-1", [handles[0], handles[2]])
         assert [float(h.numpy()[0]) for h in (handles[0], handles[2])] == [0.0, 2.0]
+
+
+def test_workers_wait_for_variables_the_chief_creates_on_any_shard(cluster3: Cluster) -> None:
+    with connected(cluster3.address) as worker, connected(cluster3.address) as chief:
+        waited: list[BaseException | None] = []
+
+        def wait() -> None:
+            try:
+                worker.wait_until_ready(["late/w", "late/b"], timeout=120)
+                waited.append(None)
+            except BaseException as e:  # noqa: BLE001 - the test looks at it
+                waited.append(e)
+        waiting = threading.Thread(target=wait)
+        waiting.start()
+        waiting.join(1.0)
+        assert not waited  # nothing exists yet
+        with chief.device("/job:ps/task:2"):
+            w = chief.Variable(np.ones(3), name="late/w")
+        with chief.device("/job:ps/task:1"):
+            b = chief.Variable(2.0, name="late/b")
+        waiting.join(120)
+        assert waited == [None]
+        # One request reading both shards and fetching a constant.
+        request = RequestBuilder()
+        for v in (w, b):
+            request.fetch(request.node("read", variable=v.op_name))
+        request.fetch(request.const(np.int32(7), vs.int32))
+        values, _ = worker.run(request)
+        assert [v.tolist() for v in values] == [[1.0, 1.0, 1.0], 2.0, 7]
