@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from varstore.common.errors import OpError
+# gRPC's C core writes log lines of its own to stderr (one precedes our "cannot listen" on a
+# busy port); the command says what went wrong itself. GRPC_VERBOSITY=debug shows them again.
+# Set before grpc is first imported, which reads it once.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from varstore.common import __version__  # noqa: E402 - after GRPC_VERBOSITY
+from varstore.common.errors import OpError  # noqa: E402
 
 
 def _address(args: argparse.Namespace) -> str | None:
@@ -54,8 +62,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"uptime:           {s.uptime_seconds:.0f}s")
     print(f"variables:        {s.variable_count}")
     print(f"bytes stored:     {s.bytes_stored}")
-    print(f"clients:          {s.connected_clients}")
-    print(f"checkpoint dir:   {s.checkpoint_dir}")
+    print(f"client hosts:     {s.connected_clients} (addresses that called in the last 60s, "
+          f"this one included)")
+    print(f"checkpoint dir:   {s.checkpoint_dir} (on the server's machine)")
     print(f"last checkpoint:  {last}")
     return 0
 
@@ -102,28 +111,57 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(label: str) -> Callable[[object], None]:
-    interactive = sys.stderr.isatty()
+def _progress_bar(label: str) -> Callable[[Any], None]:
+    """A callback drawing a save's or restore's ``CheckpointProgress`` with tqdm: a bar that
+    redraws in place on a terminal, one line at the end otherwise (a log, a pipe)."""
+    from tqdm import tqdm
 
-    def show(p: object) -> None:
-        total = getattr(p, "bytes_total", 0) or 1
-        done = getattr(p, "bytes_done", 0)
-        width = 30
-        filled = int(width * done / total)
-        tensors = f"{getattr(p, 'tensors_done', 0)}/{getattr(p, 'tensors_total', 0)}"
-        finished = getattr(p, "done", False)
-        # On a terminal the bar redraws in place; in a log each update is a line of its own.
-        start = "\r" if interactive else ""
-        end = "\n" if finished or not interactive else ""
-        sys.stderr.write(f"{start}{label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB {tensors} tensors{end}")
-        sys.stderr.flush()
+    interactive = sys.stderr.isatty()
+    bar: tqdm | None = None
+
+    def show(p: Any) -> None:
+        nonlocal bar
+        if bar is None:
+            # Off a terminal nothing is drawn while it runs (delay never passes); the final
+            # state is written once below.
+            bar = tqdm(total=p.bytes_total, desc=label, unit="B", unit_scale=True,
+                       unit_divisor=1024, file=sys.stderr, leave=interactive,
+                       delay=0 if interactive else float("inf"))
+        bar.set_postfix_str(f"{p.tensors_done}/{p.tensors_total} tensors", refresh=False)
+        bar.update(p.bytes_done - bar.n)
+        if p.done:
+            if not interactive:
+                sys.stderr.write(f"{bar}\n")
+            bar.close()
     return show
 
 
+def _exists_here(path: str) -> bool:
+    """Whether ``path`` names a checkpoint or a folder on this machine."""
+    return os.path.isdir(path) or os.path.exists(path) or os.path.exists(path + ".index")
+
+
+def _in_server_folder(client: Any, prefix: str) -> str:
+    """``save``/``restore``'s PREFIX as the server reads it. A relative path that means nothing
+    inside the server's checkpoint folder but names a place inside that folder from here
+    (``checkpoints/model.ckpt-5``, typed where the server was started) is passed as the
+    absolute path, which the server accepts; any other path is passed on as it is."""
+    if prefix == "latest" or os.path.isabs(prefix):
+        return prefix
+    root = client.status().checkpoint_dir
+    if not os.path.isabs(root) or not os.path.isdir(root):
+        return prefix
+    root = os.path.realpath(root)
+    here = os.path.realpath(prefix)
+    first = Path(prefix).parts[0] if Path(prefix).parts else prefix
+    if (os.path.commonpath([root, here]) == root and here != root
+            and not os.path.exists(os.path.join(root, first))):
+        return here
+    return prefix
 def cmd_save(args: argparse.Namespace) -> int:
     """Asks the server to write a checkpoint."""
     with _connect(args) as client:
+        args.prefix = _in_server_folder(client, args.prefix)
         # Every `varstore save` of one prefix is one saver: --keep deletes only checkpoints
         # that earlier `varstore save` runs of this prefix wrote, while the server runs.
         path = client.save(args.prefix, global_step=args.step, max_to_keep=args.keep,
@@ -136,6 +174,7 @@ def cmd_save(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Asks the server to restore a checkpoint."""
     with _connect(args) as client:
+        args.prefix = _in_server_folder(client, args.prefix)
         path = client.restore(args.prefix,
                               progress=None if args.quiet else _progress_bar("restoring"))
     print(f"restored {path}")
@@ -146,7 +185,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Prints the tensors of a checkpoint on disk; needs no server."""
     from varstore.server.inspect import describe
     try:
-        for line in describe(args.path_prefix, values=args.values):
+        for line in describe(_here(args), values=args.values):
             print(line)
     except OSError as e:
         print(f"varstore inspect: {e}", file=sys.stderr)
@@ -154,9 +193,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _here(args: argparse.Namespace) -> str:
+    """``inspect``'s PATH_PREFIX as a path on this machine: itself when it exists here, else
+    the same relative path inside the checkpoint folder of the server at ``--address`` when
+    that folder is on this machine (so the names ``save`` prints work too)."""
+    path: str = args.path_prefix
+    if _exists_here(path) or os.path.isabs(path):
+        return path
+    try:
+        with _connect(args) as client:
+            root = client.status().checkpoint_dir
+    except OpError:
+        return path
+    inside = os.path.join(root, path)
+    if os.path.isabs(root) and _exists_here(inside):
+        print(f"varstore inspect: no {path} here; reading {inside} (the server's checkpoint "
+              f"folder)", file=sys.stderr)
+        return inside
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``varstore`` command."""
-    parser = argparse.ArgumentParser(prog="varstore", description="varstore parameter server")
+    parser = argparse.ArgumentParser(
+        prog="varstore", description="varstore parameter server",
+        epilog="Set GRPC_VERBOSITY=debug to see gRPC's own log lines, which are hidden.")
+    parser.add_argument(
+        "--version", action="version",
+        version=f"varstore {__version__} (Python {platform.python_version()}, "
+                f"grpcio {_grpc_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     from varstore.server.main import add_arguments
@@ -169,13 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds to wait for it to finish and exit (default 60)")
     stop.set_defaults(func=cmd_stop)
 
-    def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str
-                       ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+    def connection_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", help="host:port (default $VARSTORE_ADDRESS or "
                        "localhost:7011)")
         p.add_argument("--token", help="bearer token (default $VARSTORE_TOKEN)")
-        p.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+        p.add_argument("--timeout", type=float, default=None,
+                       help="seconds to wait for the server (default 10)")
+
+    def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+                       description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
+        connection_arguments(p)
         p.set_defaults(func=func)
         return p
 
@@ -187,24 +256,45 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--scope", help="remove every variable at or under this scope")
     reset = client_command("reset", cmd_reset, "remove every variable")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    save = client_command("save", cmd_save, "write a checkpoint")
+    server_paths = ("PREFIX is a path in the server's --checkpoint-dir, on the server's "
+                    "machine (e.g. model.ckpt); from the server's machine, a path there such "
+                    "as checkpoints/model.ckpt-5 works too.")
+    save = client_command("save", cmd_save, "write a checkpoint",
+                          f"The server writes a checkpoint. {server_paths}")
     save.add_argument("prefix", nargs="?", default="model.ckpt",
-                      help="path prefix inside the checkpoint folder (default model.ckpt)")
+                      help="path prefix in the server's checkpoint folder (default model.ckpt)")
     save.add_argument("--step", type=int, help="global step suffix")
     save.add_argument("--keep", type=int, default=5,
                       help="keep the newest N checkpoints that `varstore save` of this "
                       "prefix wrote while the server runs, deleting older ones of them "
                       "(0: delete none); other checkpoints are never deleted")
     save.add_argument("--quiet", action="store_true", help="no progress bar")
-    restore = client_command("restore", cmd_restore, "restore a checkpoint")
-    restore.add_argument("prefix", help="checkpoint prefix, or 'latest'")
+    restore = client_command("restore", cmd_restore, "restore a checkpoint",
+                             f"The server restores a checkpoint. {server_paths}")
+    restore.add_argument("prefix", help="checkpoint prefix in the server's checkpoint folder, "
+                         "or 'latest'")
     restore.add_argument("--quiet", action="store_true", help="no progress bar")
-    inspect = sub.add_parser("inspect", help="list a checkpoint on disk (TensorFlow's too)")
+    inspect = sub.add_parser(
+        "inspect", help="list a checkpoint on disk (TensorFlow's too)",
+        description="Lists a checkpoint's tensors, reading its files on THIS machine; needs no "
+                    "server. PATH_PREFIX is a local path; when nothing is there, the same "
+                    "relative path in the checkpoint folder of the server at --address (on "
+                    "this machine) is read, so the names `varstore save` prints work too.")
     inspect.add_argument("path_prefix", metavar="PATH_PREFIX",
-                         help="checkpoint prefix, its .index file, or a folder (its newest)")
+                         help="local checkpoint prefix, its .index file, or a folder (its "
+                         "newest)")
     inspect.add_argument("--values", action="store_true", help="print the values too")
+    connection_arguments(inspect)
     inspect.set_defaults(func=cmd_inspect)
     return parser
+
+
+def _grpc_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("grpcio")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

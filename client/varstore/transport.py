@@ -14,6 +14,7 @@ import queue
 import re
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,11 +132,16 @@ class Transport:
                                                    options=options)
         else:
             self.channel = channels.insecure_channel(address, options=options)
+        # A blocking channel left open at exit (a script that never closes its client) is
+        # closed while the interpreter can still run gRPC's threads: deallocated later, it can
+        # hang the exit waiting for its connectivity-polling thread.
+        self._close_at_exit = None if aio else weakref.finalize(self, self.channel.close)
 
     def close(self) -> None:
         """Closes the channel (of a blocking transport; ``varstore.aio`` awaits
         ``channel.close()``)."""
-        self.channel.close()
+        if self._close_at_exit is not None:
+            self._close_at_exit()
 
     @property
     def connect_timeout(self) -> float:

@@ -4,6 +4,8 @@ asyncio calls, and what connecting to a server that is not there says."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -257,3 +259,13 @@ async def test_a_failed_handshake_is_said_without_waiting(
         f"the server at {address} accepts connections but the gRPC handshake failed: the "
         f"server may require TLS: pass tls=varstore.TLSConfig(...), or it is not a varstore "
         f"server")
+
+
+def test_a_script_that_never_closes_its_client_exits(address: str) -> None:
+    script = ("import varstore as vs\n"
+              f"client = vs.connect({address!r})\n"
+              "print(client.status().variable_count)\n")
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=60)
+        assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr

@@ -223,7 +223,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
             variable_count=len(self.store), bytes_stored=self.store.bytes_stored(),
             connected_clients=self.clients.count(),
             last_checkpoint=last[0] if last else "", last_checkpoint_time=last[1] if last else 0,
-            checkpoint_dir=str(self.checkpoints.directory),
+            checkpoint_dir=self.checkpoints.folder.root,
             max_memory=self.store.max_memory)
 
 
