@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from varstore.client import DEFAULT_ADDRESS, RUN_STREAM_METHOD, ClientBase, VariableInfo
+from varstore.cluster import refuse_cluster
 from varstore.common import codec
 from varstore.common.errors import OpError
 from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps
@@ -200,11 +201,13 @@ async def connect(address: str | None = None, *, token: str | None = None, tls: 
 
     Raises ``UnavailableError`` naming the address and the likely cause (see
     :meth:`varstore.transport.Transport.wait_ready`), ``InvalidArgumentError`` for a malformed
-    address.
+    address, ``FailedPreconditionError`` for a shard of a cluster (see
+    :func:`varstore.cluster.refuse_cluster`).
     """
     client = Client(address, token=token, tls=tls, timeout=timeout)
     try:
         await client.transport.wait_ready_async()
+        await refuse_cluster(client)
     except BaseException:
         await client.close()
         raise

@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 
 from varstore.client import Client, Reply, VariableInfo, _entries
 from varstore.common import codec, dtypes
-from varstore.common.errors import OpError, UnavailableError
+from varstore.common.errors import FailedPreconditionError, OpError, UnavailableError
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
@@ -55,6 +56,22 @@ def cluster_addresses(client: Client) -> list[str]:
     host = client.address.rpartition(":")[0]
     return [f"{host}:{a.rpartition(':')[2]}" if a.rpartition(":")[0] in _WILDCARD_HOSTS
             else a for a in info.shards]
+
+
+async def refuse_cluster(client: Any) -> None:
+    """Raises ``FailedPreconditionError`` when the server a ``varstore.aio`` client reached
+    is one shard of several: ``varstore.aio`` does not route across shards, so it would see
+    one shard's variables only."""
+    stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
+    try:
+        info = await stub.ClusterInfo(cpb.ClusterInfoRequest(), timeout=client.transport.timeout,
+                                      metadata=client.transport.metadata)
+    except grpc.RpcError:  # an older server, or a call refused: it is used as one server
+        return
+    if len(info.shards) > 1:
+        raise FailedPreconditionError(
+            f"{client.address} is one shard of a cluster of {len(info.shards)}; varstore.aio "
+            "talks to one server only: use varstore.connect, which routes across the shards")
 
 
 def _nbytes(spec: pb.VariableSpec) -> int:
