@@ -14,11 +14,16 @@ import logging
 
 import grpc
 
-from varstore.common.errors import FailedPreconditionError, NotFoundError, clip
+from varstore.common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    clip,
+)
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import tensor_bundle_pb2 as bpb
-from varstore.server.bundle import BundleReader, index_path
+from varstore.server.bundle import TEMP_MARK, BundleReader, index_path
 from varstore.server.bundle.bundle import _unlink_quietly, data_path
 from varstore.server.bundle.table import read_table
 from varstore.server.checkpoint_folder import os_error
@@ -59,6 +64,7 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     @rpc_errors
     def SavePart(self, request: cpb.SavePartRequest,
                  context: grpc.ServicerContext) -> cpb.SavePartResponse:
+        _check_parts([request.part_prefix])
         entries = {e.key: e.variable for e in request.entries}
         return cpb.SavePartResponse(
             bytes_written=self.checkpoints.save_part(request.part_prefix, entries))
@@ -68,6 +74,7 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
                     context: grpc.ServicerContext) -> cpb.CommitPartsResponse:
         folder = self.checkpoints.folder
         parts = list(request.part_prefixes)
+        _check_parts(parts)
         if request.abort:
             for part in parts:
                 path = folder.resolve(part)
@@ -104,6 +111,15 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         except OSError as e:
             raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
         return cpb.CheckpointKeysResponse(path=named, keys=keys)
+
+
+def _check_parts(parts: list[str]) -> None:
+    """Raises ``InvalidArgumentError`` unless every part prefix is marked temporary, so that
+    writing, merging or removing parts never touches a finished checkpoint."""
+    for part in parts:
+        if TEMP_MARK not in part:
+            raise InvalidArgumentError(
+                f"checkpoint part {clip(repr(part))} must contain {TEMP_MARK!r}")
 
 
 def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:
