@@ -44,7 +44,7 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     return tuple(train_test_split(x, digits.target, test_size=0.2, random_state=0,
-                                  stratify=digits.target))  # type: ignore[return-value]
+                                  stratify=digits.target))
 
 
 def build_model(tf: Any, learning_rate: float, address: str) -> dict[str, Any]:

@@ -35,7 +35,12 @@ def spec_of(variable: Any) -> VariableSpec:
                         tuple(int(d) for d in variable.shape), bool(variable.trainable))
 
 
-class _Distributed:
+# The Keras optimizer class _Distributed is mixed into, known only when distributed() runs:
+# Any for type checkers (its iterations, its _backend_apply_gradients), object at run time.
+_KerasOptimizer: Any = object
+
+
+class _Distributed(_KerasOptimizer):
     """The methods mixed into the wrapped optimizer's class (see :func:`distributed`)."""
 
     _varstore: Exchange
@@ -51,10 +56,10 @@ class _Distributed:
         if not self._varstore_started:
             with tf.init_scope():
                 self._varstore_begin(variables, specs)
-        iterations: Any = self.iterations  # type: ignore[attr-defined]
+        iterations = self.iterations
         if self._varstore_server is None:
             before = [tf.identity(v.value) for v in variables]
-            super()._backend_apply_gradients(grads, variables)  # type: ignore[misc]
+            super()._backend_apply_gradients(grads, variables)
             deltas = [v.value - b for v, b in zip(variables, before, strict=True)]
             call = functools.partial(self._varstore.push_deltas, specs, STEP)
             outputs = tf.numpy_function(lambda *d: call(d), deltas, _types(specs),
@@ -81,7 +86,7 @@ class _Distributed:
 
     def _varstore_begin(self, variables: list[Any], specs: list[VariableSpec]) -> None:
         """The worker's start, run eagerly once (see :meth:`Exchange.start`)."""
-        iterations: Any = self.iterations  # type: ignore[attr-defined]
+        iterations = self.iterations
         local = [np.asarray(v) for v in variables] + [np.int64(int(iterations))]
         values = self._varstore.start([*specs, STEP], self._varstore_chief,
                                       local if self._varstore_chief else None,

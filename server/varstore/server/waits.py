@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from varstore.common.errors import CancelledError, InvalidArgumentError, UnavailableError
 
@@ -23,6 +24,15 @@ SLICE_SECONDS = 0.1
 MAX_WAIT_SECONDS = 3600.0
 # Left of a call's deadline to send its answer in, when a wait runs until the deadline.
 ANSWER_MARGIN_SECONDS = 0.05
+
+
+class CallContext(Protocol):
+    """What a wait needs of a call's context (``grpc.ServicerContext`` is one), without this
+    module depending on gRPC."""
+
+    def time_remaining(self) -> float | None: ...
+
+    def is_active(self) -> bool: ...
 
 
 def client_duration(value: float, what: str, maximum: float = MAX_WAIT_SECONDS) -> float:
@@ -51,13 +61,13 @@ class Waiter:
         self.active = active
 
     @classmethod
-    def for_call(cls, context: object, stopping: threading.Event) -> Waiter:
+    def for_call(cls, context: CallContext, stopping: threading.Event) -> Waiter:
         """A waiter for a gRPC call: its deadline (less the time to answer) and cancellation."""
-        remaining = context.time_remaining()  # type: ignore[attr-defined]
+        remaining = context.time_remaining()
         deadline = None
         if remaining is not None:
             deadline = time.monotonic() + max(0.0, remaining - ANSWER_MARGIN_SECONDS)
-        return cls(stopping, deadline, context.is_active)  # type: ignore[attr-defined]
+        return cls(stopping, deadline, context.is_active)
 
     def check(self) -> None:
         """Raises ``UnavailableError`` when the server is stopping and ``CancelledError`` when
