@@ -208,6 +208,21 @@ def dtype_attributes(tf: Any, env: Any) -> Any:
 
 
 @graph
+def assign_without_shape_validation(tf: Any, env: Any) -> Any:
+    v = tf.Variable([1.0, 2.0], name="av")
+    longer = tf.assign(v, [1.0, 2.0, 3.0], validate_shape=False)
+    matrix = tf.assign(v, [[1.0], [2.0]], validate_shape=False)
+    refused = error(lambda: tf.assign(v, [1.0, 2.0, 3.0]).name)
+    with env.session() as sess:
+        sess.run(v.initializer)
+        out = [longer.shape.as_list(), sess.run(longer), sess.run(v), v.shape.as_list(),
+               sess.run(matrix), sess.run(v), refused,
+               error(lambda: sess.run(tf.assign(v, [1, 2], validate_shape=False)))[:2]]
+        sess.run(v.initializer)
+        return [*out, sess.run(v)]
+
+
+@graph
 def monitored_session_stops(tf: Any, env: Any) -> Any:
     gs = tf.train.get_or_create_global_step()
     step = tf.assign_add(gs, 1)

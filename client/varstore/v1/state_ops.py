@@ -1,8 +1,8 @@
 """Ops that update or inspect variables: assign, assign_add/sub, scatter_*, initialization.
 
 Each runs on the server under the variable's lock, so ``assign(c, c + 1)`` run by many
-workers at once never loses an update. ``use_locking`` and ``validate_shape`` are accepted for
-TF's signatures: updates are always locked and shapes always checked.
+workers at once never loses an update. ``use_locking`` is accepted for TF's signatures:
+updates are always locked.
 """
 
 from __future__ import annotations
@@ -23,22 +23,30 @@ def variable_ref(ref: Any, op_type: str) -> Tensor:
     return tensor
 
 
-def _update(kernel: str, op_type: str, ref: Any, value: Any, name: str | None) -> Tensor:
+def _update(kernel: str, op_type: str, ref: Any, value: Any, name: str | None,
+            validate_shape: bool = True) -> Tensor:
     var = variable_ref(ref, op_type)
     with op_scope(name, op_type, [ref, value]) as (graph, op_name):
         v = convert_input(value, var, op_type, "value", "ref", "value")
-        shapes.merge(var.shape, v.shape, op_name, op_type)
-        return graph.create_op(op_name, op_type, kernel, [var, v], var.dtype, var.shape,
-                               variable=var.op.name).outputs[0]
+        if validate_shape:
+            shape = shapes.merge(var.shape, v.shape, op_name, op_type)
+            attrs = None
+        else:
+            shape, attrs = v.shape, {"validate_shape": False}
+        return graph.create_op(op_name, op_type, kernel, [var, v], var.dtype, shape,
+                               variable=var.op.name, attrs=attrs).outputs[0]
 
 
 def assign(ref: Any, value: Any, validate_shape: bool | None = None,
            use_locking: bool | None = None, name: str | None = None) -> Tensor:
     """An op that sets variable ``ref`` to ``value``; evaluates to the new value.
 
-    Raises ``ValueError`` for a value of another shape, ``TypeError`` of another dtype.
+    Raises ``ValueError`` for a value of another shape, ``TypeError`` of another dtype. With
+    ``validate_shape=False`` the variable takes the value's shape instead, as TF 1.x's
+    reference variables do (its graph keeps the static shape it was built with).
     """
-    return _update("assign", "Assign", ref, value, name)
+    return _update("assign", "Assign", ref, value, name,
+                   validate_shape=validate_shape is not False)
 
 
 def assign_add(ref: Any, value: Any, use_locking: bool | None = None,

@@ -265,6 +265,16 @@ class VariableStore:
             with self._lock:
                 self._reserve(delta, delta, var.name)
 
+    def reshape(self, var: Variable, shape: tuple[int, ...]) -> None:
+        """Gives ``var`` a new shape, as TF's reference variables take an assigned value's
+        shape under ``validate_shape=False`` (hold ``var.lock``); charges the size difference
+        to the budget, or frees it. Raises ``ResourceExhaustedError`` past the limit."""
+        delta = value_nbytes(var.dtype, shape, None) - value_nbytes(var.dtype, var.shape, None)
+        if delta:
+            with self._lock:
+                self._reserve(delta, delta, var.name)
+        var.shape = shape
+
     def set_value(self, var: Variable, value: np.ndarray) -> None:
         """Replaces a variable's value (hold ``var.lock``); wakes waiters on initialization."""
         if var.dtype.is_string:

@@ -37,13 +37,7 @@ def _read_if_initialized(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.n
 
 
 def _check_value(var: Variable, value: np.ndarray, what: str) -> np.ndarray:
-    if value.dtype != var.dtype.np_dtype:
-        if var.dtype.is_string and value.dtype == object:
-            pass
-        else:
-            raise InvalidArgumentError(
-                f"{what} {clip(var.name)}: value has dtype "
-                f"{dtypes.as_dtype(value.dtype).name}, variable has dtype {var.dtype.name}")
+    _check_dtype(var, value, what)
     if value.shape != var.shape:
         raise InvalidArgumentError(
             f"{what} {clip(var.name)}: value has shape {list(value.shape)}, variable has shape "
@@ -51,9 +45,27 @@ def _check_value(var: Variable, value: np.ndarray, what: str) -> np.ndarray:
     return value
 
 
+def _check_dtype(var: Variable, value: np.ndarray, what: str) -> None:
+    if value.dtype != var.dtype.np_dtype:
+        if var.dtype.is_string and value.dtype == object:
+            pass
+        else:
+            raise InvalidArgumentError(
+                f"{what} {clip(var.name)}: value has dtype "
+                f"{dtypes.as_dtype(value.dtype).name}, variable has dtype {var.dtype.name}")
+
+
 def _assign(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     var = ctx.variable(node)
-    value = _check_value(var, np.asarray(inputs[0]), "Assign")
+    value = np.asarray(inputs[0])
+    if node.attr("validate_shape", True) is False and value.shape != var.shape:
+        # TF's reference variables take the assigned value's shape (undone if the request
+        # fails).
+        old = var.shape
+        _check_dtype(var, value, "Assign")
+        ctx.store.reshape(var, value.shape)
+        ctx.journal.on_undo(lambda: ctx.store.reshape(var, old))
+    value = _check_value(var, value, "Assign")
     # A new array rather than a write into the old one: a failed request can put the old
     # array back (executor._UndoLog) without having copied it. A pushed value that nothing
     # else in the request uses becomes the variable's array as it is, without a copy.
