@@ -46,7 +46,8 @@ def test_statefulset_shards_name_each_other_and_share_the_checkpoint_volume() ->
         assert config.cluster == tuple(
             f"{sts['metadata']['name']}-{i}.{headless['metadata']['name']}:{GRPC_PORT}"
             for i in range(replicas))
-        assert (config.task_index, config.port) == (ordinal, GRPC_PORT)
+        assert (config.task_index, config.port, config.restore) == (ordinal, GRPC_PORT,
+                                                                    "latest")
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (shared,) = [n for n, v in volumes.items() if "persistentVolumeClaim" in v]
@@ -98,3 +99,4 @@ def test_systemd_template_runs_shard_i_of_the_cluster_file() -> None:
         assert config.task_index == index
         assert config.port == int(addresses[index].rpartition(":")[2])
         assert config.checkpoint_dir == Path("/var/lib/varstore/checkpoints")
+        assert config.restore == "latest"
