@@ -18,6 +18,7 @@ import numpy as np
 from varstore import initializers
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
+from varstore.common.errors import NotFoundError
 from varstore.request import RequestBuilder
 from varstore.scopes import Naming
 
@@ -93,6 +94,11 @@ class Optimizer:
         self._name = name
         self._hyper = hyper
         self._scope: str | None = None
+        # Slot and non-slot variables that a request of this optimizer created or bound, so
+        # later requests need not declare them again (the server checks and initializes a
+        # declared variable on every request), and those the request being built declares.
+        self._on_server: set[str] = set()
+        self._declaring: set[str] = set()
 
     def get_name(self) -> str:
         """The optimizer's name, used for its slots."""
@@ -129,10 +135,7 @@ class Optimizer:
         non_slots = {}
         for non_slot in self.non_slots():
             full = f"{self._scope}/{non_slot.name}" if self._scope else non_slot.name
-            init = initializers.constant_initializer(self._hyper[non_slot.hyper])
-            b.variable(full, first.dtype, (), trainable=False,
-                       initializer=init.build(b, (), first.dtype), created_by="optimizer",
-                       initializer_desc=init.describe())
+            self._declare(b, full, first.dtype, (), self._hyper[non_slot.hyper], "optimizer")
             shared[non_slot.name] = b.node("ref", variable=full)
             non_slots[full] = non_slot
         consts: dict[tuple[str, DType], int] = {}
@@ -161,11 +164,32 @@ class Optimizer:
 
     def _slot(self, b: RequestBuilder, var: Trainable, slot: Slot) -> int:
         name = f"{var.op_name}/{slot.suffix}"
-        init = initializers.constant_initializer(slot.value)
-        b.variable(name, var.dtype, var.shape, trainable=False,
-                   initializer=init.build(b, var.shape, var.dtype), created_by="slot",
-                   initializer_desc=init.describe())
+        self._declare(b, name, var.dtype, var.shape, slot.value, "slot")
         return b.node("ref", variable=name)
+
+    def _declare(self, b: RequestBuilder, name: str, dtype: DType, shape: Sequence[int],
+                 value: float, created_by: str) -> None:
+        """Creates (filled with ``value``) or binds the slot or non-slot ``name`` in ``b``,
+        unless an earlier request of this optimizer did (see :meth:`_send`)."""
+        if name in self._on_server:
+            return
+        init = initializers.constant_initializer(value)
+        b.variable(name, dtype, shape, trainable=False, initializer=init.build(b, shape, dtype),
+                   created_by=created_by, initializer_desc=init.describe())
+        self._declaring.add(name)
+
+    def _send(self, client: Runner, b: RequestBuilder, expect_bytes: int) -> Any:
+        """Runs a request built by :meth:`build`; returns its reply. Once it succeeded, its
+        slots are known to be on the server; a ``NotFoundError`` (the server lost them, as
+        after a restart without ``--restore``) makes the next request declare them all."""
+        declaring, self._declaring = self._declaring, set()
+        try:
+            reply = client.run(b, expect_bytes)
+        except NotFoundError:
+            self._on_server.clear()
+            raise
+        self._on_server |= declaring
+        return reply
 
     def _run(self, client: Runner, b: RequestBuilder,
              grads: list[tuple[Trainable, GradientNodes]], global_step: str | None,
@@ -176,7 +200,7 @@ class Optimizer:
             raise ValueError("local_step is only used by SyncReplicasOptimizer")
         node = self.build(b, grads, global_step, client.naming.name_stack)
         b.fetch(node)
-        values = client.run(b, read_after(b, node, fetch))[0]
+        values = self._send(client, b, read_after(b, node, fetch))[0]
         return (int(values[0]) if global_step is not None else None), values[1:]
 
 

@@ -137,7 +137,7 @@ class SyncReplicasOptimizer(Optimizer):
         b.fetch(acc)
         b.fetch(step)
         expect = read_after(b, step, fetch)
-        (status, generation), new_step, *values = client.run(b, expect)[0]
+        (status, generation), new_step, *values = self.optimizer._send(client, b, expect)[0]
         if status == STALE:
             self.stale_gradients += 1
             log.info("dropped gradients of step %d: the global step is %d", local_step,

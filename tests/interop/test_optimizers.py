@@ -200,6 +200,25 @@ def test_apply_without_global_step_returns_none(client: vs.Client) -> None:
     np.testing.assert_array_equal(w.numpy(), [0.5, 0.0, -1.0])
 
 
+def test_slots_are_declared_once_and_again_after_the_server_lost_them(
+        client: vs.Client) -> None:
+    w = client.get_variable("w", initializer=np.zeros(2, np.float32))
+    opt = AdamOptimizer(0.1)
+    client.apply_gradients(opt, {w: [1.0, 1.0]})
+    b = vs.request.RequestBuilder()
+    opt.build(b, [(w, b.const(np.ones(2, np.float32), vs.float32))])
+    assert b.specs == []
+    client.delete(["w/Adam", "beta1_power"])
+    with pytest.raises(NotFoundError, match="beta1_power does not exist"):
+        client.apply_gradients(opt, {w: [1.0, 1.0]})
+    client.apply_gradients(opt, {w: [1.0, 1.0]})
+    assert [v.name for v in client.list_variables()] == [
+        "beta1_power", "beta2_power", "w", "w/Adam", "w/Adam_1"]
+    with client.variable_scope("", reuse=True):
+        np.testing.assert_allclose(client.get_variable("w/Adam", [2]).numpy(), [0.1, 0.1],
+                                   rtol=1e-6)
+
+
 def test_float64_variables_update_in_float64(client: vs.Client) -> None:
     w = client.get_variable("w", [2], dtype=vs.float64, initializer=vs.ones_initializer)
     client.apply_gradients(AdagradOptimizer(1e-9), {w: np.array([1e-3, 1.0])})
