@@ -65,17 +65,16 @@ def parse_address(address: str) -> tuple[str, int] | None:
     if _URI.match(address):
         return None
     quoted = repr(address[:_QUOTE])
-    host, sep, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    named, sep, port = address.rpartition(":")
+    host = named[1:-1] if named.startswith("[") and named.endswith("]") else named
     if address.isdigit():
         hint = f"localhost:{address}"
-    elif not sep or not port.isdigit():
+    elif not sep:
         hint = f"{address[:_QUOTE]}:7011"
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        hint = f"{named[:_QUOTE] or 'localhost'}:7011"
     elif not host:
         hint = f"localhost:{port}"
-    elif not 0 < int(port) < 65536:
-        hint = f"{host[:_QUOTE]}:7011"
     else:
         return host, int(port)
     raise InvalidArgumentError(

@@ -199,7 +199,9 @@ async def test_an_unknown_host_is_said_at_once(connector: Callable[..., Any],
 @pytest.mark.parametrize("address, meant", [("7011", "localhost:7011"),
                                             (":7011", "localhost:7011"),
                                             ("localhost", "localhost:7011"),
-                                            ("localhost:70110", "localhost:7011")])
+                                            ("localhost:70110", "localhost:7011"),
+                                            ("127.0.0.1:", "127.0.0.1:7011"),
+                                            ("[::1]:x", "[::1]:7011")])
 async def test_a_malformed_address_says_what_was_meant(connector: Callable[..., Any],
                                                        address: str, meant: str) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
