@@ -426,3 +426,27 @@ def test_workers_wait_for_variables_the_chief_creates_on_any_shard(cluster3: Clu
         request.fetch(request.const(np.int32(7), vs.int32))
         values, _ = worker.run(request)
         assert [v.tolist() for v in values] == [[1.0, 1.0, 1.0], 2.0, 7]
+
+
+def test_tensorflows_own_checkpoints_restore_onto_a_cluster(tmp_path: Path) -> None:
+    data = Path(__file__).parents[1] / "data" / "tf_checkpoints"
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name in ("golden", "sharded"):
+        for f in data.glob(f"{name}.*"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    expected = np.load(data / "expected.npz")
+    cluster = start_cluster(folder, 2)
+    try:
+        with connected(cluster.address) as client:
+            for name in ("golden", "sharded"):
+                assert client.restore(name) == name
+                for key in expected.files:
+                    checkpoint, _, variable = key.partition("::")
+                    if checkpoint == name:  # partitioned part/P comes back whole
+                        got = client.get_variable(variable, shape=expected[key].shape,
+                                                  dtype=vs.as_dtype(expected[key].dtype))
+                        np.testing.assert_array_equal(got.numpy(), expected[key])
+        assert all(shard_contents(cluster))
+    finally:
+        stop_server_process(cluster.server)

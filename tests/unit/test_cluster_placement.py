@@ -217,3 +217,16 @@ def test_greedy_load_balancing_strategy_by_bytes() -> None:
     assert [v.op.device for v in variables] == [
         "/job:ps/task:0", "/job:ps/task:1", "/job:ps/task:1", "/job:ps/task:1",
         "/job:ps/task:1"]
+
+
+def test_workers_find_the_first_ps_task_in_tf_config() -> None:
+    from varstore.client import tf_config_address
+    from varstore.cluster import task_of
+    config = {"cluster": {"ps": ["ps-0:2222", "ps-1:2222"], "worker": ["w-0:2222"]},
+              "task": {"type": "worker", "index": 0}}
+    assert tf_config_address({"TF_CONFIG": json.dumps(config)}) == "ps-0:2222"
+    assert tf_config_address({"TF_CONFIG": "{not json"}) is None
+    assert tf_config_address({}) is None
+    assert [task_of("/job:ps/task:2"), task_of("/job:ps"), task_of("")] == [2, None, None]
+    with pytest.raises(ValueError, match="the task must be a number"):
+        task_of("/job:ps/task:x")
