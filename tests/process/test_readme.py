@@ -143,7 +143,7 @@ def _check_serve(command: str, folder: Path) -> None:
     try:
         assert proc.stdout is not None
         serving = re.compile(r"varstore serving on \S+:\d+ \(checkpoints in checkpoints\)")
-        lines = []
+        lines: list[str] = []
         while not (lines and serving.match(lines[-1])):
             lines.append(proc.stdout.readline())
             assert lines[-1], f"the server stopped: {lines}"
