@@ -190,6 +190,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"varstore inspect: {e}", file=sys.stderr)
         return 1
+    except (ValueError, OverflowError, MemoryError) as e:
+        # The reader reports malformed files as DataLossError; this is a last resort, so
+        # that no input ever shows a traceback.
+        print(f"varstore inspect: DataLossError: cannot read {args.path_prefix}: "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -540,13 +540,15 @@ def test_recovery_finishes_committed_saves_and_drops_uncommitted_ones(tmp_path: 
     with BundleWriter(old_temp) as w:
         w.add("v", np.full(3, 5, np.int32), dtypes.int32)
     (ckpt / "sub").mkdir()
-    (ckpt / "sub" / "x.data-00000-of-00001.tempstate123").write_bytes(b"partial")
+    (ckpt / "sub" / "x.data-00000-of-00001.tempstate-vs123").write_bytes(b"partial")
+    # TensorFlow's own leftover (its temp names have no "-vs") is not the server's to delete.
+    (ckpt / "sub" / "y.data-00000-of-00001.tempstate123").write_bytes(b"TF's")
     fresh = CheckpointManager(VariableStore(), ckpt)
     fresh.recover()
     assert sorted(os.listdir(ckpt)) == [
         "checkpoint", "kept.data-00000-of-00001", "kept.index", "old.data-00000-of-00001",
         "old.index", "sub"]
-    assert os.listdir(ckpt / "sub") == []
+    assert os.listdir(ckpt / "sub") == ["y.data-00000-of-00001.tempstate123"]
     with BundleReader(ckpt / "kept") as r:
         _same(r.read("v"), np.full(3, 9, np.int32))
     with BundleReader(ckpt / "old") as r:

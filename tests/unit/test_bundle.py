@@ -345,27 +345,30 @@ def test_abort_and_exceptions_leave_nothing(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_clean_leftovers_removes_temp_and_orphan_files(tmp_path: Path) -> None:
+def test_clean_leftovers_removes_only_varstores_own_temp_files(tmp_path: Path) -> None:
     with BundleWriter(tmp_path / "good") as w:
         w.add("v", np.ones(1, np.float32), dtypes.float32)
     crashed = BundleWriter(tmp_path / "crashed")
     crashed.add("v", np.ones(1, np.float32), dtypes.float32)
     crashed._flush()
-    (tmp_path / "checkpoint.tmp0123456789abcdef0123456789abcdef").write_text("x")
-    (tmp_path / "half.data-00000-of-00001").write_bytes(b"x")  # renamed, index never came
     with BundleWriter(part_prefix(tmp_path / "sh", 0, 2)) as w:
         w.add("v", np.ones(1, np.float32), dtypes.float32)
-    (tmp_path / "notes.txt").write_text("keep")
+    (tmp_path / "c.tempstate0123abcd_part-00001-of-00002.index").write_text("x")
+    # Files varstore never writes stay, whatever they look like: TensorFlow's temp files,
+    # data files whose index is elsewhere, names that merely contain ".tempstate".
+    foreign = ["checkpoint.tmp0123456789abcdef0123456789abcdef", "half.data-00000-of-00002",
+               "notes.tempstate.txt", "m.data-00000-of-00001.tempstate123", "notes.txt"]
+    for name in foreign:
+        (tmp_path / name).write_text("keep")
     removed = clean_leftovers(tmp_path)
     assert sorted(p.name for p in removed) == sorted([
         os.path.basename(crashed._data_temp),
-        "checkpoint.tmp0123456789abcdef0123456789abcdef",
-        "half.data-00000-of-00001",
+        "c.tempstate0123abcd_part-00001-of-00002.index",
         "sh.tempstate-part-00000-of-00002.data-00000-of-00001",
         "sh.tempstate-part-00000-of-00002.index",
     ])
-    assert sorted(os.listdir(tmp_path)) == [
-        "good.data-00000-of-00001", "good.index", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["good.data-00000-of-00001", "good.index", *foreign])
     assert clean_leftovers(tmp_path / "missing") == []
     crashed.abort()
 

@@ -18,7 +18,6 @@ import errno
 import logging
 import os
 import re
-from collections import defaultdict
 from pathlib import Path
 
 from varstore.common.errors import (
@@ -34,7 +33,6 @@ from varstore.common.errors import (
 from varstore.server.bundle import (
     STATE_FILENAME,
     TEMP_MARK,
-    BundleReader,
     checkpoint_files,
     clean_leftovers,
     data_path,
@@ -154,26 +152,86 @@ class CheckpointFolder:
         """Where a save into ``prefix`` is written before :meth:`commit` moves it."""
         return prefix + COMMIT_MARK
 
+    def prepare(self, prefix: str, state_file: str | None) -> list[str]:
+        """Checks, before a save into ``prefix`` writes anything, that nothing but files stand
+        where its files and its folder's state file ``state_file`` (None: not written) go,
+        then creates the missing folders; returns those it created, outermost first.
+
+        Raises ``InvalidArgumentError`` naming what is in the way, ``OSError`` if a folder
+        cannot be made.
+        """
+        directory = os.path.dirname(prefix)
+        targets = [index_path(prefix), data_path(prefix, 0, 1)]
+        if state_file is not None:
+            targets.append(os.path.join(directory, state_file))
+        for target in targets:
+            if os.path.lexists(target) and not os.path.isfile(target):
+                raise InvalidArgumentError(
+                    f"cannot write checkpoint {clip(self.client_name(prefix))}: "
+                    f"{clip(os.path.basename(target))} is a directory or no regular file")
+        created: list[str] = []
+        missing = directory
+        while missing and not os.path.lexists(missing):
+            created.insert(0, missing)
+            missing = os.path.dirname(missing)
+        for folder in created:
+            os.mkdir(folder)
+        return created
+
+    def discard(self, prefix: str, created: list[str]) -> None:
+        """Undoes a failed save into ``prefix``: before its commit point, deletes its temporary
+        files; then the folders :meth:`prepare` made, if empty. Never raises."""
+        temp = self.temp_prefix(prefix)
+        if os.path.lexists(data_path(temp, 0, 1)):  # else committed: recover() finishes it
+            for path in (index_path(temp), data_path(temp, 0, 1)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        for folder in reversed(created):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+    def client_name(self, path: str) -> str:
+        """``path`` relative to the folder, as clients name it."""
+        return os.path.relpath(path, self.root)
+
     @staticmethod
     def commit(prefix: str) -> list[str]:
         """Moves the complete single-shard checkpoint at ``temp_prefix(prefix)`` to
-        ``prefix``, replacing any checkpoint of that name; returns its files (data, index).
-        Raises ``OSError``."""
+        ``prefix``, replacing any checkpoint of that name (its data files of other shard
+        counts included); returns its files (data, index).
+
+        Raises ``OSError``: before the commit point (the data file's rename) the old
+        checkpoint is untouched; after it, ``InternalError`` says the index is left under its
+        temporary name, which :meth:`recover` moves into place at the next start.
+        """
         temp = CheckpointFolder.temp_prefix(prefix)
         directory = os.path.dirname(prefix)
         files = [data_path(prefix, 0, 1), index_path(prefix)]
         os.replace(data_path(temp, 0, 1), files[0])  # the commit point
-        _fsync_dir(directory)
-        os.replace(index_path(temp), files[1])
-        _fsync_dir(directory)
+        try:
+            _fsync_dir(directory)
+            os.replace(index_path(temp), files[1])
+            _fsync_dir(directory)
+        except OSError as e:
+            raise InternalError(
+                f"checkpoint {clip(os.path.basename(prefix))}: its data file is in place but "
+                f"its index could not be moved ({e.strerror or e}); it stays under "
+                f"{clip(os.path.basename(index_path(temp)))}, which the server moves into "
+                "place when it next starts") from None
         _remove_stale_shards(prefix, 1)
         return files
 
     def recover(self) -> list[str]:
-        """Finishes committed saves a crash interrupted and deletes every other leftover of
-        interrupted saves, in the folder and its subfolders; returns the affected paths.
+        """Finishes committed saves a crash interrupted and deletes the temporary files of
+        varstore's unfinished saves (nothing else), in the folder and its subfolders;
+        returns the affected paths.
 
-        Call it only while no save is running (at start-up). Raises ``OSError``.
+        Call it only while no save is running (at start-up). Never raises: what cannot be
+        finished or removed is logged and left, so the server always starts.
         """
         touched: list[str] = []
         for directory, _, names in os.walk(self.directory):
@@ -184,12 +242,16 @@ class CheckpointFolder:
                 if any(p.name != name for p in checkpoint_files(temp)):
                     continue  # its data file was never moved: not committed, a leftover
                 prefix = temp[:-len(COMMIT_MARK)]
-                os.replace(index_path(temp), index_path(prefix))
+                try:
+                    os.replace(index_path(temp), index_path(prefix))
+                except OSError as e:
+                    log.warning("cannot finish the interrupted save of checkpoint %s: %s",
+                                prefix, e)
+                    continue
                 _fsync_dir(directory)
                 log.warning("finished the interrupted save of checkpoint %s", prefix)
                 touched.append(prefix)
             touched += [str(p) for p in clean_leftovers(directory)]
-            touched += _stale_shards(directory)
         for path in touched:
             log.info("recovered checkpoint folder: %s", path)
         return touched
@@ -204,24 +266,4 @@ def _remove_stale_shards(prefix: str, num_shards: int) -> list[str]:
         if match and int(match.group(2)) != num_shards:
             path.unlink(missing_ok=True)
             removed.append(str(path))
-    return removed
-
-
-def _stale_shards(directory: str) -> list[str]:
-    counts: dict[str, set[int]] = defaultdict(set)
-    for name in os.listdir(directory):
-        match = _DATA_FILE.fullmatch(name)
-        if match:
-            counts[match.group(1)].add(int(match.group(2)))
-    removed = []
-    for name, shard_counts in counts.items():
-        prefix = os.path.join(directory, name)
-        if len(shard_counts) > 1 and os.path.exists(index_path(prefix)):
-            try:
-                with BundleReader(prefix) as reader:
-                    num_shards = reader.num_shards
-            except OpError as e:
-                log.warning("not cleaning data files of unreadable checkpoint %s: %s", prefix, e)
-                continue
-            removed += _remove_stale_shards(prefix, num_shards)
     return removed

@@ -37,6 +37,7 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.proto import varstore_pb2 as pb
+from varstore.server.budget import MemoryBudget, array_bytes
 from varstore.server.bundle import (
     TEMP_MARK,
     BundleReader,
@@ -171,13 +172,20 @@ class CheckpointManager:
             started = time.monotonic()
             plan = self._save_plan(entries)
             tally = _Tally(progress, len(plan), sum(var.nbytes for _, var in plan))
+            state_file = check_state_filename(latest_filename) if write_state else None
+            created: list[str] = []
             try:
+                created = self.folder.prepare(path, state_file)
                 with BundleWriter(self.folder.temp_prefix(path)) as writer:
                     for key, var in plan:
                         _write_variable(writer, key, var, tally)
                 files = self.folder.commit(path)
             except OSError as e:
+                self.folder.discard(path, created)
                 raise os_error(e, f"cannot write checkpoint {clip(named)}") from None
+            except BaseException:
+                self.folder.discard(path, created)
+                raise
             log.info("saved checkpoint %s (%d tensors, %d bytes)", named, len(plan),
                      tally.progress.bytes_done)
             self._observe("save", started, tally.progress.bytes_done)
@@ -336,13 +344,20 @@ class CheckpointManager:
                     # is then read into in place (reading the file twice from the page cache
                     # is cheaper than faulting in fresh memory for a second copy); the others
                     # get new arrays, read and verified in this first pass.
+                    # Arrays read here are charged to the memory budget before they are
+                    # allocated, until the variable that keeps one takes over its charge.
                     def first_pass(key: str, in_place: bool) -> np.ndarray | None:
                         if in_place:
                             reader.verify(key)
                             return None
+                        info = reader.entry(key)
+                        buffers.charge(key, array_bytes(info.shape, info.dtype) + (
+                            info.size if info.dtype.is_string else 0),
+                            f"restoring {clip(key)} from {clip(named)}")
                         return reader.read(key)
 
                     pool = ThreadPoolExecutor(RESTORE_THREADS, "varstore-restore")
+                    buffers = _Buffers(self.store.budget)
                     try:
                         values: list[np.ndarray | None] = []
                         results = pool.map(first_pass, [key for key, _, _ in plan],
@@ -350,9 +365,10 @@ class CheckpointManager:
                         for (_, _, info), value in zip(plan, results, strict=True):
                             values.append(value)
                             tally.advance(info.size, 1)
-                        self._assign(plan, values, reader, named, pool)
+                        self._assign(plan, values, reader, named, pool, buffers)
                     finally:
                         pool.shutdown(cancel_futures=True)
+                        buffers.close()
             except OSError as e:
                 raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
             self._observe("restore", started, tally.progress.bytes_done)
@@ -397,7 +413,8 @@ class CheckpointManager:
         return var is not None and var.initialized and not var.dtype.is_string
 
     def _assign(self, plan: list[tuple[str, str, TensorInfo]], values: list[np.ndarray | None],
-                reader: BundleReader, named: str, pool: ThreadPoolExecutor) -> None:
+                reader: BundleReader, named: str, pool: ThreadPoolExecutor,
+                buffers: _Buffers) -> None:
         """Creates the missing variables (pending until the restore commits, in name order
         as requests create theirs) and sets the others: from ``values``, or for None
         (checksums verified) by reading into the variable's array on ``pool``'s threads, all
@@ -409,6 +426,7 @@ class CheckpointManager:
                                                    key=lambda item: item[0][1]):
                 if value is None and self.store.find(name) is None:
                     value = reader.read(key)  # discarded since the first pass
+                buffers.release(key)  # the variable charges its value itself
                 var, made = self.store.create(Variable(
                     name, info.dtype, info.shape, created_by="restore",
                     initializer_desc=f"checkpoint {clip(named)}", value=value, pending=True))
@@ -418,6 +436,7 @@ class CheckpointManager:
                         self.store.set_initial(var, reader.read(key))
                 else:
                     existing.append((key, var, value))
+            buffers.close()  # what is left replaces existing values, its growth checked below
             with self.store.locked([*(var for _, var, _ in existing), *created]):
                 growth = sum(value_nbytes(var.dtype, var.shape, value) - var.nbytes
                              for _, var, value in existing
@@ -615,6 +634,33 @@ def _write_variable(writer: BundleWriter, key: str, var: Variable, tally: _Tally
 
     writer.add_chunks(key, var.dtype, var.shape, drain())
     tally.advance(0, 1)
+
+
+class _Buffers:
+    """What a restore holds of the memory budget for the arrays it has read, by key."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def charge(self, key: str, nbytes: int, what: str) -> None:
+        """Charges ``nbytes`` for ``key``'s array; raises ``ResourceExhaustedError``."""
+        self._budget.charge(nbytes, what)
+        with self._lock:
+            self._held[key] = self._held.get(key, 0) + nbytes
+
+    def release(self, key: str) -> None:
+        """Gives back ``key``'s charge."""
+        with self._lock:
+            nbytes = self._held.pop(key, 0)
+        self._budget.release(nbytes)
+
+    def close(self) -> None:
+        """Gives back every charge."""
+        with self._lock:
+            nbytes, self._held = sum(self._held.values()), {}
+        self._budget.release(nbytes)
 
 
 class _Tally:

@@ -11,6 +11,7 @@ Little-endian hosts only: numeric bytes are written and read as they are in memo
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import re
 import secrets
@@ -84,8 +85,10 @@ def part_prefix(prefix: str | os.PathLike[str], shard: int, num_shards: int) -> 
     return f"{os.fspath(prefix)}{TEMP_MARK}-part-{shard:05d}-of-{num_shards:05d}"
 
 
-def _temp_name(path: str) -> str:
-    return f"{path}{TEMP_MARK}{secrets.randbits(64)}"
+def temp_name(path: str) -> str:
+    """Where ``path`` is written before it is renamed into place (a name only varstore makes:
+    TensorFlow's own temporary files end in ``.tempstate`` and digits, with no ``-vs``)."""
+    return f"{path}{TEMP_MARK}-vs{secrets.randbits(64)}"
 
 
 def _fsync_dir(directory: str) -> None:
@@ -208,7 +211,7 @@ def _build_index(header: bytes, entries: dict[bytes, pb.BundleEntryProto]) -> by
 
 
 def _write_index(path: str, table: bytes) -> None:
-    temp = _temp_name(path)
+    temp = temp_name(path)
     try:
         _write_file_synced(temp, table)
         os.replace(temp, path)
@@ -283,7 +286,7 @@ class BundleWriter:
         if self._dir:
             os.makedirs(self._dir, exist_ok=True)
         self._data_final = data_path(self.prefix, 0, 1)
-        self._data_temp = _temp_name(self._data_final)
+        self._data_temp = temp_name(self._data_final)
         self._renamed_data = False
         self._fd: int | None = os.open(
             self._data_temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
@@ -574,6 +577,7 @@ class BundleReader:
         self.num_shards = header.num_shards
         self.version = version
         self._fds: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> BundleReader:
@@ -607,9 +611,7 @@ class BundleReader:
         """
         proto = self._proto(key)
         dtype, shape = self._dtype_shape(key, proto)
-        size = proto.size
-        if proto.slices:
-            size = sum(self._slice_entry(key, s, shape)[1].size for s in proto.slices)
+        size = self._stored_size(key, proto, dtype, shape)
         return TensorInfo(key, dtype, shape, size, bool(proto.slices))
 
     def read(self, key: str) -> np.ndarray:
@@ -620,6 +622,7 @@ class BundleReader:
         """
         proto = self._proto(key)
         dtype, shape = self._dtype_shape(key, proto)
+        self._stored_size(key, proto, dtype, shape)  # checked before allocating
         out = np.empty(shape, dtype=dtype.np_dtype)
         self._read(key, proto, dtype, shape, out)
         return out
@@ -651,8 +654,7 @@ class BundleReader:
             self.read(key)
             return
         fd, path = self._data_fd(proto.shard_id, key)
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self._check_size(key, proto, expected)
+        self._stored_size(key, proto, dtype, shape)
         scratch = np.empty(min(_CHUNK, proto.size), dtype=np.uint8)
         crc = 0
         for begin in range(0, proto.size, _CHUNK):
@@ -689,6 +691,42 @@ class BundleReader:
             raise DataLossError(f"tensor {key} in {self.index_path} has invalid shape {shape}")
         return dtype, shape
 
+    def _stored_size(self, key: str, proto: pb.BundleEntryProto, dtype: DType,
+                     shape: tuple[int, ...]) -> int:
+        """The bytes tensor ``key`` occupies in its data files, after checking with exact
+        integers that every piece lies inside its data file and that the sizes agree with
+        the shape (numbers: elements x item size; strings: at least a byte per element).
+        Raises ``DataLossError`` otherwise, ``NotFoundError`` for a missing data file."""
+        if not proto.slices:
+            self._check_extent(key, proto, dtype, math.prod(shape))
+            return int(proto.size)
+        total = 0
+        for spec in proto.slices:
+            bounds, slice_proto = self._slice_entry(key, spec, shape)
+            self._check_extent(key, slice_proto, dtype, math.prod(n for _, n in bounds))
+            total += slice_proto.size
+        elements = math.prod(shape)
+        if elements > total if dtype.is_string else elements * dtype.itemsize != total:
+            raise DataLossError(f"the slices of tensor {key} in {self.index_path} do not cover "
+                                f"its shape {list(shape)[:8]}")
+        return total
+
+    def _check_extent(self, key: str, proto: pb.BundleEntryProto, dtype: DType,
+                      elements: int) -> None:
+        _, path = self._data_fd(proto.shard_id, key)
+        file_size = self._sizes[proto.shard_id]
+        if proto.offset < 0 or proto.size < 0 or proto.offset + proto.size > file_size:
+            raise DataLossError(
+                f"tensor {key} in {self.index_path}: bytes {proto.offset} to "
+                f"{proto.offset + proto.size} lie outside its data file {path} "
+                f"({file_size} bytes)")
+        if dtype.is_string:
+            if elements and elements + 4 > proto.size:
+                raise DataLossError(f"string tensor {key} in {self.index_path}: {elements} "
+                                    f"elements cannot fit in {proto.size} stored bytes")
+        elif elements * dtype.itemsize != proto.size:
+            self._check_size(key, proto, elements * dtype.itemsize)
+
     def _slice_entry(self, key: str, spec: pb.TensorSliceProto, full: tuple[int, ...]
                      ) -> tuple[list[tuple[int, int]], pb.BundleEntryProto]:
         bounds = _extent_bounds(spec, full)
@@ -711,10 +749,16 @@ class BundleReader:
             self._read_entry(key, proto, dtype, out, check)
             return
         regions = [self._slice_entry(key, s, shape) for s in proto.slices]
-        for i, (a, _) in enumerate(regions):
-            if any(_overlap(a, b) for b, _ in regions[:i]):
+        # One flag per element: time and memory linear in the tensor, which _stored_size
+        # bounded by the data files' bytes.
+        taken = np.zeros(shape, dtype=bool)
+        covered = 0
+        for bounds, _ in regions:
+            part = taken[tuple(slice(s, s + n) for s, n in bounds)]
+            if part.any():
                 raise DataLossError(f"tensor {key} in {self.index_path} has overlapping slices")
-        covered = sum(int(np.prod([n for _, n in b], dtype=np.int64)) for b, _ in regions)
+            part[...] = True
+            covered += part.size
         if covered != out.size:
             raise DataLossError(f"the slices of tensor {key} in {self.index_path} do not cover "
                                 f"its shape {shape}")
@@ -746,11 +790,13 @@ class BundleReader:
                     raise NotFoundError(f"data file {path} of checkpoint {self.prefix} not "
                                         "found") from None
                 self._fds[shard] = fd
+                self._sizes[shard] = os.fstat(fd).st_size
         return fd, path
 
     def _read_entry(self, key: str, proto: pb.BundleEntryProto, dtype: DType,
                     out: np.ndarray, check: bool = True) -> None:
         fd, path = self._data_fd(proto.shard_id, key)
+        self._check_extent(key, proto, dtype, out.size)
         if dtype.is_string:
             raw = np.empty(proto.size, dtype=np.uint8)
             self._pread(fd, raw, proto.offset, key, path)

@@ -12,19 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from varstore.proto import tensor_bundle_pb2 as pb
-from varstore.server.bundle.bundle import TEMP_MARK, _fsync_dir, _write_file_synced, index_path
+from varstore.server.bundle.bundle import _fsync_dir, _write_file_synced, index_path, temp_name
 
 __all__ = [
     "STATE_FILENAME",
     "CheckpointState",
     "checkpoint_files",
+    "OWN_TEMP",
     "clean_leftovers",
     "latest_checkpoint",
     "read_state",
@@ -35,11 +35,13 @@ STATE_FILENAME = "checkpoint"
 CheckpointState = pb.CheckpointState
 
 _log = logging.getLogger(__name__)
-# TensorFlow's own atomic_write_string_to_file temp name for the state file.
-_TF_STATE_TEMP = re.compile(re.escape(STATE_FILENAME) + r"\.tmp[0-9a-f]{32}")
+# Every name an unfinished save of varstore leaves, and nothing else: a file being written
+# (bundle.temp_name), a save awaiting its commit (CheckpointFolder.temp_prefix), parts of
+# sharded saves (bundle.part_prefix, and the cluster client's parts).
+OWN_TEMP = re.compile(r".+\.tempstate(-vs\d+|(-commit|-part-\d{5}-of-\d{5}|"
+                      r"[0-9a-f]{8}_part-\d{5}-of-\d{5})\.(index|data-00000-of-00001))")
 # A state file lists a few paths; TensorFlow's are far below this. Bigger ones are ignored.
 _MAX_STATE_BYTES = 1 << 20
-_DATA_FILE = re.compile(r"(.+)\.data-\d{5}-of-\d{5}")
 
 
 def _resolve(directory: str, path: str) -> str:
@@ -142,7 +144,7 @@ def write_state(directory: str | os.PathLike[str], latest: str | os.PathLike[str
 
 def _write_state(directory: str, filename: str, text: str) -> None:
     final = os.path.join(directory, filename)
-    temp = f"{final}{TEMP_MARK}{secrets.randbits(64)}"
+    temp = temp_name(final)
     try:
         _write_file_synced(temp, text.encode("utf-8"))
         os.replace(temp, final)
@@ -168,27 +170,27 @@ def checkpoint_files(prefix: str | os.PathLike[str]) -> list[Path]:
 
 
 def clean_leftovers(directory: str | os.PathLike[str]) -> list[Path]:
-    """Deletes what interrupted saves left in ``directory``; returns the removed files.
+    """Deletes the files interrupted saves of varstore left in ``directory`` (names matching
+    :data:`OWN_TEMP`, nothing else: no file TensorFlow or anyone else wrote); returns them.
 
-    That is: files marked temporary (``*.tempstate*``, including unmerged parts of sharded
-    saves, and TensorFlow's ``checkpoint.tmp<hex>``), and data files whose index never
-    appeared. Call it only while no save into ``directory`` is running.
-    Raises ``OSError`` if a file cannot be removed.
+    Call it only while no save into ``directory`` is running. A file that cannot be removed
+    is logged and left.
     """
     directory = os.fspath(directory)
     try:
         entries = [e for e in os.scandir(directory or ".") if e.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
+    except OSError:
         return []
-    names = {e.name for e in entries}
     removed = []
     for entry in entries:
-        data = _DATA_FILE.fullmatch(entry.name)
-        orphan = data is not None and f"{data.group(1)}.index" not in names
-        if TEMP_MARK in entry.name or _TF_STATE_TEMP.fullmatch(entry.name) or orphan:
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            removed.append(Path(entry.path))
+        if not OWN_TEMP.fullmatch(entry.name):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            _log.warning("cannot remove the leftover %s: %s", entry.path, e)
+            continue
+        removed.append(Path(entry.path))
     return sorted(removed)

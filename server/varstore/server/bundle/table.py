@@ -22,6 +22,9 @@ _TRAILER_SIZE = 5  # compression type byte + masked crc
 _NO_COMPRESSION = b"\x00"
 _MASK_DELTA = 0xA282EAD8
 _U32 = struct.Struct("<I")
+# A key is at most the bytes of its restart group (16 entries), so all keys together are at
+# most about 16 times a table's bytes; a table whose keys expand beyond this is refused.
+KEY_EXPANSION = 17
 
 
 class TableError(Exception):
@@ -48,7 +51,9 @@ def put_varint(out: bytearray, value: int) -> None:
 
 
 def get_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Decodes a varint at ``pos``; returns (value, next position). Raises :class:`TableError`."""
+    """Decodes a varint64 at ``pos``; returns (value, next position).
+
+    Raises :class:`TableError` for a truncated varint or one of 2**64 or more."""
     result = 0
     shift = 0
     try:
@@ -57,6 +62,8 @@ def get_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             pos += 1
             result |= (byte & 0x7F) << shift
             if byte < 0x80:
+                if result >> 64:
+                    raise TableError("varint value of 2**64 or more")
                 return result, pos
             shift += 7
             if shift > 63:
@@ -200,10 +207,13 @@ class TableBuilder:
         return bytes(self._out)
 
 
-def _read_block(table: bytes, handle: bytes, pos: int = 0) -> bytes:
+def _read_block(table: bytes, handle: bytes, pos: int = 0, start: int = 0) -> bytes:
+    """The block ``handle`` (at ``pos``) points to, which must begin at or after ``start``."""
     offset, pos = get_varint(handle, pos)
     size, pos = get_varint(handle, pos)
-    end = offset + size
+    end = offset + size  # exact: Python integers
+    if offset < start:
+        raise TableError(f"block at offset {offset} overlaps the block before it")
     if end + _TRAILER_SIZE > len(table) - FOOTER_SIZE:
         raise TableError(f"block at offset {offset} ({size} bytes) runs past the end")
     block = table[offset:end]
@@ -217,7 +227,10 @@ def _read_block(table: bytes, handle: bytes, pos: int = 0) -> bytes:
     return block
 
 
-def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
+def _block_entries(block: bytes, budget: list[int]) -> Iterator[tuple[bytes, bytes]]:
+    """The entries of one block. ``budget[0]`` is how many key bytes may still be built;
+    keys sharing the previous key's prefix could otherwise make a small file expand to a
+    quadratic number of key bytes."""
     if len(block) < 4:
         raise TableError("block too short")
     num_restarts = _U32.unpack_from(block, len(block) - 4)[0]
@@ -232,6 +245,9 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         vlen, pos = get_varint(block, pos)
         if shared > len(key) or pos + unshared + vlen > limit:
             raise TableError("corrupt block entry")
+        budget[0] -= shared + unshared
+        if budget[0] < 0:
+            raise TableError("keys expand to more bytes than a table of this size can hold")
         key = key[:shared] + block[pos:pos + unshared]
         pos += unshared
         yield key, block[pos:pos + vlen]
@@ -241,7 +257,10 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
 def read_table(table: bytes) -> Iterator[tuple[bytes, bytes]]:
     """Yields every (key, value) of a table, verifying each block's checksum.
 
-    Raises :class:`TableError` on a bad footer, a checksum mismatch or malformed blocks.
+    Takes time and memory linear in the table's size: the keys may add up to at most
+    :data:`KEY_EXPANSION` times its bytes (TensorFlow's restart point every 16 entries keeps
+    real tables below that). Raises :class:`TableError` on a bad footer, a checksum mismatch,
+    malformed blocks or keys beyond that bound.
     """
     if len(table) < FOOTER_SIZE:
         raise TableError(f"file is too short ({len(table)} bytes) to be a table")
@@ -251,11 +270,15 @@ def read_table(table: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise TableError("bad magic number in footer (truncated or not a table)")
     _, pos = get_varint(footer, 0)
     _, pos = get_varint(footer, pos)  # skip the (empty) metaindex handle
+    budget = [KEY_EXPANSION * len(table)]
     index = _read_block(table, footer, pos)
     previous: bytes | None = None
-    for _, handle in _block_entries(index):
-        for key, value in _block_entries(_read_block(table, handle)):
+    start = 0  # data blocks follow each other: none is read twice
+    for _, handle in _block_entries(index, budget):
+        block = _read_block(table, handle, start=start)
+        start = get_varint(handle, 0)[0] + len(block) + _TRAILER_SIZE
+        for key, value in _block_entries(block, budget):
             if previous is not None and key <= previous:
-                raise TableError(f"keys out of order: {key!r} after {previous!r}")
+                raise TableError(f"keys out of order: {key[:100]!r} after {previous[:100]!r}")
             previous = key
             yield key, value
