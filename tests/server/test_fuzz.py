@@ -7,6 +7,7 @@ never INTERNAL or UNKNOWN, keeps serving, and leaves the variables it already he
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from varstore.request import RequestBuilder
 from varstore.server import ServerConfig, create_server
 from varstore.server.app import Server
 from varstore.server.ops import OPS
+from varstore.server.store import held_for
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -92,6 +94,24 @@ def assert_healthy(live: Server, channel: grpc.Channel,
         response_deserializer=pb.StatusResponse.FromString)
     assert status(pb.StatusRequest().SerializeToString(), timeout=CALL_TIMEOUT).version
     assert kept_state(live) == original
+    # Every call gave its memory back: the budget holds the variables and nothing else.
+    assert settled_budget(live) == (held_by_variables(live), 0)
+
+
+def held_by_variables(live: Server) -> int:
+    """What the store's variables hold of the memory budget (strings with their overhead)."""
+    return sum(held_for(v) for v in live.store.variables())
+
+
+def settled_budget(live: Server) -> tuple[int, int]:
+    """The budget's (used, request bytes) once calls' leases are given back: they are, just
+    after a call's status is sent (waits up to CALL_TIMEOUT for that)."""
+    budget = live.store.budget
+    deadline = time.monotonic() + CALL_TIMEOUT
+    while (budget.used != held_by_variables(live) or budget.requests) and \
+            time.monotonic() < deadline:
+        time.sleep(0.005)
+    return budget.used, budget.requests
 
 
 # --- random bytes ----------------------------------------------------------------------------

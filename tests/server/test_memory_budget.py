@@ -26,6 +26,7 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import ServerConfig, create_server
 from varstore.server.app import Server
+from varstore.server.store import held_for
 
 MEMORY = 4 << 20
 REQUESTS = 2 << 20
@@ -151,7 +152,7 @@ FLOODS: list[tuple[str, pb.RunRequest, str]] = [
     ("a string variable of 100,000 elements",
      pb.RunRequest(variables=[pb.VariableSpec(name="s", dtype=STRING,
                                               shape=pb.Shape(dim=[100_000]))]),
-     r"creating s \(5600000 bytes\)"),
+     r"creating s \(5600513 bytes\)"),
 ]
 
 
@@ -175,8 +176,8 @@ def test_a_refused_request_changes_nothing_and_memory_comes_back(
         variables=[pb.VariableSpec(name="v", dtype=F32, shape=pb.Shape(dim=[QUARTER]),
                                    initializer=1)],
         nodes=[ones(QUARTER)]), timeout=30)
-    held = settled(small, MB)
-    assert held == MB
+    held = held_for(small.store.get("v"))
+    assert settled(small, held) == held
     request = pb.RunRequest(nodes=[
         ones(QUARTER), pb.Node(op="assign_add", inputs=[0], variable="v"),
         node("stack", [1] * 8)], fetches=[2])
@@ -191,7 +192,7 @@ def test_a_refused_request_changes_nothing_and_memory_comes_back(
         op="assign_add", inputs=[0], variable="v")], fetches=[1]), timeout=30))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert np.all(small.store.get("v").read() == 2)
-    assert settled(small, MB) == MB
+    assert settled(small, held) == held
 
 
 def _stream(header: pb.RunRequest, data: bytes, hold: threading.Event | None = None
@@ -306,3 +307,20 @@ def test_the_flags_bound_a_served_process(tmp_path: Path) -> None:
             assert np.frombuffer(reply.values[0].content, np.float32).tolist() == [4.0]
     finally:
         stop_server_process(srv)
+
+
+def test_variable_names_count_against_the_limit(small: Server,
+                                                stub: pb_grpc.VariableServiceStub) -> None:
+    # Scalars of 4 bytes whose 60,000-character names are what takes the memory.
+    created = 0
+    with pytest.raises(grpc.RpcError) as e:
+        for created in range(MEMORY // 60_000 + 1):  # noqa: B007 - counted after the loop
+            stub.Run(pb.RunRequest(variables=[pb.VariableSpec(
+                name=f"{created:05d}" + "n" * 60_000, dtype=F32, shape=pb.Shape())]),
+                timeout=30)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert re.match(rf"creating {created:05d}n+\.\.\. \(60005 characters\) \(60521 bytes\) "
+                    rf"would exceed the server's memory limit of {MEMORY} bytes",
+                    e.value.details() or "")
+    assert len(small.store) == created
+    assert settled(small, created * 60_521) == created * 60_521

@@ -40,6 +40,9 @@ from varstore.server.waits import Waiter
 # TensorFlow sets no limit; this one bounds what one name costs the server (names arrive in
 # requests of up to protocol.MAX_MESSAGE_BYTES).
 MAX_NAME_LENGTH = 1 << 16
+# Memory a variable's record takes besides its name and values (the Variable, its lock, its
+# entry in the name table), charged to the memory budget with them.
+VARIABLE_BYTES = 512
 
 
 def validate_name(name: str) -> str:
@@ -180,7 +183,7 @@ class VariableStore:
             with self._lock:
                 existing = self._vars.get(var.name)
                 if existing is None:
-                    self._reserve(size + _element_overhead(var), size, var.name)
+                    self._reserve(size + _overhead(var), size, var.name)
                     self._vars[var.name] = var
                     if not var.pending:
                         self._published(var)
@@ -219,7 +222,7 @@ class VariableStore:
             for var in created:
                 if var.pending and self._vars.get(var.name) is var:
                     del self._vars[var.name]
-                    self._reserve(-var.nbytes - _element_overhead(var), -var.nbytes, var.name)
+                    self._reserve(-held_for(var), -var.nbytes, var.name)
             self._changed.notify_all()
 
     def delete(self, names: Iterable[str] = (), scope: str | None = None) -> list[str]:
@@ -361,7 +364,14 @@ def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...]) -> Non
             f"shape {shape} and found dtype {var.dtype.name} and shape {var.shape}.")
 
 
-def _element_overhead(var: Variable) -> int:
-    """Memory a variable's elements take besides its bytes: a string element's pointer and
-    object header (:data:`varstore.common.codec.STRING_ELEMENT_BYTES`)."""
-    return math.prod(var.shape) * STRING_ELEMENT_BYTES if var.dtype.is_string else 0
+def held_for(var: Variable) -> int:
+    """The memory the budget holds for ``var``: its values' bytes and :func:`_overhead`."""
+    return var.nbytes + _overhead(var)
+
+
+def _overhead(var: Variable) -> int:
+    """Memory a variable takes besides its values' bytes: its record and name
+    (:data:`VARIABLE_BYTES`), and a string element's pointer and object header
+    (:data:`varstore.common.codec.STRING_ELEMENT_BYTES`)."""
+    elements = math.prod(var.shape) * STRING_ELEMENT_BYTES if var.dtype.is_string else 0
+    return VARIABLE_BYTES + len(var.name) + elements
