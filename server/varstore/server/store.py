@@ -248,7 +248,7 @@ class VariableStore:
                 var = self._vars.pop(name)
                 if var.value is None:
                     self._uninitialized -= 1
-                self._reserve(-var.nbytes - _element_overhead(var), -var.nbytes, name)
+                self._reserve(-held_for(var), -var.nbytes, name)
             self._changed.notify_all()
         return wanted
 
