@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +105,19 @@ def accuracy(params: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float((forward(params, x)[1].argmax(axis=1) == y).mean())
 
 
-def start(client: vs.Client, task: int) -> list[vs.RemoteVariable]:
-    """Builds the model; the chief restores or initializes it, the others wait for that."""
+def start(client: vs.Client, task: int, say: Callable[[str], None]) -> list[vs.RemoteVariable]:
+    """Builds the model; the chief restores or initializes it and says which, the others wait
+    for that."""
     variables = build_model(client)
     if task == 0:
-        client.initialize_or_restore(variables)
+        restored = client.initialize_or_restore(variables)
+        if restored:
+            # The checkpoint's step, not the variable's: the other workers start training as
+            # soon as the model is restored.
+            say(f"resumed from {restored}: training continues at step "
+                f"{restored.rsplit('-', 1)[-1]}")
+        else:
+            say("no checkpoint to resume from: starting at step 0")
     else:
         client.wait_until_ready(variables, timeout=300)
     return variables
@@ -136,7 +145,7 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.sync:
         optimizer = vs.train.SyncReplicasOptimizer(optimizer, args.workers, timeout=300)
     with vs.connect(args.address) as client:
-        variables = start(client, task)
+        variables = start(client, task, say)
         saver = vs.train.CheckpointSaver(client, save_secs=args.save_secs) if task == 0 \
             else None
         reported = -1
@@ -174,7 +183,7 @@ def run_worker(args: argparse.Namespace) -> None:
             except (NotFoundError, FailedPreconditionError):
                 say("the server lost the model (restarted without --restore?); starting over")
                 params = None
-                variables = start(client, task)
+                variables = start(client, task, say)
                 continue
             if task == 0 and step // args.log_every > reported:
                 reported = step // args.log_every

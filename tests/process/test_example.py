@@ -48,9 +48,11 @@ def test_four_workers_train_and_a_second_run_resumes(tmp_path: Path) -> None:
     for task in (1, 2, 3):
         assert re.search(rf"^worker {task}: done at step 20[0-3]$", first, re.M), first
     assert f"worker 0: saved model.ckpt-{step}" in first
+    assert "worker 0: no checkpoint to resume from: starting at step 0" in first
 
     second = _run("--steps", "600", "--checkpoint-dir", checkpoints)
-    assert f"worker 0: restored model.ckpt-{step}" in second
+    assert (f"worker 0: resumed from model.ckpt-{step}: training continues at step {step}"
+            in second.splitlines())
     reports = [int(s) for s, _ in REPORT.findall(second)]
     assert reports and min(reports) > step, second
     final_step, accuracy = _final(second)
