@@ -450,3 +450,32 @@ def test_tensorflows_own_checkpoints_restore_onto_a_cluster(tmp_path: Path) -> N
         assert all(shard_contents(cluster))
     finally:
         stop_server_process(cluster.server)
+
+
+def test_a_restarted_shard_0_relearns_where_variables_are(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+    try:
+        with connected(cluster.address) as client:
+            for shard in range(2):
+                with client.device(f"/job:ps/task:{shard}"):
+                    client.Variable(np.full(100, float(shard)), name=f"w{shard}")
+            client.save("model")
+        os.kill(cluster.pids[0], signal.SIGKILL)
+        replacement = start_server_process(
+            cluster.server.checkpoint_dir, "--cluster", ",".join(cluster.addresses),
+            "--task-index", "0", "--port", cluster.addresses[0].rpartition(":")[2],
+            "--restore", "latest")
+        with connected(cluster.address) as client:  # a new client: nothing cached
+            assert client.shard_of("w0") == 0
+            # w0's 800 bytes are on the new table: a new variable goes to the emptier shard 1.
+            client.Variable(np.zeros(10), name="small")
+            assert client.shard_of("small") == 1
+            with client.variable_scope("", reuse=True):
+                w1 = client.get_variable("w1", shape=(100,), dtype=vs.float64)
+            np.testing.assert_array_equal(w1.numpy(), np.full(100, 1.0))
+            assert client.shard_of("w1") == 1
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
+        stop_server_process(cluster.server)
