@@ -353,12 +353,18 @@ def test_replica_device_setter_places_graph_variables_on_its_tasks(cluster3: Clu
                      for i in range(6)]
         with tf.device("/job:ps/task:0"):
             pinned = tf.Variable(7.0, name="pinned")
+    # Partitioned variables spread their parts (placed by bytes, not pinned here).
+    tf.get_variable("emb", shape=[30, 4], partitioner=tf.fixed_size_partitioner(3))
     with tf.Session(cluster3.address) as sess:
         sess.run(tf.global_variables_initializer())
         assert float(sess.run(pinned)) == 7.0
         np.testing.assert_array_equal(sess.run(variables[5]), np.full(4, 5.0, np.float32))
-    assert [sorted(names) for names in shard_contents(cluster3)] == [
+    contents = [sorted(names) for names in shard_contents(cluster3)]
+    assert [[n for n in names if n.startswith("rr") or n == "pinned"] for names in contents] == [
         ["pinned", "rr0", "rr3"], ["rr1", "rr4"], ["rr2", "rr5"]]
+    assert sorted(sum(([n for n in names if n.startswith("emb/")] for names in contents), [])) \
+        == ["emb/part_0", "emb/part_1", "emb/part_2"]
+    assert all(any(n.startswith("emb/") for n in names) for names in contents)
 
 
 def test_a_shard_dying_mid_save_fails_the_save_and_keeps_the_last_checkpoint(
