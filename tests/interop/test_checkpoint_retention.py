@@ -315,9 +315,9 @@ def _vs_timer(env: Env, address: str, server: Server) -> None:
     with vs.connect(address) as c:
         c.Variable(1.0, name="w")
         c.save(env.path("user"), global_step=1, max_to_keep=5)
-    server.checkpoints.keep = 1  # as --keep 1; the timer saves at its folder's root
-    server.checkpoints.save_periodic()
-    server.checkpoints.save_periodic()
+    server.timer.keep = 1  # as --keep 1; the timer saves at its folder's root
+    server.timer.save_periodic()
+    server.timer.save_periodic()
 
 
 VARSTORE_SIDE: dict[str, Callable[..., None]] = {

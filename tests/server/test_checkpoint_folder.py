@@ -141,7 +141,6 @@ def test_a_crafted_checkpoint_is_data_loss_for_restore_and_inspect(
 def test_restore_charges_what_it_reads_to_the_memory_limit(tmp_path: Path) -> None:
     from varstore.server import ServerConfig, create_server
     from varstore.server.bundle import BundleWriter
-    from varstore.server.store import held_for
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -156,10 +155,11 @@ def test_restore_charges_what_it_reads_to_the_memory_limit(tmp_path: Path) -> No
             with pytest.raises(vs.errors.ResourceExhaustedError, match="restoring t[012] from big"):
                 c.restore("big")
             assert c.list_variables() == []
-            assert srv.store.budget.used == 0
+            # Nothing of the refused restore stays charged (calls in flight hold a little).
+            assert srv.store.budget.used < 1 << 16
             c.restore("big", var_list={"t0": "t0"})
             assert [v.name for v in c.list_variables()] == ["t0"]
-            # The value's 4 MiB, and the variable's record and name (store.held_for).
-            assert srv.store.budget.used == held_for(srv.store.get("t0")) == (4 << 20) + 514
+            assert srv.store.bytes_stored() == 4 << 20
+            assert srv.store.budget.used < (4 << 20) + (1 << 16)
     finally:
         srv.stop(grace=1.0)

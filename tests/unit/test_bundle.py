@@ -26,7 +26,7 @@ from varstore.server.bundle import (
     read_state,
     write_state,
 )
-from varstore.server.bundle.bundle import encode_slice_key
+from varstore.server.bundle.ordered_code import encode_slice_key
 from varstore.server.bundle.table import BLOCK_SIZE, TableBuilder, read_table
 
 TF_DATA = Path(__file__).parents[1] / "data" / "tf_checkpoints"

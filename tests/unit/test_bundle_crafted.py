@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from varstore.common import dtypes
+from varstore.common.codec import put_varint
 from varstore.common.errors import DataLossError, OpError
 from varstore.proto import tensor_bundle_pb2 as pb
 from varstore.server.bundle import BundleReader, BundleWriter, data_path, index_path
-from varstore.server.bundle.bundle import encode_slice_key
+from varstore.server.bundle.ordered_code import encode_slice_key
 from varstore.server.bundle.table import (
     FOOTER_SIZE,
     MAGIC,
     TableBuilder,
     TableError,
     mask_crc,
-    put_varint,
     read_table,
 )
 

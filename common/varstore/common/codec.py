@@ -166,7 +166,9 @@ def data_frame(parts: Sequence[bytes | memoryview]) -> bytes:
     It is the protobuf encoding of that message (the ``data`` field's tag and length, then
     the bytes), so any protobuf peer reads it as a ``RunChunk``.
     """
-    return b"".join([_DATA_TAG, _varint(sum(len(p) for p in parts)), *parts])
+    size = bytearray()
+    put_varint(size, sum(len(p) for p in parts))
+    return b"".join([_DATA_TAG, size, *parts])
 
 
 def serialize_chunk(message: pb.RunChunk | bytes) -> bytes:
@@ -187,7 +189,10 @@ def parse_chunk(raw: bytes) -> pb.RunChunk | DataChunk:
     """RunStream's deserializer: a data-only chunk as a :class:`DataChunk` viewing ``raw``,
     any other chunk as a parsed ``RunChunk`` (protobuf's ``DecodeError`` when malformed)."""
     if raw[:1] == _DATA_TAG:
-        size, pos = _read_varint(raw, 1)
+        try:
+            size, pos = read_varint(raw, 1)
+        except ValueError:
+            size, pos = -1, 0
         if pos + size == len(raw):
             return DataChunk(memoryview(raw)[pos:])
     return pb.RunChunk.FromString(raw)
@@ -209,17 +214,19 @@ def parse_run_request(raw: bytes) -> tuple[pb.RunRequest, list[pb.Tensor]]:
     pos = 0
     while pos < len(raw):
         start = pos
-        tag, pos = _read_varint(raw, pos)
-        kind = tag & 7
-        if tag < 0 or kind not in (0, 1, 2, 5):
+        try:
+            tag, pos = read_varint(raw, pos)
+            kind = tag & 7
+            if kind == 0:
+                _, pos = read_varint(raw, pos)
+            elif kind == 2:
+                size, begin = read_varint(raw, pos)
+        except ValueError:
+            raise DecodeError("malformed RunRequest") from None
+        if kind not in (0, 1, 2, 5):
             raise DecodeError("malformed RunRequest")
-        if kind == 0:
-            value, pos = _read_varint(raw, pos)
-            if value < 0:
-                raise DecodeError("malformed RunRequest")
-        elif kind == 2:
-            size, begin = _read_varint(raw, pos)
-            if size < 0 or begin + size > len(raw):
+        if kind == 2:
+            if begin + size > len(raw):
                 raise DecodeError("malformed RunRequest")
             pos = begin + size
             if tag >> 3 == _RUN_TENSORS_FIELD:
@@ -233,24 +240,32 @@ def parse_run_request(raw: bytes) -> tuple[pb.RunRequest, list[pb.Tensor]]:
     return pb.RunRequest.FromString(b"".join(rest)), tensors
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+def put_varint(out: bytearray, value: int) -> None:
+    """Appends ``value`` (0 <= value < 2**64) as a little-endian base-128 varint, as protobuf
+    and LevelDB's tables write them."""
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
 
 
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    """The varint at ``pos`` and the position after it; (-1, pos) when it is malformed."""
+def read_varint(raw: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The varint64 at ``pos`` and the position after it. Raises ``ValueError`` for one that
+    is truncated, longer than 10 bytes or 2**64 or more."""
     value = shift = 0
-    for i in range(pos, min(pos + 10, len(raw))):
-        value |= (raw[i] & 0x7F) << shift
-        if raw[i] < 0x80:
-            return value, i + 1
+    end = len(raw)
+    while pos < end:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if value >> 64:
+                raise ValueError("varint value of 2**64 or more")
+            return value, pos
         shift += 7
-    return -1, pos
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+    raise ValueError("truncated varint")
 
 
 def chunk_size(total: int) -> int:

@@ -17,6 +17,7 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.server import cluster_service
 from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from varstore.server.budget import MemoryBudget
+from varstore.server.checkpoint_timer import SaveTimer
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import ClusterSpec
 from varstore.server.executor import Executor
@@ -62,6 +63,7 @@ class Server:
     port: int
     store: VariableStore
     checkpoints: CheckpointManager
+    timer: SaveTimer
     health: health.HealthServicer
     metrics: ServerMetrics
     # The bound ``/metrics`` port, when the config asked for one.
@@ -72,7 +74,7 @@ class Server:
         self.grpc_server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self.checkpoints.start()
+        self.timer.start()
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Reports NOT_SERVING, stops accepting calls and waits up to ``grace`` seconds for
@@ -80,7 +82,7 @@ class Server:
         final one; then closes the metrics endpoint."""
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
-        self.checkpoints.stop()
+        self.timer.stop()
         self.metrics.close()
 
 
@@ -95,8 +97,8 @@ def create_server(config: ServerConfig) -> Server:
     store = VariableStore(budget=MemoryBudget(config.max_memory, config.max_request_bytes))
     executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
     metrics = ServerMetrics(store)
-    checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics,
-                                    save_every=config.save_every, keep=config.keep)
+    checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics)
+    timer = SaveTimer(checkpoints, config.save_every, config.keep)
     # Before the port is bound: no client ever sees a store that is still being restored.
     spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
     cluster_service.recover_shard(checkpoints, spec, config.restore)
@@ -147,5 +149,5 @@ def create_server(config: ServerConfig) -> Server:
         log.info("metrics at http://%s:%d/metrics", config.host, metrics_port)
     log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
              ", TLS" if credentials is not None else "")
-    return Server(server, port, store, checkpoints, health_servicer, metrics,
+    return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
                   metrics_port)

@@ -31,6 +31,7 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.server.bundle import (
+    DATA_FILE,
     STATE_FILENAME,
     TEMP_MARK,
     checkpoint_files,
@@ -38,7 +39,7 @@ from varstore.server.bundle import (
     data_path,
     index_path,
 )
-from varstore.server.bundle.bundle import _fsync_dir
+from varstore.server.bundle.fsio import fsync_dir
 
 __all__ = ["CheckpointFolder", "check_state_filename", "os_error"]
 
@@ -46,12 +47,11 @@ log = logging.getLogger(__name__)
 
 # Contains TEMP_MARK, so whatever a crash leaves under this prefix counts as a leftover.
 COMMIT_MARK = f"{TEMP_MARK}-commit"
-_DATA_FILE = re.compile(r"(.+)\.data-\d{5}-of-(\d{5})")
 
 # TensorFlow's `checkpoint.tmp<hex>` and varstore's temp names, and checkpoint files, are no
 # state file names: writing one would replace a file the saver does not own.
 _NOT_STATE_FILE = re.compile(
-    r"(.*\.index|.*\.data-\d{5}-of-\d{5}|checkpoint\.tmp[0-9a-f]*|\.|\.\.)")
+    r"(.*\.index|checkpoint\.tmp[0-9a-f]*|\.|\.\.)")
 
 _ERRNO_ERRORS: dict[int, type[OpError]] = {
     errno.ENOSPC: ResourceExhaustedError,
@@ -86,7 +86,7 @@ def check_state_filename(name: str) -> str:
         problem = "must not contain path components"
     elif len(name.encode("utf-8", "surrogatepass")) > 255:
         problem = "is longer than 255 bytes"
-    elif TEMP_MARK in name or _NOT_STATE_FILE.fullmatch(name):
+    elif TEMP_MARK in name or _NOT_STATE_FILE.fullmatch(name) or DATA_FILE.fullmatch(name):
         problem = "names a checkpoint or temporary file"
     if problem:
         raise InvalidArgumentError(f"latest_filename {clip(repr(name))} {problem}")
@@ -213,9 +213,9 @@ class CheckpointFolder:
         files = [data_path(prefix, 0, 1), index_path(prefix)]
         os.replace(data_path(temp, 0, 1), files[0])  # the commit point
         try:
-            _fsync_dir(directory)
+            fsync_dir(directory)
             os.replace(index_path(temp), files[1])
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as e:
             raise InternalError(
                 f"checkpoint {clip(os.path.basename(prefix))}: its data file is in place but "
@@ -248,7 +248,7 @@ class CheckpointFolder:
                     log.warning("cannot finish the interrupted save of checkpoint %s: %s",
                                 prefix, e)
                     continue
-                _fsync_dir(directory)
+                fsync_dir(directory)
                 log.warning("finished the interrupted save of checkpoint %s", prefix)
                 touched.append(prefix)
             touched += [str(p) for p in clean_leftovers(directory)]
@@ -262,8 +262,8 @@ def _remove_stale_shards(prefix: str, num_shards: int) -> list[str]:
     (left when a save replaced a sharded checkpoint); returns them."""
     removed = []
     for path in checkpoint_files(prefix):
-        match = _DATA_FILE.fullmatch(path.name)
-        if match and int(match.group(2)) != num_shards:
+        match = DATA_FILE.fullmatch(path.name)
+        if match and int(match["count"]) != num_shards:
             path.unlink(missing_ok=True)
             removed.append(str(path))
     return removed

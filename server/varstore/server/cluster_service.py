@@ -11,7 +11,6 @@ checkpoint folder; shard 0 refuses parts it cannot see, naming the folder.
 from __future__ import annotations
 
 import logging
-import re
 
 import grpc
 
@@ -25,7 +24,8 @@ from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import tensor_bundle_pb2 as bpb
 from varstore.server.bundle import TEMP_MARK, BundleReader, index_path
-from varstore.server.bundle.bundle import _unlink_quietly, data_path
+from varstore.server.bundle.fsio import unlink_quietly
+from varstore.server.bundle.naming import data_path
 from varstore.server.bundle.table import read_table
 from varstore.server.checkpoint_folder import os_error
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
@@ -35,9 +35,6 @@ from varstore.server.servicer import rpc_errors
 
 log = logging.getLogger(__name__)
 
-# How the cluster client names the parts of a save (8 hex digits of token); the folder's
-# start-up clean-up (bundle.state.OWN_TEMP) removes what an interrupted save left so named.
-PART_NAME = re.compile(rf".+{re.escape(TEMP_MARK)}[0-9a-f]{{8}}_part-\d{{5}}-of-\d{{5}}")
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ClusterService"].full_name
 
 
@@ -82,8 +79,8 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         if request.abort:
             for part in parts:
                 path = folder.resolve(part)
-                _unlink_quietly(index_path(path))
-                _unlink_quietly(data_path(path, 0, 1))
+                unlink_quietly(index_path(path))
+                unlink_quietly(data_path(path, 0, 1))
             return cpb.CommitPartsResponse()
         for part in parts:
             require_shared_folder(str(folder.directory), index_path(folder.resolve(part)))
@@ -118,15 +115,12 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
 
 def _check_parts(parts: list[str]) -> None:
-    """Raises ``InvalidArgumentError`` unless every part prefix is named as the cluster
-    client names parts (``PREFIX.tempstateTOKEN_part-0000i-of-0000N``), a temporary name that
-    start-up cleans up, so that writing, merging or removing parts never touches a finished
-    checkpoint."""
+    """Raises ``InvalidArgumentError`` unless every part prefix is marked temporary, so that
+    writing, merging or removing parts never touches a finished checkpoint."""
     for part in parts:
-        if not PART_NAME.fullmatch(part.rpartition("/")[2]):
+        if TEMP_MARK not in part:
             raise InvalidArgumentError(
-                f"checkpoint part {clip(repr(part))} is not named PREFIX{TEMP_MARK}"
-                "TOKEN_part-0000I-of-0000N")
+                f"checkpoint part {clip(repr(part))} must contain {TEMP_MARK!r}")
 
 
 def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:

@@ -24,6 +24,7 @@ from varstore.common.codec import MAX_RANK
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
     InvalidArgumentError,
+    NotFoundError,
     OpError,
     ResourceExhaustedError,
     clip,
@@ -216,7 +217,7 @@ class Executor:
             if name:
                 var = resolved[name]
                 if var is None:
-                    raise self.store.missing(name)
+                    raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
                 variables[name] = var
         journal = Journal(lease)
         ctx = _Context(self, graph, variables, journal, waiter, lease)

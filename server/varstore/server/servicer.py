@@ -12,7 +12,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -25,8 +25,10 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
 from varstore.server.budget import Lease
+from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
+from varstore.server.retention import client_saver
 from varstore.server.store import VariableStore
 from varstore.server.waits import Waiter, client_duration
 
@@ -40,6 +42,29 @@ GRAPH_CACHE_ENTRIES = 512
 # Memory a parsed node takes in the server (its NodeDef, tuples and attribute dict), charged
 # per node of a request besides the request's bytes.
 NODE_BYTES = 512
+
+
+def entry_map(entries: Iterable[pb.CheckpointEntry]) -> dict[str, str] | None:
+    """``{key: variable}`` of a request's checkpoint entries; None when there are none.
+    Raises ``InvalidArgumentError`` for a key listed twice."""
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        if entry.key in mapping:
+            raise InvalidArgumentError(f"checkpoint key {clip(repr(entry.key))} is listed twice")
+        mapping[entry.key] = entry.variable
+    return mapping or None
+
+
+def progress_message(p: Progress, saved: Saved | None = None) -> pb.CheckpointProgress:
+    """A ``CheckpointProgress`` message; with ``saved``, the last one (path and the saver's
+    checkpoints)."""
+    message = pb.CheckpointProgress(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                                    tensors_done=p.tensors_done, tensors_total=p.tensors_total)
+    if saved is not None:
+        message.path = saved.path
+        message.done = True
+        message.last_checkpoints.extend(saved.last_checkpoints)
+    return message
 
 
 def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
@@ -201,12 +226,22 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     @rpc_errors
     def Save(self, request: pb.SaveRequest,
              context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
-        yield from self.checkpoints.save_request(request)
+        entries = entry_map(request.entries)
+        step = request.global_step if request.has_global_step else None
+        saver = client_saver(request.saver)
+        for progress, saved in progress_stream(lambda sink: self.checkpoints.save(
+                request.prefix, entries, step, request.max_to_keep, sink, saver=saver,
+                latest_filename=request.latest_filename, write_state=not request.skip_state,
+                keep_every_hours=request.keep_checkpoint_every_n_hours)):
+            yield progress_message(progress, saved)
 
     @rpc_errors
     def Restore(self, request: pb.RestoreRequest,
                 context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
-        yield from self.checkpoints.restore_request(request)
+        entries = entry_map(request.entries)
+        for progress, saved in progress_stream(lambda sink: Saved(
+                self.checkpoints.restore(request.prefix, entries, sink), [])):
+            yield progress_message(progress, saved)
 
     @rpc_errors
     def LatestCheckpoint(self, request: pb.LatestCheckpointRequest,

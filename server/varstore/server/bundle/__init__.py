@@ -1,41 +1,38 @@
-"""TensorFlow V2 checkpoints ("tensor bundles") in pure Python and numpy.
-
-:class:`BundleWriter` and :class:`BundleReader` write and read ``PREFIX.index`` plus
-``PREFIX.data-*`` files that TensorFlow reads and writes; :func:`merge_shards` joins parts
-written separately into one sharded checkpoint; :mod:`.state` keeps the folder's text
-``checkpoint`` file. The format is TensorFlow's (``core/util/tensor_bundle/tensor_bundle.h``
-and ``core/protobuf/tensor_bundle.proto``).
+"""TensorFlow V2 checkpoints ("tensor bundles") in pure Python and numpy, split by job as
+TensorFlow's ``core/util/tensor_bundle/``: :mod:`.naming` (file names), :mod:`.fsio` (atomic
+commit steps), :mod:`.table` (the index's sorted table), :mod:`.ordered_code` (slice keys),
+:mod:`.entries` (the index's protos), :mod:`.writer`, :mod:`.reader`, :mod:`.merge` (sharded
+saves) and :mod:`.state` (the folder's text ``checkpoint`` file). The format is TensorFlow's
+(``core/util/tensor_bundle/tensor_bundle.h`` and ``core/protobuf/tensor_bundle.proto``).
 """
 
-from varstore.common.errors import DataLossError, NotFoundError
-from varstore.server.bundle.bundle import (
+from varstore.server.bundle.fsio import clean_leftovers
+from varstore.server.bundle.merge import merge_shards
+from varstore.server.bundle.naming import (
+    DATA_FILE,
     TEMP_MARK,
-    BundleReader,
-    BundleWriter,
-    TensorInfo,
+    checkpoint_files,
     data_path,
     index_path,
-    merge_shards,
     part_prefix,
 )
+from varstore.server.bundle.reader import BundleReader, TensorInfo
 from varstore.server.bundle.state import (
     STATE_FILENAME,
     CheckpointState,
-    checkpoint_files,
-    clean_leftovers,
     latest_checkpoint,
     read_state,
     write_state,
 )
+from varstore.server.bundle.writer import BundleWriter
 
 __all__ = [
+    "DATA_FILE",
     "STATE_FILENAME",
     "TEMP_MARK",
     "BundleReader",
     "BundleWriter",
     "CheckpointState",
-    "DataLossError",
-    "NotFoundError",
     "TensorInfo",
     "checkpoint_files",
     "clean_leftovers",

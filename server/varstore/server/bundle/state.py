@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from google.protobuf import text_format
 
 from varstore.proto import tensor_bundle_pb2 as pb
-from varstore.server.bundle.bundle import _fsync_dir, _write_file_synced, index_path, temp_name
+from varstore.server.bundle.fsio import atomic_write
+from varstore.server.bundle.naming import index_path
 
 __all__ = [
     "STATE_FILENAME",
     "CheckpointState",
-    "checkpoint_files",
-    "OWN_TEMP",
-    "clean_leftovers",
     "latest_checkpoint",
     "read_state",
     "write_state",
@@ -35,11 +31,6 @@ STATE_FILENAME = "checkpoint"
 CheckpointState = pb.CheckpointState
 
 _log = logging.getLogger(__name__)
-# Every name an unfinished save of varstore leaves, and nothing else: a file being written
-# (bundle.temp_name), a save awaiting its commit (CheckpointFolder.temp_prefix), parts of
-# sharded saves (bundle.part_prefix, and the cluster client's parts).
-OWN_TEMP = re.compile(r".+\.tempstate(-vs\d+|(-commit|-part-\d{5}-of-\d{5}|"
-                      r"[0-9a-f]{8}_part-\d{5}-of-\d{5})\.(index|data-00000-of-00001))")
 # A state file lists a few paths; TensorFlow's are far below this. Bigger ones are ignored.
 _MAX_STATE_BYTES = 1 << 20
 
@@ -139,58 +130,5 @@ def write_state(directory: str | os.PathLike[str], latest: str | os.PathLike[str
         all_model_checkpoint_timestamps=timestamps or [],
         last_preserved_timestamp=min(timestamps) - 1.0 if timestamps else 0.0,
     )
-    _write_state(directory, filename, text_format.MessageToString(state))
-
-
-def _write_state(directory: str, filename: str, text: str) -> None:
-    final = os.path.join(directory, filename)
-    temp = temp_name(final)
-    try:
-        _write_file_synced(temp, text.encode("utf-8"))
-        os.replace(temp, final)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def checkpoint_files(prefix: str | os.PathLike[str]) -> list[Path]:
-    """The existing files of checkpoint ``prefix``: its index and every data shard."""
-    prefix = os.fspath(prefix)
-    directory, name = os.path.split(prefix)
-    pattern = re.compile(re.escape(name) + r"\.(index|data-\d{5}-of-\d{5})")
-    try:
-        names = os.listdir(directory or ".")
-    except FileNotFoundError:
-        return []
-    return sorted(Path(directory, n) for n in names if pattern.fullmatch(n))
-
-
-def clean_leftovers(directory: str | os.PathLike[str]) -> list[Path]:
-    """Deletes the files interrupted saves of varstore left in ``directory`` (names matching
-    :data:`OWN_TEMP`, nothing else: no file TensorFlow or anyone else wrote); returns them.
-
-    Call it only while no save into ``directory`` is running. A file that cannot be removed
-    is logged and left.
-    """
-    directory = os.fspath(directory)
-    try:
-        entries = [e for e in os.scandir(directory or ".") if e.is_file(follow_symlinks=False)]
-    except OSError:
-        return []
-    removed = []
-    for entry in entries:
-        if not OWN_TEMP.fullmatch(entry.name):
-            continue
-        try:
-            os.unlink(entry.path)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            _log.warning("cannot remove the leftover %s: %s", entry.path, e)
-            continue
-        removed.append(Path(entry.path))
-    return sorted(removed)
+    atomic_write(os.path.join(directory, filename),
+                 text_format.MessageToString(state).encode("utf-8"))

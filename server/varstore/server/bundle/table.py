@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import google_crc32c
 
+from varstore.common.codec import put_varint, read_varint
+
 BLOCK_SIZE = 256 * 1024
 RESTART_INTERVAL = 16
 MAGIC = 0xDB4775248B80FB57
@@ -42,34 +44,12 @@ def unmask_crc(masked: int) -> int:
     return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
 
-def put_varint(out: bytearray, value: int) -> None:
-    """Appends ``value`` (non-negative) as a little-endian base-128 varint."""
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
 def get_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Decodes a varint64 at ``pos``; returns (value, next position).
-
-    Raises :class:`TableError` for a truncated varint or one of 2**64 or more."""
-    result = 0
-    shift = 0
+    """:func:`varstore.common.codec.read_varint`, raising :class:`TableError` instead."""
     try:
-        while True:
-            byte = buf[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                if result >> 64:
-                    raise TableError("varint value of 2**64 or more")
-                return result, pos
-            shift += 7
-            if shift > 63:
-                raise TableError("varint longer than 10 bytes")
-    except IndexError:
-        raise TableError("truncated varint") from None
+        return read_varint(buf, pos)
+    except ValueError as e:
+        raise TableError(str(e)) from None
 
 
 def _shared_prefix(a: bytes, b: bytes) -> int:

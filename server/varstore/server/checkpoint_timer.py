@@ -1,0 +1,107 @@
+"""The server's save timer (``--save-every``/``--keep``): ``model.ckpt-STEP`` every few
+seconds and a final checkpoint when the server stops, as one saver of its own.
+
+``STEP`` is the value of the store's scalar integer variable ``global_step`` when it has one
+(TensorFlow's convention); otherwise a counter that continues after the newest
+``model.ckpt-N`` in the folder. The timer keeps the newest ``keep`` of the checkpoints it wrote
+and deletes no other (see :mod:`varstore.server.retention`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+
+from varstore.common.errors import OpError
+from varstore.server.checkpoints import CheckpointManager
+
+__all__ = ["GLOBAL_STEP", "TIMER_PREFIX", "SaveTimer"]
+
+log = logging.getLogger(__name__)
+
+TIMER_PREFIX = "model.ckpt"
+GLOBAL_STEP = "global_step"
+# The timer's saver; clients' savers are ("client", name), so no client can take its place.
+TIMER_SAVER = ("timer",)
+
+
+class SaveTimer:
+    """Saves through ``checkpoints`` every ``save_every`` seconds (0: never, and no final
+    checkpoint either), keeping ``keep`` of its checkpoints (0: deletes none)."""
+
+    def __init__(self, checkpoints: CheckpointManager, save_every: float = 0.0,
+                 keep: int = 5) -> None:
+        self.checkpoints = checkpoints
+        self.save_every = save_every
+        self.keep = keep
+        self._counter: int | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Starts the timer when ``save_every`` is set."""
+        if self.save_every > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="varstore-save-timer",
+                                           daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the timer and waits for a save or restore in progress; with ``save_every``
+        set, then writes a final checkpoint. Failures are logged, not raised."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.save_every > 0:
+            self._save_logged("final")
+        else:
+            self.checkpoints.wait_idle()
+
+    def save_periodic(self) -> str | None:
+        """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of
+        its own checkpoints; returns its path, or None (writing nothing) when the store is
+        empty. Raises what :meth:`save` raises."""
+        if not len(self.checkpoints.store):
+            return None
+        return self.checkpoints.save(TIMER_PREFIX, global_step=self._timer_step(),
+                                     max_to_keep=self.keep, saver=TIMER_SAVER).path
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.save_every):
+            self._save_logged("periodic")
+
+    def _save_logged(self, kind: str) -> None:
+        try:
+            path = self.save_periodic()
+        except OpError as e:
+            log.warning("%s checkpoint not written: %s: %s", kind, type(e).__name__, e.message)
+            return
+        except Exception:  # noqa: BLE001 - the timer must survive a bug in one save
+            log.exception("%s checkpoint failed", kind)
+            return
+        if path is None:
+            log.info("%s checkpoint skipped: the store is empty", kind)
+        elif kind == "final":
+            log.info("final checkpoint written: %s", path)
+
+    def _timer_step(self) -> int:
+        var = self.checkpoints.store.find(GLOBAL_STEP)
+        if var is not None and var.dtype.is_integer and var.shape == ():
+            with var.lock:
+                if var.value is not None:
+                    return int(var.value)
+        if self._counter is None:
+            self._counter = self._newest_timer_step()
+        self._counter += 1
+        return self._counter
+
+    def _newest_timer_step(self) -> int:
+        """The largest N of the ``model.ckpt-N`` checkpoints in the folder (0: none)."""
+        try:
+            names = os.listdir(self.checkpoints.folder.root)
+        except OSError:
+            return 0
+        pattern = re.compile(re.escape(TIMER_PREFIX) + r"-(\d{1,18})\.index")
+        return max((int(m.group(1)) for n in names if (m := pattern.fullmatch(n))), default=0)
