@@ -62,8 +62,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"uptime:           {s.uptime_seconds:.0f}s")
     print(f"variables:        {s.variable_count}")
     print(f"bytes stored:     {s.bytes_stored}")
-    print(f"client hosts:     {s.connected_clients} (addresses that called in the last 60s, "
-          f"this one included)")
+    print(f"client hosts:     {s.connected_clients} (hosts that read or updated variables in "
+          f"the last 60s)")
     print(f"checkpoint dir:   {s.checkpoint_dir} (on the server's machine)")
     print(f"last checkpoint:  {last}")
     return 0

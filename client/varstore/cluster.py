@@ -166,15 +166,15 @@ class ClusterClient(Client):
             self._discover(missing)
 
     def _discover(self, names: list[str]) -> None:
-        """Finds variables that shard 0's table does not know (it restarted) on the shards
-        and records them there."""
-        def find(k: int) -> set[str]:
+        """Finds variables that shard 0's table does not know (it restarted, or the shards
+        restored them at start-up) on the shards and records them there, with their bytes."""
+        def find(k: int) -> dict[str, int]:
             shard = self.shards[k]
-            return {v.name for name in names for v in Client.list_variables(shard, name)
-                    if v.name == name}
+            return {v.name: v.nbytes for name in names
+                    for v in Client.list_variables(shard, name) if v.name == name}
         found = self._each(list(range(len(self.shards))), find)
-        register = [cpb.Placement(name=name, shard=k) for k, names_k in enumerate(found)
-                    for name in sorted(names_k)]
+        register = [cpb.Placement(name=name, shard=k, nbytes=nbytes)
+                    for k, names_k in enumerate(found) for name, nbytes in sorted(names_k.items())]
         if register:
             reply = self.transport.call(self.placement_stub.Place,
                                         cpb.PlaceRequest(variables=register), idempotent=True)

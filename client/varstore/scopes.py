@@ -345,7 +345,8 @@ class Naming:
         if reuse is True:
             raise ValueError(
                 f"Variable {full} does not exist, or was not created with tf.get_variable(). "
-                f"Did you mean to set reuse=tf.AUTO_REUSE in VarScope?")
+                f"Did you mean to set reuse=tf.AUTO_REUSE in VarScope?"
+                f"{names.did_you_mean(full, self.shared)}")
         with self.name_scope(None):
             var = create(full)
         self.shared[full] = var

@@ -57,7 +57,7 @@ def saved(server_process: ServerProcess) -> ServerProcess:
 def test_status_says_what_its_client_count_counts(saved: ServerProcess) -> None:
     result = varstore("status", "--address", saved.address)
     assert result.returncode == 0, result.stderr
-    assert ("client hosts:     1 (addresses that called in the last 60s, this one included)"
+    assert ("client hosts:     1 (hosts that read or updated variables in the last 60s)"
             in result.stdout.splitlines())
     assert (f"checkpoint dir:   {saved.checkpoint_dir.resolve()} (on the server's machine)"
             in result.stdout.splitlines())

@@ -353,12 +353,18 @@ def test_replica_device_setter_places_graph_variables_on_its_tasks(cluster3: Clu
                      for i in range(6)]
         with tf.device("/job:ps/task:0"):
             pinned = tf.Variable(7.0, name="pinned")
+    # Partitioned variables spread their parts (placed by bytes, not pinned here).
+    tf.get_variable("emb", shape=[30, 4], partitioner=tf.fixed_size_partitioner(3))
     with tf.Session(cluster3.address) as sess:
         sess.run(tf.global_variables_initializer())
         assert float(sess.run(pinned)) == 7.0
         np.testing.assert_array_equal(sess.run(variables[5]), np.full(4, 5.0, np.float32))
-    assert [sorted(names) for names in shard_contents(cluster3)] == [
+    contents = [sorted(names) for names in shard_contents(cluster3)]
+    assert [[n for n in names if n.startswith("rr") or n == "pinned"] for names in contents] == [
         ["pinned", "rr0", "rr3"], ["rr1", "rr4"], ["rr2", "rr5"]]
+    assert sorted(sum(([n for n in names if n.startswith("emb/")] for names in contents), [])) \
+        == ["emb/part_0", "emb/part_1", "emb/part_2"]
+    assert all(any(n.startswith("emb/") for n in names) for names in contents)
 
 
 def test_a_shard_dying_mid_save_fails_the_save_and_keeps_the_last_checkpoint(
@@ -449,4 +455,33 @@ def test_tensorflows_own_checkpoints_restore_onto_a_cluster(tmp_path: Path) -> N
                         np.testing.assert_array_equal(got.numpy(), expected[key])
         assert all(shard_contents(cluster))
     finally:
+        stop_server_process(cluster.server)
+
+
+def test_a_restarted_shard_0_relearns_where_variables_are(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+    try:
+        with connected(cluster.address) as client:
+            for shard in range(2):
+                with client.device(f"/job:ps/task:{shard}"):
+                    client.Variable(np.full(100, float(shard)), name=f"w{shard}")
+            client.save("model")
+        os.kill(cluster.pids[0], signal.SIGKILL)
+        replacement = start_server_process(
+            cluster.server.checkpoint_dir, "--cluster", ",".join(cluster.addresses),
+            "--task-index", "0", "--port", cluster.addresses[0].rpartition(":")[2],
+            "--restore", "latest")
+        with connected(cluster.address) as client:  # a new client: nothing cached
+            assert client.shard_of("w0") == 0
+            # w0's 800 bytes are on the new table: a new variable goes to the emptier shard 1.
+            client.Variable(np.zeros(10), name="small")
+            assert client.shard_of("small") == 1
+            with client.variable_scope("", reuse=True):
+                w1 = client.get_variable("w1", shape=(100,), dtype=vs.float64)
+            np.testing.assert_array_equal(w1.numpy(), np.full(100, 1.0))
+            assert client.shard_of("w1") == 1
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
         stop_server_process(cluster.server)

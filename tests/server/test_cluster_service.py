@@ -43,6 +43,7 @@ def test_parts_must_be_marked_temporary(client: vs.Client, server: Server,
     with pytest.raises(grpc.RpcError) as e:
         method(request_)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert e.value.details() == "checkpoint part 'model' must contain '.tempstate'"
+    assert e.value.details() == \
+        "checkpoint part 'model' is not named PREFIX.tempstateTOKEN_part-0000I-of-0000N"
     assert sorted(os.listdir(folder)) == before
     assert client.latest_checkpoint() == "model"

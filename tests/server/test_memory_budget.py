@@ -324,3 +324,23 @@ def test_variable_names_count_against_the_limit(small: Server,
                     e.value.details() or "")
     assert len(small.store) == created
     assert settled(small, created * 60_521) == created * 60_521
+
+
+def test_optimizer_scratch_is_charged(small: Server, stub: pb_grpc.VariableServiceStub) -> None:
+    n = MB // 8  # three variables of half a MiB: FTRL's eight scratch arrays do not fit
+    stub.Run(pb.RunRequest(
+        variables=[pb.VariableSpec(name=name, dtype=F32, shape=pb.Shape(dim=[n]),
+                                   initializer=1) for name in ("w", "w/accum", "w/linear")],
+        nodes=[node("zeros", shape=[n], dtype=F32)]), timeout=30)
+    scalar = pb.Tensor(dtype=F32, content=np.float32(0.5).tobytes())
+    request = pb.RunRequest(
+        tensors=[scalar],
+        nodes=[pb.Node(op="ref", variable="w/accum"), pb.Node(op="ref", variable="w/linear"),
+               ones(n), pb.Node(op="const"),
+               pb.Node(op="apply_ftrl", inputs=[0, 1, 2, 3, 3, 3, 3, 3], variable="w")],
+        targets=[4])
+    code, details = refusal(lambda: stub.Run(request, timeout=30))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith(f"apply_ftrl (node 4): a tensor of shape [8, {n}] and dtype "
+                              "float32"), details
+    assert all(not small.store.get(name).read().any() for name in ("w", "w/accum", "w/linear"))

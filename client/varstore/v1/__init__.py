@@ -174,3 +174,9 @@ __all__ = [
     "variable_axis_size_partitioner", "variable_scope", "variables_initializer", "zeros",
     "zeros_initializer",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public names only, as ``dir()`` of TensorFlow's namespace shows them (not the
+    imports this module is written with)."""
+    return sorted(__all__)

@@ -5,3 +5,9 @@ from __future__ import annotations
 from varstore.v1.math_ops import relu, sigmoid, tanh
 
 __all__ = ["relu", "sigmoid", "tanh"]
+
+
+def __dir__() -> list[str]:
+    """The public names only, as ``dir()`` of TensorFlow's namespace shows them (not the
+    imports this module is written with)."""
+    return sorted(__all__)

@@ -35,3 +35,9 @@ __all__ = [
     "Saver", "StopAtStepHook", "create_global_step", "get_global_step",
     "get_or_create_global_step", "global_step", "latest_checkpoint", "replica_device_setter",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public names only, as ``dir()`` of TensorFlow's namespace shows them (not the
+    imports this module is written with)."""
+    return sorted(__all__)

@@ -9,7 +9,11 @@ name (``a>b``, not ``a>`` or ``a>_b``).
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
+
+from varstore.common.errors import clip
 
 VALID_OP_NAME_REGEX = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 VALID_SCOPE_NAME_REGEX = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
@@ -48,3 +52,15 @@ def check_node_name(name: str) -> None:
 def is_valid_node_name(name: str) -> bool:
     """Whether TensorFlow's runtime accepts ``name`` as a node (variable) name."""
     return _NODE_NAME.fullmatch(name) is not None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A hint naming the known name closest to ``name`` (``layer1/W`` for ``layr1/W``):
+    ``" (did you mean layer1/W?)"``, or ``""`` when none is close. TensorFlow gives no such
+    hint; messages append it after TensorFlow's text."""
+    leaf = name.rsplit("/", 1)[-1]
+    # Close as whole names, and the last parts close too: "foo/y" is another variable than
+    # "foo/x", not a typo of it.
+    close = [c for c in difflib.get_close_matches(name, list(known), n=3, cutoff=0.85)
+             if difflib.SequenceMatcher(None, leaf, c.rsplit("/", 1)[-1]).ratio() >= 0.75]
+    return f" (did you mean {clip(close[0])}?)" if close else ""

@@ -11,6 +11,7 @@ checkpoint folder; shard 0 refuses parts it cannot see, naming the folder.
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 
@@ -35,6 +36,9 @@ from varstore.server.servicer import rpc_errors
 
 log = logging.getLogger(__name__)
 
+# How the cluster client names the parts of a save (8 hex digits of token); the folder's
+# start-up clean-up (bundle.state.OWN_TEMP) removes what an interrupted save left so named.
+PART_NAME = re.compile(rf".+{re.escape(TEMP_MARK)}[0-9a-f]{{8}}_part-\d{{5}}-of-\d{{5}}")
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ClusterService"].full_name
 
 
@@ -115,12 +119,15 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
 
 def _check_parts(parts: list[str]) -> None:
-    """Raises ``InvalidArgumentError`` unless every part prefix is marked temporary, so that
-    writing, merging or removing parts never touches a finished checkpoint."""
+    """Raises ``InvalidArgumentError`` unless every part prefix is named as the cluster
+    client names parts (``PREFIX.tempstateTOKEN_part-0000i-of-0000N``), a temporary name that
+    start-up cleans up, so that writing, merging or removing parts never touches a finished
+    checkpoint."""
     for part in parts:
-        if TEMP_MARK not in part:
+        if not PART_NAME.fullmatch(part.rpartition("/")[2]):
             raise InvalidArgumentError(
-                f"checkpoint part {clip(repr(part))} must contain {TEMP_MARK!r}")
+                f"checkpoint part {clip(repr(part))} is not named PREFIX{TEMP_MARK}"
+                "TOKEN_part-0000I-of-0000N")
 
 
 def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:

@@ -24,7 +24,6 @@ from varstore.common.codec import MAX_RANK
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
     InvalidArgumentError,
-    NotFoundError,
     OpError,
     ResourceExhaustedError,
     clip,
@@ -217,7 +216,7 @@ class Executor:
             if name:
                 var = resolved[name]
                 if var is None:
-                    raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
+                    raise self.store.missing(name)
                 variables[name] = var
         journal = Journal(lease)
         ctx = _Context(self, graph, variables, journal, waiter, lease)

@@ -95,7 +95,22 @@ def _hyper(value: Any, var: Variable, node: NodeDef, what: str) -> np.ndarray:
     return array.astype(var.dtype.np_dtype)
 
 
-def _dense_grad(var: Variable, grad: Any, node: NodeDef) -> np.ndarray:
+# How many arrays of the variable's shape (dense ops) or of the gradient's (sparse ops) an
+# op's numpy expressions hold at once; they are charged to the request's memory budget
+# before the op computes anything (see _dense_grad, _sparse_grad).
+_SCRATCH = {
+    "apply_gradient_descent": 1, "sparse_apply_gradient_descent": 2,
+    "apply_momentum": 3, "sparse_apply_momentum": 4,
+    "apply_adagrad": 3, "sparse_apply_adagrad": 4,
+    "apply_adam": 3, "sparse_apply_adam": 3,
+    "apply_rms_prop": 4, "sparse_apply_rms_prop": 5,
+    "apply_centered_rms_prop": 5, "sparse_apply_centered_rms_prop": 6,
+    "apply_ftrl": 8, "sparse_apply_ftrl": 11,
+}
+
+
+def _dense_grad(ctx: Context, var: Variable, grad: Any, node: NodeDef) -> np.ndarray:
+    """The checked gradient of a dense update, its op's scratch charged."""
     grad = np.asarray(grad)
     if grad.dtype != var.dtype.np_dtype:
         raise InvalidArgumentError(
@@ -105,12 +120,14 @@ def _dense_grad(var: Variable, grad: Any, node: NodeDef) -> np.ndarray:
         raise InvalidArgumentError(
             f"{node.op} {clip(var.name)}: var and grad do not have the same shape "
             f"{list(var.shape)} {list(grad.shape)}")
+    ctx.check_alloc((_SCRATCH[node.op], *var.shape), var.dtype)
     return grad
 
 
-def _sparse_grad(var: Variable, grad: Any, indices: Any, node: NodeDef, unique: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Checked ``(indices, rows)``; with ``unique``, duplicate indices' rows are summed."""
+def _sparse_grad(ctx: Context, var: Variable, grad: Any, indices: Any, node: NodeDef,
+                 unique: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(indices, rows)``, the op's scratch charged; with ``unique``, duplicate
+    indices' rows are summed."""
     what = f"{node.op} {clip(var.name)}"
     if not var.shape:
         raise InvalidArgumentError(f"{what}: var must be at least 1 dimensional")
@@ -126,6 +143,7 @@ def _sparse_grad(var: Variable, grad: Any, indices: Any, node: NodeDef, unique: 
         raise InvalidArgumentError(
             f"{what}: grad has shape {list(grad.shape)}, expected "
             f"{list(idx.shape + var.shape[1:])} for {idx.size} indices")
+    ctx.check_alloc((_SCRATCH[node.op] + unique, *grad.shape), var.dtype)
     if unique:
         idx, positions = np.unique(idx, return_inverse=True)
         summed = np.zeros((idx.size,) + var.shape[1:], var.dtype.np_dtype)
@@ -148,7 +166,7 @@ def _apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any]) -> A
         return None
     var = _float_variable(ctx, node)
     lr = _hyper(inputs[0], var, node, "lr")
-    grad = _dense_grad(var, inputs[1], node)
+    grad = _dense_grad(ctx, var, inputs[1], node)
     var.read()[...] -= grad * lr
     return _done(ctx, var)
 
@@ -159,7 +177,7 @@ def _sparse_apply_gradient_descent(ctx: Context, node: NodeDef, inputs: list[Any
         return None
     var = _float_variable(ctx, node)
     lr = _hyper(inputs[0], var, node, "lr")
-    idx, grad = _sparse_grad(var, inputs[1], inputs[2], node, unique=False)
+    idx, grad = _sparse_grad(ctx, var, inputs[1], inputs[2], node, unique=False)
     np.add.at(var.read(), idx, -grad * lr)
     return _done(ctx, var)
 
@@ -174,7 +192,7 @@ def _apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     var = _float_variable(ctx, node)
     accum = _slot(var, inputs[0], node)
     lr = _hyper(inputs[1], var, node, "lr")
-    grad = _dense_grad(var, inputs[2], node)
+    grad = _dense_grad(ctx, var, inputs[2], node)
     momentum = _hyper(inputs[3], var, node, "momentum")
     a, v = accum.read(), var.read()
     a[...] = a * momentum + grad
@@ -193,7 +211,7 @@ def _sparse_apply_momentum(ctx: Context, node: NodeDef, inputs: list[Any]) -> An
     var = _float_variable(ctx, node)
     accum = _slot(var, inputs[0], node)
     lr = _hyper(inputs[1], var, node, "lr")
-    idx, grad = _sparse_grad(var, inputs[2], inputs[3], node)
+    idx, grad = _sparse_grad(ctx, var, inputs[2], inputs[3], node)
     momentum = _hyper(inputs[4], var, node, "momentum")
     a_rows = accum.read()[idx] * momentum + grad
     accum.read()[idx] = a_rows
@@ -214,7 +232,7 @@ def _apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     var = _float_variable(ctx, node)
     accum = _slot(var, inputs[0], node)
     lr = _hyper(inputs[1], var, node, "lr")
-    grad = _dense_grad(var, inputs[2], node)
+    grad = _dense_grad(ctx, var, inputs[2], node)
     a = accum.read()
     a += grad * grad
     var.read()[...] -= grad * lr / np.sqrt(a)
@@ -228,7 +246,7 @@ def _sparse_apply_adagrad(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any
     var = _float_variable(ctx, node)
     accum = _slot(var, inputs[0], node)
     lr = _hyper(inputs[1], var, node, "lr")
-    idx, grad = _sparse_grad(var, inputs[2], inputs[3], node)
+    idx, grad = _sparse_grad(ctx, var, inputs[2], inputs[3], node)
     a_rows = accum.read()[idx] + grad * grad
     accum.read()[idx] = a_rows
     var.read()[idx] -= grad * lr / np.sqrt(a_rows)
@@ -262,7 +280,7 @@ def _apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     if inputs[8] is None:
         return None
     var, m, v, lr_t, beta1, beta2, epsilon, one = _adam_inputs(ctx, node, inputs)
-    grad = _dense_grad(var, inputs[8], node)
+    grad = _dense_grad(ctx, var, inputs[8], node)
     m_, v_ = m.read(), v.read()
     m_ += (grad - m_) * (one - beta1)
     v_ += (grad * grad - v_) * (one - beta2)
@@ -277,7 +295,8 @@ def _sparse_apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
     if inputs[8] is None:
         return None
     var, m, v, lr_t, beta1, beta2, epsilon, one = _adam_inputs(ctx, node, inputs)
-    idx, grad = _sparse_grad(var, inputs[8], inputs[9], node)
+    idx, grad = _sparse_grad(ctx, var, inputs[8], inputs[9], node)
+    ctx.check_alloc((3, *var.shape), var.dtype)  # every row moves
     m_, v_ = m.read(), v.read()
     m_ *= beta1
     np.add.at(m_, idx, grad * (one - beta1))
@@ -315,7 +334,7 @@ def _rms_prop(ctx: Context, node: NodeDef, inputs: list[Any], centered: bool,
     ms, mom = arrays[-2:]
     mg = arrays[0] if centered else None
     if not sparse:
-        grad = _dense_grad(var, inputs[grad_at], node)
+        grad = _dense_grad(ctx, var, inputs[grad_at], node)
         ms += (grad * grad - ms) * (one - rho)
         if mg is not None:
             mg += (grad - mg) * (one - rho)
@@ -325,7 +344,7 @@ def _rms_prop(ctx: Context, node: NodeDef, inputs: list[Any], centered: bool,
         mom[...] = mom * momentum + (grad * lr) / np.sqrt(denom)
         v_all -= mom
         return _done(ctx, var, *slots)
-    idx, grad = _sparse_grad(var, inputs[grad_at], inputs[grad_at + 1], node)
+    idx, grad = _sparse_grad(ctx, var, inputs[grad_at], inputs[grad_at + 1], node)
     ms_rows = ms[idx] * rho + grad * grad * (one - rho)
     ms[idx] = ms_rows
     if mg is not None:
@@ -390,10 +409,10 @@ def _ftrl(ctx: Context, node: NodeDef, inputs: list[Any], sparse: bool) -> Any:
              for i, what in enumerate(("lr", "l1", "l2", "l2_shrinkage", "lr_power"))]
     v, a, z = var.read(), accum.read(), linear.read()
     if sparse:
-        idx, grad = _sparse_grad(var, inputs[2], inputs[3], node)
+        idx, grad = _sparse_grad(ctx, var, inputs[2], inputs[3], node)
         v[idx], a[idx], z[idx] = _ftrl_step(v[idx], a[idx], z[idx], grad, hyper)
     else:
-        grad = _dense_grad(var, inputs[2], node)
+        grad = _dense_grad(ctx, var, inputs[2], node)
         v[...], a[...], z[...] = _ftrl_step(v, a, z, grad, hyper)
     return _done(ctx, var, accum, linear)
 

@@ -33,7 +33,7 @@ from varstore.common.errors import (
     NotFoundError,
     clip,
 )
-from varstore.common.names import is_valid_node_name
+from varstore.common.names import did_you_mean, is_valid_node_name
 from varstore.server.budget import MemoryBudget
 from varstore.server.waits import Waiter
 
@@ -141,8 +141,15 @@ class VariableStore:
         """
         var = self.published(name, waiter)
         if var is None:
-            raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
+            raise self.missing(name)
         return var
+
+    def missing(self, name: str) -> NotFoundError:
+        """The error for a variable ``name`` that the store does not hold, naming a variable
+        it holds under a close name (a typo) if there is one."""
+        held = [n for n, var in list(self._vars.items()) if not var.pending]
+        return NotFoundError(f"Variable {clip(name)} does not exist on the server"
+                             f"{did_you_mean(name, held)}")
 
     def published(self, name: str, waiter: Waiter | None = None) -> Variable | None:
         """The published variable named ``name`` or None, waiting as :meth:`get` does."""
@@ -239,7 +246,7 @@ class VariableStore:
                 for name in wanted:
                     var = self._vars.get(name)
                     if var is None or var.pending:
-                        raise NotFoundError(f"Variable {clip(name)} does not exist on the server")
+                        raise self.missing(name)
             else:
                 prefix = scope.rstrip("/")
                 wanted = sorted(n for n, v in self._vars.items() if not v.pending and (
