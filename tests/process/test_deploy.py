@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from varstore.cli import build_parser
-from varstore.server.app import ServerConfig
+from varstore.server.app import ServerConfig, check_exposure
 from varstore.server.main import config_from_args
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
@@ -73,6 +73,9 @@ def test_unit_runs_the_server_as_a_dedicated_user_with_state_directory() -> None
     assert (config.port, config.metrics_port) == (GRPC_PORT, METRICS_PORT)
     assert config.checkpoint_dir == Path("/var/lib/varstore/checkpoints")
     assert config.restore == "latest" and config.save_every > 0
+    # Reachable from other hosts, so protected by tokens (start-up refuses otherwise).
+    assert config.host == "0.0.0.0" and config.token_file == Path("/etc/varstore/tokens")
+    check_exposure(config)
     sysusers = (DEPLOY / "systemd" / "varstore.sysusers.conf").read_text()
     assert 'u varstore - "varstore parameter server" /var/lib/varstore' in sysusers
 
@@ -118,6 +121,9 @@ def test_dockerfile_runs_unprivileged_and_exposes_the_ports() -> None:
     assert (config.port, config.metrics_port, config.restore) == (GRPC_PORT, METRICS_PORT,
                                                                   "latest")
     assert str(config.checkpoint_dir) in instruction("VOLUME")
+    # The published port is the boundary: the image says so explicitly.
+    assert config.host == "0.0.0.0" and config.allow_insecure_remote
+    check_exposure(config)
 
 
 def _healthcheck() -> list[str]:
@@ -164,6 +170,12 @@ def test_statefulset_keeps_checkpoints_on_a_claimed_volume() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["terminationGracePeriodSeconds"] >= 60
+    # Other pods reach it: tokens from a mounted Secret (start-up refuses otherwise).
+    check_exposure(config)
+    assert config.token_file is not None and not config.allow_insecure_remote
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] in secrets]
+    assert config.token_file.parent == Path(mount["mountPath"]) and mount["readOnly"]
 
 
 def test_probes_use_grpc_health_on_the_server_port() -> None:

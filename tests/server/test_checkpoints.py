@@ -502,6 +502,13 @@ def test_stop_writes_a_final_checkpoint_that_start_up_restores(tmp_path: Path) -
         assert srv.checkpoints.last_saved[0] == "model.ckpt-1"
     finally:
         srv.stop(grace=1.0)
+    # Nothing changed since the restore: no checkpoint on exit.
+    assert _state(tmp_path / "ckpt").all_model_checkpoint_paths == ["model.ckpt-1"]
+    srv = create_server(config)
+    srv.start()
+    with vs.connect(f"127.0.0.1:{srv.port}") as c:
+        c.get_variable("w", shape=[3], dtype=vs.float64).assign_add(np.ones(3))
+    srv.stop(grace=1.0)
     assert _state(tmp_path / "ckpt").model_checkpoint_path == "model.ckpt-2"  # the counter goes on
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from concurrent import futures
@@ -17,12 +18,14 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.server import cluster_service
 from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from varstore.server.budget import MemoryBudget
+from varstore.server.capacity import Capacity, CapacityInterceptor, CapacityLimits
 from varstore.server.checkpoint_timer import SaveTimer
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import ClusterSpec
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.servicer import VariableServicer, add_to_server
+from varstore.server.status import StatusInterceptor
 from varstore.server.store import VariableStore
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VariableService"].full_name
 class ServerConfig:
     """Settings of one server; ``varstore serve``'s flags and config file fill it."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     checkpoint_dir: Path = field(default_factory=lambda: Path("checkpoints"))
     restore: str | None = None
@@ -53,6 +56,12 @@ class ServerConfig:
     # A cluster's shard addresses by task index, and this shard's (varstore.server.cluster).
     cluster: tuple[str, ...] = ()
     task_index: int = 0
+    # Listen on a non-loopback address with neither a token file nor TLS.
+    allow_insecure_remote: bool = False
+    # Write a final checkpoint at shutdown when the store changed since the last one.
+    save_on_exit: bool = True
+    # Cancel a stream whose peer sends (or reads) nothing for this long.
+    stream_idle_seconds: float = 20.0
 
 
 @dataclass
@@ -66,8 +75,10 @@ class Server:
     timer: SaveTimer
     health: health.HealthServicer
     metrics: ServerMetrics
+    capacity: Capacity
     # The bound ``/metrics`` port, when the config asked for one.
     metrics_port: int | None = None
+    save_on_exit: bool = True
 
     def start(self) -> None:
         """Starts serving (the port is already bound); the health service reports SERVING."""
@@ -77,12 +88,16 @@ class Server:
         self.timer.start()
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Reports NOT_SERVING, stops accepting calls and waits up to ``grace`` seconds for
-        those in flight; finishes a checkpoint in progress and, with ``save_every``, writes a
-        final one; then closes the metrics endpoint."""
+        """Reports NOT_SERVING, stops accepting calls, ends every wait at once (its caller
+        gets UNAVAILABLE) and gives the calls in flight up to ``grace`` seconds before they
+        are cancelled; finishes a checkpoint in progress and writes a final one when the
+        store changed since the last (unless ``save_on_exit`` is off: then it logs what is
+        discarded); then closes the metrics endpoint."""
         self.health.enter_graceful_shutdown()
+        self.store.stopping.set()
         self.grpc_server.stop(grace).wait()
-        self.timer.stop()
+        self.capacity.close()
+        self.timer.stop(save=self.save_on_exit)
         self.metrics.close()
 
 
@@ -90,9 +105,11 @@ def create_server(config: ServerConfig) -> Server:
     """Builds the store, executor, checkpoint manager and gRPC server, and binds the port.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use) or a TLS or
-    token file cannot be read, ``ValueError`` for inconsistent TLS settings or an empty token
-    file, ``OpError`` (NotFoundError, DataLossError...) when ``config.restore`` fails.
+    token file cannot be read, ``ValueError`` for inconsistent TLS settings, an empty token
+    file or a non-loopback address without protection (see :func:`check_exposure`),
+    ``OpError`` (NotFoundError, DataLossError...) when ``config.restore`` fails.
     """
+    check_exposure(config)
     # One budget for all the server holds for clients: variables, and every call in flight.
     store = VariableStore(budget=MemoryBudget(config.max_memory, config.max_request_bytes))
     executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
@@ -102,9 +119,14 @@ def create_server(config: ServerConfig) -> Server:
     # Before the port is bound: no client ever sees a store that is still being restored.
     spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
     cluster_service.recover_shard(checkpoints, spec, config.restore)
-    servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes)
-    # Metrics first: it also counts the calls that authentication turns away.
-    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    capacity = Capacity(CapacityLimits.for_workers(
+        config.max_workers, stream_idle_seconds=config.stream_idle_seconds))
+    servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
+                                capacity)
+    # Statuses outermost (every error below becomes one), then the limits (which see requests
+    # as the bytes that came), then metrics (which count the calls authentication refuses).
+    interceptors: list[grpc.ServerInterceptor] = [
+        StatusInterceptor(), CapacityInterceptor(capacity), MetricsInterceptor(metrics)]
     if config.token_file is not None:
         interceptors.append(TokenAuthInterceptor(load_tokens(config.token_file)))
     credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -129,7 +151,8 @@ def create_server(config: ServerConfig) -> Server:
     reflection.enable_server_reflection(
         (SERVICE_NAME, cluster_service.SERVICE_NAME, health.SERVICE_NAME,
          reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
+    host = f"[{config.host}]" if ":" in config.host and "[" not in config.host else config.host
+    address = f"{host}:{config.port}"
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -150,4 +173,36 @@ def create_server(config: ServerConfig) -> Server:
     log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
              ", TLS" if credentials is not None else "")
     return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
-                  metrics_port)
+                  capacity, metrics_port, config.save_on_exit)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 in brackets or not) is this machine's
+    loopback interface only."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuses a non-loopback address without a token file or TLS unless
+    ``allow_insecure_remote`` says so (as Redis's protected mode does), and warns when it does.
+
+    Raises ``ValueError`` naming the address and the ways out.
+    """
+    if is_loopback(config.host) or config.token_file is not None \
+            or config.tls_cert is not None:
+        return
+    if not config.allow_insecure_remote:
+        raise ValueError(
+            f"refusing to listen on {config.host} without --token-file or TLS: anyone who "
+            "can reach it could read and change every variable. Pass --token-file FILE or "
+            "--tls-cert/--tls-key, or --allow-insecure-remote if the network is yours alone "
+            "(or --host 127.0.0.1 for this machine only)")
+    log.warning("listening on %s with neither a token nor TLS (--allow-insecure-remote): "
+                "anyone who can reach this address can read and change every variable",
+                config.host)

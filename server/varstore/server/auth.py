@@ -2,7 +2,8 @@
 
 Clients send ``authorization: Bearer <token>`` metadata. A call without an accepted token is
 answered UNAUTHENTICATED before its request is parsed or any servicer code runs. The health
-service stays open so that load balancers and orchestrators can probe without credentials.
+check stays open so that load balancers and orchestrators can probe without credentials; the
+health service's ``Watch`` streams, which last, need a token like everything else.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 
 import grpc
 
+from varstore.common.errors import UnauthenticatedError
 from varstore.server.handlers import method_handler
 
 # Probes (Kubernetes, load balancers, `grpc_health_probe`) carry no credentials.
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+OPEN_PREFIXES = ("/grpc.health.v1.Health/Check",)
 
 
 def load_tokens(path: Path) -> list[str]:
@@ -64,8 +66,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind that answers UNAUTHENTICATED without reading the request."""
     def reject(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                      "a valid bearer token is required (metadata 'authorization: Bearer <token>')")
+        raise UnauthenticatedError(
+            "a valid bearer token is required (metadata 'authorization: Bearer <token>')")
 
     def reject_stream(request: Any, context: grpc.ServicerContext) -> Any:
         reject(request, context)

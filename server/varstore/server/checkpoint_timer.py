@@ -1,5 +1,6 @@
 """The server's save timer (``--save-every``/``--keep``): ``model.ckpt-STEP`` every few
-seconds and a final checkpoint when the server stops, as one saver of its own.
+seconds and a final checkpoint when the server stops (if the store changed), as one saver of
+its own.
 
 ``STEP`` is the value of the store's scalar integer variable ``global_step`` when it has one
 (TensorFlow's convention); otherwise a counter that continues after the newest
@@ -28,8 +29,8 @@ TIMER_SAVER = ("timer",)
 
 
 class SaveTimer:
-    """Saves through ``checkpoints`` every ``save_every`` seconds (0: never, and no final
-    checkpoint either), keeping ``keep`` of its checkpoints (0: deletes none)."""
+    """Saves through ``checkpoints`` every ``save_every`` seconds (0: never) and at
+    :meth:`stop`, keeping ``keep`` of its checkpoints (0: deletes none)."""
 
     def __init__(self, checkpoints: CheckpointManager, save_every: float = 0.0,
                  keep: int = 5) -> None:
@@ -47,17 +48,24 @@ class SaveTimer:
                                            daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stops the timer and waits for a save or restore in progress; with ``save_every``
-        set, then writes a final checkpoint. Failures are logged, not raised."""
+    def stop(self, save: bool = True) -> None:
+        """Stops the timer and waits for a save or restore in progress; then, when variables
+        changed since the store was last saved whole (or restored at start-up), writes a
+        final checkpoint, or with ``save`` off logs which changes are discarded (issue #13:
+        a parameter server's state is the training run). Failures are logged, not raised."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.save_every > 0:
+        changed = self.checkpoints.unsaved()
+        if not changed:
+            log.info("no changes since the last checkpoint: nothing to save on exit")
+        elif save:
             self._save_logged("final")
         else:
-            self.checkpoints.wait_idle()
+            log.warning("--no-save-on-exit: discarding the changes of %d variables since the "
+                        "last checkpoint (%s%s)", len(changed), ", ".join(changed[:10]),
+                        ", ..." if len(changed) > 10 else "")
 
     def save_periodic(self) -> str | None:
         """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of

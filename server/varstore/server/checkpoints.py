@@ -86,6 +86,8 @@ class CheckpointManager:
         self.last_saved: tuple[str, float] | None = None
         self.retention = Retention()
         self._lock = threading.Lock()
+        # Each variable's (identity, version) when the store was last saved whole or restored.
+        self._saved_versions: dict[str, tuple[int, int]] = {}
 
     @property
     def directory(self) -> Path:
@@ -120,6 +122,7 @@ class CheckpointManager:
         with self._lock:
             started = time.monotonic()
             plan = self._save_plan(entries)
+            versions = self._versions() if entries is None else None
             tally = Tally(progress, len(plan), sum(var.nbytes for _, var in plan))
             state_file = check_state_filename(latest_filename) if write_state else None
             created: list[str] = []
@@ -135,6 +138,8 @@ class CheckpointManager:
             except BaseException:
                 self.folder.discard(path, created)
                 raise
+            if versions is not None:
+                self._saved_versions = versions
             log.info("saved checkpoint %s (%d tensors, %d bytes)", named, len(plan),
                      tally.progress.bytes_done)
             self._observe("save", started, tally.progress.bytes_done)
@@ -347,14 +352,21 @@ class CheckpointManager:
                 log.warning("--restore latest: no checkpoint in %s yet; starting empty",
                             self.directory)
                 return None
-            return self.restore(restore)
+            restored = self.restore(restore)
+            self._saved_versions = self._versions()
+            return restored
         except OpError as e:
             raise type(e)(f"cannot restore {clip(repr(restore))}: {e.message}") from e
 
-    def wait_idle(self) -> None:
-        """Waits for the save or restore in progress, if any."""
+    def _versions(self) -> dict[str, tuple[int, int]]:
+        return {var.name: (id(var), var.version) for var in self.store.variables()}
+
+    def unsaved(self) -> list[str]:
+        """Names of the variables created, changed or gone since the store was last saved
+        whole (or restored at start-up), sorted; waits for the save or restore in progress."""
         with self._lock:
-            pass
+            now, saved = self._versions(), self._saved_versions
+        return sorted(n for n in now.keys() | saved.keys() if now.get(n) != saved.get(n))
 
     def _observe(self, kind: str, started: float, nbytes: int) -> None:
         if self.metrics is not None:

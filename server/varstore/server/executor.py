@@ -113,9 +113,7 @@ class Executor:
         if lease is None:
             with contextlib.closing(self.store.budget.lease()) as own:
                 return self.run(graph, waiter, max_reply_bytes, own, reply_streamed)
-        if not graph.validated:
-            self._validate(graph)
-            graph.validated = True
+        self.validate(graph)
         waiter = waiter or self.store.waiter()
         resolved, bound = self._bind(graph, waiter)
         created = [var for var, made in bound if made]
@@ -126,6 +124,14 @@ class Executor:
             self.store.discard(created)
             raise
         return Result(values, bound)
+
+    def validate(self, graph: Graph) -> None:
+        """Checks ``graph`` once (sets ``validated`` and ``blocking``); raises
+        ``InvalidArgumentError`` for a malformed graph."""
+        if graph.validated:
+            return
+        self._validate(graph)
+        graph.validated = True
 
     def _validate(self, graph: Graph) -> None:
         if len(graph.nodes) > MAX_NODES:

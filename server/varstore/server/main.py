@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,12 +25,19 @@ from varstore.server.daemon import DaemonError, ServeProcess
 
 log = logging.getLogger("varstore.server")
 
+# After SIGTERM, calls in flight get this long before they are cancelled.
+GRACE_SECONDS = 10.0
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds ``varstore serve``'s flags to ``parser``."""
     parser.add_argument("--config", type=Path, help="TOML file with the same settings as the "
                         "flags (flags win), e.g. port = 7011")
-    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; another "
+                        "interface needs --token-file, TLS or --allow-insecure-remote)")
+    parser.add_argument("--allow-insecure-remote", action="store_const", const=True,
+                        help="listen on a non-loopback address with neither a token file nor "
+                        "TLS (anyone who reaches it can read and change every variable)")
     parser.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 picks a free "
                         "one and prints it)")
     parser.add_argument("--checkpoint-dir", type=Path,
@@ -39,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "newest one, if there is one yet)")
     parser.add_argument("--save-every", type=float, metavar="SECONDS",
                         help="save a checkpoint on this period")
+    parser.add_argument("--no-save-on-exit", dest="save_on_exit", action="store_const",
+                        const=False, help="on shutdown, do not write a final checkpoint of "
+                        "the changes since the last one (they are lost; the log lists them)")
     parser.add_argument("--keep", type=int, metavar="N",
                         help="timer checkpoints kept: the newest N that the timer wrote; it "
                         "deletes no other checkpoint (default 5; 0: delete none)")
@@ -108,8 +119,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Runs the server (detached with ``--daemon``) until SIGTERM/SIGINT; returns the exit
-    code."""
+    """Runs the server (detached with ``--daemon``) until SIGTERM/SIGINT, then stops it and
+    ends the process with status 0 (:func:`leave`); returns 1 when it cannot start."""
     logging.basicConfig(level=args.log_level.upper(), filename=args.log_file,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "shards", None) is not None:
@@ -139,7 +150,18 @@ def serve(args: argparse.Namespace) -> int:
                   f"(checkpoints in {config.checkpoint_dir}{metrics})")
     stop.wait()
     log.info("shutting down")
-    server.stop(grace=10.0)
+    server.stop(grace=GRACE_SECONDS)
     process.close()
     log.info("stopped")
-    return 0
+    leave(0)
+
+
+def leave(code: int) -> NoReturn:
+    """Ends the process with ``code`` once the server stopped: a request thread still
+    computing past the grace period (its call is cancelled; its client has its answer) must
+    not keep the process alive, so the interpreter's join of the request threads is skipped
+    after the logs are flushed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from varstore.common.errors import STATUS_LIMIT, InvalidArgumentError, OpError, clip
+from varstore.common.errors import InvalidArgumentError, OpError
 from varstore.server.handlers import behavior_of, method_handler
 from varstore.server.store import VariableStore
 
@@ -105,8 +105,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None:
-            return None
+        if handler is None or getattr(behavior_of(handler), "experimental_non_blocking", False):
+            return handler  # a health Watch holds no thread; wrapping it would make it hold one
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -168,8 +168,9 @@ class _MeasuredCall:
                 response = behavior(parse(request), context)
                 outcome = grpc.StatusCode.OK
                 return response
-            except OpError as e:
-                context.abort(e.code, clip(e.message, STATUS_LIMIT))
+            except Exception as e:
+                outcome = _code_of(e)
+                raise
             finally:
                 self._end(context, start, outcome)
         return call
@@ -185,8 +186,9 @@ class _MeasuredCall:
             except GeneratorExit:
                 outcome = grpc.StatusCode.CANCELLED
                 raise
-            except OpError as e:
-                context.abort(e.code, clip(e.message, STATUS_LIMIT))
+            except Exception as e:
+                outcome = _code_of(e)
+                raise
             finally:
                 self._end(context, start, outcome)
         return call
@@ -206,3 +208,8 @@ class _MeasuredCall:
         if counter is None:
             counter = self.finished[code] = self.metrics.requests.labels(self.method, code)
         counter.inc()
+
+
+def _code_of(error: Exception) -> grpc.StatusCode:
+    """The status a call that raised ``error`` ends with (status.StatusInterceptor maps it)."""
+    return error.code if isinstance(error, OpError) else grpc.StatusCode.INTERNAL

@@ -1,30 +1,29 @@
 """The gRPC servicer: protos in, store and checkpoint calls, protos out.
 
 Errors raised by the store, executor or checkpoint code are varstore's ``OpError`` classes;
-:func:`rpc_errors` maps them to gRPC statuses in one place. Anything else is a bug: it is
-logged with its traceback and reported to the client as INTERNAL without details.
+:mod:`varstore.server.status` maps them to gRPC statuses in one place.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from varstore.common import __version__, codec
-from varstore.common.errors import STATUS_LIMIT, InvalidArgumentError, OpError, clip
+from varstore.common.errors import InvalidArgumentError, clip
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
 from varstore.server.budget import Lease
+from varstore.server.capacity import Capacity
 from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
@@ -67,34 +66,6 @@ def progress_message(p: Progress, saved: Saved | None = None) -> pb.CheckpointPr
     return message
 
 
-def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
-    if isinstance(error, OpError):
-        context.abort(error.code, clip(error.message, STATUS_LIMIT))
-    log.exception("internal error in %s", method)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
-
-
-def rpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns exceptions raised by a servicer method (unary or streaming) into statuses."""
-    name = method.__name__
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from method(self, request, context)
-            except Exception as e:  # noqa: BLE001 - every error becomes a status
-                _abort(context, e, name)
-        return stream
-
-    @functools.wraps(method)
-    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except Exception as e:  # noqa: BLE001 - every error becomes a status
-            _abort(context, e, name)
-    return unary
-
-
 class ClientTracker:
     """Counts distinct peers seen recently, for ``varstore status``."""
 
@@ -122,9 +93,10 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     """Implements ``varstore.v1.VariableService`` over a store and a checkpoint manager."""
 
     def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, capacity: Capacity) -> None:
         self.store = store
         self.budget = store.budget
+        self.capacity = capacity
         self.executor = executor
         self.checkpoints = checkpoints
         self.max_request_bytes = max_request_bytes
@@ -140,14 +112,15 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
             lease.close()
         return lease
 
-    @rpc_errors
     def Run(self, raw: bytes, context: grpc.ServicerContext) -> pb.RunResponse:
         self.clients.saw(context)
         lease = self._lease(context)
         lease.charge_request(len(raw), "a Run request")
-        result = self.executor.run(self._graph(raw, lease), self._waiter(context),
-                                   max_reply_bytes=MAX_MESSAGE_BYTES, lease=lease,
-                                   reply_streamed=False)
+        graph = self._graph(raw, lease)
+        with self.capacity.long_calls.held_while() if graph.blocking else nullcontext():
+            result = self.executor.run(graph, self._waiter(context),
+                                       max_reply_bytes=MAX_MESSAGE_BYTES, lease=lease,
+                                       reply_streamed=False)
         response, _ = wire.result_to_proto(result, stream=False)
         return response
 
@@ -166,6 +139,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                          f"a graph of {len(header.nodes)} nodes")
             graph = wire.graph_from_proto(header, [codec.tensor_from_proto(t, charge=lease.charge)
                                                    for t in tensors])
+            self.executor.validate(graph)
             if len(raw) > GRAPH_CACHE_MAX_BYTES:
                 graph.owned = True
             else:
@@ -176,7 +150,6 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                 self._graphs[raw] = graph
         return graph
 
-    @rpc_errors
     def RunStream(self, request_iterator: Iterator[pb.RunChunk],
                   context: grpc.ServicerContext) -> Iterator[pb.RunChunk | bytes]:
         self.clients.saw(context)
@@ -193,13 +166,11 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         del graph, streamed
         yield from codec.split_chunks(pb.RunChunk(response=response), payloads)
 
-    @rpc_errors
     def ListVariables(self, request: pb.ListVariablesRequest,
                       context: grpc.ServicerContext) -> pb.ListVariablesResponse:
         return pb.ListVariablesResponse(
             variables=[wire.variable_info(v) for v in self.store.variables(request.scope)])
 
-    @rpc_errors
     def Delete(self, request: pb.DeleteRequest,
                context: grpc.ServicerContext) -> pb.DeleteResponse:
         given = [bool(request.names), bool(request.scope), request.all]
@@ -215,7 +186,6 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
             log.info("deleted %d variable(s) at the request of %s", len(deleted), context.peer())
         return pb.DeleteResponse(deleted=deleted)
 
-    @rpc_errors
     def WaitInitialized(self, request: pb.WaitInitializedRequest,
                         context: grpc.ServicerContext) -> pb.WaitInitializedResponse:
         timeout = client_duration(request.timeout_seconds, "timeout_seconds")
@@ -223,7 +193,6 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                                               self._waiter(context))
         return pb.WaitInitializedResponse(uninitialized=pending)
 
-    @rpc_errors
     def Save(self, request: pb.SaveRequest,
              context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
         entries = entry_map(request.entries)
@@ -235,7 +204,6 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                 keep_every_hours=request.keep_checkpoint_every_n_hours)):
             yield progress_message(progress, saved)
 
-    @rpc_errors
     def Restore(self, request: pb.RestoreRequest,
                 context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
         entries = entry_map(request.entries)
@@ -243,13 +211,11 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                 self.checkpoints.restore(request.prefix, entries, sink), [])):
             yield progress_message(progress, saved)
 
-    @rpc_errors
     def LatestCheckpoint(self, request: pb.LatestCheckpointRequest,
                          context: grpc.ServicerContext) -> pb.LatestCheckpointResponse:
         return pb.LatestCheckpointResponse(path=self.checkpoints.latest(
             request.directory, request.latest_filename) or "")
 
-    @rpc_errors
     def Status(self, request: pb.StatusRequest,
                context: grpc.ServicerContext) -> pb.StatusResponse:
         last = self.checkpoints.last_saved

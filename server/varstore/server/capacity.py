@@ -1,0 +1,263 @@
+"""What calls may hold, so that no client, signed in or not, can take the server's capacity.
+
+The server answers calls on a fixed pool of threads. A short call (a unary ``Run``,
+``Status``, a health check) gives its thread back within its own work. A long one holds a
+thread for as long as its client makes it last: streams (``RunStream``, ``Save``,
+``Restore``, reflection), waits (``WaitInitialized``, a ``Run`` of ``sync_wait``). So:
+
+- long calls share :attr:`CapacityLimits.long_calls` slots, fewer than the pool's threads,
+  and a long call beyond them is refused at once (RESOURCE_EXHAUSTED): the other threads
+  always remain for short calls, the health check among them;
+- a stream whose peer sends nothing (or reads nothing) for ``stream_idle_seconds``, or sends
+  its request slower than ``stream_min_rate`` bytes per second on average, is cancelled;
+- health ``Watch`` streams hold no thread at all (gRPC's non-blocking handler), and at most
+  ``watchers`` of them are open at once;
+- waits end when the call is cancelled or its deadline passes (:mod:`varstore.server.waits`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from varstore.common.errors import ResourceExhaustedError
+from varstore.server.handlers import behavior_of, method_handler
+
+log = logging.getLogger(__name__)
+
+# Unary methods that may last as long as their client asks.
+LONG_UNARY_METHODS = frozenset({"/varstore.v1.VariableService/WaitInitialized"})
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+# How often stalled streams are looked for.
+WATCHDOG_SECONDS = 0.1
+
+
+@dataclass
+class CapacityLimits:
+    """The limits of one server (see the module's docstring)."""
+
+    long_calls: int
+    watchers: int = 64
+    stream_idle_seconds: float = 20.0
+    stream_min_rate: int = 16 << 10
+
+    @classmethod
+    def for_workers(cls, workers: int, **overrides: Any) -> CapacityLimits:
+        """Limits for a pool of ``workers`` threads: a quarter of them (at least two) are
+        kept for short calls."""
+        kept = max(2, workers // 4)
+        if workers <= kept:
+            raise ValueError(f"the server needs more than {kept} threads, got {workers}")
+        return cls(long_calls=workers - kept, **overrides)
+
+
+class Slots:
+    """A count of things held at once, refused past ``limit``."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """How many are held now."""
+        return self._held
+
+    def take(self) -> None:
+        """Takes a slot; raises ``ResourceExhaustedError`` when all are held."""
+        with self._lock:
+            if self._held >= self.limit:
+                raise ResourceExhaustedError(
+                    f"the server is serving {self.limit} {self.what} already; try again later")
+            self._held += 1
+
+    def give_back(self) -> None:
+        """Returns a slot taken with :meth:`take`."""
+        with self._lock:
+            self._held -= 1
+
+    @contextmanager
+    def held_while(self) -> Iterator[None]:
+        """Holds a slot for the block; raises what :meth:`take` raises."""
+        self.take()
+        try:
+            yield
+        finally:
+            self.give_back()
+
+
+class Capacity:
+    """The slots and the stream watchdog of one server."""
+
+    def __init__(self, limits: CapacityLimits) -> None:
+        self.limits = limits
+        self.long_calls = Slots(limits.long_calls, "long calls (streams and waits)")
+        self.watchers = Slots(limits.watchers, "health watches")
+        self._streams: set[_Stream] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        """Stops the watchdog."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _watch(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams.add(stream)
+            if self._thread is None and not self._closed.is_set():
+                self._thread = threading.Thread(target=self._run_watchdog, daemon=True,
+                                                name="varstore-stream-watchdog")
+                self._thread.start()
+
+    def _unwatch(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def _run_watchdog(self) -> None:
+        while not self._closed.wait(WATCHDOG_SECONDS):
+            now = time.monotonic()
+            with self._lock:
+                streams = list(self._streams)
+            for stream in streams:
+                reason = stream.stalled(now, self.limits)
+                if reason is not None:
+                    log.warning("cancelled %s from %s: %s", stream.method, stream.peer, reason)
+                    self._unwatch(stream)
+                    stream.context.cancel()
+
+
+class _Stream:
+    """One call's stream traffic: when it last waited for its peer, and how much came."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+        self.method = method.rsplit("/", 1)[-1]
+        self.context = context
+        self.peer = context.peer()
+        self.waiting_since: float | None = None
+        self.waited = 0.0  # seconds spent waiting for request messages, before this wait
+        self.received = 0
+        self.reading = False
+
+    def stalled(self, now: float, limits: CapacityLimits) -> str | None:
+        """Why the stream should be cancelled, or None."""
+        since = self.waiting_since
+        if since is None:
+            return None
+        idle = now - since
+        if idle > limits.stream_idle_seconds:
+            side = "sent no message" if self.reading else "read no message"
+            return f"its peer {side} for {idle:.1f}s"
+        waited = self.waited + idle
+        if self.reading and waited > limits.stream_idle_seconds \
+                and self.received < limits.stream_min_rate * waited:
+            return (f"its request came at {self.received / waited:.0f} bytes/s, under "
+                    f"{limits.stream_min_rate}")
+        return None
+
+    def requests(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        """``iterator``'s messages, timing each wait for the next one."""
+        while True:
+            self.reading = True
+            self.waiting_since = time.monotonic()
+            try:
+                message = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.monotonic() - self.waiting_since
+                self.waiting_since = None
+            self.received += len(message) if isinstance(message, bytes | bytearray) else 0
+            yield message
+
+    def responses(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        """``iterator``'s messages, timing how long the peer takes to accept each one."""
+        for message in iterator:
+            self.reading = False
+            self.waiting_since = time.monotonic()
+            try:
+                yield message
+            finally:
+                self.waiting_since = None
+
+
+class CapacityInterceptor(grpc.ServerInterceptor):
+    """Applies a :class:`Capacity` to every call (see the module's docstring).
+
+    It must be the first interceptor, so that it sees requests as the bytes that came.
+    """
+
+    def __init__(self, capacity: Capacity) -> None:
+        self.capacity = capacity
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        behavior = behavior_of(handler)
+        if getattr(behavior, "experimental_non_blocking", False):
+            return self._watcher(handler, behavior)
+        streaming = handler.request_streaming or handler.response_streaming
+        if not streaming and details.method not in LONG_UNARY_METHODS:
+            return handler
+        return method_handler(handler.request_streaming, handler.response_streaming,
+                              self._long(details.method, handler, behavior),
+                              handler.request_deserializer, handler.response_serializer)
+
+    def _long(self, method: str, handler: grpc.RpcMethodHandler,
+              behavior: Callable[..., Any]) -> Callable[..., Any]:
+        capacity = self.capacity
+
+        def unary_out(request: Any, context: grpc.ServicerContext) -> Any:
+            with capacity.long_calls.held_while():
+                stream = _Stream(method, context)
+                if handler.request_streaming:
+                    request = stream.requests(request)
+                    capacity._watch(stream)
+                try:
+                    return behavior(request, context)
+                finally:
+                    capacity._unwatch(stream)
+
+        def stream_out(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with capacity.long_calls.held_while():
+                stream = _Stream(method, context)
+                if handler.request_streaming:
+                    request = stream.requests(request)
+                capacity._watch(stream)
+                try:
+                    yield from stream.responses(behavior(request, context))
+                finally:
+                    capacity._unwatch(stream)
+
+        return stream_out if handler.response_streaming else unary_out
+
+    def _watcher(self, handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
+                 ) -> grpc.RpcMethodHandler:
+        """A non-blocking streaming handler (health ``Watch``) counted against ``watchers``."""
+        watchers = self.capacity.watchers
+
+        def watch(request: Any, context: grpc.ServicerContext,
+                  send_response_callback: Callable[[Any], None] | None = None) -> Any:
+            watchers.take()
+            if not context.add_callback(watchers.give_back):
+                watchers.give_back()
+            return behavior(request, context, send_response_callback=send_response_callback)
+
+        watch.experimental_non_blocking = True  # type: ignore[attr-defined]
+        watch.experimental_thread_pool = None  # type: ignore[attr-defined]
+        return method_handler(handler.request_streaming, handler.response_streaming, watch,
+                              handler.request_deserializer, handler.response_serializer)

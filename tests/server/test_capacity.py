@@ -1,0 +1,240 @@
+"""No client, signed in or not, can take the server's capacity.
+
+Each test opens more hostile calls than the server has threads (idle or slow streams, long
+waits with any timeout, cancelled waits, synchronous steps that never complete, health
+watches without a token, waiters on all variables), then checks that the health check, a
+status call and a small update from a fresh client are answered, and that the hostile calls
+end (refused, cancelled or timed out) instead of holding threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import varstore as vs
+from varstore import dtypes
+from varstore.errors import DeadlineExceededError, InvalidArgumentError
+from varstore.proto import varstore_pb2 as pb
+from varstore.proto import varstore_pb2_grpc as pb_grpc
+from varstore.request import RequestBuilder
+from varstore.server import ServerConfig, create_server
+from varstore.server.app import Server
+
+WORKERS = 8
+HOSTILE = 3 * WORKERS  # hostile calls per flood: three times the server's threads
+IDLE_SECONDS = 0.5
+TOKEN = "s3cret"
+VICTIM_DEADLINE = 20.0  # generous: the victims must be answered, whenever the machine allows
+
+
+@pytest.fixture
+def small_server(tmp_path: Path) -> Iterator[Server]:
+    """A server with few threads and a short stream idle timeout, requiring a token."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    srv = create_server(ServerConfig(host="127.0.0.1", port=0, checkpoint_dir=tmp_path / "ck",
+                                     max_workers=WORKERS, stream_idle_seconds=IDLE_SECONDS,
+                                     token_file=tokens))
+    srv.start()
+    yield srv
+    srv.stop(grace=0.5)
+
+
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+def _channel(srv: Server) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+
+
+def _victims_are_served(srv: Server) -> None:
+    """A fresh client's health check, status and small update are all answered."""
+    with _channel(srv) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=VICTIM_DEADLINE)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        status = pb_grpc.VariableServiceStub(channel).Status(
+            pb.StatusRequest(), timeout=VICTIM_DEADLINE, metadata=AUTH)
+        assert status.version
+    with vs.connect(f"127.0.0.1:{srv.port}", token=TOKEN, timeout=VICTIM_DEADLINE) as c:
+        counter = c.get_variable("victim/counter", shape=[], dtype=vs.int64,
+                                 initializer=vs.zeros_initializer())
+        before = int(counter.numpy())
+        counter.assign_add(1)
+        assert int(counter.numpy()) == before + 1
+
+
+def _idle_requests(stop: threading.Event) -> Iterator[pb.RunChunk]:
+    stop.wait()
+    return
+    yield
+
+
+def _slow_requests(stop: threading.Event) -> Iterator[pb.RunChunk]:
+    yield pb.RunChunk(request=pb.RunRequest(tensors=[pb.Tensor(
+        dtype=dtypes.float32.enum, shape=[1 << 18], streamed_bytes=1 << 20)]))
+    while not stop.wait(0.05):
+        yield pb.RunChunk(data=b"x")
+
+
+def _sync_wait(timeout: float) -> pb.RunRequest:
+    b = RequestBuilder()
+    b.fetch(b.node("sync_wait", group="gs", generation=0, timeout=timeout))
+    return b.build(stream=False)[0]
+
+
+def _open(srv: Server, kind: str, stop: threading.Event) -> list[grpc.Future]:
+    """HOSTILE calls of ``kind``, left running."""
+    channel = _channel(srv)
+    stub = pb_grpc.VariableServiceStub(channel)
+    calls: list[grpc.Future] = []
+    for _ in range(HOSTILE):
+        if kind == "idle stream":
+            calls.append(stub.RunStream(_idle_requests(stop), metadata=AUTH))
+        elif kind == "slow stream":
+            calls.append(stub.RunStream(_slow_requests(stop), metadata=AUTH))
+        elif kind in ("long wait", "cancelled wait"):
+            calls.append(stub.WaitInitialized.future(
+                pb.WaitInitializedRequest(names=["never"], timeout_seconds=3600), metadata=AUTH))
+        elif kind == "wait on all variables":
+            calls.append(stub.WaitInitialized.future(
+                pb.WaitInitializedRequest(timeout_seconds=math.inf), metadata=AUTH))
+        elif kind == "sync step":
+            calls.append(stub.Run.future(_sync_wait(3600.0), metadata=AUTH))
+        elif kind == "health watch without token":
+            calls.append(health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest()))
+        elif kind == "reflection stream":
+            calls.append(channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")(
+                    _idle_requests(stop), metadata=AUTH))
+    if kind == "cancelled wait":
+        for call in calls:
+            call.cancel()
+    return calls
+
+
+FLOODS = ["idle stream", "slow stream", "long wait", "cancelled wait", "wait on all variables",
+          "sync step", "health watch without token", "reflection stream"]
+
+
+@pytest.mark.parametrize("kind", FLOODS)
+def test_a_flood_of_long_calls_leaves_the_server_serving(small_server: Server,
+                                                          kind: str) -> None:
+    with vs.connect(f"127.0.0.1:{small_server.port}", token=TOKEN) as c:
+        c.Variable(np.int64(0), name="gs")
+        b = RequestBuilder()
+        b.variable("uninitialized", dtypes.float32, [2])  # "all variables" never get ready
+        c.run(b)
+    stop = threading.Event()
+    calls = _open(small_server, kind, stop)
+    try:
+        _victims_are_served(small_server)
+        if kind in ("idle stream", "slow stream", "reflection stream"):
+            # Stalled streams are cancelled; those past the limit were refused at once.
+            codes = {_code(call) for call in calls}
+            assert codes <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        elif kind == "health watch without token":
+            codes = {_code(call) for call in calls}
+            assert codes == {grpc.StatusCode.UNAUTHENTICATED}
+    finally:
+        stop.set()
+        for call in calls:
+            call.cancel()
+    # Every slot is given back once the calls are gone.
+    _eventually(lambda: small_server.capacity.long_calls.held == 0, "slots to be given back")
+
+
+def _code(call: grpc.Future) -> grpc.StatusCode:
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+def _eventually(condition: Callable[[], bool], what: str) -> None:
+    done = threading.Event()
+    for _ in range(200):
+        if condition():
+            return
+        done.wait(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_long_calls_past_the_limit_are_refused_with_a_reason(small_server: Server) -> None:
+    stop = threading.Event()
+    calls = _open(small_server, "long wait", stop)
+    try:
+        refused = []
+        for call in calls:
+            try:
+                call.result(timeout=0.5)
+            except grpc.FutureTimeoutError:
+                continue
+            except grpc.RpcError as e:
+                refused.append((e.code(), e.details()))
+        limit = small_server.capacity.limits.long_calls
+        assert len(refused) == HOSTILE - limit
+        assert {code for code, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all("long calls" in details for _, details in refused)
+    finally:
+        for call in calls:
+            call.cancel()
+
+
+def test_health_watch_with_a_token_holds_no_thread(small_server: Server) -> None:
+    channel = _channel(small_server)
+    watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(),
+                                                         metadata=AUTH)
+               for _ in range(HOSTILE)]
+    try:
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        _victims_are_served(small_server)
+        assert small_server.capacity.long_calls.held == 0
+    finally:
+        for watch in watches:
+            watch.cancel()
+    _eventually(lambda: small_server.capacity.watchers.held == 0, "watchers to be released")
+
+
+@pytest.mark.parametrize("timeout", [-1.0, math.nan, -math.inf])
+def test_bad_wait_durations_are_refused(small_server: Server, timeout: float) -> None:
+    with _channel(small_server) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            pb_grpc.VariableServiceStub(channel).WaitInitialized(
+                pb.WaitInitializedRequest(names=["x"], timeout_seconds=timeout),
+                timeout=VICTIM_DEADLINE, metadata=AUTH)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "timeout_seconds" in raised.value.details()
+    with vs.connect(f"127.0.0.1:{small_server.port}", token=TOKEN) as c:
+        c.Variable(np.int64(0), name="gs")
+        b = RequestBuilder()
+        b.fetch(b.node("sync_wait", group="gs", generation=0, timeout=timeout))
+        with pytest.raises(InvalidArgumentError, match="sync_wait's timeout"):
+            c.run(b)
+
+
+def test_huge_wait_durations_end_at_the_call_deadline(small_server: Server) -> None:
+    with _channel(small_server) as channel:
+        for timeout in (1e300, math.inf):
+            reply = pb_grpc.VariableServiceStub(channel).WaitInitialized(
+                pb.WaitInitializedRequest(names=["x"], timeout_seconds=timeout),
+                timeout=0.5, metadata=AUTH)
+            assert list(reply.uninitialized) == ["x"]
+    with vs.connect(f"127.0.0.1:{small_server.port}", token=TOKEN, timeout=0.5) as c:
+        c.Variable(np.int64(0), name="gs")
+        b = RequestBuilder()
+        b.fetch(b.node("sync_wait", group="gs", generation=0, timeout=math.inf))
+        with pytest.raises(DeadlineExceededError):
+            c.run(b)
