@@ -133,9 +133,9 @@ def test_timer_and_sigterm_write_checkpoints(tmp_path: Path) -> None:
         stop_server_process(server)
 
 
-def test_sigterm_without_save_every_writes_nothing(tmp_path: Path) -> None:
+def test_sigterm_with_no_save_on_exit_writes_nothing(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
-    server = start_server_process(ckpt)
+    server = start_server_process(ckpt, "--no-save-on-exit")
     with vs.connect(server.address) as c:
         c.Variable(1.0, name="w")
     server.process.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -91,11 +92,11 @@ def _sync_wait(timeout: float) -> pb.RunRequest:
     return b.build(stream=False)[0]
 
 
-def _open(srv: Server, kind: str, stop: threading.Event) -> list[grpc.Future]:
-    """HOSTILE calls of ``kind``, left running."""
+def _open(srv: Server, kind: str, stop: threading.Event) -> list[Any]:
+    """HOSTILE calls of ``kind`` (futures or response iterators), left running."""
     channel = _channel(srv)
     stub = pb_grpc.VariableServiceStub(channel)
-    calls: list[grpc.Future] = []
+    calls: list[Any] = []
     for _ in range(HOSTILE):
         if kind == "idle stream":
             calls.append(stub.RunStream(_idle_requests(stop), metadata=AUTH))
@@ -113,9 +114,9 @@ def _open(srv: Server, kind: str, stop: threading.Event) -> list[grpc.Future]:
             calls.append(health_pb2_grpc.HealthStub(channel).Watch(
                 health_pb2.HealthCheckRequest()))
         elif kind == "reflection stream":
-            calls.append(channel.stream_stream(
-                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")(
-                    _idle_requests(stop), metadata=AUTH))
+            reflect: Any = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+            calls.append(reflect(_idle_requests(stop), metadata=AUTH))
     if kind == "cancelled wait":
         for call in calls:
             call.cancel()
@@ -153,7 +154,7 @@ def test_a_flood_of_long_calls_leaves_the_server_serving(small_server: Server,
     _eventually(lambda: small_server.capacity.long_calls.held == 0, "slots to be given back")
 
 
-def _code(call: grpc.Future) -> grpc.StatusCode:
+def _code(call: Any) -> grpc.StatusCode:
     try:
         for _ in call:
             pass
@@ -182,7 +183,7 @@ def test_long_calls_past_the_limit_are_refused_with_a_reason(small_server: Serve
             except grpc.FutureTimeoutError:
                 continue
             except grpc.RpcError as e:
-                refused.append((e.code(), e.details()))
+                refused.append((e.code(), e.details() or ""))
         limit = small_server.capacity.limits.long_calls
         assert len(refused) == HOSTILE - limit
         assert {code for code, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -216,7 +217,7 @@ def test_bad_wait_durations_are_refused(small_server: Server, timeout: float) ->
                 pb.WaitInitializedRequest(names=["x"], timeout_seconds=timeout),
                 timeout=VICTIM_DEADLINE, metadata=AUTH)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "timeout_seconds" in raised.value.details()
+        assert "timeout_seconds" in (raised.value.details() or "")
     with vs.connect(f"127.0.0.1:{small_server.port}", token=TOKEN) as c:
         c.Variable(np.int64(0), name="gs")
         b = RequestBuilder()
