@@ -32,7 +32,6 @@ from varstore.server.checkpoint_folder import os_error
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
 from varstore.server.retention import client_saver
-from varstore.server.servicer import rpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,12 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         self.checkpoints = checkpoints
         self.table = PlacementTable(len(spec.shards)) if spec is not None else None
 
-    @rpc_errors
     def ClusterInfo(self, request: cpb.ClusterInfoRequest,
                     context: grpc.ServicerContext) -> cpb.ClusterInfoResponse:
         if self.spec is None:
             return cpb.ClusterInfoResponse()
         return cpb.ClusterInfoResponse(shards=self.spec.shards, task_index=self.spec.task_index)
 
-    @rpc_errors
     def Place(self, request: cpb.PlaceRequest,
               context: grpc.ServicerContext) -> cpb.PlaceResponse:
         if self.table is None or self.spec is None or self.spec.task_index != 0:
@@ -66,7 +63,6 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
             self.table.place(p.name, p.nbytes, p.shard, p.colocate_with, p.lookup_only)
             for p in request.variables])
 
-    @rpc_errors
     def SavePart(self, request: cpb.SavePartRequest,
                  context: grpc.ServicerContext) -> cpb.SavePartResponse:
         _check_parts([request.part_prefix])
@@ -74,7 +70,6 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         return cpb.SavePartResponse(
             bytes_written=self.checkpoints.save_part(request.part_prefix, entries))
 
-    @rpc_errors
     def CommitParts(self, request: cpb.CommitPartsRequest,
                     context: grpc.ServicerContext) -> cpb.CommitPartsResponse:
         folder = self.checkpoints.folder
@@ -96,7 +91,6 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
             keep_every_hours=request.keep_checkpoint_every_n_hours)
         return cpb.CommitPartsResponse(path=saved.path, last_checkpoints=saved.last_checkpoints)
 
-    @rpc_errors
     def CheckpointKeys(self, request: cpb.CheckpointKeysRequest,
                        context: grpc.ServicerContext) -> cpb.CheckpointKeysResponse:
         named = request.prefix

@@ -315,11 +315,11 @@ class VariableStore:
             self._initialization_changed(var, delta)
 
     def _initialization_changed(self, var: Variable, delta: int) -> None:
-        if var.pending:  # counted when published
-            return
         with self._lock:
-            self._uninitialized += delta
-            self._changed.notify_all()
+            # Pending variables are counted when published; deleted ones no more.
+            if not var.pending and self._vars.get(var.name) is var:
+                self._uninitialized += delta
+                self._changed.notify_all()
 
     def touched(self, var: Variable) -> None:
         """Records an in-place update of ``var`` (hold ``var.lock``)."""
