@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from varstore.common import names
+from varstore.common import dtypes, names
 
 
 class _ReuseMode(enum.Enum):
@@ -130,7 +130,7 @@ class Naming:
     def __init__(self) -> None:
         self._names_in_use: dict[str, int] = {}
         self.name_stack = ""
-        self.var_scope = VariableScope(False)
+        self.var_scope = VariableScope(False, dtype=dtypes.float32)
         self._scope_counts: dict[str, int] = {}
         self.shared: dict[str, Any] = {}
         # Partitioned variables by full name (varstore.v1.partitioned).

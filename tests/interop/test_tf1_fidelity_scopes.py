@@ -269,6 +269,20 @@ def name_scope_with_default_name(tf: Any, env: Any) -> Any:
 
 
 @graph
+def scope_attributes(tf: Any, env: Any) -> Any:
+    root = tf.get_variable_scope()
+    out = [root.name, root.original_name_scope, root.dtype.name,
+           [getattr(root, k) is None for k in ("initializer", "regularizer", "partitioner",
+                                               "custom_getter", "caching_device", "constraint",
+                                               "use_resource")]]
+    with tf.variable_scope("a", dtype=tf.float64, initializer=tf.zeros_initializer()) as a:
+        with tf.variable_scope("b") as b:
+            out += [a.dtype.name, b.dtype.name, b.initializer is a.initializer,
+                    b.original_name_scope, tf.get_variable("v", [1]).dtype.base_dtype.name]
+    return out
+
+
+@graph
 def variable_scope_needs_a_name(tf: Any, env: Any) -> Any:
     with tf.variable_scope(None):
         return "entered"
