@@ -102,7 +102,8 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
         variables = [v for _, v in pairs]
         graph = tf1.get_default_graph()
         for var in [*variables, *([global_step] if global_step is not None else [])]:
-            if var not in graph.get_collection(VARIABLES):
+            # By identity: == on variables may compare their values.
+            if not any(known is var for known in graph.get_collection(VARIABLES)):
                 graph.add_to_collection(VARIABLES, var)
         specs = [spec_of(v) for v in variables]
         step_spec = None if global_step is None else spec_of(global_step)
@@ -218,7 +219,7 @@ class SyncHook(tf.compat.v1.train.SessionRunHook):
         variables = list(self._var_list or graph.get_collection(VARIABLES)
                          or tf1.global_variables())
         step = tf1.train.get_global_step(graph)
-        if step is not None and step not in variables:
+        if step is not None and not any(v is step for v in variables):
             variables.append(step)
         self._variables = variables
         self._feeds = [tf1.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
