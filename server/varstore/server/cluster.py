@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from varstore.common.errors import FailedPreconditionError, InvalidArgumentError, clip
+from varstore.server.budget import MemoryBudget
+from varstore.server.store import VARIABLE_BYTES, validate_name
 
 TF_CONFIG = "TF_CONFIG"
 # Addresses a shard listens on for every interface: a client reaches such a shard at the host
@@ -121,10 +123,13 @@ class PlacementTable:
     """Shard 0's record of which shard holds each variable, and the bytes placed per shard.
 
     :meth:`place` answers for many names at once; the first answer for a name is final.
+    Each placed name is charged to ``budget`` (when given) for as long as the table lives,
+    so that clients placing names cannot make shard 0 hold more than ``--max-memory``.
     """
 
-    def __init__(self, num_shards: int) -> None:
+    def __init__(self, num_shards: int, budget: MemoryBudget | None = None) -> None:
         self.num_shards = num_shards
+        self.budget = budget
         self._shard: dict[str, int] = {}
         self._bytes = [0] * num_shards
         self._lock = threading.Lock()
@@ -137,8 +142,11 @@ class PlacementTable:
         TensorFlow colocates slots with their variable), else to the shard with the fewest
         bytes (the lowest index among equals).
 
-        Raises ``InvalidArgumentError`` for a shard outside the cluster or negative bytes.
+        Raises ``InvalidArgumentError`` for a shard outside the cluster, negative bytes or a
+        name that is no variable name (:func:`validate_name`, at most 64 KiB),
+        ``ResourceExhaustedError`` when placing a new name would pass the memory budget.
         """
+        validate_name(name)
         if shard >= self.num_shards or shard < -1:
             raise InvalidArgumentError(
                 f"shard {shard} of variable {clip(name)} is not in a cluster of "
@@ -155,6 +163,8 @@ class PlacementTable:
                 shard = self._neighbour(colocate_with or name, exact=bool(colocate_with))
             if shard < 0:
                 shard = min(range(self.num_shards), key=lambda s: (self._bytes[s], s))
+            if self.budget is not None:
+                self.budget.charge(VARIABLE_BYTES + len(name), f"placing {clip(name)}")
             self._shard[name] = shard
             self._bytes[shard] += nbytes
             return shard

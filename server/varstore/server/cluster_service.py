@@ -47,7 +47,8 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     def __init__(self, spec: ClusterSpec | None, checkpoints: CheckpointManager) -> None:
         self.spec = spec
         self.checkpoints = checkpoints
-        self.table = PlacementTable(len(spec.shards)) if spec is not None else None
+        self.table = (PlacementTable(len(spec.shards), checkpoints.store.budget)
+                      if spec is not None else None)
 
     def ClusterInfo(self, request: cpb.ClusterInfoRequest,
                     context: grpc.ServicerContext) -> cpb.ClusterInfoResponse:
