@@ -286,6 +286,26 @@ def test_sigterm_to_the_parent_stops_every_shard(tmp_path: Path) -> None:
             os.kill(pid, 0)
 
 
+def test_ctrl_c_of_a_cluster_writes_no_checkpoint_per_shard(tmp_path: Path) -> None:
+    # Each shard saving on exit into the shared folder made one-shard "model.ckpt-1"s that
+    # overwrote each other and became the `latest` checkpoint.
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    with connected(cluster.address) as client:
+        variables = [client.Variable(float(i), name=f"v{i}") for i in range(4)]
+        client.save("kept", global_step=1)
+        for v in variables:
+            v.assign_add(1.0)
+    cluster.server.process.send_signal(signal.SIGINT)
+    _, err = cluster.server.process.communicate(timeout=60)
+    assert cluster.server.process.returncode == 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if "model" in p.name) == []
+    state = (tmp_path / "ckpt" / "checkpoint").read_text().splitlines()
+    assert state[0] == 'model_checkpoint_path: "kept-1"'
+    assert "a shard of a cluster writes no final checkpoint of its own (save the cluster as " \
+           "a whole from a client, `varstore save`, before stopping it): discarding the " \
+           "changes of" in err
+
+
 def test_a_shard_started_from_tf_config(tmp_path: Path) -> None:
     config = {"cluster": {"ps": ["127.0.0.1:1", "127.0.0.1:2"], "worker": ["w:1"]},
               "task": {"type": "ps", "index": 1}}

@@ -21,7 +21,7 @@ from varstore.server.budget import MemoryBudget
 from varstore.server.capacity import Capacity, CapacityInterceptor, CapacityLimits
 from varstore.server.checkpoint_timer import SaveTimer
 from varstore.server.checkpoints import CheckpointManager
-from varstore.server.cluster import ClusterSpec
+from varstore.server.cluster import SHARD_NO_FINAL_SAVE, ClusterSpec
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.servicer import VariableServicer, add_to_server
@@ -58,7 +58,8 @@ class ServerConfig:
     task_index: int = 0
     # Listen on a non-loopback address with neither a token file nor TLS.
     allow_insecure_remote: bool = False
-    # Write a final checkpoint at shutdown when the store changed since the last one.
+    # Write a final checkpoint at shutdown when the store changed since the last one (never
+    # on a shard of a cluster of several: see SHARD_NO_FINAL_SAVE).
     save_on_exit: bool = True
     # Cancel a stream whose peer sends (or reads) nothing for this long.
     stream_idle_seconds: float = 20.0
@@ -79,6 +80,8 @@ class Server:
     # The bound ``/metrics`` port, when the config asked for one.
     metrics_port: int | None = None
     save_on_exit: bool = True
+    # Why no final checkpoint is written when ``save_on_exit`` is off, for the log.
+    why_not_saved: str = "--no-save-on-exit"
 
     def start(self) -> None:
         """Starts serving (the port is already bound); the health service reports SERVING."""
@@ -97,7 +100,7 @@ class Server:
         self.store.stopping.set()
         self.grpc_server.stop(grace).wait()
         self.capacity.close()
-        self.timer.stop(save=self.save_on_exit)
+        self.timer.stop(save=self.save_on_exit, why_not=self.why_not_saved)
         self.metrics.close()
 
 
@@ -172,6 +175,9 @@ def create_server(config: ServerConfig) -> Server:
         log.info("metrics at http://%s:%d/metrics", config.host, metrics_port)
     log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
              ", TLS" if credentials is not None else "")
+    if spec is not None and len(spec.shards) > 1:
+        return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
+                      capacity, metrics_port, False, SHARD_NO_FINAL_SAVE)
     return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
                   capacity, metrics_port, config.save_on_exit)
 

@@ -48,11 +48,12 @@ class SaveTimer:
                                            daemon=True)
             self._thread.start()
 
-    def stop(self, save: bool = True) -> None:
+    def stop(self, save: bool = True, why_not: str = "--no-save-on-exit") -> None:
         """Stops the timer and waits for a save or restore in progress; then, when variables
         changed since the store was last saved whole (or restored at start-up), writes a
-        final checkpoint, or with ``save`` off logs which changes are discarded (issue #13:
-        a parameter server's state is the training run). Failures are logged, not raised."""
+        final checkpoint, or with ``save`` off logs which changes are discarded and
+        ``why_not`` (issue #13: a parameter server's state is the training run). Failures are
+        logged, not raised."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
@@ -63,8 +64,8 @@ class SaveTimer:
         elif save:
             self._save_logged("final")
         else:
-            log.warning("--no-save-on-exit: discarding the changes of %d variables since the "
-                        "last checkpoint (%s%s)", len(changed), ", ".join(changed[:10]),
+            log.warning("%s: discarding the changes of %d variables since the last "
+                        "checkpoint (%s%s)", why_not, len(changed), ", ".join(changed[:10]),
                         ", ..." if len(changed) > 10 else "")
 
     def save_periodic(self) -> str | None:

@@ -93,6 +93,13 @@ def spec_from_tf_config(text: str) -> ClusterSpec:
     return ClusterSpec(tuple(ps), index)
 
 
+# Every shard writing a final checkpoint of its own part into the one shared folder would make
+# N one-shard checkpoints of the same name, each overwriting the last, and point `latest` at
+# one shard's variables; a cluster saves as a whole, from a client.
+SHARD_NO_FINAL_SAVE = ("a shard of a cluster writes no final checkpoint of its own (save the "
+                       "cluster as a whole from a client, `varstore save`, before stopping it)")
+
+
 def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.environ) -> None:
     """Fills ``cluster`` from ``TF_CONFIG`` in server settings that name none, and checks
     that ``cluster`` and ``task_index`` make a valid :class:`ClusterSpec`.
