@@ -123,6 +123,26 @@ def test_sigterm_ends_every_call_and_writes_the_final_checkpoint(tmp_path: Path,
                 pass
 
 
+def test_sigterm_while_health_watchers_go_away(tmp_path: Path) -> None:
+    """Watchers cancelling while the server reports NOT_SERVING to them (this once hung the
+    server in grpc_health's non-blocking Watch)."""
+    server = start_server_process(tmp_path / "ckpt")
+    try:
+        _counter(server.address, 5)
+        channel = grpc.insecure_channel(server.address)
+        watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+                   for _ in range(20)]
+        for watch in watches:
+            next(watch)
+        for watch in watches:
+            watch.cancel()
+        log = _terminate(server)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert "final checkpoint written" in log
+
+
 def test_a_request_in_flight_at_sigterm_completes_and_is_saved(tmp_path: Path) -> None:
     server = start_server_process(tmp_path / "ckpt")
     try:

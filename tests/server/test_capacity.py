@@ -193,20 +193,27 @@ def test_long_calls_past_the_limit_are_refused_with_a_reason(small_server: Serve
             call.cancel()
 
 
-def test_health_watch_with_a_token_holds_no_thread(small_server: Server) -> None:
+def test_health_watches_past_the_limit_are_refused(small_server: Server) -> None:
     channel = _channel(small_server)
     watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(),
                                                          metadata=AUTH)
                for _ in range(HOSTILE)]
     try:
+        served, refused = 0, 0
         for watch in watches:
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            try:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+                served += 1
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused += 1
+        assert served == small_server.capacity.limits.long_calls
+        assert refused == HOSTILE - served
         _victims_are_served(small_server)
-        assert small_server.capacity.long_calls.held == 0
     finally:
         for watch in watches:
             watch.cancel()
-    _eventually(lambda: small_server.capacity.watchers.held == 0, "watchers to be released")
+    _eventually(lambda: small_server.capacity.long_calls.held == 0, "slots to be given back")
 
 
 @pytest.mark.parametrize("timeout", [-1.0, math.nan, -math.inf])

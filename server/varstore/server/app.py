@@ -148,7 +148,8 @@ def create_server(config: ServerConfig) -> Server:
     )
     add_to_server(servicer, server)
     cluster_service.add_to_server(cluster_service.ClusterServicer(spec, checkpoints), server)
-    health_servicer = health.HealthServicer()
+    # Blocking Watch streams: see varstore.server.capacity for why not the non-blocking kind.
+    health_servicer = health.HealthServicer(experimental_non_blocking=False)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -10,8 +10,10 @@ thread for as long as its client makes it last: streams (``RunStream``, ``Save``
   always remain for short calls, the health check among them;
 - a stream whose peer sends nothing (or reads nothing) for ``stream_idle_seconds``, or sends
   its request slower than ``stream_min_rate`` bytes per second on average, is cancelled;
-- health ``Watch`` streams hold no thread at all (gRPC's non-blocking handler), and at most
-  ``watchers`` of them are open at once;
+- health ``Watch`` streams are long calls like the others (they need a token when the server
+  has a token file: only the health check is open); gRPC's non-blocking ``Watch`` would hold
+  no thread, but grpc_health's ``set`` then waits for each watcher's send while holding the
+  lock a cancelled watcher's callback needs, which can hang the server's shutdown;
 - waits end when the call is cancelled or its deadline passes (:mod:`varstore.server.waits`).
 """
 
@@ -34,7 +36,6 @@ log = logging.getLogger(__name__)
 
 # Unary methods that may last as long as their client asks.
 LONG_UNARY_METHODS = frozenset({"/varstore.v1.VariableService/WaitInitialized"})
-HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 # How often stalled streams are looked for.
 WATCHDOG_SECONDS = 0.1
 
@@ -44,7 +45,6 @@ class CapacityLimits:
     """The limits of one server (see the module's docstring)."""
 
     long_calls: int
-    watchers: int = 64
     stream_idle_seconds: float = 20.0
     stream_min_rate: int = 16 << 10
 
@@ -101,7 +101,6 @@ class Capacity:
     def __init__(self, limits: CapacityLimits) -> None:
         self.limits = limits
         self.long_calls = Slots(limits.long_calls, "long calls (streams and waits)")
-        self.watchers = Slots(limits.watchers, "health watches")
         self._streams: set[_Stream] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -208,8 +207,6 @@ class CapacityInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         behavior = behavior_of(handler)
-        if getattr(behavior, "experimental_non_blocking", False):
-            return self._watcher(handler, behavior)
         streaming = handler.request_streaming or handler.response_streaming
         if not streaming and details.method not in LONG_UNARY_METHODS:
             return handler
@@ -244,20 +241,3 @@ class CapacityInterceptor(grpc.ServerInterceptor):
                     capacity._unwatch(stream)
 
         return stream_out if handler.response_streaming else unary_out
-
-    def _watcher(self, handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
-                 ) -> grpc.RpcMethodHandler:
-        """A non-blocking streaming handler (health ``Watch``) counted against ``watchers``."""
-        watchers = self.capacity.watchers
-
-        def watch(request: Any, context: grpc.ServicerContext,
-                  send_response_callback: Callable[[Any], None] | None = None) -> Any:
-            watchers.take()
-            if not context.add_callback(watchers.give_back):
-                watchers.give_back()
-            return behavior(request, context, send_response_callback=send_response_callback)
-
-        watch.experimental_non_blocking = True  # type: ignore[attr-defined]
-        watch.experimental_thread_pool = None  # type: ignore[attr-defined]
-        return method_handler(handler.request_streaming, handler.response_streaming, watch,
-                              handler.request_deserializer, handler.response_serializer)

@@ -105,8 +105,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None or getattr(behavior_of(handler), "experimental_non_blocking", False):
-            return handler  # a health Watch holds no thread; wrapping it would make it hold one
+        if handler is None:
+            return None
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]

@@ -71,16 +71,6 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         with rpc_status(context, method):
             yield from behavior(request, context)
 
-    def non_blocking(request: Any, context: grpc.ServicerContext,
-                     send_response_callback: Callable[[Any], None] | None = None) -> Any:
-        with rpc_status(context, method):
-            return behavior(request, context, send_response_callback=send_response_callback)
-
-    if getattr(behavior, "experimental_non_blocking", False):
-        wrapped: Callable[..., Any] = non_blocking
-        non_blocking.experimental_non_blocking = True  # type: ignore[attr-defined]
-        non_blocking.experimental_thread_pool = None  # type: ignore[attr-defined]
-    else:
-        wrapped = stream_out if handler.response_streaming else unary_out
+    wrapped = stream_out if handler.response_streaming else unary_out
     return method_handler(handler.request_streaming, handler.response_streaming, wrapped,
                           handler.request_deserializer, handler.response_serializer)
