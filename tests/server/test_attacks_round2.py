@@ -3,15 +3,43 @@ each asserts what the attacker sees once the promise holds."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+import varstore as vs
+import varstore.v1 as tf
+from varstore.common.codec import STRING_ELEMENT_BYTES
 from varstore.common.errors import InvalidArgumentError, ResourceExhaustedError
 from varstore.proto import cluster_pb2 as cpb
+from varstore.server import ServerConfig, create_server
 from varstore.server.app import Server
 from varstore.server.budget import MemoryBudget
 from varstore.server.cluster import ClusterSpec, PlacementTable
 from varstore.server.cluster_service import ClusterServicer
-from varstore.server.store import MAX_NAME_LENGTH
+from varstore.server.store import MAX_NAME_LENGTH, held_for
+
+# The bounded wait for a call's termination callbacks, which run just after its status is sent.
+SETTLE_SECONDS = 10.0
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[Server]:
+    srv = create_server(ServerConfig(host="127.0.0.1", port=0, checkpoint_dir=tmp_path,
+                                     max_memory=4 << 20))
+    srv.start()
+    yield srv
+    srv.stop(grace=1.0)
+
+
+def settled(server: Server, expected: int) -> int:
+    """The budget's use once every call's lease is given back (waits for ``expected``)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while server.store.budget.used != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.store.budget.used
 
 
 def test_placing_names_is_bounded_by_the_memory_budget() -> None:
@@ -45,3 +73,23 @@ def test_shard_zero_charges_placements_to_the_servers_budget(server: Server) -> 
                            None)  # type: ignore[arg-type]
     assert list(reply.shards) == [0]
     assert server.checkpoints.store.budget.used > before
+
+
+def test_reshaping_a_string_variable_charges_its_element_pointers(limited: Server) -> None:
+    # assign(validate_shape=False) of 20000 strings to a [1] string variable charged nothing
+    # for the new elements, and deleting it then gave back more than was charged: the budget
+    # went 1.1 MB below zero, room a client could fill past --max-memory.
+    address = f"127.0.0.1:{limited.port}"
+    with tf.Graph().as_default():
+        v = tf.Variable(["a"], name="s")
+        longer = tf.assign(v, tf.fill([20_000], "b"), validate_shape=False)
+        with tf.Session(address) as sess:
+            sess.run(v.initializer)
+            sess.run(longer.op)
+    var = limited.store.get("s")
+    assert var.shape == (20_000,)
+    assert held_for(var) > 20_000 * STRING_ELEMENT_BYTES
+    assert settled(limited, held_for(var)) == held_for(var)
+    with vs.connect(address) as client:
+        assert client.delete(["s"]) == ["s"]
+    assert settled(limited, 0) == 0

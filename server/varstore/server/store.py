@@ -277,12 +277,16 @@ class VariableStore:
 
     def reshape(self, var: Variable, shape: tuple[int, ...]) -> None:
         """Gives ``var`` a new shape, as TF's reference variables take an assigned value's
-        shape under ``validate_shape=False`` (hold ``var.lock``); charges the size difference
-        to the budget, or frees it. Raises ``ResourceExhaustedError`` past the limit."""
-        delta = value_nbytes(var.dtype, shape, None) - value_nbytes(var.dtype, var.shape, None)
-        if delta:
+        shape under ``validate_shape=False`` (hold ``var.lock``); charges the difference in
+        :func:`held_for` (a string variable's element pointers included) to the budget, or
+        frees it. Raises ``ResourceExhaustedError`` past the limit."""
+        size = value_nbytes(var.dtype, shape, None) - value_nbytes(var.dtype, var.shape, None)
+        memory = size
+        if var.dtype.is_string:
+            memory += (math.prod(shape) - math.prod(var.shape)) * STRING_ELEMENT_BYTES
+        if memory or size:
             with self._lock:
-                self._reserve(delta, delta, var.name)
+                self._reserve(memory, size, var.name)
         var.shape = shape
 
     def set_value(self, var: Variable, value: np.ndarray) -> None:
