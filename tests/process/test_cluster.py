@@ -45,7 +45,12 @@ class Cluster:
 
 
 def start_cluster(checkpoint_dir: Path, shards: int) -> Cluster:
-    server = start_server_process(checkpoint_dir, "--shards", str(shards))
+    return start_cluster_from(start_server_process(checkpoint_dir, "--shards", str(shards)),
+                              shards)
+
+
+def start_cluster_from(server: ServerProcess, shards: int) -> Cluster:
+    """The cluster a started ``varstore serve --shards N`` process runs."""
     assert server.process.stdout is not None
     found: dict[int, tuple[str, int]] = {}
     while len(found) < shards:
@@ -286,24 +291,49 @@ def test_sigterm_to_the_parent_stops_every_shard(tmp_path: Path) -> None:
             os.kill(pid, 0)
 
 
-def test_ctrl_c_of_a_cluster_writes_no_checkpoint_per_shard(tmp_path: Path) -> None:
-    # Each shard saving on exit into the shared folder made one-shard "model.ckpt-1"s that
-    # overwrote each other and became the `latest` checkpoint.
-    cluster = start_cluster(tmp_path / "ckpt", 2)
+def _changed_cluster(tmp_path: Path, *flags: str) -> ServerProcess:
+    server = start_server_process(tmp_path / "ckpt", "--shards", "2", *flags)
+    cluster = start_cluster_from(server, 2)
     with connected(cluster.address) as client:
-        variables = [client.Variable(float(i), name=f"v{i}") for i in range(4)]
+        variables = []
+        for i in range(4):
+            with client.device(f"/job:ps/task:{i % 2}"):
+                variables.append(client.Variable(float(i), name=f"v{i}"))
         client.save("kept", global_step=1)
         for v in variables:
             v.assign_add(1.0)
-    cluster.server.process.send_signal(signal.SIGINT)
-    _, err = cluster.server.process.communicate(timeout=60)
-    assert cluster.server.process.returncode == 0
+    server.process.send_signal(signal.SIGINT)
+    return server
+
+
+def test_ctrl_c_of_a_cluster_saves_it_whole_once(tmp_path: Path) -> None:
+    # Each shard saving on exit into the shared folder made one-shard "model.ckpt-1"s that
+    # overwrote each other and became the `latest` checkpoint: the parent saves the cluster.
+    from varstore.server.bundle import BundleReader
+    server = _changed_cluster(tmp_path)
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0
+    folder = tmp_path / "ckpt"
+    assert sorted(p.name for p in folder.iterdir() if "model" in p.name) == [
+        "model.ckpt-1.data-00000-of-00002", "model.ckpt-1.data-00001-of-00002",
+        "model.ckpt-1.index"]
+    assert (folder / "checkpoint").read_text().splitlines()[0] == \
+        'model_checkpoint_path: "model.ckpt-1"'
+    with BundleReader(folder / "model.ckpt-1") as reader:
+        assert {k: float(reader.read(k)) for k in reader.keys()} == {
+            "v0": 1.0, "v1": 2.0, "v2": 3.0, "v3": 4.0}
+    assert "cluster checkpoint written on exit" in err
+    assert "a shard of a cluster writes no final checkpoint of its own" in err
+
+
+def test_ctrl_c_of_a_cluster_with_no_save_on_exit_writes_nothing(tmp_path: Path) -> None:
+    server = _changed_cluster(tmp_path, "--no-save-on-exit")
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if "model" in p.name) == []
     state = (tmp_path / "ckpt" / "checkpoint").read_text().splitlines()
     assert state[0] == 'model_checkpoint_path: "kept-1"'
-    assert "a shard of a cluster writes no final checkpoint of its own (save the cluster as " \
-           "a whole from a client, `varstore save`, before stopping it): discarding the " \
-           "changes of" in err
+    assert "discarding the changes of" in err
 
 
 def test_a_shard_started_from_tf_config(tmp_path: Path) -> None:

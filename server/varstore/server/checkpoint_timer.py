@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+from pathlib import Path
 
 from varstore.common.errors import OpError
 from varstore.server.checkpoints import CheckpointManager
@@ -107,10 +108,14 @@ class SaveTimer:
         return self._counter
 
     def _newest_timer_step(self) -> int:
-        """The largest N of the ``model.ckpt-N`` checkpoints in the folder (0: none)."""
-        try:
-            names = os.listdir(self.checkpoints.folder.root)
-        except OSError:
-            return 0
-        pattern = re.compile(re.escape(TIMER_PREFIX) + r"-(\d{1,18})\.index")
-        return max((int(m.group(1)) for n in names if (m := pattern.fullmatch(n))), default=0)
+        return newest_step(self.checkpoints.folder.root)
+
+
+def newest_step(folder: str | Path) -> int:
+    """The largest N of the ``model.ckpt-N`` checkpoints in ``folder`` (0: none)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    pattern = re.compile(re.escape(TIMER_PREFIX) + r"-(\d{1,18})\.index")
+    return max((int(m.group(1)) for n in names if (m := pattern.fullmatch(n))), default=0)

@@ -5,7 +5,10 @@ shard as ``varstore serve --cluster ... --task-index I`` with the other settings
 (one checkpoint folder, shared by all), and prints one line once every shard serves. SIGTERM
 or SIGINT to the parent stops every shard gracefully; a shard that dies is reported on stderr
 while the others keep serving; the shards exit when the parent dies (Linux's parent-death
-signal), so no orphaned ps task outlives its job (tensorflow#4713).
+signal), so no orphaned ps task outlives its job (tensorflow#4713). Before stopping them, the
+parent writes one checkpoint of the whole cluster (``model.ckpt-N``, every shard's part),
+unless ``--no-save-on-exit``: a shard alone never saves on exit, since its part would pass for
+the cluster's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -21,7 +25,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from varstore.server.auth import load_tokens
+from varstore.server.checkpoint_timer import TIMER_PREFIX, newest_step
 from varstore.server.cluster import MAX_SHARDS, WILDCARD_HOSTS
 from varstore.server.daemon import DaemonError, ServeProcess
 
@@ -29,6 +36,8 @@ log = logging.getLogger("varstore.server")
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
+# How long the cluster checkpoint written on exit may take before the shards are stopped anyway.
+EXIT_SAVE_TIMEOUT = 600.0
 POLL_SECONDS = 0.2
 # Flags passed on unchanged to every shard (dest, flag); ports and the cluster are set apart.
 _FORWARDED = (("config", "--config"), ("checkpoint_dir", "--checkpoint-dir"),
@@ -139,10 +148,38 @@ def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
             print(f"varstore serve: {message}", file=sys.stderr, flush=True)
         if all(s.reported for s in shards):
             break
+    if args.save_on_exit is not False and not crashed:
+        save_cluster(args, addresses[0])
     log.info("stopping %d shards", count)
     codes = _stop_all(shards)
     process.close()
     return 1 if crashed or any(codes) else 0
+
+
+def save_cluster(args: argparse.Namespace, address: str) -> bool:
+    """Writes ``model.ckpt-N`` (N one past the newest in the folder) of the whole cluster
+    through shard ``address``, as ``varstore save`` does, in a child process (the server
+    imports no client); logs the outcome and returns whether it was written."""
+    folder = Path(args.checkpoint_dir or "checkpoints")
+    host, _, port = address.rpartition(":")
+    if host in WILDCARD_HOSTS:
+        address = f"127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "varstore.cli", "save", TIMER_PREFIX, "--quiet",
+            "--step", str(newest_step(folder) + 1), "--address", address]
+    env = dict(os.environ)
+    try:
+        if args.token_file is not None:
+            env["VARSTORE_TOKEN"] = load_tokens(args.token_file)[0]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              timeout=EXIT_SAVE_TIMEOUT)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        log.warning("cluster checkpoint on exit not written: %s", e)
+        return False
+    if done.returncode != 0:
+        log.warning("cluster checkpoint on exit not written: %s", done.stderr.strip()[-500:])
+        return False
+    log.info("cluster checkpoint written on exit: %s", done.stdout.strip())
+    return True
 
 
 def _wait_ready(shards: list[Shard], stop: threading.Event) -> str | None:
