@@ -231,10 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from varstore.server.main import add_arguments
-    serve = sub.add_parser("serve", help="run a server")
+    serve = sub.add_parser("serve", help="run a server", description=(
+        "Runs a server on 127.0.0.1:7011 with its checkpoints in ./checkpoints; Ctrl-C stops "
+        "it after a final checkpoint of the changes since the last one (start it again with "
+        "--restore latest to get them back)."))
     add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
-    stop = sub.add_parser("stop", help="stop a server started with --pidfile (e.g. --daemon)")
+    stop = sub.add_parser("stop", help="stop a server started with --pidfile (e.g. --daemon)",
+                          description="stop a server started with --pidfile (e.g. --daemon)")
     stop.add_argument("--pidfile", type=Path, required=True, help="the server's pidfile")
     stop.add_argument("--timeout", type=float, default=60.0,
                       help="seconds to wait for it to finish and exit (default 60)")

@@ -43,7 +43,9 @@ def test_busy_port_fails_with_a_clear_message(tmp_path: Path) -> None:
              str(port), "--checkpoint-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use (another varstore serve? " \
+           f"`varstore status --address 127.0.0.1:{port}` tells) or 127.0.0.1 is no address " \
+           "of this machine; choose another --port (0: a free one) or --host" in result.stderr
 
 
 def test_client_command_without_server_says_where_it_looked() -> None:

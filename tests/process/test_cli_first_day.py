@@ -32,6 +32,17 @@ def test_version_names_varstore_python_and_grpc() -> None:
                         rf"grpcio \d+\.\d+\.\d+\)\n", result.stdout)
 
 
+def test_every_command_help_says_what_it_does() -> None:
+    for command in ("serve", "stop", "status", "ls", "rm", "reset", "save", "restore",
+                    "inspect"):
+        usage, description = varstore(command, "--help").stdout.split("\n\n")[:2]
+        assert usage.startswith(f"usage: varstore {command} ")
+        assert not description.startswith(("options:", "positional arguments:")), command
+    serve = " ".join(varstore("serve", "--help").stdout.split())
+    assert "Runs a server on 127.0.0.1:7011 with its checkpoints in ./checkpoints; Ctrl-C " \
+           "stops it after a final checkpoint" in serve
+
+
 def test_a_busy_port_says_only_our_message(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -157,15 +157,19 @@ def create_server(config: ServerConfig) -> Server:
          reflection.SERVICE_NAME), server)
     host = f"[{config.host}]" if ":" in config.host and "[" not in config.host else config.host
     address = f"{host}:{config.port}"
+    # gRPC says only "Failed to bind to address", and that GRPC_VERBOSITY=debug tells more.
+    cannot = (f"cannot listen on {address}: the port is in use (another varstore serve? "
+              f"`varstore status --address {address}` tells) or {config.host} is no address "
+              "of this machine; choose another --port (0: a free one) or --host")
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, credentials)
-    except RuntimeError as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
+    except RuntimeError:
+        raise OSError(cannot) from None
     if port == 0:
-        raise OSError(f"cannot listen on {address}: address in use or unavailable")
+        raise OSError(cannot)
     metrics_port = None
     if config.metrics_port is not None:
         try:
