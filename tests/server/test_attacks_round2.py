@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import varstore as vs
@@ -19,7 +20,7 @@ from varstore.server.app import Server
 from varstore.server.budget import MemoryBudget
 from varstore.server.cluster import ClusterSpec, PlacementTable
 from varstore.server.cluster_service import ClusterServicer
-from varstore.server.store import MAX_NAME_LENGTH, held_for
+from varstore.server.store import MAX_NAME_LENGTH, Variable, VariableStore, held_for
 
 # The bounded wait for a call's termination callbacks, which run just after its status is sent.
 SETTLE_SECONDS = 10.0
@@ -93,3 +94,28 @@ def test_reshaping_a_string_variable_charges_its_element_pointers(limited: Serve
     with vs.connect(address) as client:
         assert client.delete(["s"]) == ["s"]
     assert settled(limited, 0) == 0
+
+
+@pytest.mark.parametrize("change", ["reshape_smaller", "reshape_larger", "string_value"])
+def test_a_request_still_on_a_deleted_variable_changes_no_budget(change: str) -> None:
+    # Delete gives back what a variable holds; a request that bound it before and assigns
+    # it afterwards (validate_shape=False, or a string value of another length) charged or
+    # freed the difference again: freeing took the budget below zero (4 MB per round with a
+    # [1M] float variable), room a client could fill past --max-memory.
+    budget = MemoryBudget(limit=64 << 20)
+    store = VariableStore(budget=budget)
+    string = change == "string_value"
+    dtype = vs.string if string else vs.float32
+    value = np.array([b"x" * 1000], dtype=object) if string else np.zeros(1 << 20, np.float32)
+    var, _ = store.create(Variable("v", dtype, value.shape, value=value))
+    assert budget.used == held_for(var)
+    with var.lock:  # the request holds the variable while Delete removes it
+        assert store.delete(["v"]) == ["v"]
+        assert budget.used == 0
+        if change == "reshape_smaller":
+            store.reshape(var, (1,))
+        elif change == "reshape_larger":
+            store.reshape(var, (2 << 20,))
+        else:
+            store.set_value(var, np.array([b""], dtype=object))
+    assert budget.used == 0

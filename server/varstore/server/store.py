@@ -268,12 +268,24 @@ class VariableStore:
             self.budget.release(-memory)
         self._reserved += size
 
-    def resize(self, var: Variable, new_value: np.ndarray | None) -> None:
-        """Accounts for a string variable whose byte size changes (hold ``var.lock``)."""
-        delta = value_nbytes(var.dtype, var.shape, new_value) - var.nbytes
-        if delta:
-            with self._lock:
-                self._reserve(delta, delta, var.name)
+    def _held(self, var: Variable) -> bool:
+        """Whether ``var`` is in the name table (hold ``self._lock``): the budget holds its
+        memory only then, so a request still running on a deleted variable charges nothing."""
+        return self._vars.get(var.name) is var
+
+    def _replace(self, var: Variable, value: np.ndarray | None) -> None:
+        """Sets ``var.value`` (hold ``var.lock``), charging a string variable's change of
+        bytes to the budget in the same step as the name table sees it (``delete`` gives back
+        what the variable holds then). Raises ``ResourceExhaustedError`` past the limit."""
+        if not var.dtype.is_string:
+            var.value = value
+            return
+        with self._lock:
+            if self._held(var):
+                delta = value_nbytes(var.dtype, var.shape, value) - var.nbytes
+                if delta:
+                    self._reserve(delta, delta, var.name)
+            var.value = value
 
     def reshape(self, var: Variable, shape: tuple[int, ...]) -> None:
         """Gives ``var`` a new shape, as TF's reference variables take an assigned value's
@@ -284,36 +296,30 @@ class VariableStore:
         memory = size
         if var.dtype.is_string:
             memory += (math.prod(shape) - math.prod(var.shape)) * STRING_ELEMENT_BYTES
-        if memory or size:
-            with self._lock:
+        with self._lock:
+            if (memory or size) and self._held(var):
                 self._reserve(memory, size, var.name)
-        var.shape = shape
+            var.shape = shape
 
     def set_value(self, var: Variable, value: np.ndarray) -> None:
         """Replaces a variable's value (hold ``var.lock``); wakes waiters on initialization."""
-        if var.dtype.is_string:
-            self.resize(var, value)
         newly = var.value is None
-        var.value = value
+        self._replace(var, value)
         var.version += 1
         if newly:
             self._initialization_changed(var, -1)
 
     def set_initial(self, var: Variable, value: np.ndarray) -> None:
         """Gives a variable its creator's initial value (version 0; hold ``var.lock``)."""
-        if var.dtype.is_string:
-            self.resize(var, value)
         was = var.value
-        var.value = value
+        self._replace(var, value)
         if was is None:
             self._initialization_changed(var, -1)
 
     def put_back(self, var: Variable, value: np.ndarray | None, version: int) -> None:
         """Restores a value and version a failed request had changed (hold ``var.lock``)."""
-        if var.dtype.is_string:
-            self.resize(var, value)
         delta = (value is None) - (var.value is None)
-        var.value = value
+        self._replace(var, value)
         var.version = version
         if delta:
             self._initialization_changed(var, delta)
@@ -321,7 +327,7 @@ class VariableStore:
     def _initialization_changed(self, var: Variable, delta: int) -> None:
         with self._lock:
             # Pending variables are counted when published; deleted ones no more.
-            if not var.pending and self._vars.get(var.name) is var:
+            if not var.pending and self._held(var):
                 self._uninitialized += delta
                 self._changed.notify_all()
 
