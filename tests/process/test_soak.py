@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -55,7 +56,8 @@ def _restorer(address: str, stop: threading.Event, restored: list[float]) -> Non
             restored.append(float(frozen.numpy().sum()))
 
 
-def _idle_streams(address: str, stop: threading.Event, count: int) -> Iterator[grpc.Future]:
+def _idle_streams(address: str, stop: threading.Event, count: int) -> list[Any]:
+    """``count`` RunStream calls that send nothing until ``stop``."""
     channel = grpc.insecure_channel(address)
 
     def never() -> Iterator[bytes]:
@@ -63,14 +65,14 @@ def _idle_streams(address: str, stop: threading.Event, count: int) -> Iterator[g
         return
         yield b""
 
-    call = channel.stream_stream(SERVICE + "RunStream")
-    return iter([call(never()) for _ in range(count)])
+    call: grpc.StreamStreamMultiCallable = channel.stream_stream(SERVICE + "RunStream")
+    return [call(never()) for _ in range(count)]
 
 
 def _hostile(address: str, stop: threading.Event, refused: list[str]) -> None:
     rng = random.Random(7)
     with grpc.insecure_channel(address) as channel:
-        run = channel.unary_unary(SERVICE + "Run")
+        run: grpc.UnaryUnaryMultiCallable = channel.unary_unary(SERVICE + "Run")
         while not stop.is_set():
             junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2048)))
             try:
@@ -100,7 +102,7 @@ def test_soak_keeps_every_promise(tmp_path: Path) -> None:
         return thread
 
     try:
-        streams = list(_idle_streams(server.address, stop, 8))
+        streams = _idle_streams(server.address, stop, 8)
         threads = [guarded(_writer, server.address, i, stop, acked) for i in range(WRITERS)]
         threads += [guarded(_saver, server.address, stop, saves),
                     guarded(_restorer, server.address, stop, restored),
