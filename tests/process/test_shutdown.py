@@ -182,6 +182,17 @@ def test_state_is_saved_on_exit_by_default(tmp_path: Path) -> None:
     assert _checkpoints(folder) == ["model.ckpt-1"]
 
 
+def test_a_restart_without_restore_says_how_to_load_the_saved_state(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    server = start_server_process(folder)
+    _counter(server.address, 7)
+    _terminate(server)
+    restarted = start_server_process(folder)
+    log = _terminate(restarted)
+    assert f"starting with no variables; the newest checkpoint in {folder} is model.ckpt-1 " \
+           "(--restore latest loads it)" in log
+
+
 def test_an_empty_store_writes_nothing_on_exit(tmp_path: Path) -> None:
     server = start_server_process(tmp_path / "ckpt")
     log = _terminate(server)

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from varstore.common.errors import OpError
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.server import cluster_service
@@ -122,6 +123,8 @@ def create_server(config: ServerConfig) -> Server:
     # Before the port is bound: no client ever sees a store that is still being restored.
     spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
     cluster_service.recover_shard(checkpoints, spec, config.restore)
+    if config.restore is None:
+        _hint_restore(checkpoints, config.checkpoint_dir)
     capacity = Capacity(CapacityLimits.for_workers(
         config.max_workers, stream_idle_seconds=config.stream_idle_seconds))
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
@@ -185,6 +188,18 @@ def create_server(config: ServerConfig) -> Server:
                       capacity, metrics_port, False, SHARD_NO_FINAL_SAVE)
     return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
                   capacity, metrics_port, config.save_on_exit)
+
+
+def _hint_restore(checkpoints: CheckpointManager, folder: Path | str) -> None:
+    """Logs that the server starts empty although ``folder`` holds a checkpoint (the final one
+    of a Ctrl-C, say), and that ``--restore latest`` loads it. Raises nothing."""
+    try:
+        newest = checkpoints.latest()
+    except OpError:
+        return
+    if newest is not None:
+        log.info("starting with no variables; the newest checkpoint in %s is %s "
+                 "(--restore latest loads it)", folder, newest)
 
 
 def is_loopback(host: str) -> bool:
