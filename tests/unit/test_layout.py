@@ -119,3 +119,10 @@ def test_no_import_cycles() -> None:
                       and not module.startswith(target + ".")}
              for module, path in modules.items()}
     assert _import_cycle(graph) == []
+
+
+def test_no_module_is_over_500_lines() -> None:
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for folder in ("client", "common", "server") for p in (ROOT / folder).rglob("*.py")
+             if "_pb2" not in p.name}
+    assert {k: n for k, n in sizes.items() if n > 500} == {}
