@@ -42,7 +42,11 @@ def _final(output: str) -> tuple[int, float]:
 
 def test_four_workers_train_and_a_second_run_resumes(tmp_path: Path) -> None:
     checkpoints = str(tmp_path / "ckpt")
-    first = _run("--steps", "200", "--checkpoint-dir", checkpoints)
+    # Four asynchronous workers at the default rate (0.005) reach about 0.97 and then wander
+    # by a few points from one report to the next on a loaded machine; the test's 600 steps
+    # use a calmer rate so that the last report, which it checks, is not a low swing.
+    calm = ("--learning-rate", "0.002")
+    first = _run("--steps", "200", "--checkpoint-dir", checkpoints, *calm)
     step, _ = _final(first)
     assert 200 <= step < 204
     for task in (1, 2, 3):
@@ -50,7 +54,7 @@ def test_four_workers_train_and_a_second_run_resumes(tmp_path: Path) -> None:
     assert f"worker 0: saved model.ckpt-{step}" in first
     assert "worker 0: no checkpoint to resume from: starting at step 0" in first
 
-    second = _run("--steps", "600", "--checkpoint-dir", checkpoints)
+    second = _run("--steps", "600", "--checkpoint-dir", checkpoints, *calm)
     assert (f"worker 0: resumed from model.ckpt-{step}: training continues at step {step}"
             in second.splitlines())
     reports = [int(s) for s, _ in REPORT.findall(second)]

@@ -109,9 +109,10 @@ class ServeProcess:
         self._tell(logging.INFO, message, 0)
 
     def failed(self, message: str) -> None:
-        """Reports why the server could not start, and removes the pidfile."""
-        self._tell(logging.ERROR, message, 1)
+        """Removes the pidfile, then reports why the server could not start (in that order:
+        with ``--daemon`` the launching process exits on the report)."""
         self.close()
+        self._tell(logging.ERROR, message, 1)
 
     def close(self) -> None:
         """Removes the pidfile (the server is exiting)."""
