@@ -83,7 +83,10 @@ def _hostile(address: str, stop: threading.Event, refused: list[str]) -> None:
 
 @pytest.mark.slow
 def test_soak_keeps_every_promise(tmp_path: Path) -> None:
-    server = start_server_process(tmp_path / "ckpt", "--max-memory", "256M")
+    # The log goes to a file: a soak logs every save and restore, and a pipe nobody drains
+    # would fill and block the server's logging.
+    server = start_server_process(tmp_path / "ckpt", "--max-memory", "256M",
+                                  "--log-file", str(tmp_path / "server.log"))
     stop = threading.Event()
     acked = [0] * WRITERS
     saves: list[str] = []
@@ -117,10 +120,13 @@ def test_soak_keeps_every_promise(tmp_path: Path) -> None:
             thread.join(timeout=60)
         for stream in streams:
             stream.cancel()
-        assert errors == []
-        assert sum(acked) > 0 and saves and restored and refused
-        assert set(restored) == {28.0}
-        assert set(refused) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
+        assert errors == [], errors
+        assert sum(acked) > 0 and saves and restored and refused, (acked, saves, restored)
+        assert set(restored) == {28.0}, restored
+        # Junk is refused as junk, or (a hostile client's own 5 s deadline) not answered in
+        # time on a loaded machine; never INTERNAL or UNKNOWN.
+        assert set(refused) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED",
+                                "DEADLINE_EXCEEDED"}, set(refused)
         with vs.connect(server.address) as client:
             for i in range(WRITERS):
                 # A Variable of a name the server holds binds to it (never re-initialized).
