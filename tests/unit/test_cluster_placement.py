@@ -230,3 +230,17 @@ def test_workers_find_the_first_ps_task_in_tf_config() -> None:
     assert [task_of("/job:ps/task:2"), task_of("/job:ps"), task_of("")] == [2, None, None]
     with pytest.raises(ValueError, match="the task must be a number"):
         task_of("/job:ps/task:x")
+
+
+def test_a_shard_owns_its_own_parts_and_shard_0_the_rest() -> None:
+    from varstore.server.cluster import ClusterSpec
+    shards = ("h:1", "h:2", "h:3")
+    part = "m-3.tempstate0123abcd_part-{:05d}-of-{:05d}.index"
+    commit = "m-3.tempstate-commit.index"
+    owners = {k: [n for n in (part.format(0, 3), part.format(1, 3), part.format(2, 3),
+                              part.format(1, 2) + ".tempstate-vs9", commit)
+                  if ClusterSpec(shards, k).owns_leftover(n)] for k in range(3)}
+    assert owners == {0: [part.format(0, 3), part.format(1, 2) + ".tempstate-vs9", commit],
+                      1: [part.format(1, 3), part.format(1, 2) + ".tempstate-vs9"],
+                      2: [part.format(2, 3)]}
+    assert ClusterSpec(("h:1",), 0).owns_leftover(part.format(1, 3))

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from varstore.common.errors import (
@@ -225,18 +226,20 @@ class CheckpointFolder:
         _remove_stale_shards(prefix, 1)
         return files
 
-    def recover(self) -> list[str]:
+    def recover(self, owned: Callable[[str], bool] | None = None) -> list[str]:
         """Finishes committed saves a crash interrupted and deletes the temporary files of
-        varstore's unfinished saves (nothing else), in the folder and its subfolders;
-        returns the affected paths.
+        varstore's unfinished saves (nothing else), in the folder and its subfolders; of
+        those only the file names ``owned`` accepts when given (a shard of a cluster leaves
+        the other shards' saves alone); returns the affected paths.
 
-        Call it only while no save is running (at start-up). Never raises: what cannot be
-        finished or removed is logged and left, so the server always starts.
+        Call it only while no save of this server is running (at start-up). Never raises:
+        what cannot be finished or removed is logged and left, so the server always starts.
         """
         touched: list[str] = []
         for directory, _, names in os.walk(self.directory):
             for name in names:
-                if not name.endswith(f"{COMMIT_MARK}.index"):
+                if not name.endswith(f"{COMMIT_MARK}.index") or (
+                        owned is not None and not owned(name)):
                     continue
                 temp = os.path.join(directory, name[:-len(".index")])
                 if any(p.name != name for p in checkpoint_files(temp)):
@@ -251,7 +254,7 @@ class CheckpointFolder:
                 fsync_dir(directory)
                 log.warning("finished the interrupted save of checkpoint %s", prefix)
                 touched.append(prefix)
-            touched += [str(p) for p in clean_leftovers(directory)]
+            touched += [str(p) for p in clean_leftovers(directory, owned)]
         for path in touched:
             log.info("recovered checkpoint folder: %s", path)
         return touched

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -327,14 +327,16 @@ class CheckpointManager:
                 from None
         return None if found is None else self.folder.client_path(found, base, directory)
 
-    def recover(self, restore: str | None = None) -> str | None:
-        """Start-up: cleans up after interrupted saves, then restores ``restore`` (a prefix or
-        ``"latest"``; "latest" with no checkpoint yet starts empty). Returns what it restored.
+    def recover(self, restore: str | None = None,
+                owned: Callable[[str], bool] | None = None) -> str | None:
+        """Start-up: cleans up after interrupted saves (of those, the temporary files
+        ``owned`` accepts when given), then restores ``restore`` (a prefix or ``"latest"``;
+        "latest" with no checkpoint yet starts empty). Returns what it restored.
 
         Raises what :meth:`restore` raises, with the failed setting in the message.
         """
         try:
-            self.folder.recover()
+            self.folder.recover(owned)
         except OSError as e:
             raise os_error(e, f"cannot clean up the checkpoint folder {self.directory}") \
                 from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ TF_CONFIG = "TF_CONFIG"
 # it used to reach the shard that told it the cluster.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 MAX_SHARDS = 1024
+# The cluster client's part names (see varstore.server.cluster_service.PART_NAME).
+_CLUSTER_PART = re.compile(r"\.tempstate[0-9a-f]{8}_part-(?P<index>\d{5})-of-(?P<count>\d{5})")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,24 @@ class ClusterSpec:
     def port(self) -> int:
         """The port this shard's address names."""
         return int(self.shards[self.task_index].rpartition(":")[2])
+
+    def owns_leftover(self, name: str) -> bool:
+        """Whether this shard may delete the temporary checkpoint file ``name`` at start-up,
+        when the folder is shared and other shards may be saving into it right now.
+
+        Part I of a cluster save (``PREFIX.tempstateTOKEN_part-0000I-of-0000N``) is written by
+        shard I alone, so shard I owns its own parts; a part of another shard count was
+        written by no shard of this cluster, and shard 0 removes it. Every other temporary
+        file (merges, commits, state files) is written by shard 0, which owns them; a shard
+        of a cluster of one owns everything.
+        """
+        if len(self.shards) == 1:
+            return True
+        part = _CLUSTER_PART.search(name)
+        if part is None:
+            return self.task_index == 0
+        return int(part["index"]) == self.task_index or (
+            self.task_index == 0 and int(part["count"]) != len(self.shards))
 
 
 def parse_addresses(text: str) -> tuple[str, ...]:

@@ -132,7 +132,8 @@ def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:
 
 def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
                   restore: str | None) -> str | None:
-    """Start-up: cleans up after interrupted saves and restores ``restore`` (a prefix or
+    """Start-up: cleans up after interrupted saves (on a shard of a cluster, only the files
+    it owns, :meth:`ClusterSpec.owns_leftover`) and restores ``restore`` (a prefix or
     ``"latest"``). A single server restores the whole checkpoint
     (:meth:`CheckpointManager.recover`); a shard of a cluster only its own data file, the
     variables it held when the cluster saved, while the other shards keep theirs. Returns
@@ -144,7 +145,7 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     """
     if spec is None or len(spec.shards) == 1:
         return checkpoints.recover(restore)
-    checkpoints.recover(None)
+    checkpoints.recover(None, spec.owns_leftover)
     if not restore:
         return None
     named = checkpoints.latest() if restore == LATEST else restore

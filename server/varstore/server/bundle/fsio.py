@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,14 @@ def atomic_write(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def clean_leftovers(directory: str | os.PathLike[str]) -> list[Path]:
+def clean_leftovers(directory: str | os.PathLike[str],
+                    owned: Callable[[str], bool] | None = None) -> list[Path]:
     """Deletes the files interrupted saves of varstore left in ``directory`` (names matching
-    :data:`OWN_TEMP`, nothing else: no file TensorFlow or anyone else wrote); returns them.
+    :data:`OWN_TEMP`, nothing else: no file TensorFlow or anyone else wrote), of those only
+    the names ``owned`` accepts when given; returns them.
 
-    Call it only while no save into ``directory`` is running. A file that cannot be removed
-    is logged and left.
+    Call it only while no save of this process (or of the owner ``owned`` names) into
+    ``directory`` is running. A file that cannot be removed is logged and left.
     """
     directory = os.fspath(directory)
     try:
@@ -112,7 +115,7 @@ def clean_leftovers(directory: str | os.PathLike[str]) -> list[Path]:
         return []
     removed = []
     for entry in entries:
-        if not OWN_TEMP.fullmatch(entry.name):
+        if not OWN_TEMP.fullmatch(entry.name) or (owned is not None and not owned(entry.name)):
             continue
         try:
             os.unlink(entry.path)
