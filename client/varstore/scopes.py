@@ -371,7 +371,7 @@ def _check_sharing(name: str, shape: Sequence[int] | None, dtype: Any,
         raise ValueError(
             f"Trying to share variable {name}, but specified shape {shape_str(shape)} and "
             f"found shape {shape_str(found_shape)}.")
-    if dtype is not None and dtype != found_dtype:
+    if dtype is not None and dtype != found_dtype.base_dtype:
         raise ValueError(
             f"Trying to share variable {name}, but specified dtype {dtype.name} and found "
             f"dtype {found_dtype.name}.")

@@ -128,6 +128,48 @@ def numpy_ints_as_indices(tf: Any, env: Any) -> Any:
                 error(lambda: tf.scatter_update(v, np.array([1], np.uint8), [[9.0]]))]
 
 
+@PROGRAMS.graph
+def reference_dtypes_as_printed(tf: Any, env: Any) -> Any:
+    v = tf.Variable(1.0, name="v")
+    g = tf.get_variable("g", [2], dtype=tf.int32)
+    r = tf.get_variable("r", [2], use_resource=True)
+    rv = tf.Variable(1.0, name="rv", use_resource=True)
+    with tf.variable_scope("res", use_resource=True):
+        scoped = tf.get_variable("s", [1])
+    p = tf.get_variable("p", [4, 2], partitioner=tf.fixed_size_partitioner(2))
+    return [[str(x.dtype) for x in (v, g, r, rv, scoped, p, list(p)[0])],
+            [repr(v), repr(g), repr(list(p)[1]), repr(v.dtype)],
+            [str(x.dtype) for x in (v.value(), v.read_value(), v + 1, tf.convert_to_tensor(v),
+                                    v.initialized_value(), tf.zeros([2], dtype=v.dtype))],
+            [str(v.dtype.base_dtype), v.dtype == tf.float32, v.dtype.is_floating,
+             g.dtype.is_integer, v.dtype.is_compatible_with(tf.float32),
+             tf.float32.is_compatible_with(v.dtype), v.dtype.as_numpy_dtype.__name__,
+             v.dtype.name, str(tf.as_dtype("float32_ref")), str(tf.as_dtype(v.dtype))]]
+
+
+@PROGRAMS.graph
+def reference_dtype_in_a_sharing_error(tf: Any, env: Any) -> Any:
+    tf.get_variable("g", [2], dtype=tf.int32)
+    with tf.variable_scope("", reuse=True):
+        return [error(lambda: tf.get_variable("g", [2], dtype=tf.float32)),
+                describe(tf.get_variable("g", [2], dtype=tf.int32))]
+
+
+@PROGRAMS.graph
+def reference_variable_trains_and_saves(tf: Any, env: Any) -> Any:
+    v = tf.get_variable("w", initializer=[1.0, 2.0])
+    step = tf.train.GradientDescentOptimizer(0.5).apply_gradients([(v * 2.0, v)])
+    Path(env.tmp, "ckpt").mkdir(exist_ok=True)  # the test server's checkpoint folder
+    path = f"{env.tmp}/ckpt/ref-model"
+    with env.session() as sess:
+        sess.run(tf.global_variables_initializer())
+        sess.run(step)
+        saved = tf.train.Saver().save(sess, path)
+        sess.run(v.assign([5.0, 6.0]))
+        tf.train.Saver().restore(sess, saved)
+        return [str(v.dtype), sess.run(v), saved == path]
+
+
 @pytest.mark.tensorflow
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_agrees_with_tensorflow(name: str, address: str, tmp_path: Path) -> None:

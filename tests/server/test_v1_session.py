@@ -256,7 +256,7 @@ def test_initializers_in_graph_mode(address: str) -> None:
         assert lam.eval().tolist() == [4.0] * 3 and from_fn.eval().tolist() == [9, 9]
         g = glorot.eval()
         assert np.abs(g).max() <= np.sqrt(6 / 100) and g.std() > 0
-        assert ints.eval().tolist() == [0, 0] and ints.dtype == tf.int64
+        assert ints.eval().tolist() == [0, 0] and ints.dtype.base_dtype == tf.int64
     with vs.connect(address) as client:
         infos = {v.name: v for v in client.list_variables()}
     assert infos["lam"].created_by == "get_variable" and infos["from_fn"].created_by == "Variable"

@@ -8,10 +8,12 @@ server, and variables are shared with every other worker by their full names.
 
 from __future__ import annotations
 
+from typing import Any
+
+from varstore.common import dtypes as _dtypes
 from varstore.common import errors
 from varstore.common.dtypes import (
     DType,
-    as_dtype,
     bfloat16,
     complex64,
     complex128,
@@ -148,6 +150,13 @@ def get_collection(key: str, scope: str | None = None) -> list:
 def add_to_collection(name: str, value: object) -> None:
     """Adds ``value`` to the default graph's collection ``name``."""
     get_default_graph().add_to_collection(name, value)
+
+
+def as_dtype(type_value: Any) -> DType:
+    """The :class:`DType` for a DType, a name (``"float32"``, ``"float32_ref"``), a numpy
+    dtype or a Python type, reference dtypes kept, as TF's ``tf.as_dtype``. Raises
+    ``TypeError`` for anything that names no supported type."""
+    return _dtypes.as_dtype(type_value, keep_ref=True)
 
 
 __all__ = [

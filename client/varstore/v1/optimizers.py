@@ -49,7 +49,7 @@ def _ref(variable: Variable) -> Tensor:
     graph = variable.graph
     name = graph.unique_name("Ref")
     return graph.create_op(name, "Ref", "ref", [variable_ref(variable, "Ref")],
-                           variable.dtype, variable.shape,
+                           variable.dtype.base_dtype, variable.shape,
                            variable=variable.op.name).outputs[0]
 
 
@@ -133,7 +133,7 @@ class GraphOptimizer(train.Optimizer):
         if key in self._slot_variables:
             return
         made = {}
-        shape, dtype = var.shape.as_list(), var.dtype
+        shape, dtype = var.shape.as_list(), var.dtype.base_dtype
         with graph.name_scope(None):
             for slot in self.slots():
                 def initial(slot: train.Slot = slot) -> Tensor:
@@ -180,12 +180,12 @@ class GraphOptimizer(train.Optimizer):
             slots = [_ref(self._slot_variables[var.graph, var.op.name][slot.key])
                      for slot in self.slots()]
             shared = dict(refs)
-            shared.update({key: self._hyper_tensor(hyper, key, var.dtype)
+            shared.update({key: self._hyper_tensor(hyper, key, var.dtype.base_dtype)
                            for key in self._hyper})
             name = graph.unique_name(_op_type(op))
             return graph.create_op(name, _op_type(op), op,
                                    [target, *self._inputs(slots, shared, values, indices)],
-                                   var.dtype, var.shape, variable=var.op.name,
+                                   var.dtype.base_dtype, var.shape, variable=var.op.name,
                                    attrs=self._attrs()).outputs[0]
 
     @staticmethod
@@ -194,7 +194,7 @@ class GraphOptimizer(train.Optimizer):
         """``variable *= factor`` once the updates ran (and only if they did)."""
         return graph.create_op(graph.unique_name("AssignMul"), "AssignMul", "assign_mul",
                                [variable_ref(variable, "AssignMul"), factor, *updates],
-                               variable.dtype, variable.shape,
+                               variable.dtype.base_dtype, variable.shape,
                                variable=variable.op.name).outputs[0].op
 
 

@@ -104,7 +104,7 @@ class Session:
         for var in self.graph.variables:
             name = var.op.name
             if name not in self._bound and (names is None or name in names):
-                builder.variable(name, var.dtype, var.shape.as_list(), var.trainable,
+                builder.variable(name, var.dtype.base_dtype, var.shape.as_list(), var.trainable,
                                  created_by=var.created_by,
                                  initializer_desc=var.initializer_description,
                                  device=var.op.device)

@@ -33,7 +33,7 @@ def _update(kernel: str, op_type: str, ref: Any, value: Any, name: str | None,
             attrs = None
         else:
             shape, attrs = v.shape, {"validate_shape": False}
-        return graph.create_op(op_name, op_type, kernel, [var, v], var.dtype, shape,
+        return graph.create_op(op_name, op_type, kernel, [var, v], var.dtype.base_dtype, shape,
                                variable=var.op.name, attrs=attrs).outputs[0]
 
 
@@ -70,7 +70,7 @@ def _scatter(kernel: str, op_type: str, ref: Any, indices: Any, updates: Any,
             raise TypeError(f"Value passed to parameter 'indices' has DataType "
                             f"{idx.dtype.name} not in list of allowed values: int32, int64")
         upd = convert_input(updates, var, op_type, "updates", "ref", "updates")
-        return graph.create_op(op_name, op_type, kernel, [var, idx, upd], var.dtype,
+        return graph.create_op(op_name, op_type, kernel, [var, idx, upd], var.dtype.base_dtype,
                                var.shape, variable=var.op.name).outputs[0]
 
 

@@ -43,8 +43,9 @@ def variable_scope(name_or_scope: str | VariableScope | None, default_name: str 
 
     ``reuse`` is False/None (inherit), True (reuse existing) or ``AUTO_REUSE``; nested scopes
     inherit it. ``initializer``, ``regularizer``, ``partitioner``, ``custom_getter`` and
-    ``dtype`` are defaults for ``get_variable`` inside; ``caching_device`` and
-    ``use_resource`` are kept but change nothing (every value lives on the server).
+    ``dtype`` are defaults for ``get_variable`` inside, and so is ``use_resource`` (it sets
+    the variables' reported dtype only); ``caching_device`` is kept but changes nothing
+    (every value lives on the server).
     Raises TF's ``TypeError``/``ValueError`` for misuse.
     """
     return graph_of(values or ()).naming.variable_scope(
@@ -74,9 +75,11 @@ def get_variable(name: str, shape: Any = None, dtype: Any = None, initializer: A
     value's). Without one, float variables get glorot_uniform and others zeros.
     ``regularizer(var)``'s loss goes to the ``regularization_losses`` collection;
     ``custom_getter(getter, name, ...)`` is called instead of the getter, as in TF;
-    ``constraint`` is kept on the variable. ``caching_device``, ``use_resource``,
-    ``synchronization`` and ``aggregation`` are accepted and change nothing (every value
-    lives on the server). Arguments left None take the variable scope's defaults.
+    ``constraint`` is kept on the variable; ``use_resource=True`` gives a variable whose
+    dtype is the base dtype (TF 1.x: ``float32`` for a resource variable, ``float32_ref``
+    for a reference one). ``caching_device``, ``synchronization`` and ``aggregation`` are
+    accepted and change nothing (every value lives on the server). Arguments left None take
+    the variable scope's defaults.
     """
     graph = get_default_graph()
     scope = graph.naming.var_scope
@@ -125,7 +128,8 @@ def _true_getter(name: str, shape: Any = None, dtype: Any = dtypes.float32,
             name, shape, dtype, init, partitioner, reuse, naming.partitioned,
             lambda part_name, part_shape, part_init: _true_getter(
                 part_name, part_shape, dtype, part_init, regularizer, reuse, trainable,
-                collections, validate_shape=validate_shape, constraint=constraint))
+                collections, validate_shape=validate_shape, use_resource=use_resource,
+                constraint=constraint))
     if shape is not None and from_value:
         raise ValueError("If initializer is a constant, do not specify shape.")
 
@@ -135,7 +139,8 @@ def _true_getter(name: str, shape: Any = None, dtype: Any = dtypes.float32,
                              f"argument must be specified.")
         if from_value:
             var = Variable(init, trainable=trainable, collections=collections, name=full,
-                           validate_shape=validate_shape, constraint=constraint)
+                           validate_shape=validate_shape, constraint=constraint,
+                           use_resource=use_resource)
         else:
             if shape is None or not shape.is_fully_defined():
                 raise ValueError(
@@ -148,7 +153,8 @@ def _true_getter(name: str, shape: Any = None, dtype: Any = dtypes.float32,
             else:
                 value = lambda: init(shape.as_list(), dtype=dtype)  # noqa: E731
             var = Variable(value, trainable=trainable, collections=collections, name=full,
-                           dtype=dtype, validate_shape=validate_shape, constraint=constraint)
+                           dtype=dtype, validate_shape=validate_shape, constraint=constraint,
+                           use_resource=use_resource)
         var.created_by = "get_variable"
         if regularizer is not None:
             with naming.name_scope(f"{full}/Regularizer/"):

@@ -37,9 +37,10 @@ class Variable(TensorOperators[Tensor]):
     current name scope. ``==`` is identity; arithmetic operators build ops on the value.
     TF 1.x's arguments are taken in its order: ``constraint`` is kept (as TF, optimizers do
     not apply it); ``validate_shape``, ``caching_device``, ``expected_shape``,
-    ``import_scope``, ``use_resource``, ``synchronization``, ``aggregation`` and ``shape``
-    are accepted and change nothing (a server variable has the fully known shape of its
-    initial value; ``assign(..., validate_shape=False)`` changes it).
+    ``import_scope``, ``synchronization``, ``aggregation`` and ``shape`` are accepted and
+    change nothing (a server variable has the fully known shape of its initial value;
+    ``assign(..., validate_shape=False)`` changes it); ``use_resource=True`` only makes
+    :attr:`dtype` the base dtype, as a TF resource variable's.
     Raises ``ValueError`` when ``initial_value`` is missing or its shape is not fully known,
     and for a ``variable_def`` (MetaGraphs are TF-only).
     """
@@ -60,6 +61,7 @@ class Variable(TensorOperators[Tensor]):
             raise ValueError("The `constraint` argument must be a callable.")
         self.trainable = True if trainable is None else bool(trainable)
         self.constraint = constraint
+        self._use_resource = bool(use_resource)
         self.created_by = "Variable"
         self._save_slice_info: Any = None
         graph = get_default_graph()
@@ -96,8 +98,10 @@ class Variable(TensorOperators[Tensor]):
 
     @property
     def dtype(self) -> DType:
-        """The element type."""
-        return self._ref.dtype
+        """The element type as TF 1.x reports it: the reference dtype (``float32_ref``) for
+        a reference variable, the base dtype (``float32``) with ``use_resource=True``
+        (TF's ``RefVariable.dtype`` and ``ResourceVariable.dtype``)."""
+        return self._ref.dtype if self._use_resource else self._ref.dtype._as_ref
 
     @property
     def shape(self) -> TensorShape:
@@ -162,7 +166,7 @@ class Variable(TensorOperators[Tensor]):
         with self.graph.control_dependencies(None), \
                 op_scope(None, "initialized_value", [self]) as (graph, op_name):
             return graph.create_op(op_name, "ReadIfInitialized", "read_if_initialized",
-                                   [self._ref, self._initial_value], self.dtype, self.shape,
+                                   [self._ref, self._initial_value], self._ref.dtype, self.shape,
                                    variable=self.op.name).outputs[0]
 
     @overload

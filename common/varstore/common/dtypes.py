@@ -27,17 +27,17 @@ class DType:
     @property
     def is_string(self) -> bool:
         """True for ``string``, whose elements are variable-length bytes."""
-        return self.enum == 7
+        return self.base_dtype.enum == 7
 
     @property
     def is_floating(self) -> bool:
         """True for the real floating-point types (half, bfloat16, float, double)."""
-        return self.name in ("float16", "bfloat16", "float32", "float64")
+        return self.base_dtype.name in ("float16", "bfloat16", "float32", "float64")
 
     @property
     def is_integer(self) -> bool:
         """True for the signed and unsigned integer types."""
-        return self.name.startswith(("int", "uint"))
+        return self.base_dtype.name.startswith(("int", "uint"))
 
     @property
     def itemsize(self) -> int:
@@ -51,29 +51,50 @@ class DType:
 
     @property
     def base_dtype(self) -> DType:
-        """The dtype itself (TF's reference dtypes' base; varstore's dtypes are all base)."""
-        return self
+        """The non-reference dtype: ``float32`` for ``float32_ref``, else the dtype itself
+        (TF's ``DType.base_dtype``; reference enums are the base enum + 100, as TF's
+        types.proto)."""
+        return _BY_ENUM[self.enum - _REF_OFFSET] if self.enum > _REF_OFFSET else self
+
+    @property
+    def _is_ref_dtype(self) -> bool:
+        """True for a reference dtype (``float32_ref``), the dtype TF 1.x reports for a
+        reference variable (TF's ``DType._is_ref_dtype``)."""
+        return self.enum > _REF_OFFSET
+
+    @property
+    def _as_ref(self) -> DType:
+        """The reference dtype of this dtype's base (TF's ``DType._as_ref``)."""
+        return _REFS[self.base_dtype.enum]
 
     @property
     def real_dtype(self) -> DType:
-        """The dtype of a complex type's parts, else the dtype itself (TF's ``real_dtype``)."""
+        """The dtype of a complex type's parts, else the base dtype (TF's ``real_dtype``)."""
         return {"complex64": _BY_NAME["float32"],
-                "complex128": _BY_NAME["float64"]}.get(self.name, self)
+                "complex128": _BY_NAME["float64"]}.get(self.base_dtype.name, self.base_dtype)
 
     @property
     def is_complex(self) -> bool:
         """True for complex64 and complex128."""
-        return self.name.startswith("complex")
+        return self.base_dtype.name.startswith("complex")
 
     @property
     def is_bool(self) -> bool:
         """True for ``bool``."""
-        return self.name == "bool"
+        return self.base_dtype.name == "bool"
 
     def is_compatible_with(self, other: Any) -> bool:
-        """Whether a value of ``other`` may be used where this dtype is expected (same base
-        dtype), as TensorFlow's ``DType.is_compatible_with``."""
-        return as_dtype(other).base_dtype == self
+        """Whether a value of ``other`` may be used where this dtype is expected, as
+        TensorFlow's ``DType.is_compatible_with``: same base dtype, and a reference dtype
+        accepts only reference values (``float32_ref`` is not compatible with ``float32``;
+        ``float32`` is with ``float32_ref``)."""
+        other_dtype = as_dtype(other)
+        if isinstance(other, DType):
+            other_dtype = other
+        elif isinstance(other, str) and other.endswith("_ref"):
+            other_dtype = other_dtype._as_ref
+        return other_dtype.base_dtype == self.base_dtype and (
+            other_dtype._is_ref_dtype or not self._is_ref_dtype)
 
     def __repr__(self) -> str:
         return f"tf.{self.name}"
@@ -82,6 +103,8 @@ class DType:
         return f"<dtype: '{self.name}'>"
 
 
+# A reference dtype's enum is its base's + 100 (TF's types.proto: DT_FLOAT_REF = 101).
+_REF_OFFSET = 100
 _TABLE = [
     (1, "float32", np.dtype(np.float32)),
     (2, "float64", np.dtype(np.float64)),
@@ -107,6 +130,8 @@ _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"half": _BY_NAME["float16"], "float": _BY_NAME["float32"],
                  "double": _BY_NAME["float64"]})
 _BY_NUMPY = {d.np_dtype: d for d in ALL if not d.is_string}
+# TF 1.x reference variables report these (``float32_ref``); they never go on the wire.
+_REFS = {d.enum: DType(d.enum + _REF_OFFSET, f"{d.name}_ref", d.np_dtype) for d in ALL}
 
 float16 = half = _BY_NAME["float16"]
 bfloat16 = _BY_NAME["bfloat16"]
@@ -134,13 +159,18 @@ def from_enum(enum: int) -> DType:
         raise ValueError(f"unsupported dtype enum {enum}") from None
 
 
-def as_dtype(value: Any) -> DType:
-    """Converts a DType, its name, a numpy dtype or a Python type to a :class:`DType`.
+def as_dtype(value: Any, keep_ref: bool = False) -> DType:
+    """Converts a DType, its name, a numpy dtype or a Python type to a base :class:`DType`
+    (a reference dtype such as ``float32_ref`` gives its base, as TF's ops take
+    ``as_dtype(dtype).base_dtype``; with ``keep_ref``, the name ``"float32_ref"`` and a
+    reference DType stay reference dtypes, as TF's public ``tf.as_dtype``).
 
     Raises ``TypeError`` for anything that names no supported type.
     """
     if isinstance(value, DType):
-        return value
+        return value if keep_ref else value.base_dtype
+    if isinstance(value, str) and keep_ref and value.endswith("_ref"):
+        return as_dtype(value.removesuffix("_ref"))._as_ref
     if isinstance(value, np.dtype) and value in _BY_NUMPY:  # the hot case, checked first
         return _BY_NUMPY[value]
     if isinstance(value, str):
