@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from tests.conftest import start_server_process, stop_server_process
-from tests.process.test_cluster import connected, start_cluster
+from tests.process.test_cluster import connected, start_cluster, start_cluster_from
 
 # An unfinished save of a 2-shard cluster as the folder shows it mid-way: each shard writes
 # part I of its own (a file being written, then the part's finished files).
@@ -64,3 +66,68 @@ def test_a_restarted_shard_removes_only_its_own_unfinished_parts(tmp_path: Path)
         for process in restarted:
             stop_server_process(process)
         stop_server_process(cluster.server)
+
+
+def _wait_for(what: str, found: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 120
+    while not found():
+        assert time.monotonic() < deadline, f"still no {what}"
+        time.sleep(0.1)
+
+
+def _timer_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("model.ckpt-"))
+
+
+def _cluster_checkpoint(step: int) -> list[str]:
+    return [f"model.ckpt-{step}.data-00000-of-00002", f"model.ckpt-{step}.data-00001-of-00002",
+            f"model.ckpt-{step}.index"]
+
+
+def test_save_every_writes_the_whole_cluster_and_keeps_its_own_newest(tmp_path: Path) -> None:
+    from varstore.server.bundle import BundleReader
+    folder = tmp_path / "ckpt"
+    server = start_server_process(folder, "--shards", "2", "--save-every", "0.2", "--keep", "2")
+    cluster = start_cluster_from(server, 2)
+    try:
+        with connected(cluster.address) as client:
+            with client.device("/job:ps/task:1"):
+                step = client.Variable(np.int64(5), name="global_step")
+            with client.device("/job:ps/task:0"):
+                w = client.Variable(np.zeros(3), name="w")
+            assert client.save("mine", global_step=1) == "mine-1"  # a client's, never deleted
+            for n in (6, 7, 8):
+                w.assign(np.full(3, float(n)))  # first: every model.ckpt-n holds w = n
+                step.assign(np.int64(n))
+                index = folder / f"model.ckpt-{n}.index"
+                _wait_for(index.name, index.exists)
+            # The timer keeps its newest 2 (7 and 8), whole, and no one else's goes.
+            _wait_for("retention", lambda: _timer_files(folder) ==
+                      _cluster_checkpoint(7) + _cluster_checkpoint(8))
+            assert (folder / "mine-1.index").exists()
+            with BundleReader(folder / "model.ckpt-8") as reader:
+                assert int(reader.read("global_step")) == 8
+                np.testing.assert_array_equal(reader.read("w"), np.full(3, 8.0))
+            step.assign(np.int64(9))
+        server.process.send_signal(signal.SIGINT)
+        server.process.communicate(timeout=120)
+        assert server.process.returncode == 0
+        # The final checkpoint (or a last period's) is the timer's too: 9 pushes 7 out.
+        assert _timer_files(folder) == _cluster_checkpoint(8) + _cluster_checkpoint(9)
+    finally:
+        stop_server_process(server)
+
+
+def test_every_shard_takes_save_every_and_shard_0_saves(tmp_path: Path) -> None:
+    # A StatefulSet gives every shard the same flags: shard 1 serves, with its timer off.
+    from varstore.server.shards import free_ports
+    ports = free_ports("127.0.0.1", 2)
+    shard = start_server_process(
+        tmp_path, "--cluster", ",".join(f"127.0.0.1:{p}" for p in ports), "--task-index", "1",
+        "--port", str(ports[1]), "--save-every", "0.1")
+    stop_server_process(shard)
+    _, err = shard.process.communicate(timeout=60)
+    assert shard.process.returncode == 0
+    assert "--save-every: shard 0's timer saves the whole cluster; this shard writes its " \
+        "part then" in err
+    assert not list(tmp_path.glob("model.ckpt*"))

@@ -153,9 +153,6 @@ def test_bad_cluster_flags_are_refused() -> None:
         cluster_settings({"cluster": "a:1,nohost"})
     with pytest.raises(ValueError, match="distinct"):
         cluster_settings({"cluster": "a:1,a:1"})
-    with pytest.raises(ValueError, match="a shard of a cluster does not take --save-every: a "
-                       "cluster saves as a whole"):
-        cluster_settings({"cluster": "a:1,b:1", "save_every": 60.0})
 
 
 def _cross_shard_request() -> RequestBuilder:

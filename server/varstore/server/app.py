@@ -23,6 +23,7 @@ from varstore.server.capacity import Capacity, CapacityInterceptor, CapacityLimi
 from varstore.server.checkpoint_timer import SaveTimer
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import SHARD_NO_FINAL_SAVE, ClusterSpec
+from varstore.server.cluster_saver import ClusterSaver, shard_credentials
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.servicer import VariableServicer, add_to_server
@@ -59,8 +60,9 @@ class ServerConfig:
     task_index: int = 0
     # Listen on a non-loopback address with neither a token file nor TLS.
     allow_insecure_remote: bool = False
-    # Write a final checkpoint at shutdown when the store changed since the last one (never
-    # on a shard of a cluster of several: see SHARD_NO_FINAL_SAVE).
+    # Write a final checkpoint at shutdown when the store changed since the last one (on a
+    # cluster of several shards, shard 0 writes one of the whole cluster and the others none:
+    # see SHARD_NO_FINAL_SAVE).
     save_on_exit: bool = True
     # Cancel a stream whose peer sends (or reads) nothing for this long.
     stream_idle_seconds: float = 20.0
@@ -119,9 +121,19 @@ def create_server(config: ServerConfig) -> Server:
     executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
     metrics = ServerMetrics(store)
     checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics)
-    timer = SaveTimer(checkpoints, config.save_every, config.keep)
     # Before the port is bound: no client ever sees a store that is still being restored.
     spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
+    saves_cluster = spec is not None and len(spec.shards) > 1 and spec.task_index == 0
+    save_every = config.save_every
+    if spec is not None and len(spec.shards) > 1 and not saves_cluster and save_every:
+        log.info("--save-every: shard 0's timer saves the whole cluster; this shard writes "
+                 "its part then")
+        save_every = 0.0
+    timer = SaveTimer(checkpoints, save_every, config.keep, ClusterSaver(
+        spec, checkpoints, shard_credentials(config.tls_cert, config.tls_key,
+                                             config.tls_client_ca),
+        load_tokens(config.token_file)[0] if config.token_file is not None else None)
+        if saves_cluster and spec is not None else None)
     cluster_service.recover_shard(checkpoints, spec, config.restore)
     if config.restore is None:
         _hint_restore(checkpoints, config.checkpoint_dir)
@@ -183,7 +195,7 @@ def create_server(config: ServerConfig) -> Server:
         log.info("metrics at http://%s:%d/metrics", config.host, metrics_port)
     log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
              ", TLS" if credentials is not None else "")
-    if spec is not None and len(spec.shards) > 1:
+    if spec is not None and len(spec.shards) > 1 and not saves_cluster:
         return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
                       capacity, metrics_port, False, SHARD_NO_FINAL_SAVE)
     return Server(server, port, store, checkpoints, timer, health_servicer, metrics,

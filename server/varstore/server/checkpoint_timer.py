@@ -5,7 +5,9 @@ its own.
 ``STEP`` is the value of the store's scalar integer variable ``global_step`` when it has one
 (TensorFlow's convention); otherwise a counter that continues after the newest
 ``model.ckpt-N`` in the folder. The timer keeps the newest ``keep`` of the checkpoints it wrote
-and deletes no other (see :mod:`varstore.server.retention`).
+and deletes no other (see :mod:`varstore.server.retention`). On shard 0 of a cluster the
+timer saves the whole cluster (:mod:`varstore.server.cluster_saver`); the other shards have
+no timer.
 """
 
 from __future__ import annotations
@@ -18,26 +20,28 @@ from pathlib import Path
 
 from varstore.common.errors import OpError
 from varstore.server.checkpoints import CheckpointManager
+from varstore.server.cluster_saver import GLOBAL_STEP, ClusterSaver
 
-__all__ = ["GLOBAL_STEP", "TIMER_PREFIX", "SaveTimer"]
+__all__ = ["TIMER_PREFIX", "SaveTimer", "newest_step"]
 
 log = logging.getLogger(__name__)
 
 TIMER_PREFIX = "model.ckpt"
-GLOBAL_STEP = "global_step"
 # The timer's saver; clients' savers are ("client", name), so no client can take its place.
 TIMER_SAVER = ("timer",)
 
 
 class SaveTimer:
     """Saves through ``checkpoints`` every ``save_every`` seconds (0: never) and at
-    :meth:`stop`, keeping ``keep`` of its checkpoints (0: deletes none)."""
+    :meth:`stop`, keeping ``keep`` of its checkpoints (0: deletes none); the whole cluster
+    through ``cluster`` when given (shard 0 of a cluster)."""
 
     def __init__(self, checkpoints: CheckpointManager, save_every: float = 0.0,
-                 keep: int = 5) -> None:
+                 keep: int = 5, cluster: ClusterSaver | None = None) -> None:
         self.checkpoints = checkpoints
         self.save_every = save_every
         self.keep = keep
+        self.cluster = cluster
         self._counter: int | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,7 +63,17 @@ class SaveTimer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        changed = self.checkpoints.unsaved()
+        try:
+            changed = (self.cluster.unsaved() if self.cluster is not None
+                       else self.checkpoints.unsaved())
+        except OpError as e:
+            log.warning("final checkpoint not written: %s: %s", type(e).__name__, e.message)
+        else:
+            self._final(changed, save, why_not)
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def _final(self, changed: list[str], save: bool, why_not: str) -> None:
         if not changed:
             log.info("no changes since the last checkpoint: nothing to save on exit")
         elif save:
@@ -73,6 +87,8 @@ class SaveTimer:
         """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of
         its own checkpoints; returns its path, or None (writing nothing) when the store is
         empty. Raises what :meth:`save` raises."""
+        if self.cluster is not None:
+            return self.cluster.save(TIMER_PREFIX, self._next_step, self.keep, TIMER_SAVER)
         if not len(self.checkpoints.store):
             return None
         return self.checkpoints.save(TIMER_PREFIX, global_step=self._timer_step(),
@@ -94,7 +110,8 @@ class SaveTimer:
         if path is None:
             log.info("%s checkpoint skipped: the store is empty", kind)
         elif kind == "final":
-            log.info("final checkpoint written: %s", path)
+            log.info("final checkpoint%s written: %s",
+                     "" if self.cluster is None else " of the whole cluster", path)
 
     def _timer_step(self) -> int:
         var = self.checkpoints.store.find(GLOBAL_STEP)
@@ -102,13 +119,15 @@ class SaveTimer:
             with var.lock:
                 if var.value is not None:
                     return int(var.value)
+        return self._next_step()
+
+    def _next_step(self) -> int:
+        """One past the last step the timer counted, or past the folder's newest
+        ``model.ckpt-N`` at first."""
         if self._counter is None:
-            self._counter = self._newest_timer_step()
+            self._counter = newest_step(self.checkpoints.folder.root)
         self._counter += 1
         return self._counter
-
-    def _newest_timer_step(self) -> int:
-        return newest_step(self.checkpoints.folder.root)
 
 
 def newest_step(folder: str | Path) -> int:

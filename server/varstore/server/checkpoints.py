@@ -208,10 +208,12 @@ class CheckpointManager:
 
     def save_part(self, part: str, entries: Mapping[str, str]) -> int:
         """Writes ``entries`` as one uncommitted part of a cluster's sharded save (see
-        :mod:`varstore.server.cluster_service`); returns the bytes written. Raises as
+        :mod:`varstore.server.cluster_service`); returns the bytes written. A part of every
+        variable counts as a save of the whole store (:meth:`unsaved`). Raises as
         :meth:`save`."""
         path = self.folder.resolve(part)
         with self._lock:
+            versions = self._versions()
             # A shard without variables writes an empty part: data file I is always shard I's.
             plan = self._save_plan(entries) if entries else []
             tally = Tally(None, len(plan), sum(var.nbytes for _, var in plan))
@@ -221,6 +223,8 @@ class CheckpointManager:
                         _write_variable(writer, key, var, tally)
             except OSError as e:
                 raise os_error(e, f"cannot write checkpoint part {clip(part)}") from None
+            if versions.keys() <= set(entries.values()):
+                self._saved_versions = versions
         return tally.progress.bytes_done
 
     def commit_parts(self, parts: list[str], prefix: str, global_step: int | None,

@@ -116,14 +116,17 @@ def spec_from_tf_config(text: str) -> ClusterSpec:
 
 # Every shard writing a final checkpoint of its own part into the one shared folder would make
 # N one-shard checkpoints of the same name, each overwriting the last, and point `latest` at
-# one shard's variables; a cluster saves as a whole, from a client.
-SHARD_NO_FINAL_SAVE = ("a shard of a cluster writes no final checkpoint of its own (save the "
-                       "cluster as a whole from a client, `varstore save`, before stopping it)")
+# one shard's variables; shard 0 saves the cluster as a whole (varstore.server.cluster_saver).
+SHARD_NO_FINAL_SAVE = ("a shard of a cluster other than shard 0 writes no checkpoint of its "
+                       "own (shard 0 saves the whole cluster when it stops, if the other "
+                       "shards still serve; or save from a client, `varstore save`)")
 
 
 def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.environ) -> None:
     """Fills ``cluster`` from ``TF_CONFIG`` in server settings that name none, and checks
-    that ``cluster`` and ``task_index`` make a valid :class:`ClusterSpec`.
+    that ``cluster`` and ``task_index`` make a valid :class:`ClusterSpec`. (Every shard may
+    take ``--save-every``, as a StatefulSet gives all the same flags: shard 0's timer saves
+    the whole cluster, the others' is off.)
 
     Raises ``ValueError`` for an invalid cluster or ``TF_CONFIG``.
     """
@@ -139,12 +142,6 @@ def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.env
         values["cluster"] = tuple(cluster)
         spec = ClusterSpec(values["cluster"], int(values.get("task_index", 0)))
         values.setdefault("port", spec.port)
-        if len(spec.shards) > 1:
-            if values.get("save_every"):
-                raise ValueError(
-                    "a shard of a cluster does not take --save-every: a cluster saves as a "
-                    "whole, from a client (`varstore save`), so that every shard writes its "
-                    "part of one checkpoint")
 
 
 class PlacementTable:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import grpc
 
@@ -29,6 +30,7 @@ from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
 from varstore.server.bundle.table import read_table
 from varstore.server.checkpoint_folder import os_error
+from varstore.server.checkpoint_progress import Saved
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
 from varstore.server.retention import client_saver
@@ -73,20 +75,14 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
 
     def CommitParts(self, request: cpb.CommitPartsRequest,
                     context: grpc.ServicerContext) -> cpb.CommitPartsResponse:
-        folder = self.checkpoints.folder
         parts = list(request.part_prefixes)
         _check_parts(parts)
         if request.abort:
-            for part in parts:
-                path = folder.resolve(part)
-                unlink_quietly(index_path(path))
-                unlink_quietly(data_path(path, 0, 1))
+            remove_parts(self.checkpoints, parts)
             return cpb.CommitPartsResponse()
-        for part in parts:
-            require_shared_folder(str(folder.directory), index_path(folder.resolve(part)))
         step = request.global_step if request.has_global_step else None
-        saved = self.checkpoints.commit_parts(
-            parts, request.prefix, step, request.max_to_keep,
+        saved = commit_parts(
+            self.checkpoints, parts, request.prefix, step, request.max_to_keep,
             saver=client_saver(request.saver), latest_filename=request.latest_filename,
             write_state=not request.skip_state,
             keep_every_hours=request.keep_checkpoint_every_n_hours)
@@ -123,6 +119,28 @@ def _check_parts(parts: list[str]) -> None:
             raise InvalidArgumentError(
                 f"checkpoint part {clip(repr(part))} is not named PREFIX{TEMP_MARK}"
                 "TOKEN_part-0000I-of-0000N")
+
+
+def commit_parts(checkpoints: CheckpointManager, parts: list[str], prefix: str,
+                 global_step: int | None, max_to_keep: int, **settings: Any) -> Saved:
+    """Merges the parts of a cluster save into checkpoint ``prefix`` and records it
+    (:meth:`CheckpointManager.commit_parts`, which takes ``settings``).
+
+    Raises ``FailedPreconditionError`` when a part another shard wrote is not in this shard's
+    folder (the folder must be shared), and what ``commit_parts`` raises."""
+    folder = checkpoints.folder
+    for part in parts:
+        require_shared_folder(str(folder.directory), index_path(folder.resolve(part)))
+    return checkpoints.commit_parts(parts, prefix, global_step, max_to_keep, **settings)
+
+
+def remove_parts(checkpoints: CheckpointManager, parts: list[str]) -> None:
+    """Removes the files of the parts of a cluster save that failed (their names checked by
+    the caller). Raises ``PermissionDeniedError`` for a part outside the folder."""
+    for part in parts:
+        path = checkpoints.folder.resolve(part)
+        unlink_quietly(index_path(path))
+        unlink_quietly(data_path(path, 0, 1))
 
 
 def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:

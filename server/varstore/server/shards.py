@@ -5,10 +5,11 @@ shard as ``varstore serve --cluster ... --task-index I`` with the other settings
 (one checkpoint folder, shared by all), and prints one line once every shard serves. SIGTERM
 or SIGINT to the parent stops every shard gracefully; a shard that dies is reported on stderr
 while the others keep serving; the shards exit when the parent dies (Linux's parent-death
-signal), so no orphaned ps task outlives its job (tensorflow#4713). Before stopping them, the
-parent writes one checkpoint of the whole cluster (``model.ckpt-N``, every shard's part),
-unless ``--no-save-on-exit``: a shard alone never saves on exit, since its part would pass for
-the cluster's latest checkpoint.
+signal), so no orphaned ps task outlives its job (tensorflow#4713). ``--save-every`` goes to
+shard 0, whose timer saves the whole cluster (:mod:`varstore.server.cluster_saver`). On stop,
+shard 0 stops first, while the others still serve: it writes one final checkpoint of the whole
+cluster (``model.ckpt-N``, every shard's part) unless ``--no-save-on-exit``; a shard alone never
+saves, since its part would pass for the cluster's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import argparse
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -25,10 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-from varstore.server.auth import load_tokens
-from varstore.server.checkpoint_timer import TIMER_PREFIX, newest_step
 from varstore.server.cluster import MAX_SHARDS, WILDCARD_HOSTS
 from varstore.server.daemon import DaemonError, ServeProcess
 
@@ -36,7 +33,7 @@ log = logging.getLogger("varstore.server")
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
-# How long the cluster checkpoint written on exit may take before the shards are stopped anyway.
+# How long shard 0 may take to stop, its final checkpoint of the cluster included.
 EXIT_SAVE_TIMEOUT = 600.0
 POLL_SECONDS = 0.2
 # Flags passed on unchanged to every shard (dest, flag); ports and the cluster are set apart.
@@ -103,6 +100,10 @@ def shard_argv(args: argparse.Namespace, host: str, port: int, addresses: list[s
             argv += [flag, str(value)]
     if args.metrics_port is not None:
         argv += ["--metrics-port", str(args.metrics_port and args.metrics_port + index)]
+    if index == 0 and args.save_every is not None:
+        argv += ["--save-every", str(args.save_every)]
+    if args.save_on_exit is False:
+        argv.append("--no-save-on-exit")
     return argv
 
 
@@ -114,10 +115,9 @@ def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
     try:
         if not 1 <= count <= MAX_SHARDS:
             raise ValueError(f"--shards must be in [1, {MAX_SHARDS}], got {count}")
-        for flag, value in (("--cluster", args.cluster), ("--save-every", args.save_every)):
-            if value:
-                raise ValueError(f"--shards does not take {flag} (a cluster saves from a "
-                                 "client: `varstore save`)")
+        if args.cluster:
+            raise ValueError("--shards does not take --cluster (it makes the cluster of its "
+                             "shards itself)")
         process.start()
         ports = free_ports(host, count) if port == 0 else list(range(port, port + count))
     except (OSError, ValueError, DaemonError) as e:
@@ -148,38 +148,10 @@ def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
             print(f"varstore serve: {message}", file=sys.stderr, flush=True)
         if all(s.reported for s in shards):
             break
-    if args.save_on_exit is not False and not crashed:
-        save_cluster(args, addresses[0])
     log.info("stopping %d shards", count)
-    codes = _stop_all(shards)
+    codes = _stop_all(shards[:1], EXIT_SAVE_TIMEOUT) + _stop_all(shards[1:])
     process.close()
     return 1 if crashed or any(codes) else 0
-
-
-def save_cluster(args: argparse.Namespace, address: str) -> bool:
-    """Writes ``model.ckpt-N`` (N one past the newest in the folder) of the whole cluster
-    through shard ``address``, as ``varstore save`` does, in a child process (the server
-    imports no client); logs the outcome and returns whether it was written."""
-    folder = Path(args.checkpoint_dir or "checkpoints")
-    host, _, port = address.rpartition(":")
-    if host in WILDCARD_HOSTS:
-        address = f"127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "varstore.cli", "save", TIMER_PREFIX, "--quiet",
-            "--step", str(newest_step(folder) + 1), "--address", address]
-    env = dict(os.environ)
-    try:
-        if args.token_file is not None:
-            env["VARSTORE_TOKEN"] = load_tokens(args.token_file)[0]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                              timeout=EXIT_SAVE_TIMEOUT)
-    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        log.warning("cluster checkpoint on exit not written: %s", e)
-        return False
-    if done.returncode != 0:
-        log.warning("cluster checkpoint on exit not written: %s", done.stderr.strip()[-500:])
-        return False
-    log.info("cluster checkpoint written on exit: %s", done.stdout.strip())
-    return True
 
 
 def _wait_ready(shards: list[Shard], stop: threading.Event) -> str | None:
@@ -201,13 +173,13 @@ def _newly_exited(shards: list[Shard]) -> Iterator[Shard]:
             yield shard
 
 
-def _stop_all(shards: list[Shard]) -> list[int]:
-    """SIGTERM to every shard still running, SIGKILL after :data:`STOP_TIMEOUT`; the exit
+def _stop_all(shards: list[Shard], timeout: float = STOP_TIMEOUT) -> list[int]:
+    """SIGTERM to every shard still running, SIGKILL after ``timeout`` seconds; the exit
     codes."""
     for shard in shards:
         if shard.process.poll() is None:
             shard.process.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
+    deadline = time.monotonic() + timeout
     codes = []
     for shard in shards:
         try:
