@@ -53,7 +53,8 @@ def tf_config_address(environ: Any = os.environ) -> str | None:
 
 @dataclass(frozen=True)
 class VariableInfo:
-    """What the server holds for one variable."""
+    """What the server holds for one variable; ``save_slice``, for a part of a partitioned
+    variable, where it lies in the full variable (which checkpoints store as one tensor)."""
 
     name: str
     dtype: DType
@@ -64,13 +65,15 @@ class VariableInfo:
     created_by: str
     initializer: str
     nbytes: int
+    save_slice: pb.SaveSlice | None = None
 
     @classmethod
     def from_proto(cls, info: pb.VariableInfo) -> VariableInfo:
         """Converts the wire message."""
         return cls(info.name, dtypes.from_enum(info.dtype), tuple(info.shape.dim),
                    info.trainable, info.initialized, info.version, info.created_by,
-                   info.initializer_desc, info.nbytes)
+                   info.initializer_desc, info.nbytes,
+                   info.save_slice if info.HasField("save_slice") else None)
 
 
 class ClientBase:
@@ -468,9 +471,13 @@ class Client(ClientBase):
 
 
 def _entries(var_list: Any) -> list[pb.CheckpointEntry]:
-    """Checkpoint entries for a list of variables (own names) or a ``{key: variable}`` dict."""
+    """Checkpoint entries for a list of variables (own names) or a ``{key: variable}`` dict;
+    ``CheckpointEntry`` messages in a list are taken as they are."""
     if var_list is None:
         return []
+    if not isinstance(var_list, Mapping) and all(
+            isinstance(e, pb.CheckpointEntry) for e in var_list):
+        return list(var_list)
     items: Iterator[tuple[str, Any]]
     if isinstance(var_list, Mapping):
         items = iter(var_list.items())

@@ -59,16 +59,17 @@ class RequestBuilder:
     def variable(self, name: str, dtype: DType, shape: Sequence[int], trainable: bool = True,
                  initializer: int | None = None, bind_only: bool = False,
                  created_by: str = "Variable", initializer_desc: str = "",
-                 device: str = "") -> int:
+                 device: str = "", save_slice: pb.SaveSlice | None = None) -> int:
         """Creates or binds a variable before the graph runs; returns its spec index.
-        ``device`` (``tf.device``'s) places it on a cluster's ps task."""
+        ``device`` (``tf.device``'s) places it on a cluster's ps task; ``save_slice`` says
+        where a part of a partitioned variable lies in the full one."""
         if device:
             self.devices[name] = device
         self.specs.append(pb.VariableSpec(
             name=name, dtype=dtype.enum, shape=codec.shape_to_proto(shape),
             trainable=trainable, mode=pb.BIND if bind_only else pb.CREATE_OR_BIND,
             initializer=0 if initializer is None else initializer + 1,
-            created_by=created_by, initializer_desc=initializer_desc))
+            created_by=created_by, initializer_desc=initializer_desc, save_slice=save_slice))
         return len(self.specs) - 1
 
     def fetch(self, index: int) -> int:

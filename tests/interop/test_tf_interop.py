@@ -116,13 +116,17 @@ def test_server_restores_what_tensorflow_saver_writes(tf: Any, client: vs.Client
     assert client.latest_checkpoint() == "model.ckpt-3"
     assert client.restore("latest") == "model.ckpt-3"
     infos = {v.name: v for v in client.list_variables()}
-    assert sorted(infos) == sorted([*want, "part/P"])
-    assert infos["part/P"].shape == (10, 4)
+    # The partitioned variable comes back as TF's parts, each knowing its slice.
+    parts = [f"part/P/part_{i}" for i in range(3)]
+    assert sorted(infos) == sorted([*want, *parts])
+    assert [(infos[p].shape, list(infos[p].save_slice.offset)) for p in parts] == [
+        ((4, 4), [0, 0]), ((3, 4), [4, 0]), ((3, 4), [7, 0])]
+    assert {infos[p].save_slice.full_name for p in parts} == {"part/P"}
     for name, value in want.items():
         handle = vs.RemoteVariable(client, name, infos[name].dtype, infos[name].shape)
         _same(handle.numpy(), value)
-    handle = vs.RemoteVariable(client, "part/P", vs.float32, (10, 4))
-    _same(handle.numpy(), partitioned)
+    handles = [vs.RemoteVariable(client, p, vs.float32, infos[p].shape) for p in parts]
+    _same(np.concatenate(client.pull(handles)), partitioned)
 
 
 def test_a_tensorflow_saver_dict_checkpoint_restores_by_key(tf: Any, client: vs.Client,

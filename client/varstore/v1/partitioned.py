@@ -19,6 +19,7 @@ import numpy as np
 
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
+from varstore.proto import varstore_pb2 as pb
 from varstore.v1.shapes import TensorShape, as_shape
 
 
@@ -39,6 +40,11 @@ class SaveSliceInfo:
                         for offset, length, full in zip(self.var_offset, self.var_shape,
                                                         self.full_shape, strict=True))
         return " ".join(str(d) for d in self.full_shape) + " " + axes
+
+    def to_proto(self) -> pb.SaveSlice:
+        """The server's record of the part (see ``SaveSlice`` in varstore.proto)."""
+        return pb.SaveSlice(full_name=self.full_name, full_shape=self.full_shape,
+                            offset=self.var_offset, shape=self.var_shape)
 
 
 class PartitionedVariable:

@@ -15,30 +15,78 @@ from typing import Any
 import numpy as np
 
 import varstore
+from varstore.proto import varstore_pb2 as pb
 from varstore.v1.graph import get_default_session
+from varstore.v1.partitioned import PartitionedVariable
 from varstore.v1.session import Session
 from varstore.v1.variables import Variable, global_variables
 
 
-def _checkpoint_names(var_list: Sequence[Variable] | Mapping[str, Variable]) -> dict[str, str]:
-    """``{checkpoint key: variable name}``: a dict's own keys, else the variables' names."""
-    items = list(var_list.items()) if isinstance(var_list, Mapping) else \
-        [(getattr(getattr(v, "op", None), "name", None), v) for v in var_list]
-    names: dict[str, str] = {}
-    for key, var in items:
+def _checkpoint_entries(var_list: Sequence[Any] | Mapping[str, Any]
+                        ) -> list[pb.CheckpointEntry]:
+    """What each checkpoint key holds, by TensorFlow's rules (``saveable_object_util``'s
+    ``op_list_to_dict`` and ``saveable_objects_for_op``): a dict's keys name its values; in a
+    list, a part of a partitioned variable (or a ``PartitionedVariable``) is saved under its
+    full variable's name as one slice of it, any other variable under its own name. Raises
+    TF's ``ValueError``/``TypeError`` for two variables under one name and bad slices."""
+    named: dict[str, Any] = {}
+    if isinstance(var_list, Mapping):
+        named = dict(var_list)
+    else:
+        flat = [v for item in var_list
+                for v in (item if isinstance(item, list | tuple) else [item])]
+        for var in sorted(flat, key=lambda v: str(getattr(v, "name", ""))):
+            part = var._get_save_slice_info() if isinstance(var, Variable) else None
+            name = var.name if isinstance(var, PartitionedVariable) else \
+                part.full_name if part is not None else getattr(getattr(var, "op", None),
+                                                                "name", None)
+            if part is not None:
+                if name in named and not isinstance(named[name], list):
+                    raise ValueError(f"Mixing slices and non-slices with the same name: {name}")
+                named.setdefault(str(name), []).append(var)
+                continue
+            if name in named:
+                raise ValueError(f"At least two variables have the same name: {name}")
+            named[str(name)] = var
+    entries = []
+    for key, value in named.items():
+        if isinstance(value, list | tuple | PartitionedVariable):
+            entries += _slices(str(key), list(value))
+        elif isinstance(value, Variable):
+            entries.append(pb.CheckpointEntry(key=str(key), variable=value.op.name))
+        else:
+            raise TypeError(f"Variable to save is not a Variable: {value}")
+    return entries
+
+
+def _slices(key: str, parts: list[Any]) -> list[pb.CheckpointEntry]:
+    """The parts of one partitioned variable, saved under ``key`` as slices of one tensor."""
+    full_name = None
+    entries = []
+    for var in parts:
         if not isinstance(var, Variable):
-            raise TypeError(f"Variable to save is not a Variable: {var}")
-        if key in names:
-            raise ValueError(f"At least two variables have the same name: {key}")
-        names[str(key)] = var.op.name
-    return names
+            raise ValueError(f"Slices must all be Variables: {var}")
+        info = var._get_save_slice_info()
+        if info is None:
+            raise ValueError(f"Slices must all be slices: {var}")
+        if full_name is None:
+            full_name = info.full_name
+        elif full_name != info.full_name:
+            raise ValueError(f"Slices must all be from the same tensor: {full_name} != "
+                             f"{info.full_name}")
+        proto = info.to_proto()
+        proto.full_name = key
+        entries.append(pb.CheckpointEntry(key=key, variable=var.op.name, slice=proto))
+    return entries
 
 
 class Saver:
     """Saves and restores variables through the server, as TensorFlow 1's ``tf.train.Saver``.
 
-    ``var_list`` is a list of variables (saved under their own names) or a ``{key: variable}``
-    dict; None means every global variable that exists when the saver is built (now, or at
+    ``var_list`` is a list of variables (saved under their own names; parts of partitioned
+    variables, or ``PartitionedVariable``s, as slices of their full variable's tensor, as TF
+    saves them) or a ``{key: variable or PartitionedVariable}`` dict; None means every
+    global variable that exists when the saver is built (now, or at
     :meth:`build` with ``defer_build``). Retention is TF's: the saver keeps the newest
     ``max_to_keep`` checkpoints it wrote itself (0 or None: deletes none), plus one every
     ``keep_checkpoint_every_n_hours``, and never deletes a checkpoint another saver wrote; the
@@ -67,7 +115,7 @@ class Saver:
         self._pad_step_number = pad_step_number
         self.max_to_keep = 0 if max_to_keep is None else operator.index(max_to_keep)
         self._keep_hours = float(keep_checkpoint_every_n_hours)
-        self._names: dict[str, str] | None = None
+        self._names: list[pb.CheckpointEntry] | None = None
         self._last_checkpoints: list[str] = []
         # The server deletes only what this name's saves wrote (see varstore.server.retention).
         self._saver = f"v1.Saver:{uuid.uuid4().hex}"
@@ -82,7 +130,7 @@ class Saver:
         variables = global_variables() if self._var_list is None else self._var_list
         if not variables and not self._allow_empty:
             raise ValueError("No variables to save")
-        self._names = _checkpoint_names(variables) if variables else {}
+        self._names = _checkpoint_entries(variables) if variables else []
 
     @property
     def last_checkpoints(self) -> list[str]:

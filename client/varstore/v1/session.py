@@ -104,10 +104,12 @@ class Session:
         for var in self.graph.variables:
             name = var.op.name
             if name not in self._bound and (names is None or name in names):
+                part = var._get_save_slice_info()
                 builder.variable(name, var.dtype.base_dtype, var.shape.as_list(), var.trainable,
                                  created_by=var.created_by,
                                  initializer_desc=var.initializer_description,
-                                 device=var.op.device)
+                                 device=var.op.device,
+                                 save_slice=None if part is None else part.to_proto())
                 bound.append(name)
         return bound
 

@@ -98,14 +98,16 @@ class CheckpointKeysRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ...) -> None: ...
 
 class CheckpointKey(_message.Message):
-    __slots__ = ("key", "dtype", "shape")
+    __slots__ = ("key", "dtype", "shape", "slices")
     KEY_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
     key: str
     dtype: int
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, key: _Optional[str] = ..., dtype: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    slices: _containers.RepeatedCompositeFieldContainer[_varstore_pb2.SaveSlice]
+    def __init__(self, key: _Optional[str] = ..., dtype: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., slices: _Optional[_Iterable[_Union[_varstore_pb2.SaveSlice, _Mapping]]] = ...) -> None: ...
 
 class CheckpointKeysResponse(_message.Message):
     __slots__ = ("path", "keys")

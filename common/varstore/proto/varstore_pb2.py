@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvarstore/proto/varstore.proto\x12\x0bvarstore.v1\"O\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\x05\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x16\n\x0estreamed_bytes\x18\x04 \x01(\x03\"\x14\n\x05Shape\x12\x0b\n\x03\x64im\x18\x01 \x03(\x03\"m\n\tAttrValue\x12\x0b\n\x01i\x18\x01 \x01(\x03H\x00\x12\x0b\n\x01\x66\x18\x02 \x01(\x01H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x12#\n\x05shape\x18\x05 \x01(\x0b\x32\x12.varstore.v1.ShapeH\x00\x42\x07\n\x05value\"\xcf\x01\n\x04Node\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\x05\x12\x16\n\x0e\x63ontrol_inputs\x18\x03 \x03(\x05\x12\x10\n\x08variable\x18\x04 \x01(\t\x12\x0e\n\x06tensor\x18\x05 \x01(\x05\x12+\n\x05\x61ttrs\x18\x06 \x03(\x0b\x32\x1c.varstore.v1.Node.AttrsEntry\x1a\x44\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.varstore.v1.AttrValue:\x02\x38\x01\"\xcb\x01\n\x0cVariableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12!\n\x05shape\x18\x03 \x01(\x0b\x32\x12.varstore.v1.Shape\x12\x11\n\ttrainable\x18\x04 \x01(\x08\x12%\n\x04mode\x18\x05 \x01(\x0e\x32\x17.varstore.v1.CreateMode\x12\x13\n\x0binitializer\x18\x06 \x01(\x05\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x18\n\x10initializer_desc\x18\x08 \x01(\t\"\xa4\x01\n\nRunRequest\x12,\n\tvariables\x18\x01 \x03(\x0b\x32\x19.varstore.v1.VariableSpec\x12 \n\x05nodes\x18\x02 \x03(\x0b\x32\x11.varstore.v1.Node\x12$\n\x07tensors\x18\x03 \x03(\x0b\x32\x13.varstore.v1.Tensor\x12\x0f\n\x07\x66\x65tches\x18\x04 \x03(\x05\x12\x0f\n\x07targets\x18\x05 \x03(\x05\"\xd6\x01\n\x0cVariableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12!\n\x05shape\x18\x03 \x01(\x0b\x32\x12.varstore.v1.Shape\x12\x11\n\ttrainable\x18\x04 \x01(\x08\x12\x13\n\x0binitialized\x18\x05 \x01(\x08\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x18\n\x10initializer_desc\x18\x08 \x01(\t\x12\x0e\n\x06nbytes\x18\t \x01(\x03\x12\x0f\n\x07\x63reated\x18\n \x01(\x08\"`\n\x0bRunResponse\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.varstore.v1.Tensor\x12,\n\tvariables\x18\x02 \x03(\x0b\x32\x19.varstore.v1.VariableInfo\"n\n\x08RunChunk\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.varstore.v1.RunRequest\x12*\n\x08response\x18\x02 \x01(\x0b\x32\x18.varstore.v1.RunResponse\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"%\n\x14ListVariablesRequest\x12\r\n\x05scope\x18\x01 \x01(\t\"E\n\x15ListVariablesResponse\x12,\n\tvariables\x18\x01 \x03(\x0b\x32\x19.varstore.v1.VariableInfo\":\n\rDeleteRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"@\n\x16WaitInitializedRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"0\n\x17WaitInitializedResponse\x12\x15\n\runinitialized\x18\x01 \x03(\t\"0\n\x0f\x43heckpointEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08variable\x18\x02 \x01(\t\"\xf2\x01\n\x0bSaveRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\x12\x17\n\x0fhas_global_step\x18\x03 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x04 \x01(\x03\x12\x13\n\x0bmax_to_keep\x18\x05 \x01(\x05\x12\r\n\x05saver\x18\x06 \x01(\t\x12\x17\n\x0flatest_filename\x18\x07 \x01(\t\x12\x12\n\nskip_state\x18\x08 \x01(\x08\x12%\n\x1dkeep_checkpoint_every_n_hours\x18\t \x01(\x01\"O\n\x0eRestoreRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\"\xa0\x01\n\x12\x43heckpointProgress\x12\x12\n\nbytes_done\x18\x01 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x02 \x01(\x03\x12\x14\n\x0ctensors_done\x18\x03 \x01(\x05\x12\x15\n\rtensors_total\x18\x04 \x01(\x05\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12\x18\n\x10last_checkpoints\x18\x07 \x03(\t\"E\n\x17LatestCheckpointRequest\x12\x11\n\tdirectory\x18\x01 \x01(\t\x12\x17\n\x0flatest_filename\x18\x02 \x01(\t\"(\n\x18LatestCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\xe5\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x16\n\x0evariable_count\x18\x03 \x01(\x03\x12\x14\n\x0c\x62ytes_stored\x18\x04 \x01(\x03\x12\x19\n\x11\x63onnected_clients\x18\x05 \x01(\x03\x12\x17\n\x0flast_checkpoint\x18\x06 \x01(\t\x12\x1c\n\x14last_checkpoint_time\x18\x07 \x01(\x01\x12\x16\n\x0e\x63heckpoint_dir\x18\x08 \x01(\t\x12\x12\n\nmax_memory\x18\t \x01(\x03**\n\nCreateMode\x12\x12\n\x0e\x43REATE_OR_BIND\x10\x00\x12\x08\n\x04\x42IND\x10\x01\x32\xb7\x05\n\x0fVariableService\x12\x38\n\x03Run\x12\x17.varstore.v1.RunRequest\x1a\x18.varstore.v1.RunResponse\x12=\n\tRunStream\x12\x15.varstore.v1.RunChunk\x1a\x15.varstore.v1.RunChunk(\x01\x30\x01\x12V\n\rListVariables\x12!.varstore.v1.ListVariablesRequest\x1a\".varstore.v1.ListVariablesResponse\x12\\\n\x0fWaitInitialized\x12#.varstore.v1.WaitInitializedRequest\x1a$.varstore.v1.WaitInitializedResponse\x12\x43\n\x04Save\x12\x18.varstore.v1.SaveRequest\x1a\x1f.varstore.v1.CheckpointProgress0\x01\x12I\n\x07Restore\x12\x1b.varstore.v1.RestoreRequest\x1a\x1f.varstore.v1.CheckpointProgress0\x01\x12_\n\x10LatestCheckpoint\x12$.varstore.v1.LatestCheckpointRequest\x1a%.varstore.v1.LatestCheckpointResponse\x12\x41\n\x06Status\x12\x1a.varstore.v1.StatusRequest\x1a\x1b.varstore.v1.StatusResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.varstore.v1.DeleteRequest\x1a\x1b.varstore.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvarstore/proto/varstore.proto\x12\x0bvarstore.v1\"O\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\x05\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x16\n\x0estreamed_bytes\x18\x04 \x01(\x03\"\x14\n\x05Shape\x12\x0b\n\x03\x64im\x18\x01 \x03(\x03\"m\n\tAttrValue\x12\x0b\n\x01i\x18\x01 \x01(\x03H\x00\x12\x0b\n\x01\x66\x18\x02 \x01(\x01H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x12#\n\x05shape\x18\x05 \x01(\x0b\x32\x12.varstore.v1.ShapeH\x00\x42\x07\n\x05value\"\xcf\x01\n\x04Node\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\x05\x12\x16\n\x0e\x63ontrol_inputs\x18\x03 \x03(\x05\x12\x10\n\x08variable\x18\x04 \x01(\t\x12\x0e\n\x06tensor\x18\x05 \x01(\x05\x12+\n\x05\x61ttrs\x18\x06 \x03(\x0b\x32\x1c.varstore.v1.Node.AttrsEntry\x1a\x44\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.varstore.v1.AttrValue:\x02\x38\x01\"\xf7\x01\n\x0cVariableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12!\n\x05shape\x18\x03 \x01(\x0b\x32\x12.varstore.v1.Shape\x12\x11\n\ttrainable\x18\x04 \x01(\x08\x12%\n\x04mode\x18\x05 \x01(\x0e\x32\x17.varstore.v1.CreateMode\x12\x13\n\x0binitializer\x18\x06 \x01(\x05\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x18\n\x10initializer_desc\x18\x08 \x01(\t\x12*\n\nsave_slice\x18\t \x01(\x0b\x32\x16.varstore.v1.SaveSlice\"Q\n\tSaveSlice\x12\x11\n\tfull_name\x18\x01 \x01(\t\x12\x12\n\nfull_shape\x18\x02 \x03(\x03\x12\x0e\n\x06offset\x18\x03 \x03(\x03\x12\r\n\x05shape\x18\x04 \x03(\x03\"\xa4\x01\n\nRunRequest\x12,\n\tvariables\x18\x01 \x03(\x0b\x32\x19.varstore.v1.VariableSpec\x12 \n\x05nodes\x18\x02 \x03(\x0b\x32\x11.varstore.v1.Node\x12$\n\x07tensors\x18\x03 \x03(\x0b\x32\x13.varstore.v1.Tensor\x12\x0f\n\x07\x66\x65tches\x18\x04 \x03(\x05\x12\x0f\n\x07targets\x18\x05 \x03(\x05\"\x82\x02\n\x0cVariableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12!\n\x05shape\x18\x03 \x01(\x0b\x32\x12.varstore.v1.Shape\x12\x11\n\ttrainable\x18\x04 \x01(\x08\x12\x13\n\x0binitialized\x18\x05 \x01(\x08\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x18\n\x10initializer_desc\x18\x08 \x01(\t\x12\x0e\n\x06nbytes\x18\t \x01(\x03\x12\x0f\n\x07\x63reated\x18\n \x01(\x08\x12*\n\nsave_slice\x18\x0b \x01(\x0b\x32\x16.varstore.v1.SaveSlice\"`\n\x0bRunResponse\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.varstore.v1.Tensor\x12,\n\tvariables\x18\x02 \x03(\x0b\x32\x19.varstore.v1.VariableInfo\"n\n\x08RunChunk\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.varstore.v1.RunRequest\x12*\n\x08response\x18\x02 \x01(\x0b\x32\x18.varstore.v1.RunResponse\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"%\n\x14ListVariablesRequest\x12\r\n\x05scope\x18\x01 \x01(\t\"E\n\x15ListVariablesResponse\x12,\n\tvariables\x18\x01 \x03(\x0b\x32\x19.varstore.v1.VariableInfo\":\n\rDeleteRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"@\n\x16WaitInitializedRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"0\n\x17WaitInitializedResponse\x12\x15\n\runinitialized\x18\x01 \x03(\t\"W\n\x0f\x43heckpointEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08variable\x18\x02 \x01(\t\x12%\n\x05slice\x18\x03 \x01(\x0b\x32\x16.varstore.v1.SaveSlice\"\xf2\x01\n\x0bSaveRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\x12\x17\n\x0fhas_global_step\x18\x03 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x04 \x01(\x03\x12\x13\n\x0bmax_to_keep\x18\x05 \x01(\x05\x12\r\n\x05saver\x18\x06 \x01(\t\x12\x17\n\x0flatest_filename\x18\x07 \x01(\t\x12\x12\n\nskip_state\x18\x08 \x01(\x08\x12%\n\x1dkeep_checkpoint_every_n_hours\x18\t \x01(\x01\"O\n\x0eRestoreRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\"\xa0\x01\n\x12\x43heckpointProgress\x12\x12\n\nbytes_done\x18\x01 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x02 \x01(\x03\x12\x14\n\x0ctensors_done\x18\x03 \x01(\x05\x12\x15\n\rtensors_total\x18\x04 \x01(\x05\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12\x18\n\x10last_checkpoints\x18\x07 \x03(\t\"E\n\x17LatestCheckpointRequest\x12\x11\n\tdirectory\x18\x01 \x01(\t\x12\x17\n\x0flatest_filename\x18\x02 \x01(\t\"(\n\x18LatestCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\xe5\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12\x16\n\x0evariable_count\x18\x03 \x01(\x03\x12\x14\n\x0c\x62ytes_stored\x18\x04 \x01(\x03\x12\x19\n\x11\x63onnected_clients\x18\x05 \x01(\x03\x12\x17\n\x0flast_checkpoint\x18\x06 \x01(\t\x12\x1c\n\x14last_checkpoint_time\x18\x07 \x01(\x01\x12\x16\n\x0e\x63heckpoint_dir\x18\x08 \x01(\t\x12\x12\n\nmax_memory\x18\t \x01(\x03**\n\nCreateMode\x12\x12\n\x0e\x43REATE_OR_BIND\x10\x00\x12\x08\n\x04\x42IND\x10\x01\x32\xb7\x05\n\x0fVariableService\x12\x38\n\x03Run\x12\x17.varstore.v1.RunRequest\x1a\x18.varstore.v1.RunResponse\x12=\n\tRunStream\x12\x15.varstore.v1.RunChunk\x1a\x15.varstore.v1.RunChunk(\x01\x30\x01\x12V\n\rListVariables\x12!.varstore.v1.ListVariablesRequest\x1a\".varstore.v1.ListVariablesResponse\x12\\\n\x0fWaitInitialized\x12#.varstore.v1.WaitInitializedRequest\x1a$.varstore.v1.WaitInitializedResponse\x12\x43\n\x04Save\x12\x18.varstore.v1.SaveRequest\x1a\x1f.varstore.v1.CheckpointProgress0\x01\x12I\n\x07Restore\x12\x1b.varstore.v1.RestoreRequest\x1a\x1f.varstore.v1.CheckpointProgress0\x01\x12_\n\x10LatestCheckpoint\x12$.varstore.v1.LatestCheckpointRequest\x1a%.varstore.v1.LatestCheckpointResponse\x12\x41\n\x06Status\x12\x1a.varstore.v1.StatusRequest\x1a\x1b.varstore.v1.StatusResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.varstore.v1.DeleteRequest\x1a\x1b.varstore.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_ATTRSENTRY']._loaded_options = None
   _globals['_NODE_ATTRSENTRY']._serialized_options = b'8\001'
-  _globals['_CREATEMODE']._serialized_start=2492
-  _globals['_CREATEMODE']._serialized_end=2534
+  _globals['_CREATEMODE']._serialized_start=2702
+  _globals['_CREATEMODE']._serialized_end=2744
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=125
   _globals['_SHAPE']._serialized_start=127
@@ -46,43 +46,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODE_ATTRSENTRY']._serialized_start=400
   _globals['_NODE_ATTRSENTRY']._serialized_end=468
   _globals['_VARIABLESPEC']._serialized_start=471
-  _globals['_VARIABLESPEC']._serialized_end=674
-  _globals['_RUNREQUEST']._serialized_start=677
-  _globals['_RUNREQUEST']._serialized_end=841
-  _globals['_VARIABLEINFO']._serialized_start=844
-  _globals['_VARIABLEINFO']._serialized_end=1058
-  _globals['_RUNRESPONSE']._serialized_start=1060
-  _globals['_RUNRESPONSE']._serialized_end=1156
-  _globals['_RUNCHUNK']._serialized_start=1158
-  _globals['_RUNCHUNK']._serialized_end=1268
-  _globals['_LISTVARIABLESREQUEST']._serialized_start=1270
-  _globals['_LISTVARIABLESREQUEST']._serialized_end=1307
-  _globals['_LISTVARIABLESRESPONSE']._serialized_start=1309
-  _globals['_LISTVARIABLESRESPONSE']._serialized_end=1378
-  _globals['_DELETEREQUEST']._serialized_start=1380
-  _globals['_DELETEREQUEST']._serialized_end=1438
-  _globals['_DELETERESPONSE']._serialized_start=1440
-  _globals['_DELETERESPONSE']._serialized_end=1473
-  _globals['_WAITINITIALIZEDREQUEST']._serialized_start=1475
-  _globals['_WAITINITIALIZEDREQUEST']._serialized_end=1539
-  _globals['_WAITINITIALIZEDRESPONSE']._serialized_start=1541
-  _globals['_WAITINITIALIZEDRESPONSE']._serialized_end=1589
-  _globals['_CHECKPOINTENTRY']._serialized_start=1591
-  _globals['_CHECKPOINTENTRY']._serialized_end=1639
-  _globals['_SAVEREQUEST']._serialized_start=1642
-  _globals['_SAVEREQUEST']._serialized_end=1884
-  _globals['_RESTOREREQUEST']._serialized_start=1886
-  _globals['_RESTOREREQUEST']._serialized_end=1965
-  _globals['_CHECKPOINTPROGRESS']._serialized_start=1968
-  _globals['_CHECKPOINTPROGRESS']._serialized_end=2128
-  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=2130
-  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=2199
-  _globals['_LATESTCHECKPOINTRESPONSE']._serialized_start=2201
-  _globals['_LATESTCHECKPOINTRESPONSE']._serialized_end=2241
-  _globals['_STATUSREQUEST']._serialized_start=2243
-  _globals['_STATUSREQUEST']._serialized_end=2258
-  _globals['_STATUSRESPONSE']._serialized_start=2261
-  _globals['_STATUSRESPONSE']._serialized_end=2490
-  _globals['_VARIABLESERVICE']._serialized_start=2537
-  _globals['_VARIABLESERVICE']._serialized_end=3232
+  _globals['_VARIABLESPEC']._serialized_end=718
+  _globals['_SAVESLICE']._serialized_start=720
+  _globals['_SAVESLICE']._serialized_end=801
+  _globals['_RUNREQUEST']._serialized_start=804
+  _globals['_RUNREQUEST']._serialized_end=968
+  _globals['_VARIABLEINFO']._serialized_start=971
+  _globals['_VARIABLEINFO']._serialized_end=1229
+  _globals['_RUNRESPONSE']._serialized_start=1231
+  _globals['_RUNRESPONSE']._serialized_end=1327
+  _globals['_RUNCHUNK']._serialized_start=1329
+  _globals['_RUNCHUNK']._serialized_end=1439
+  _globals['_LISTVARIABLESREQUEST']._serialized_start=1441
+  _globals['_LISTVARIABLESREQUEST']._serialized_end=1478
+  _globals['_LISTVARIABLESRESPONSE']._serialized_start=1480
+  _globals['_LISTVARIABLESRESPONSE']._serialized_end=1549
+  _globals['_DELETEREQUEST']._serialized_start=1551
+  _globals['_DELETEREQUEST']._serialized_end=1609
+  _globals['_DELETERESPONSE']._serialized_start=1611
+  _globals['_DELETERESPONSE']._serialized_end=1644
+  _globals['_WAITINITIALIZEDREQUEST']._serialized_start=1646
+  _globals['_WAITINITIALIZEDREQUEST']._serialized_end=1710
+  _globals['_WAITINITIALIZEDRESPONSE']._serialized_start=1712
+  _globals['_WAITINITIALIZEDRESPONSE']._serialized_end=1760
+  _globals['_CHECKPOINTENTRY']._serialized_start=1762
+  _globals['_CHECKPOINTENTRY']._serialized_end=1849
+  _globals['_SAVEREQUEST']._serialized_start=1852
+  _globals['_SAVEREQUEST']._serialized_end=2094
+  _globals['_RESTOREREQUEST']._serialized_start=2096
+  _globals['_RESTOREREQUEST']._serialized_end=2175
+  _globals['_CHECKPOINTPROGRESS']._serialized_start=2178
+  _globals['_CHECKPOINTPROGRESS']._serialized_end=2338
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=2340
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=2409
+  _globals['_LATESTCHECKPOINTRESPONSE']._serialized_start=2411
+  _globals['_LATESTCHECKPOINTRESPONSE']._serialized_end=2451
+  _globals['_STATUSREQUEST']._serialized_start=2453
+  _globals['_STATUSREQUEST']._serialized_end=2468
+  _globals['_STATUSRESPONSE']._serialized_start=2471
+  _globals['_STATUSRESPONSE']._serialized_end=2700
+  _globals['_VARIABLESERVICE']._serialized_start=2747
+  _globals['_VARIABLESERVICE']._serialized_end=3442
 # @@protoc_insertion_point(module_scope)

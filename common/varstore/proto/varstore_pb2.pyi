@@ -70,7 +70,7 @@ class Node(_message.Message):
     def __init__(self, op: _Optional[str] = ..., inputs: _Optional[_Iterable[int]] = ..., control_inputs: _Optional[_Iterable[int]] = ..., variable: _Optional[str] = ..., tensor: _Optional[int] = ..., attrs: _Optional[_Mapping[str, AttrValue]] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "trainable", "mode", "initializer", "created_by", "initializer_desc")
+    __slots__ = ("name", "dtype", "shape", "trainable", "mode", "initializer", "created_by", "initializer_desc", "save_slice")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class VariableSpec(_message.Message):
     INITIALIZER_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     INITIALIZER_DESC_FIELD_NUMBER: _ClassVar[int]
+    SAVE_SLICE_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: int
     shape: Shape
@@ -87,7 +88,20 @@ class VariableSpec(_message.Message):
     initializer: int
     created_by: str
     initializer_desc: str
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[int] = ..., shape: _Optional[_Union[Shape, _Mapping]] = ..., trainable: _Optional[bool] = ..., mode: _Optional[_Union[CreateMode, str]] = ..., initializer: _Optional[int] = ..., created_by: _Optional[str] = ..., initializer_desc: _Optional[str] = ...) -> None: ...
+    save_slice: SaveSlice
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[int] = ..., shape: _Optional[_Union[Shape, _Mapping]] = ..., trainable: _Optional[bool] = ..., mode: _Optional[_Union[CreateMode, str]] = ..., initializer: _Optional[int] = ..., created_by: _Optional[str] = ..., initializer_desc: _Optional[str] = ..., save_slice: _Optional[_Union[SaveSlice, _Mapping]] = ...) -> None: ...
+
+class SaveSlice(_message.Message):
+    __slots__ = ("full_name", "full_shape", "offset", "shape")
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FULL_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    full_name: str
+    full_shape: _containers.RepeatedScalarFieldContainer[int]
+    offset: _containers.RepeatedScalarFieldContainer[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, full_name: _Optional[str] = ..., full_shape: _Optional[_Iterable[int]] = ..., offset: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
     __slots__ = ("variables", "nodes", "tensors", "fetches", "targets")
@@ -104,7 +118,7 @@ class RunRequest(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., fetches: _Optional[_Iterable[int]] = ..., targets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VariableInfo(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "trainable", "initialized", "version", "created_by", "initializer_desc", "nbytes", "created")
+    __slots__ = ("name", "dtype", "shape", "trainable", "initialized", "version", "created_by", "initializer_desc", "nbytes", "created", "save_slice")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +129,7 @@ class VariableInfo(_message.Message):
     INITIALIZER_DESC_FIELD_NUMBER: _ClassVar[int]
     NBYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    SAVE_SLICE_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: int
     shape: Shape
@@ -125,7 +140,8 @@ class VariableInfo(_message.Message):
     initializer_desc: str
     nbytes: int
     created: bool
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[int] = ..., shape: _Optional[_Union[Shape, _Mapping]] = ..., trainable: _Optional[bool] = ..., initialized: _Optional[bool] = ..., version: _Optional[int] = ..., created_by: _Optional[str] = ..., initializer_desc: _Optional[str] = ..., nbytes: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+    save_slice: SaveSlice
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[int] = ..., shape: _Optional[_Union[Shape, _Mapping]] = ..., trainable: _Optional[bool] = ..., initialized: _Optional[bool] = ..., version: _Optional[int] = ..., created_by: _Optional[str] = ..., initializer_desc: _Optional[str] = ..., nbytes: _Optional[int] = ..., created: _Optional[bool] = ..., save_slice: _Optional[_Union[SaveSlice, _Mapping]] = ...) -> None: ...
 
 class RunResponse(_message.Message):
     __slots__ = ("values", "variables")
@@ -188,12 +204,14 @@ class WaitInitializedResponse(_message.Message):
     def __init__(self, uninitialized: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckpointEntry(_message.Message):
-    __slots__ = ("key", "variable")
+    __slots__ = ("key", "variable", "slice")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
     key: str
     variable: str
-    def __init__(self, key: _Optional[str] = ..., variable: _Optional[str] = ...) -> None: ...
+    slice: SaveSlice
+    def __init__(self, key: _Optional[str] = ..., variable: _Optional[str] = ..., slice: _Optional[_Union[SaveSlice, _Mapping]] = ...) -> None: ...
 
 class SaveRequest(_message.Message):
     __slots__ = ("prefix", "entries", "has_global_step", "global_step", "max_to_keep", "saver", "latest_filename", "skip_state", "keep_checkpoint_every_n_hours")

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +54,7 @@ from varstore.server.retention import (
     check_retention,
     file_identity,
 )
+from varstore.server.slices import Entry, SaveSlice, check_save
 from varstore.server.store import Variable, VariableStore, value_nbytes
 
 __all__ = ["LATEST", "OBJECT_GRAPH_KEY", "CheckpointManager", "CheckpointMetrics"]
@@ -96,7 +97,7 @@ class CheckpointManager:
 
     # --- saving ---------------------------------------------------------------------------
 
-    def save(self, prefix: str, entries: Mapping[str, str] | None = None,
+    def save(self, prefix: str, entries: Sequence[Entry] | None = None,
              global_step: int | None = None, max_to_keep: int = 0,
              progress: ProgressSink | None = None, *, saver: Hashable | None = None,
              latest_filename: str = "", write_state: bool = True,
@@ -107,8 +108,10 @@ class CheckpointManager:
         beyond its newest ``max_to_keep`` (see :mod:`varstore.server.retention`; None: a saver
         for this save alone). ``write_state=False`` updates no state file and deletes nothing.
 
-        ``entries`` maps checkpoint keys to variable names; None saves every variable under
-        its own name. Nothing is written when it fails before the checkpoint's files are in
+        ``entries`` name the variables and the keys they are saved under (parts of a
+        partitioned variable as slices of one key, see :mod:`varstore.server.slices`); None
+        saves every variable under its own name, parts as slices of their full name's tensor.
+        Nothing is written when it fails before the checkpoint's files are in
         place; when the state file cannot be updated after that, the error says that the
         checkpoint was written and the state file still names the previous one. Raises
         ``PermissionDeniedError`` for a path outside the folder, ``NotFoundError`` for a
@@ -123,14 +126,14 @@ class CheckpointManager:
             started = time.monotonic()
             plan = self._save_plan(entries)
             versions = self._versions() if entries is None else None
-            tally = Tally(progress, len(plan), sum(var.nbytes for _, var in plan))
+            tally = Tally(progress, len(plan), sum(var.nbytes for _, var, _ in plan))
             state_file = check_state_filename(latest_filename) if write_state else None
             created: list[str] = []
             try:
                 created = self.folder.prepare(path, state_file)
                 with BundleWriter(self.folder.temp_prefix(path)) as writer:
-                    for key, var in plan:
-                        _write_variable(writer, key, var, tally)
+                    for key, var, part in plan:
+                        _write_variable(writer, key, var, part, tally)
                 files = self.folder.commit(path)
             except OSError as e:
                 self.folder.discard(path, created)
@@ -206,7 +209,7 @@ class CheckpointManager:
             log.info("kept %s of checkpoint %s: replaced or moved since this server wrote it",
                      ", ".join(skipped), old.named)
 
-    def save_part(self, part: str, entries: Mapping[str, str]) -> int:
+    def save_part(self, part: str, entries: Sequence[Entry]) -> int:
         """Writes ``entries`` as one uncommitted part of a cluster's sharded save (see
         :mod:`varstore.server.cluster_service`); returns the bytes written. A part of every
         variable counts as a save of the whole store (:meth:`unsaved`). Raises as
@@ -215,15 +218,15 @@ class CheckpointManager:
         with self._lock:
             versions = self._versions()
             # A shard without variables writes an empty part: data file I is always shard I's.
-            plan = self._save_plan(entries) if entries else []
-            tally = Tally(None, len(plan), sum(var.nbytes for _, var in plan))
+            plan = self._save_plan(entries, whole=False) if entries else []
+            tally = Tally(None, len(plan), sum(var.nbytes for _, var, _ in plan))
             try:
                 with BundleWriter(path) as writer:
-                    for key, var in plan:
-                        _write_variable(writer, key, var, tally)
+                    for key, var, slice_ in plan:
+                        _write_variable(writer, key, var, slice_, tally)
             except OSError as e:
                 raise os_error(e, f"cannot write checkpoint part {clip(part)}") from None
-            if versions.keys() <= set(entries.values()):
+            if versions.keys() <= {entry.variable for entry in entries}:
                 self._saved_versions = versions
         return tally.progress.bytes_done
 
@@ -254,33 +257,42 @@ class CheckpointManager:
             files = [data_path(path, k, len(paths)) for k in range(len(paths))]
             return self._record(named, path, [*files, index_path(path)], settings)
 
-    def _save_plan(self, entries: Mapping[str, str] | None) -> list[tuple[str, Variable]]:
+    def _save_plan(self, entries: Sequence[Entry] | None, whole: bool = True
+                   ) -> list[tuple[str, Variable, SaveSlice | None]]:
+        """``(key, variable, slice)`` to write, in TensorFlow's key order; ``whole``: the
+        slices of each key must cover it (see :func:`varstore.server.slices.check_save`)."""
+        plan: list[tuple[str, Variable, SaveSlice | None]]
         if entries is None:
-            plan = [(var.name, var) for var in self.store.variables()]
+            plan = [(var.save_slice.full_name if var.save_slice else var.name, var,
+                     var.save_slice) for var in self.store.variables()]
         else:
-            for key in entries:
-                if not key or key.startswith("\x00"):
-                    raise InvalidArgumentError(f"invalid checkpoint key {clip(repr(key))}")
-            plan = [(key, self.store.get(name)) for key, name in entries.items()]
+            for entry in entries:
+                if not entry.key or entry.key.startswith("\x00"):
+                    raise InvalidArgumentError(f"invalid checkpoint key {clip(repr(entry.key))}")
+            plan = [(e.key, self.store.get(e.variable), e.slice) for e in entries]
         if not plan:
             raise FailedPreconditionError("No variables to save")
-        uninitialized = [var.name for _, var in plan if not var.initialized]
+        uninitialized = [var.name for _, var, _ in plan if not var.initialized]
         if uninitialized:
             more = f" (and {len(uninitialized) - 1} more)" if len(uninitialized) > 1 else ""
             raise FailedPreconditionError(
                 f"Attempting to use uninitialized value {uninitialized[0]}{more}")
+        check_save([(key, var.name, var.shape, part) for key, var, part in plan], whole)
         # TensorFlow stores tensors in key order; so do we, for byte-identical files.
-        return sorted(plan, key=lambda item: item[0])
+        return sorted(plan, key=lambda item: (item[0], item[2].offset if item[2] else ()))
 
     # --- restoring ------------------------------------------------------------------------
 
-    def restore(self, prefix: str, entries: Mapping[str, str] | None = None,
+    def restore(self, prefix: str, entries: Sequence[Entry] | None = None,
                 progress: ProgressSink | None = None) -> str:
         """Restores variables from checkpoint ``prefix`` (or ``"latest"``).
 
-        ``entries`` maps checkpoint keys to variable names; None restores every key into the
-        variable of the same name. Missing variables are created with the checkpoint's dtype,
-        shape and value. Returns the checkpoint's path as the client named it (for "latest":
+        ``entries`` name keys and variables (with a slice: the variable is that region of the
+        stored tensor, whether stored whole or in slices, as TensorFlow's ``Saver.restore``
+        reads partitioned variables); None restores every key into the variable of the same
+        name or the server's parts of it (see :meth:`Restoring.everything`). Missing variables
+        are created with the checkpoint's dtype, shape and value (parts with their slice
+        info). Returns the checkpoint's path as the client named it (for "latest":
         relative to the folder). Changes nothing when it fails. Raises
         ``PermissionDeniedError`` for a path outside the folder, ``NotFoundError`` for a
         missing checkpoint or key, ``DataLossError`` for a corrupt one (naming the tensor and
@@ -297,7 +309,7 @@ class CheckpointManager:
                 with BundleReader(path) as reader:
                     restoring = Restoring(self.store, reader, named)
                     plan = restoring.plan(entries)
-                    tally = Tally(progress, len(plan), sum(info.size for _, _, info in plan))
+                    tally = Tally(progress, len(plan), sum(item.size for item in plan))
                     restoring.run(plan, tally)
             except OSError as e:
                 raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
@@ -379,9 +391,17 @@ class CheckpointManager:
             self.metrics.observe_checkpoint(kind, time.monotonic() - started, nbytes)
 
 
-def _write_variable(writer: BundleWriter, key: str, var: Variable, tally: Tally) -> None:
+def _write_variable(writer: BundleWriter, key: str, var: Variable, part: SaveSlice | None,
+                    tally: Tally) -> None:
     """Copies ``var`` under its lock, then writes the copy piece by piece, dropping each
-    piece once written."""
+    piece once written; a ``part`` of a partitioned variable is written whole, as that slice
+    of tensor ``key``."""
+    if part is not None:
+        with var.lock:
+            snapshot = var.read().copy()
+        writer.add_slice(key, part.full_shape, part.offset, snapshot, var.dtype)
+        tally.advance(value_nbytes(var.dtype, var.shape, snapshot), 1)
+        return
     with var.lock:
         value = var.read()
         if var.dtype.is_string:

@@ -33,6 +33,7 @@ from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
+from varstore.server import wire
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import WILDCARD_HOSTS, ClusterSpec
 from varstore.server.cluster_service import commit_parts, remove_parts
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 # Seconds one call to another shard may take (a part of a large store takes long to write).
 CALL_TIMEOUT = 3600.0
 GLOBAL_STEP = "global_step"
-# What each shard held at a save: {name: version} by task index.
-Holdings = list[dict[str, int]]
+# What each shard held at a save: {name: (version, slice info of a part)} by task index.
+Holdings = list[dict[str, tuple[int, pb.SaveSlice | None]]]
 
 
 def shard_credentials(cert: Path | None, key: Path | None, client_ca: Path | None
@@ -108,13 +109,14 @@ class ClusterSaver:
         parts = [f"{named}.tempstate{token}_part-{k:05d}-of-{count:05d}" for k in range(count)]
 
         def save_part(k: int) -> None:
-            entries = {name: name for name in held[k]}
+            # Parts of partitioned variables as slices of their full name's tensor.
+            entries = [pb.CheckpointEntry(key=part.full_name if part else name, variable=name,
+                                          slice=part) for name, (_, part) in held[k].items()]
             if k == 0:
-                self.checkpoints.save_part(parts[0], entries)
+                self.checkpoints.save_part(parts[0], wire.entries_from_proto(entries, True))
                 return
             self._call(k, lambda ch: cpb_grpc.ClusterServiceStub(ch).SavePart, cpb.SavePartRequest(
-                part_prefix=parts[k],
-                entries=[pb.CheckpointEntry(key=n, variable=n) for n in entries]))
+                part_prefix=parts[k], entries=entries))
         try:
             self._each(save_part)
             saved = commit_parts(self.checkpoints, parts, prefix, step, max_to_keep,
@@ -135,12 +137,15 @@ class ClusterSaver:
                        if a.get(n) != b.get(n)})
 
     def _holdings(self) -> Holdings:
-        def listed(k: int) -> dict[str, int]:
+        def listed(k: int) -> dict[str, tuple[int, pb.SaveSlice | None]]:
             if k == 0:
-                return {v.name: v.version for v in self.store.variables()}
+                return {v.name: (v.version, None if v.save_slice is None
+                                 else wire.slice_to_proto(v.save_slice))
+                        for v in self.store.variables()}
             reply = self._call(k, lambda ch: pb_grpc.VariableServiceStub(ch).ListVariables,
                                pb.ListVariablesRequest())
-            return {v.name: v.version for v in reply.variables}
+            return {v.name: (v.version, v.save_slice if v.HasField("save_slice") else None)
+                    for v in reply.variables}
         return self._each(listed)
 
     def _global_step(self, held: Holdings) -> int | None:

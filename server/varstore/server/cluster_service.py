@@ -24,16 +24,16 @@ from varstore.common.errors import (
 )
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
-from varstore.proto import tensor_bundle_pb2 as bpb
 from varstore.server.bundle import TEMP_MARK, BundleReader, index_path
 from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
-from varstore.server.bundle.table import read_table
 from varstore.server.checkpoint_folder import os_error
 from varstore.server.checkpoint_progress import Saved
+from varstore.server.checkpoint_restore import shard_entries
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
 from varstore.server.retention import client_saver
+from varstore.server.wire import entries_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     def SavePart(self, request: cpb.SavePartRequest,
                  context: grpc.ServicerContext) -> cpb.SavePartResponse:
         _check_parts([request.part_prefix])
-        entries = {e.key: e.variable for e in request.entries}
+        entries = entries_from_proto(request.entries, save=True)
         return cpb.SavePartResponse(
             bytes_written=self.checkpoints.save_part(request.part_prefix, entries))
 
@@ -176,17 +176,10 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     try:
         with BundleReader(path) as reader:  # checks the index's checksums
             num_shards = reader.num_shards
-        with open(index_path(path), "rb") as f:
-            table = f.read()
+            own = shard_entries(reader, spec.task_index) if num_shards == len(spec.shards) \
+                else []
     except OSError as e:
         raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
-    own = []
-    for key, value in read_table(table):
-        if not key or key.startswith(b"\x00") or key == OBJECT_GRAPH_KEY.encode():
-            continue  # the header, slices of partitioned tensors, TF2's object graph
-        entry = bpb.BundleEntryProto.FromString(value)
-        if not entry.slices and entry.shard_id == spec.task_index:
-            own.append(key.decode())
     if num_shards != len(spec.shards):
         raise FailedPreconditionError(
             f"cannot restore {clip(repr(named))} on shard {spec.task_index}: it has "
@@ -194,6 +187,6 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
             f"from a client (`varstore restore {clip(named)}`), which places every variable "
             "on the shards there are")
     if own:
-        checkpoints.restore(named, {key: key for key in own})
+        checkpoints.restore(named, own)
     log.info("restored this shard's %d variables of %s", len(own), named)
     return named

@@ -32,6 +32,7 @@ from varstore.common.protocol import READ_ONLY_OPS
 from varstore.server.budget import Lease, reply_bytes
 from varstore.server.kernels import NodeDef
 from varstore.server.ops import OPS
+from varstore.server.slices import SaveSlice
 from varstore.server.store import Variable, VariableStore, check_compatible, validate_name
 from varstore.server.waits import Waiter
 
@@ -54,6 +55,8 @@ class VariableSpec:
     initializer: int | None = None
     created_by: str = "Variable"
     initializer_desc: str = ""
+    # A part of a partitioned variable: where it lies in the full tensor.
+    save_slice: SaveSlice | None = None
 
 
 @dataclass
@@ -158,6 +161,10 @@ class Executor:
             check_alloc(spec.shape, spec.dtype, self.max_tensor_bytes)
             if spec.initializer is not None and not 0 <= spec.initializer < len(graph.nodes):
                 raise InvalidArgumentError(f"initializer of {clip(spec.name)} is not a node")
+            if spec.save_slice is not None and spec.save_slice.shape != spec.shape:
+                raise InvalidArgumentError(
+                    f"variable {clip(spec.name)} of shape {list(spec.shape)[:8]} cannot be the "
+                    f"slice {clip(spec.save_slice.describe())}")
         graph.blocking = any(node.op in BLOCKING_OPS for node in graph.nodes)
         if graph.blocking and (graph.variables or any(n.variable for n in graph.nodes)):
             raise InvalidArgumentError(
@@ -184,11 +191,11 @@ class Executor:
                     s = creating[0]
                     var, created = self.store.create(Variable(
                         s.name, s.dtype, s.shape, s.trainable, s.created_by,
-                        s.initializer_desc, pending=True), waiter)
+                        s.initializer_desc, pending=True, save_slice=s.save_slice), waiter)
                     if created:
                         made[name] = var
                     for other in creating[1:]:
-                        check_compatible(var, other.dtype, other.shape)
+                        check_compatible(var, other.dtype, other.shape, other.save_slice)
                 elif name in specs:
                     var = self.store.get(name, waiter)
                 else:

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from varstore.common import __version__, codec
-from varstore.common.errors import InvalidArgumentError, clip
+from varstore.common.errors import InvalidArgumentError
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
@@ -28,6 +28,7 @@ from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
 from varstore.server.retention import client_saver
+from varstore.server.slices import Entry
 from varstore.server.store import VariableStore
 from varstore.server.waits import Waiter, client_duration
 
@@ -43,15 +44,10 @@ GRAPH_CACHE_ENTRIES = 512
 NODE_BYTES = 512
 
 
-def entry_map(entries: Iterable[pb.CheckpointEntry]) -> dict[str, str] | None:
-    """``{key: variable}`` of a request's checkpoint entries; None when there are none.
-    Raises ``InvalidArgumentError`` for a key listed twice."""
-    mapping: dict[str, str] = {}
-    for entry in entries:
-        if entry.key in mapping:
-            raise InvalidArgumentError(f"checkpoint key {clip(repr(entry.key))} is listed twice")
-        mapping[entry.key] = entry.variable
-    return mapping or None
+def entry_map(entries: Iterable[pb.CheckpointEntry], save: bool) -> list[Entry] | None:
+    """A request's checkpoint entries (see :func:`varstore.server.wire.entries_from_proto`);
+    None when there are none. Raises ``InvalidArgumentError``."""
+    return wire.entries_from_proto(entries, save) or None
 
 
 def progress_message(p: Progress, saved: Saved | None = None) -> pb.CheckpointProgress:
@@ -195,7 +191,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     def Save(self, request: pb.SaveRequest,
              context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
-        entries = entry_map(request.entries)
+        entries = entry_map(request.entries, save=True)
         step = request.global_step if request.has_global_step else None
         saver = client_saver(request.saver)
         for progress, saved in progress_stream(lambda sink: self.checkpoints.save(
@@ -206,7 +202,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     def Restore(self, request: pb.RestoreRequest,
                 context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
-        entries = entry_map(request.entries)
+        entries = entry_map(request.entries, save=False)
         for progress, saved in progress_stream(lambda sink: Saved(
                 self.checkpoints.restore(request.prefix, entries, sink), [])):
             yield progress_message(progress, saved)

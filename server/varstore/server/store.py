@@ -35,6 +35,7 @@ from varstore.common.errors import (
 )
 from varstore.common.names import did_you_mean, is_valid_node_name
 from varstore.server.budget import MemoryBudget
+from varstore.server.slices import SaveSlice
 from varstore.server.waits import Waiter
 
 # TensorFlow sets no limit; this one bounds what one name costs the server (names arrive in
@@ -73,6 +74,9 @@ class Variable:
     version: int = 0
     # Created by a request that has not committed yet (see the module's docstring).
     pending: bool = False
+    # A part of a partitioned variable: where it lies in the full tensor that checkpoints
+    # store (see varstore.server.slices).
+    save_slice: SaveSlice | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -196,7 +200,10 @@ class VariableStore:
                         self._published(var)
                     return var, True
                 if not existing.pending:
-                    check_compatible(existing, var.dtype, var.shape)
+                    check_compatible(existing, var.dtype, var.shape, var.save_slice)
+                    if existing.save_slice is None and var.save_slice is not None:
+                        # A part restored or made before it was known as one becomes one.
+                        existing.save_slice = var.save_slice
                     return existing, False
             self._settled(var.name, waiter)
 
@@ -373,12 +380,19 @@ class VariableStore:
             return [n for n in wanted if not ready(n)]
 
 
-def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...]) -> None:
-    """Raises ``InvalidArgumentError`` unless ``var`` has ``dtype`` and ``shape``."""
+def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...],
+                     save_slice: SaveSlice | None = None) -> None:
+    """Raises ``InvalidArgumentError`` unless ``var`` has ``dtype`` and ``shape`` and, when
+    both have one, the same slice info (a part of a partitioned variable)."""
     if var.dtype != dtype or var.shape != shape:
         raise InvalidArgumentError(
             f"Trying to share variable {clip(var.name)}, but specified dtype {dtype.name} and "
             f"shape {shape} and found dtype {var.dtype.name} and shape {var.shape}.")
+    if save_slice is not None and var.save_slice is not None and save_slice != var.save_slice:
+        raise InvalidArgumentError(
+            f"Trying to share variable {clip(var.name)} as the slice "
+            f"{clip(save_slice.describe())}, but it is the slice "
+            f"{clip(var.save_slice.describe())}.")
 
 
 def held_for(var: Variable) -> int:

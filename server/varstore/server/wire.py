@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,8 @@ from varstore.common.errors import InvalidArgumentError, clip
 from varstore.proto import varstore_pb2 as pb
 from varstore.server.executor import Graph, Result, VariableSpec
 from varstore.server.kernels import NodeDef
-from varstore.server.store import Variable
+from varstore.server.slices import Entry, SaveSlice, entry_plan
+from varstore.server.store import Variable, validate_name
 
 MAX_ATTRS = 64
 
@@ -33,7 +34,8 @@ def graph_from_proto(request: pb.RunRequest, tensors: list[np.ndarray]) -> Graph
         name=v.name, dtype=codec.dtype_from_proto(v.dtype),
         shape=codec.shape_from_proto(v.shape.dim), trainable=v.trainable,
         bind_only=v.mode == pb.BIND, initializer=v.initializer - 1 if v.initializer else None,
-        created_by=v.created_by[:64], initializer_desc=v.initializer_desc[:256])
+        created_by=v.created_by[:64], initializer_desc=v.initializer_desc[:256],
+        save_slice=slice_from_proto(v.save_slice) if v.HasField("save_slice") else None)
         for v in request.variables]
     return Graph(specs, nodes, tensors, list(request.fetches), list(request.targets))
 
@@ -65,7 +67,38 @@ def variable_info(var: Variable, created: bool = False) -> pb.VariableInfo:
         name=var.name, dtype=var.dtype.enum, shape=codec.shape_to_proto(var.shape),
         trainable=var.trainable, initialized=var.initialized, version=var.version,
         created_by=var.created_by, initializer_desc=var.initializer_desc, nbytes=var.nbytes,
-        created=created)
+        created=created, save_slice=None if var.save_slice is None
+        else slice_to_proto(var.save_slice))
+
+
+def slice_from_proto(message: pb.SaveSlice, key: str | None = None) -> SaveSlice:
+    """A checked :class:`SaveSlice`; ``key``: the checkpoint entry's key, which an empty
+    ``full_name`` stands for and any other must equal. Raises ``InvalidArgumentError``."""
+    name = message.full_name
+    if key is not None:
+        if name and name != key:
+            raise InvalidArgumentError(
+                f"the slice of checkpoint key {clip(repr(key))} names another tensor, "
+                f"{clip(repr(name))}")
+        name = key
+    if max(len(message.full_shape), len(message.offset), len(message.shape)) > codec.MAX_RANK:
+        raise InvalidArgumentError(f"slice of {clip(repr(name))} has rank > {codec.MAX_RANK}")
+    return SaveSlice.checked(validate_name(name), message.full_shape, message.offset,
+                             message.shape)
+
+
+def slice_to_proto(s: SaveSlice) -> pb.SaveSlice:
+    """The ``SaveSlice`` message of ``s``."""
+    return pb.SaveSlice(full_name=s.full_name, full_shape=s.full_shape, offset=s.offset,
+                        shape=s.shape)
+
+
+def entries_from_proto(entries: Iterable[pb.CheckpointEntry], save: bool) -> list[Entry]:
+    """A request's checkpoint entries as checked :class:`Entry` values (see
+    :func:`varstore.server.slices.entry_plan`; a ``save``'s slices of one key must be
+    disjoint). Raises ``InvalidArgumentError``."""
+    return entry_plan((Entry(e.key, e.variable, slice_from_proto(e.slice, e.key)
+                             if e.HasField("slice") else None) for e in entries), save)
 
 
 def result_to_proto(result: Result, stream: bool

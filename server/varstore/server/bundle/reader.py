@@ -8,7 +8,7 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import google_crc32c
@@ -37,13 +37,17 @@ _U32 = struct.Struct("<I")
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A stored tensor's metadata. ``size`` is its stored bytes (all slices' for a sliced one)."""
+    """A stored tensor's metadata. ``size`` is its stored bytes (all slices' for a sliced one);
+    ``slices`` the (offset, shape) of each stored slice, ordered by offset; ``shards`` the
+    data file of the tensor (of each slice, in that order)."""
 
     key: str
     dtype: DType
     shape: tuple[int, ...]
     size: int
     sliced: bool
+    slices: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
+    shards: tuple[int, ...] = ()
 
 
 class BundleReader:
@@ -128,7 +132,11 @@ class BundleReader:
         proto = self._proto(key)
         dtype, shape = self._dtype_shape(key, proto)
         size = self._stored_size(key, proto, dtype, shape)
-        return TensorInfo(key, dtype, shape, size, bool(proto.slices))
+        pieces = sorted((tuple(s for s, _ in bounds), tuple(n for _, n in bounds),
+                         stored.shard_id) for bounds, stored, _ in self._pieces(key, proto, shape))
+        return TensorInfo(key, dtype, shape, size, bool(proto.slices),
+                          tuple((offset, part) for offset, part, _ in pieces),
+                          tuple(shard for _, _, shard in pieces) or (proto.shard_id,))
 
     def read(self, key: str) -> np.ndarray:
         """Tensor ``key`` as a new array (strings: an object array of ``bytes``).
@@ -157,6 +165,61 @@ class BundleReader:
                              f"{'' if out.flags.c_contiguous else 'non-contiguous '}"
                              f"{out.dtype}{list(out.shape)} array")
         self._read(key, proto, dtype, shape, out, check=not verified)
+
+    def read_region(self, key: str, offset: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+        """The region ``offset``..``offset + shape`` of tensor ``key`` as a new array (a part
+        of a partitioned variable, as TensorFlow's ``BundleReader::LookupSlice``): a sliced
+        tensor's stored slices that intersect it are read and verified, one at a time; a
+        tensor stored whole is read whole and cut. :meth:`region_reads` says what it reads.
+
+        Raises ``InvalidArgumentError`` for a region outside the tensor, ``DataLossError``
+        for stored slices that overlap in it or leave part of it uncovered, and what
+        :meth:`read` raises.
+        """
+        proto = self._proto(key)
+        dtype, full = self._dtype_shape(key, proto)
+        region = self._region(key, full, offset, shape)
+        if all(s == 0 and n == d for (s, n), d in zip(region, full, strict=True)):
+            return self.read(key)
+        cut = tuple(slice(s, s + n) for s, n in region)
+        if not proto.slices:
+            return self.read(key)[cut].copy()
+        self._stored_size(key, proto, dtype, full)
+        out = np.empty(tuple(n for _, n in region), dtype=dtype.np_dtype)
+        taken = np.zeros(out.shape, dtype=bool)
+        for bounds, slice_proto, label in self._pieces(key, proto, full, region):
+            piece = np.empty(tuple(n for _, n in bounds), dtype=dtype.np_dtype)
+            self._read_entry(label, slice_proto, dtype, piece)
+            common = [(max(s, r), min(s + n, r + m) - max(s, r))
+                      for (s, n), (r, m) in zip(bounds, region, strict=True)]
+            source = tuple(slice(a - s, a - s + n) for (a, n), (s, _) in zip(common, bounds,
+                                                                               strict=True))
+            target = tuple(slice(a - r, a - r + n) for (a, n), (r, _) in zip(common, region,
+                                                                               strict=True))
+            if taken[target].any():
+                raise DataLossError(f"tensor {key} in {self.index_path} has overlapping slices")
+            taken[target] = True
+            out[target] = piece[source]
+        if not taken.all():
+            raise DataLossError(f"the slices of tensor {key} in {self.index_path} do not cover "
+                                f"the region {region[:8]}")
+        return out
+
+    def region_reads(self, key: str, offset: Sequence[int], shape: Sequence[int]
+                     ) -> list[tuple[int, ...]]:
+        """The shapes of the stored arrays :meth:`read_region` reads besides its result (the
+        whole tensor, or the slices that intersect the region), for charging memory.
+        Raises what :meth:`read_region` raises for a bad region or entry."""
+        proto = self._proto(key)
+        dtype, full = self._dtype_shape(key, proto)
+        region = self._region(key, full, offset, shape)
+        whole = all(s == 0 and n == d for (s, n), d in zip(region, full, strict=True))
+        if whole and not proto.slices:
+            return []
+        if not proto.slices or whole:
+            return [full]
+        return [tuple(n for _, n in bounds)
+                for bounds, _, _ in self._pieces(key, proto, full, region)]
 
     def verify(self, key: str) -> None:
         """Checks tensor ``key``'s checksums without keeping its values: numeric tensors
@@ -264,12 +327,12 @@ class BundleReader:
         if not proto.slices:
             self._read_entry(key, proto, dtype, out, check)
             return
-        regions = [self._slice_entry(key, s, shape) for s in proto.slices]
+        regions = list(self._pieces(key, proto, shape))
         # One flag per element: time and memory linear in the tensor, which _stored_size
         # bounded by the data files' bytes.
         taken = np.zeros(shape, dtype=bool)
         covered = 0
-        for bounds, _ in regions:
+        for bounds, _, _ in regions:
             part = taken[tuple(slice(s, s + n) for s, n in bounds)]
             if part.any():
                 raise DataLossError(f"tensor {key} in {self.index_path} has overlapping slices")
@@ -278,12 +341,7 @@ class BundleReader:
         if covered != out.size:
             raise DataLossError(f"the slices of tensor {key} in {self.index_path} do not cover "
                                 f"its shape {shape}")
-        for bounds, slice_proto in regions:
-            label = f"{key} (slice {':'.join(f'{s},{n}' for s, n in bounds)})"
-            if slice_proto.dtype != proto.dtype or tuple(
-                    d.size for d in slice_proto.shape.dim) != tuple(n for _, n in bounds):
-                raise DataLossError(f"tensor {label} in {self.index_path}: dtype or shape "
-                                    "disagrees with the full tensor")
+        for bounds, slice_proto, label in regions:
             target = out[tuple(slice(s, s + n) for s, n in bounds)]
             if target.flags.c_contiguous:
                 self._read_entry(label, slice_proto, dtype, target, check)
@@ -291,6 +349,35 @@ class BundleReader:
                 piece = np.empty(target.shape, dtype=out.dtype)
                 self._read_entry(label, slice_proto, dtype, piece, check)
                 target[...] = piece
+
+    def _region(self, key: str, full: tuple[int, ...], offset: Sequence[int],
+                shape: Sequence[int]) -> list[tuple[int, int]]:
+        region = [(int(s), int(n)) for s, n in zip(offset, shape, strict=False)]
+        if len(region) != len(full) or len(offset) != len(shape) or any(
+                s < 0 or n < 0 or s + n > d for (s, n), d in zip(region, full, strict=True)):
+            raise InvalidArgumentError(
+                f"region at {list(offset)[:8]} of shape {list(shape)[:8]} lies outside tensor "
+                f"{clip(key)} of shape {list(full)[:8]} in checkpoint {clip(self.prefix)}")
+        return region
+
+    def _pieces(self, key: str, proto: pb.BundleEntryProto, full: tuple[int, ...],
+                region: list[tuple[int, int]] | None = None
+                ) -> Iterator[tuple[list[tuple[int, int]], pb.BundleEntryProto, str]]:
+        """The stored slices of tensor ``key`` (those intersecting ``region``, when given):
+        bounds, entry and a label naming them, after checking that each agrees with the full
+        tensor's dtype and lies inside its shape. Raises ``DataLossError``."""
+        for spec in proto.slices:
+            bounds, slice_proto = self._slice_entry(key, spec, full)
+            if region is not None and not all(
+                    s < r + m and r < s + n for (s, n), (r, m) in zip(bounds, region,
+                                                                     strict=True)):
+                continue
+            label = f"{key} (slice {':'.join(f'{s},{n}' for s, n in bounds)})"
+            if slice_proto.dtype != proto.dtype or tuple(
+                    d.size for d in slice_proto.shape.dim) != tuple(n for _, n in bounds):
+                raise DataLossError(f"tensor {label} in {self.index_path}: dtype or shape "
+                                    "disagrees with the full tensor")
+            yield bounds, slice_proto, label
 
     def _data_fd(self, shard: int, key: str) -> tuple[int, str]:
         if not 0 <= shard < self.num_shards:
