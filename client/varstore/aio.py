@@ -13,6 +13,9 @@
 
 Names, scopes and reuse are those of the blocking client (the same code): scopes are plain
 ``with`` blocks, and a call resolves its names when it is made, not when it is awaited.
+Connected to one shard of a cluster, ``connect`` returns a :class:`ClusterClient`, which
+routes every request as the blocking cluster client does (:mod:`varstore.placement`): one
+request per shard, concurrently, in stages when a value crosses shards.
 Variable handles are :class:`RemoteVariable` objects: the methods of
 :class:`varstore.RemoteVariable`, returning awaitables. Arrays handed to a call must not change
 until it completes.
@@ -20,23 +23,30 @@ until it completes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from varstore.client import DEFAULT_ADDRESS, RUN_STREAM_METHOD, ClientBase, VariableInfo
-from varstore.cluster import refuse_cluster
+from varstore.cluster import reachable_shards
 from varstore.common import codec
 from varstore.common.errors import OpError
 from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps
+from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
+from varstore.proto import cluster_pb2 as cpb
+from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
 from varstore.transport import Transport, is_read_only
 
-__all__ = ["Client", "RemoteVariable", "connect"]
+__all__ = ["Client", "ClusterClient", "RemoteVariable", "connect"]
+
+T = TypeVar("T")
 
 
 class RemoteVariable(VariableHandle):
@@ -191,24 +201,115 @@ class Client(ClientBase):
         return [VariableInfo.from_proto(v) for v in response.variables]
 
 
+class ClusterClient(Client):
+    """An asyncio :class:`Client` over every shard of a cluster (``shards[k]`` is task k's
+    address), routing as ``varstore.cluster.ClusterClient`` does. Requests touching a shard
+    that is down raise ``UnavailableError`` naming the shard; the others keep serving."""
+
+    def __init__(self, shards: Sequence[str], *, token: str | None = None, tls: Any = None,
+                 timeout: float | None = None) -> None:
+        super().__init__(shards[0], token=token, tls=tls, timeout=timeout)
+        self.shard_addresses = list(shards)
+        self.shards: list[Client] = [self] + [
+            Client(a, token=token, tls=tls, timeout=timeout) for a in shards[1:]]
+        self.placement = Placement(len(shards))
+        self.placement_stub = cpb_grpc.ClusterServiceStub(self.transport.channel)
+
+    async def __aenter__(self) -> ClusterClient:
+        return self
+
+    async def close(self) -> None:
+        """Closes every shard's channel."""
+        for shard in self.shards[1:]:
+            await Client.close(shard)
+        await super().close()
+
+    def device(self, device: str) -> contextlib.AbstractContextManager[None]:
+        """Pins the variables that calls awaited inside create to one shard, as
+        ``tf.device("/job:ps/task:K")`` does (:meth:`Placement.device`). Raises
+        ``ValueError`` for a task outside the cluster."""
+        return self.placement.device(device)
+
+    async def shard_of(self, name: str) -> int:
+        """The shard holding variable ``name`` (shard 0 for a name no shard holds)."""
+        await self._route(self.placement.locate([], [name]))
+        return self.placement.shard_of(name)
+
+    async def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
+        """Sends the request as one request per shard it touches, concurrently, in as many
+        stages as values crossing shards need; returns what one server would return."""
+        return await self._route(self.placement.run(builder, expect_bytes))
+
+    async def _route(self, steps: ClusterSteps[T]) -> T:
+        answer: Any = None
+        try:
+            while True:
+                answer = await self._perform(steps.send(answer))
+        except StopIteration as done:
+            return done.value
+
+    async def _perform(self, call: Place | Find | RunParts) -> Any:
+        if isinstance(call, Place):
+            return await self.transport.invoke_async(
+                lambda **options: self.placement_stub.Place(call.request, **options),
+                idempotent=True)
+        if isinstance(call, Find):
+            async def find(k: int) -> dict[str, int]:
+                return {v.name: v.nbytes for name in call.names
+                        for v in await Client.list_variables(self.shards[k], name)
+                        if v.name == name}
+            return await self._each(list(range(len(self.shards))), find)
+        return await self._each(call.parts, lambda p: Client.run(self.shards[p[0]], p[1], p[2]),
+                                shard=lambda p: p[0])
+
+    async def _each(self, items: Sequence[Any], call: Callable[[Any], Awaitable[Any]],
+                    shard: Callable[[Any], int] = int) -> list[Any]:
+        """``await call(item)`` for every item, concurrently; raises the first failure
+        (after all finished), an unavailable shard (``shard(item)``) named as such."""
+        results = await asyncio.gather(*(call(item) for item in items), return_exceptions=True)
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, OpError):
+                named = shard_error(result, shard(item), len(self.shards))
+                raise named from (result if named is not result else None)
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
+
+    async def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
+        """Variables on every shard (all, or those under ``scope``), sorted by name."""
+        lists = await self._each(list(range(len(self.shards))),
+                                 lambda k: Client.list_variables(self.shards[k], scope))
+        return sorted((v for vs in lists for v in vs), key=lambda v: v.name)
+
+
 async def _completed(value: Any) -> Any:
     return value
 
 
 async def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
                   timeout: float | None = None) -> Client:
-    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011).
+    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011);
+    to every shard when that server is one of a cluster (a :class:`ClusterClient`).
 
     Raises ``UnavailableError`` naming the address and the likely cause (see
     :meth:`varstore.transport.Transport.wait_ready`), ``InvalidArgumentError`` for a malformed
-    address, ``FailedPreconditionError`` for a shard of a cluster (see
-    :func:`varstore.cluster.refuse_cluster`).
+    address.
     """
     client = Client(address, token=token, tls=tls, timeout=timeout)
     try:
         await client.transport.wait_ready_async()
-        await refuse_cluster(client)
+        stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
+        try:
+            info = await client.transport.invoke_async(
+                lambda **options: stub.ClusterInfo(cpb.ClusterInfoRequest(), **options),
+                idempotent=True)
+        except OpError:  # an older server, or a call refused: it is used as one server
+            return client
+        shards = reachable_shards(client.address, info)
     except BaseException:
         await client.close()
         raise
-    return client
+    if len(shards) <= 1:
+        return client
+    await client.close()
+    return ClusterClient(shards, token=token, tls=tls, timeout=timeout)

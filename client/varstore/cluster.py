@@ -17,21 +17,17 @@ import contextlib
 import operator
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import grpc
-import numpy as np
-
 from varstore.client import Client, Reply, VariableInfo, _entries
-from varstore.common import codec, dtypes
-from varstore.common.errors import FailedPreconditionError, OpError, UnavailableError
+from varstore.common.errors import OpError
+from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
-from varstore.routing import Plan
 
 T = TypeVar("T")
 # Where the parts of a save are written until shard 0 merges them; the server treats files
@@ -40,8 +36,6 @@ TEMP_MARK = ".tempstate"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 # Seconds between lookups of variables not created yet, while waiting for them.
 PLACEMENT_POLL = 0.5
-# Bytes assumed per string element when placing a string variable.
-_STRING_BYTES = 64
 
 
 def cluster_addresses(client: Client) -> list[str]:
@@ -53,30 +47,15 @@ def cluster_addresses(client: Client) -> list[str]:
                                      idempotent=True)
     except OpError:  # an older server, or a call refused: it is used as one server
         return []
-    host = client.address.rpartition(":")[0]
+    return reachable_shards(client.address, info)
+
+
+def reachable_shards(address: str, info: cpb.ClusterInfoResponse) -> list[str]:
+    """The shard addresses of ``info`` (as the server at ``address`` told them), a wildcard
+    host replaced by the host of ``address``."""
+    host = address.rpartition(":")[0]
     return [f"{host}:{a.rpartition(':')[2]}" if a.rpartition(":")[0] in _WILDCARD_HOSTS
             else a for a in info.shards]
-
-
-async def refuse_cluster(client: Any) -> None:
-    """Raises ``FailedPreconditionError`` when the server a ``varstore.aio`` client reached
-    is one shard of several: ``varstore.aio`` does not route across shards, so it would see
-    one shard's variables only."""
-    stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
-    try:
-        info = await stub.ClusterInfo(cpb.ClusterInfoRequest(), timeout=client.transport.timeout,
-                                      metadata=client.transport.metadata)
-    except grpc.RpcError:  # an older server, or a call refused: it is used as one server
-        return
-    if len(info.shards) > 1:
-        raise FailedPreconditionError(
-            f"{client.address} is one shard of a cluster of {len(info.shards)}; varstore.aio "
-            "talks to one server only: use varstore.connect, which routes across the shards")
-
-
-def _nbytes(spec: pb.VariableSpec) -> int:
-    dtype = dtypes.from_enum(spec.dtype)
-    return codec.num_elements(spec.shape.dim) * (dtype.itemsize or _STRING_BYTES)
 
 
 class ClusterClient(Client):
@@ -93,8 +72,7 @@ class ClusterClient(Client):
         self.shards: list[Client] = [self] + [
             Client(a, token=token, tls=tls, timeout=timeout) for a in shards[1:]]
         self.placement_stub = cpb_grpc.ClusterServiceStub(self.transport.channel)
-        self._placement: dict[str, int] = {}
-        self._pinned: int | None = None
+        self.placement = Placement(len(shards))
         self._pool = ThreadPoolExecutor(len(shards), thread_name_prefix="varstore-shard")
 
     def close(self) -> None:
@@ -106,113 +84,49 @@ class ClusterClient(Client):
 
     # --- placement ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def device(self, device: str) -> Iterator[None]:
+    def device(self, device: str) -> contextlib.AbstractContextManager[None]:
         """Pins variables created inside to one shard, as ``tf.device("/job:ps/task:K")``
-        does (a device naming no task lets the cluster choose).
-
-        Raises ``ValueError`` for a task outside the cluster.
-        """
-        task = task_of(device)
-        if task is not None and not 0 <= task < len(self.shards):
-            raise ValueError(f"device {device!r}: the cluster has tasks 0..{len(self.shards) - 1}")
-        previous, self._pinned = self._pinned, task
-        try:
-            yield
-        finally:
-            self._pinned = previous
+        does (:meth:`Placement.device`). Raises ``ValueError`` for a task outside the
+        cluster."""
+        return self.placement.device(device)
 
     def shard_of(self, name: str) -> int:
         """The shard holding variable ``name`` (shard 0 for a name no shard holds)."""
-        self._locate([], [name])
-        return self._placement.get(name, 0)
+        self._route(self.placement.locate([], [name]))
+        return self.placement.shard_of(name)
 
-    def _locate(self, specs: Sequence[pb.VariableSpec], names: Sequence[str],
-                colocate: dict[str, str] | None = None,
-                devices: dict[str, str] | None = None) -> None:
-        """Learns the shard of every name, placing the ``specs`` not placed yet (on the task
-        of their ``devices`` entry, else of :meth:`device`, else where shard 0 chooses).
-
-        Raises ``ValueError`` for a device naming a task outside the cluster."""
-        colocate, devices = colocate or {}, devices or {}
-        wanted: dict[str, cpb.Placement] = {}
-        for spec in specs:
-            if spec.name not in self._placement and spec.mode == pb.CREATE_OR_BIND:
-                task = task_of(devices.get(spec.name, ""))
-                if task is not None and task >= len(self.shards):
-                    raise ValueError(f"variable {spec.name}: device task {task} is not in a "
-                                     f"cluster of {len(self.shards)} shards")
-                wanted.setdefault(spec.name, cpb.Placement(
-                    name=spec.name, nbytes=_nbytes(spec),
-                    shard=task if task is not None else (
-                        -1 if self._pinned is None else self._pinned),
-                    colocate_with=colocate.get(spec.name, "")))
-        for name in names:
-            if name not in self._placement and name not in wanted:
-                wanted[name] = cpb.Placement(name=name, shard=-1, lookup_only=True)
-        if not wanted:
-            return
-        # Variables first, then what goes next to them.
-        order = sorted(wanted.values(), key=lambda p: bool(p.colocate_with))
-        reply = self.transport.call(self.placement_stub.Place,
-                                    cpb.PlaceRequest(variables=order), idempotent=True)
-        missing = []
-        for placement, shard in zip(order, reply.shards, strict=True):
-            if shard >= 0:
-                self._placement[placement.name] = shard
-            else:
-                missing.append(placement.name)
-        if missing:
-            self._discover(missing)
-
-    def _discover(self, names: list[str]) -> None:
-        """Finds variables that shard 0's table does not know (it restarted, or the shards
-        restored them at start-up) on the shards and records them there, with their bytes."""
-        def find(k: int) -> dict[str, int]:
-            shard = self.shards[k]
-            return {v.name: v.nbytes for name in names
-                    for v in Client.list_variables(shard, name) if v.name == name}
-        found = self._each(list(range(len(self.shards))), find)
-        register = [cpb.Placement(name=name, shard=k, nbytes=nbytes)
-                    for k, names_k in enumerate(found) for name, nbytes in sorted(names_k.items())]
-        if register:
-            reply = self.transport.call(self.placement_stub.Place,
-                                        cpb.PlaceRequest(variables=register), idempotent=True)
-            for placement, shard in zip(register, reply.shards, strict=True):
-                self._placement[placement.name] = shard
+    def _locate(self, specs: Sequence[pb.VariableSpec], names: Sequence[str]) -> None:
+        """:meth:`Placement.locate`, sent."""
+        self._route(self.placement.locate(specs, names))
 
     # --- requests -------------------------------------------------------------------------
 
     def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends the request as one request per shard it touches, in parallel, in as many
-        stages as values crossing shards need; returns what one server would return."""
-        colocate: dict[str, str] = {}
-        for node in builder.nodes:
-            if node.variable:
-                for j in node.inputs:
-                    ref = builder.nodes[j]
-                    if ref.op == "ref" and ref.variable != node.variable:
-                        colocate.setdefault(ref.variable, node.variable)
-        self._locate(builder.specs, [*(s.name for s in builder.specs),
-                                     *(n.variable for n in builder.nodes if n.variable)],
-                     colocate, builder.devices)
-        plan = Plan(builder, lambda name: self._placement.get(name, 0))
-        single = plan.single_shard()
-        if single is not None:
-            return self._each([single], lambda k: Client.run(self.shards[k], builder,
-                                                             expect_bytes))[0]
-        values: dict[int, np.ndarray] = {}
-        infos: dict[int, pb.VariableInfo] = {}
-        for stage in range(plan.stages):
-            parts = plan.parts(stage, values)
-            replies = self._each(parts, lambda p: Client.run(
-                self.shards[p.shard], p.builder, expect_bytes if p.fetched else 0),
-                shard=lambda p: p.shard)
-            for part, (fetched, part_infos) in zip(parts, replies, strict=True):
-                values.update(zip(part.fetched, fetched, strict=True))
-                infos.update(zip(part.specs, part_infos, strict=True))
-        return ([values[i] if i in values else _constant(builder, i) for i in builder.fetches],
-                [infos[k] for k in range(len(builder.specs))])
+        stages as values crossing shards need (:meth:`Placement.run`); returns what one
+        server would return."""
+        return self._route(self.placement.run(builder, expect_bytes))
+
+    def _route(self, steps: ClusterSteps[T]) -> T:
+        """Runs ``steps``, sending each call they yield and sending back its answer."""
+        answer: Any = None
+        try:
+            while True:
+                answer = self._perform(steps.send(answer))
+        except StopIteration as done:
+            return done.value
+
+    def _perform(self, call: Place | Find | RunParts) -> Any:
+        if isinstance(call, Place):
+            return self.transport.call(self.placement_stub.Place, call.request,
+                                       idempotent=True)
+        if isinstance(call, Find):
+            def find(k: int) -> dict[str, int]:
+                return {v.name: v.nbytes for name in call.names
+                        for v in Client.list_variables(self.shards[k], name) if v.name == name}
+            return self._each(list(range(len(self.shards))), find)
+        return self._each(call.parts, lambda p: Client.run(self.shards[p[0]], p[1], p[2]),
+                          shard=lambda p: p[0])
 
     def _each(self, items: Sequence[T], call: Callable[[T], Any],
               shard: Callable[[Any], int] = int) -> list[Any]:
@@ -230,11 +144,11 @@ class ClusterClient(Client):
     def _named(self, call: Callable[[T], Any], item: T, shard: Callable[[Any], int]) -> Any:
         try:
             return call(item)
-        except UnavailableError as e:
-            if e.message.startswith("shard "):
+        except OpError as e:
+            named = shard_error(e, shard(item), len(self.shards))
+            if named is e:
                 raise
-            raise UnavailableError(
-                f"shard {shard(item)} of {len(self.shards)}: {e.message}") from e
+            raise named from e
 
     def _delete(self, request: pb.DeleteRequest) -> list[str]:
         """Sends the deletion to the shards concerned: named variables to their own shards,
@@ -268,13 +182,13 @@ class ClusterClient(Client):
             # A name no shard holds yet (the chief has not created it) is looked up again
             # every PLACEMENT_POLL seconds: it appears on whichever shard it is placed on.
             self._locate([], list(names))
-            unplaced = [n for n in names if n not in self._placement]
+            unplaced = [n for n in names if n not in self.placement.known]
             remaining = max(0.0, deadline - time.monotonic())
             wait = min(remaining, PLACEMENT_POLL) if unplaced else remaining
             groups: dict[int, list[str]] = {}
             for name in names:
-                if name in self._placement:
-                    groups.setdefault(self._placement[name], []).append(name)
+                if name in self.placement.known:
+                    groups.setdefault(self.placement.known[name], []).append(name)
             jobs = [(k, groups[k], wait) for k in sorted(groups)]
             pending = self._each(jobs, lambda job: Client.wait_initialized(
                 self.shards[job[0]], job[1], job[2]), shard=lambda job: job[0])
@@ -312,7 +226,7 @@ class ClusterClient(Client):
             self._locate([], [e.variable for e in entries])
             by_shard: dict[int, list[pb.CheckpointEntry]] = {}
             for e in entries:
-                by_shard.setdefault(self._placement.get(e.variable, 0), []).append(e)
+                by_shard.setdefault(self.placement.shard_of(e.variable), []).append(e)
         else:
             lists = self._each(list(range(len(self.shards))),
                                lambda k: Client.list_variables(self.shards[k]))
@@ -375,7 +289,7 @@ class ClusterClient(Client):
                       for e in entries if e.key in found], [e.variable for e in entries])
         by_shard: dict[int, list[pb.CheckpointEntry]] = {}
         for e in entries:
-            by_shard.setdefault(self._placement.get(e.variable, 0), []).append(e)
+            by_shard.setdefault(self.placement.shard_of(e.variable), []).append(e)
         shards = sorted(by_shard)
 
         def restore(k: int) -> str:
@@ -383,12 +297,6 @@ class ClusterClient(Client):
                                   {e.key: e.variable for e in by_shard[k]}, progress)
         self._each(shards, restore)
         return keys.path if prefix == "latest" else prefix
-
-
-def _constant(builder: RequestBuilder, index: int) -> np.ndarray:
-    """The value of const node ``index``, fetched as such (no shard computes it)."""
-    array, _ = builder.arrays[builder.nodes[index].tensor]
-    return np.asarray(array)
 
 
 def print_cluster_status(shards: list[tuple[str, pb.StatusResponse | OpError]]) -> int:
@@ -410,18 +318,6 @@ def print_cluster_status(shards: list[tuple[str, pb.StatusResponse | OpError]]) 
         else:
             print(f"  shard {task} {address}: UNAVAILABLE ({s.message})")
     return 0 if len(up) == len(shards) else 1
-
-
-def task_of(device: str) -> int | None:
-    """The task a device string names (``"/job:ps/task:2"``: 2), or None.
-
-    Raises ``ValueError`` for a task that is no number."""
-    for piece in device.split("/"):
-        if piece.startswith("task:"):
-            if not piece[5:].isdigit():
-                raise ValueError(f"device {device!r}: the task must be a number")
-            return int(piece[5:])
-    return None
 
 
 def connect_cluster(client: Client, *, token: str | None = None, tls: Any = None,

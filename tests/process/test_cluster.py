@@ -111,16 +111,6 @@ def test_single_server_is_no_cluster(server_process: ServerProcess) -> None:
         assert type(client) is vs.Client
 
 
-def test_asyncio_client_refuses_a_cluster(cluster3: Cluster) -> None:
-    import asyncio
-
-    import varstore.aio
-    with pytest.raises(vs.errors.FailedPreconditionError,
-                       match="is one shard of a cluster of 3; varstore.aio talks to one server "
-                             "only: use varstore.connect"):
-        asyncio.run(varstore.aio.connect(cluster3.addresses[1]))
-
-
 def test_workers_adding_across_shards_lose_nothing(cluster3: Cluster) -> None:
     workers, steps = 4, 40
     with connected(cluster3.address) as setup:

@@ -218,7 +218,7 @@ def test_greedy_load_balancing_strategy_by_bytes() -> None:
 
 def test_workers_find_the_first_ps_task_in_tf_config() -> None:
     from varstore.client import tf_config_address
-    from varstore.cluster import task_of
+    from varstore.placement import task_of
     config = {"cluster": {"ps": ["ps-0:2222", "ps-1:2222"], "worker": ["w-0:2222"]},
               "task": {"type": "worker", "index": 0}}
     assert tf_config_address({"TF_CONFIG": json.dumps(config)}) == "ps-0:2222"

@@ -1,0 +1,197 @@
+"""Where a cluster's variables live, and one request routed across the shards, written once
+for the blocking and the asyncio cluster clients.
+
+:class:`Placement` caches what shard 0's placement table answered. Its methods are
+generators of :data:`ClusterSteps`: they yield the calls they need (:class:`Place` to shard 0,
+:class:`Find` on every shard, :class:`RunParts` on some shards in parallel) and receive the
+answers, so that ``varstore.cluster.ClusterClient`` sends them blocking and
+``varstore.aio``'s cluster client awaits them, with the same placement and staging rules
+(:mod:`varstore.routing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from varstore.common import codec, dtypes
+from varstore.common.errors import OpError, UnavailableError
+from varstore.handles import Reply
+from varstore.proto import cluster_pb2 as cpb
+from varstore.proto import varstore_pb2 as pb
+from varstore.request import RequestBuilder
+from varstore.routing import Plan
+
+T = TypeVar("T")
+# Bytes assumed per string element when placing a string variable.
+_STRING_BYTES = 64
+
+
+@dataclass
+class Place:
+    """Ask shard 0's placement table (``ClusterService.Place``); answered with the
+    ``PlaceResponse``."""
+
+    request: cpb.PlaceRequest
+
+
+@dataclass
+class Find:
+    """Ask every shard which of ``names`` it holds; answered with ``{name: nbytes}`` per
+    shard, in task order."""
+
+    names: list[str]
+
+
+@dataclass
+class RunParts:
+    """Send each ``(shard, request, expected response bytes)`` to its shard, in parallel;
+    answered with the replies, in order."""
+
+    parts: list[tuple[int, RequestBuilder, int]]
+
+
+ClusterSteps = Generator[Place | Find | RunParts, Any, T]
+
+
+def task_of(device: str) -> int | None:
+    """The task a device string names (``"/job:ps/task:2"``: 2), or None.
+
+    Raises ``ValueError`` for a task that is no number."""
+    for piece in device.split("/"):
+        if piece.startswith("task:"):
+            if not piece[5:].isdigit():
+                raise ValueError(f"device {device!r}: the task must be a number")
+            return int(piece[5:])
+    return None
+
+
+def shard_error(error: OpError, shard: int, count: int) -> OpError:
+    """``error`` of a call to shard ``shard`` of ``count``; an ``UnavailableError`` says
+    which shard is down (``shard 1 of 3: ...``)."""
+    if not isinstance(error, UnavailableError) or error.message.startswith("shard "):
+        return error
+    named = UnavailableError(f"shard {shard} of {count}: {error.message}")
+    named.__cause__ = error
+    return named
+
+
+def _nbytes(spec: pb.VariableSpec) -> int:
+    dtype = dtypes.from_enum(spec.dtype)
+    return codec.num_elements(spec.shape.dim) * (dtype.itemsize or _STRING_BYTES)
+
+
+class Placement:
+    """The shard of each variable a client of a cluster of ``num_shards`` has learnt, and the
+    task new variables are pinned to (``pinned``, None: shard 0 chooses)."""
+
+    def __init__(self, num_shards: int) -> None:
+        self.num_shards = num_shards
+        self.known: dict[str, int] = {}
+        self.pinned: int | None = None
+
+    @contextlib.contextmanager
+    def device(self, device: str) -> Iterator[None]:
+        """Pins the variables placed inside to one shard, as ``tf.device("/job:ps/task:K")``
+        does (a device naming no task lets the cluster choose).
+
+        Raises ``ValueError`` for a task outside the cluster.
+        """
+        task = task_of(device)
+        if task is not None and not 0 <= task < self.num_shards:
+            raise ValueError(f"device {device!r}: the cluster has tasks 0..{self.num_shards - 1}")
+        previous, self.pinned = self.pinned, task
+        try:
+            yield
+        finally:
+            self.pinned = previous
+
+    def shard_of(self, name: str) -> int:
+        """The shard learnt for ``name`` (0 for a name no shard holds)."""
+        return self.known.get(name, 0)
+
+    def locate(self, specs: Sequence[pb.VariableSpec], names: Sequence[str],
+               colocate: dict[str, str] | None = None,
+               devices: dict[str, str] | None = None) -> ClusterSteps[None]:
+        """Learns the shard of every name, placing the ``specs`` not placed yet (on the task
+        of their ``devices`` entry, else :attr:`pinned`, else where shard 0 chooses); names
+        shard 0's table does not know (it restarted, or shards restored them at start-up)
+        are looked for on the shards and recorded there.
+
+        Raises ``ValueError`` for a device naming a task outside the cluster."""
+        colocate, devices = colocate or {}, devices or {}
+        wanted: dict[str, cpb.Placement] = {}
+        for spec in specs:
+            if spec.name not in self.known and spec.mode == pb.CREATE_OR_BIND:
+                task = task_of(devices.get(spec.name, ""))
+                if task is not None and task >= self.num_shards:
+                    raise ValueError(f"variable {spec.name}: device task {task} is not in a "
+                                     f"cluster of {self.num_shards} shards")
+                wanted.setdefault(spec.name, cpb.Placement(
+                    name=spec.name, nbytes=_nbytes(spec),
+                    shard=task if task is not None else (
+                        -1 if self.pinned is None else self.pinned),
+                    colocate_with=colocate.get(spec.name, "")))
+        for name in names:
+            if name not in self.known and name not in wanted:
+                wanted[name] = cpb.Placement(name=name, shard=-1, lookup_only=True)
+        if not wanted:
+            return
+        # Variables first, then what goes next to them.
+        order = sorted(wanted.values(), key=lambda p: bool(p.colocate_with))
+        reply = yield Place(cpb.PlaceRequest(variables=order))
+        missing = []
+        for placement, shard in zip(order, reply.shards, strict=True):
+            if shard >= 0:
+                self.known[placement.name] = shard
+            else:
+                missing.append(placement.name)
+        if not missing:
+            return
+        found = yield Find(missing)
+        register = [cpb.Placement(name=name, shard=k, nbytes=nbytes)
+                    for k, names_k in enumerate(found) for name, nbytes in sorted(names_k.items())]
+        if register:
+            reply = yield Place(cpb.PlaceRequest(variables=register))
+            for placement, shard in zip(register, reply.shards, strict=True):
+                self.known[placement.name] = shard
+
+    def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> ClusterSteps[Reply]:
+        """Sends ``builder`` as one request per shard it touches, in parallel, in as many
+        stages as values crossing shards need; returns what one server would return."""
+        colocate: dict[str, str] = {}
+        for node in builder.nodes:
+            if node.variable:
+                for j in node.inputs:
+                    ref = builder.nodes[j]
+                    if ref.op == "ref" and ref.variable != node.variable:
+                        colocate.setdefault(ref.variable, node.variable)
+        yield from self.locate(builder.specs, [*(s.name for s in builder.specs),
+                                               *(n.variable for n in builder.nodes if n.variable)],
+                               colocate, builder.devices)
+        plan = Plan(builder, self.shard_of)
+        single = plan.single_shard()
+        if single is not None:
+            (reply,) = yield RunParts([(single, builder, expect_bytes)])
+            return reply
+        values: dict[int, np.ndarray] = {}
+        infos: dict[int, pb.VariableInfo] = {}
+        for stage in range(plan.stages):
+            parts = plan.parts(stage, values)
+            replies = yield RunParts([(p.shard, p.builder, expect_bytes if p.fetched else 0)
+                                      for p in parts])
+            for part, (fetched, part_infos) in zip(parts, replies, strict=True):
+                values.update(zip(part.fetched, fetched, strict=True))
+                infos.update(zip(part.specs, part_infos, strict=True))
+        return ([values[i] if i in values else _constant(builder, i) for i in builder.fetches],
+                [infos[k] for k in range(len(builder.specs))])
+
+
+def _constant(builder: RequestBuilder, index: int) -> np.ndarray:
+    """The value of const node ``index``, fetched as such (no shard computes it)."""
+    array, _ = builder.arrays[builder.nodes[index].tensor]
+    return np.asarray(array)
