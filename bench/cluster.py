@@ -1,11 +1,16 @@
 """varstore on 1, 2 and 4 shards (`varstore serve --shards N`), on this machine.
 
-    python bench/cluster.py [--shards 1 2 4] [--seconds 3] [--clients 4] [--model-mb 256]
+    python bench/cluster.py [--shards 1 2 4] [--repeat 3] [--seconds 3] [--clients 4]
+                            [--model-mb 256] [--rounds 2]
 
 For each shard count it starts a fresh cluster and measures, from worker processes:
-small ops/s (every client adds to its own counter, the counters spread over the shards),
-the shards' CPU seconds per small op, and pull + push of a 100-variable model by two workers
-(aggregate MB/s moved). Prints one line per shard count and writes OUT/cluster.json.
+small ops/s (every client adds to its own counter, the counters spread over the shards), the
+shards' CPU per small op, and pull + push of a 100-variable model by two workers: aggregate
+MB/s moved, the shards' CPU per request and per MB moved, the workers' CPU per MB and how busy
+the whole machine was meanwhile (1.0: every core busy, with whatever else runs on it). CPU
+times come from /proc. Each repetition runs every shard count once, in order; the ratios to one
+shard are taken within a repetition and the summary gives their medians. Prints one line per
+shard count and repetition, then the medians, and writes OUT/cluster.json.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import varstore as vs
+from varstore.common.allocator import keep_freed_memory
 
 MB = 1 << 20
 SHARD_LINE = re.compile(r"shard \d+ \([^,]+, pid (\d+)\)")
@@ -67,16 +74,23 @@ def _small_ops(address: str, k: int, seconds: float, start: Any, out: Any) -> No
         out.put(n)
 
 
+def machine_busy() -> tuple[int, int]:
+    """Busy and total clock ticks of every CPU so far (from /proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+
+
 def _pull_push(address: str, names: list[str], rounds: int, start: Any, out: Any) -> None:
+    keep_freed_memory()  # as README "Benchmarks" says a worker moving big tensors should
     with vs.connect(address) as client:
         with client.variable_scope("", reuse=True):
             variables = [client.get_variable(n, shape=None) for n in names]
         start.wait()
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         for _ in range(rounds):
             values = client.pull(variables)
             client.push(dict(zip(variables, values, strict=True)))
-        out.put(time.perf_counter() - began)
+        out.put((time.perf_counter() - began, time.process_time() - cpu))
 
 
 def _parallel(target: Any, jobs: list[tuple[Any, ...]]) -> list[Any]:
@@ -108,14 +122,37 @@ def measure(shards: int, args: argparse.Namespace) -> dict[str, float]:
                 names = [f"model/v{i}" for i in range(100)]
                 for name in names:
                     client.Variable(np.ones(per, np.float32), name=name)
+            before = sum(cpu_seconds(p) for p in pids)
+            ticks = machine_busy()
             times = _parallel(_pull_push, [(address, names, args.rounds)] * 2)
+            busy = [b - a for a, b in zip(ticks, machine_busy(), strict=True)]
+            model_cpu = sum(cpu_seconds(p) for p in pids) - before
             moved = 2 * 2 * args.rounds * 100 * per * 4 / MB
+            # Each worker's pull and push is one request to every shard.
+            requests = 2 * 2 * args.rounds * shards
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     return {"shards": shards, "small_ops_per_s": ops / args.seconds,
             "shard_cpu_ms_per_op": 1000 * cpu / max(ops, 1),
-            "pull_push_mb_per_s": moved / max(times)}
+            "pull_push_mb_per_s": moved / max(t for t, _ in times),
+            "shard_cpu_ms_per_request": 1000 * model_cpu / requests,
+            "shard_cpu_ms_per_mb": 1000 * model_cpu / moved,
+            "worker_cpu_ms_per_mb": 1000 * sum(c for _, c in times) / moved,
+            "machine_busy": busy[0] / max(busy[1], 1)}
+
+
+FIGURES = [("small_ops_per_s", "{:8.0f} small ops/s"), ("shard_cpu_ms_per_op", "{:.3f} ms/op"),
+           ("pull_push_mb_per_s", "{:7.1f} MB/s pull+push"),
+           ("shard_cpu_ms_per_request", "shards {:6.1f} ms/request"),
+           ("shard_cpu_ms_per_mb", "{:.3f} ms/MB"),
+           ("worker_cpu_ms_per_mb", "workers {:.3f} ms/MB"),
+           ("machine_busy", "machine busy {:.2f}")]
+
+
+def describe(figures: dict[str, float]) -> str:
+    """One line of ``figures``."""
+    return ", ".join(form.format(figures[key]) for key, form in FIGURES)
 
 
 def main() -> int:
@@ -125,18 +162,36 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--model-mb", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    results = []
-    for shards in args.shards:
-        figures = measure(shards, args)
-        results.append(figures)
-        print(f"{shards} shards: {figures['small_ops_per_s']:8.0f} small ops/s, "
-              f"{figures['shard_cpu_ms_per_op']:.3f} shard CPU ms/op, "
-              f"{figures['pull_push_mb_per_s']:7.1f} MB/s pull+push ({args.model_mb} MB model, "
-              "2 workers)", flush=True)
+    print(f"{args.model_mb} MB model of 100 variables, 2 workers; shard CPU per small op, "
+          "per pull or push request to a shard and per MB moved; load average "
+          f"{os.getloadavg()[0]:.2f} at the start", flush=True)
+    runs: list[list[dict[str, float]]] = []
+    for repetition in range(args.repeat):
+        run = []
+        for shards in args.shards:
+            figures = measure(shards, args)
+            figures["load_average"] = os.getloadavg()[0]
+            run.append(figures)
+            print(f"run {repetition + 1}, {shards} shards: {describe(figures)}", flush=True)
+        for figures in run:
+            figures["pull_push_vs_one_shard"] = (figures["pull_push_mb_per_s"]
+                                                 / run[0]["pull_push_mb_per_s"])
+            figures["small_ops_vs_one_shard"] = (figures["small_ops_per_s"]
+                                                 / run[0]["small_ops_per_s"])
+        runs.append(run)
+    summary = []
+    for i, shards in enumerate(args.shards):
+        median = {key: statistics.median(run[i][key] for run in runs) for key in runs[0][i]}
+        summary.append(median)
+        print(f"median, {shards} shards: {describe(median)}; pull+push "
+              f"{median['pull_push_vs_one_shard']:.2f}x and small ops "
+              f"{median['small_ops_vs_one_shard']:.2f}x of {args.shards[0]} shard(s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cluster.json").write_text(json.dumps(results, indent=2))
+    (args.out / "cluster.json").write_text(json.dumps({"runs": runs, "median": summary},
+                                                      indent=2))
     return 0
 
 

@@ -85,7 +85,7 @@ class RequestBuilder:
         """Approximate bytes of tensor data the request carries."""
         return sum(a.nbytes if not d.is_string else 64 * a.size for a, d in self.arrays)
 
-    def build(self, stream: bool) -> tuple[pb.RunRequest, list[bytes | memoryview]]:
+    def build(self, stream: bool) -> tuple[pb.RunRequest, list[codec.Payload]]:
         """The request message; with ``stream``, tensor bytes are returned separately."""
         request = pb.RunRequest(variables=self.specs, nodes=self.nodes,
                                 fetches=self.fetches, targets=self.targets)

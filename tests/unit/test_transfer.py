@@ -119,6 +119,42 @@ def test_many_variables_in_one_request(client: vs.Client) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(values, pulled, strict=True))
 
 
+def test_framed_tensors_stream_as_equal_frames_between_packed_ones() -> None:
+    rng = np.random.default_rng(3)
+    small = rng.random(1000).astype(np.float32)
+    big = rng.random(5 * codec.CHUNK_BYTES // 8 + 3).astype(np.float32)  # 2.5 MB: 3 frames
+    flags = rng.random(codec.FRAMED_BYTES) < 0.5
+    framed = [codec.Framed(big, dtypes.float32), codec.Framed(flags, dtypes.bool_)]
+    assert [len(f.frames) for f in framed] == [3, 1]
+    sizes = [len(frame) for frame in framed[0].frames]
+    assert max(sizes) - min(sizes) < len(sizes) and max(sizes) <= codec.CHUNK_BYTES + 8
+    header = pb.RunChunk()
+    payloads = codec.pack_tensors([(small, dtypes.float32), (framed[0], dtypes.float32),
+                                   (small, dtypes.float32), (framed[1], dtypes.bool_)],
+                                  True, header.response.values)
+    wire = [codec.serialize_chunk(c) for c in codec.split_chunks(header, payloads)]
+    assert len(wire) == 1 + 1 + 3 + 1 + 1  # header, small, big's frames, small, flags
+    head, streamed = codec.join_chunks((codec.parse_chunk(w) for w in wire), "response",
+                                         1 << 40)
+    assert [list(t.shape) for t in head.values] == [[1000], [big.size], [1000], [flags.size]]
+    for want, got in zip([small, big, small, flags], streamed, strict=True):
+        assert got is not None and got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_a_large_pull_is_a_copy_of_the_values_when_read(client: vs.Client) -> None:
+    n = codec.FRAMED_BYTES // 4 + 5
+    big = client.get_variable("big_read", [2, n], initializer=vs.ones_initializer)
+    other = client.get_variable("big_other", [n], initializer=vs.zeros_initializer)
+    small = client.get_variable("small_read", [3], initializer=vs.ones_initializer)
+    pulled = client.pull([big, small, other])
+    big.assign_add(np.ones([2, n], np.float32))
+    other.assign(np.full([n], 7, np.float32))
+    assert [p.shape for p in pulled] == [(2, n), (3,), (n,)]
+    assert (pulled[0] == 1).all() and (pulled[1] == 1).all() and (pulled[2] == 0).all()
+    pulled[0] += 1  # the pulled arrays are the caller's own
+    assert (pulled[0] == 2).all() and (client.pull([big])[0] == 2).all()
+
+
 def test_batched_request_applies_every_op(client: vs.Client) -> None:
     counter = client.get_variable("counter", [], dtype=vs.int64,
                                   initializer=vs.zeros_initializer)

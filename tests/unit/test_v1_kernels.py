@@ -18,7 +18,7 @@ def run(ex: Executor, nodes: list[NodeDef], tensors: list[np.ndarray],
     result = ex.run(Graph(variables=variables or [], nodes=nodes, tensors=tensors,
                           fetches=[len(nodes) - 1]))
     value = result.values[0]
-    assert value is not None
+    assert isinstance(value, np.ndarray)
     return value
 
 

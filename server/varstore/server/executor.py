@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from varstore.common import dtypes
-from varstore.common.codec import MAX_RANK
+from varstore.common.codec import FRAMED_BYTES, MAX_RANK, Framed
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
     InvalidArgumentError,
@@ -81,7 +81,7 @@ class Graph:
 class Result:
     """Fetched values (None for ops without output) and the request's variables."""
 
-    values: list[np.ndarray | None]
+    values: list[np.ndarray | Framed | None]
     variables: list[tuple[Variable, bool]]
 
 
@@ -94,7 +94,7 @@ class Executor:
 
     def run(self, graph: Graph, waiter: Waiter | None = None,
             max_reply_bytes: int | None = None, lease: Lease | None = None,
-            reply_streamed: bool = True) -> Result:
+            reply_streamed: bool = False) -> Result:
         """Creates or binds ``graph.variables``, then evaluates fetches and targets.
 
         All or nothing: the variables the request creates stay pending (see
@@ -107,7 +107,9 @@ class Executor:
 
         Every array the evaluation makes (nodes' results, undo and fetched copies, and the
         reply's encoding, streamed or not) is charged to ``lease`` before it is allocated
-        (without one, to a lease of the store's budget given back at the end).
+        (without one, to a lease of the store's budget given back at the end). With
+        ``reply_streamed`` (RunStream's), large numeric values read from variables are fetched
+        as ``codec.Framed`` copies instead of arrays.
 
         Raises ``InvalidArgumentError`` for a malformed graph, ``NotFoundError`` for a missing
         variable, ``ResourceExhaustedError`` for a reply past ``max_reply_bytes`` or past the
@@ -246,7 +248,8 @@ class Executor:
                                 spec, memo[spec.initializer]))
                 self._run_nodes(ctx, _closure(graph.nodes, wanted, memo), memo, journal,
                                 True, max_reply_bytes)
-                values = [_detach(memo[i], variables, lease) for i in graph.fetches]
+                values = [_detach(memo[i], variables, lease, reply_streamed)
+                          for i in graph.fetches]
                 lease.charge(reply_bytes(values, reply_streamed), "the reply")
                 if max_reply_bytes is not None:
                     size = _reply_bytes(values, graph)
@@ -434,11 +437,15 @@ def _checked(value: Any, node: NodeDef, index: int) -> Any:
     return value
 
 
-def _detach(value: Any, variables: dict[str, Variable], lease: Lease) -> Any:
-    """A fetched value that no longer aliases variable storage (copied under the lock)."""
+def _detach(value: Any, variables: dict[str, Variable], lease: Lease, streamed: bool) -> Any:
+    """A fetched value that no longer aliases variable storage (copied under the lock). For a
+    streamed reply, a large numeric one is copied straight into the stream's frames."""
     if isinstance(value, np.ndarray) and (not value.flags.owndata or any(
             value is v.value for v in variables.values())):
-        lease.charge_array(value.shape, dtypes.as_dtype(value.dtype), "a fetched value")
+        dtype = dtypes.as_dtype(value.dtype)
+        lease.charge_array(value.shape, dtype, "a fetched value")
+        if streamed and not dtype.is_string and value.nbytes >= FRAMED_BYTES:
+            return Framed(value, dtype)
         return value.copy()
     return value
 

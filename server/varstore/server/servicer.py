@@ -157,7 +157,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         graph = wire.graph_from_proto(header, arrays)
         graph.owned = True
         response, payloads = wire.result_to_proto(
-            self.executor.run(graph, self._waiter(context), lease=lease), stream=True)
+            self.executor.run(graph, self._waiter(context), lease=lease, reply_streamed=True),
+            stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed
         yield from codec.split_chunks(pb.RunChunk(response=response), payloads)

@@ -101,12 +101,14 @@ def entries_from_proto(entries: Iterable[pb.CheckpointEntry], save: bool) -> lis
                              if e.HasField("slice") else None) for e in entries), save)
 
 
-def result_to_proto(result: Result, stream: bool
-                    ) -> tuple[pb.RunResponse, list[bytes | memoryview]]:
+def result_to_proto(result: Result, stream: bool) -> tuple[pb.RunResponse, list[codec.Payload]]:
     """The response for ``result``; with ``stream``, tensor bytes are returned separately.
     (The executor charged the memory its encoding takes, see budget.reply_bytes.)"""
-    arrays = []
+    arrays: list[tuple[np.ndarray | codec.Framed, dtypes.DType]] = []
     for value in result.values:
+        if isinstance(value, codec.Framed):
+            arrays.append((value, value.dtype))
+            continue
         array = np.asarray(value if value is not None else np.zeros((0,), np.float32))
         arrays.append((array, dtypes.as_dtype(array.dtype)))
     response = pb.RunResponse(variables=[variable_info(v, c) for v, c in result.variables])
