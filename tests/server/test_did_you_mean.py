@@ -4,13 +4,18 @@ hint naming the variable (TensorFlow gives none)."""
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterable, Iterator
 
 import pytest
 
 import varstore as vs
 import varstore.v1 as tf
+from varstore.common import names
 from varstore.common.names import did_you_mean
 from varstore.errors import NotFoundError
+from varstore.server import store as store_module
+from varstore.server.app import Server
 
 TF_MISSING = ("Variable layr1/W does not exist, or was not created with tf.get_variable(). "
               "Did you mean to set reuse=tf.AUTO_REUSE in VarScope?")
@@ -58,3 +63,39 @@ def test_the_server_names_a_close_variable(client: vs.Client) -> None:
         client.delete(["layr1/W"])
     assert str(caught.value) == ("Variable layr1/W does not exist on the server (did you mean "
                                  "layer1/W?)")
+
+
+def test_the_hints_work_is_bounded_whatever_the_names() -> None:
+    looked_at = 0
+
+    def known(count: int) -> Iterator[str]:
+        nonlocal looked_at
+        for i in range(count):
+            looked_at += 1
+            yield f"layer{i}/weights"
+
+    assert did_you_mean("layer1/weigths", known(10 * names.HINT_MAX_SCANNED)) == \
+        " (did you mean layer1/weights?)"
+    assert looked_at <= names.HINT_MAX_SCANNED
+    long = "a/" + "b" * names.HINT_MAX_NAME
+    assert did_you_mean(long + "c", [long]) == ""
+
+
+def test_a_missing_names_hint_is_built_without_the_store_lock(
+        server: Server, client: vs.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one Delete builds its hint, another client creates a variable."""
+    client.get_variable("layer1/W", [2])
+    created = threading.Event()
+    hinted = names.did_you_mean
+
+    def slow_hint(name: str, known: Iterable[str]) -> str:
+        with vs.connect(f"127.0.0.1:{server.port}", timeout=30) as other:
+            other.get_variable("newcomer", [1])
+        created.set()
+        return hinted(name, known)
+
+    monkeypatch.setattr(store_module, "did_you_mean", slow_hint)
+    with pytest.raises(NotFoundError, match=re.escape("(did you mean layer1/W?)")):
+        client.delete(["layr1/W"])
+    assert created.is_set()
+    assert [v.name for v in client.list_variables()] == ["layer1/W", "newcomer"]

@@ -292,9 +292,11 @@ def test_hostile_names_are_refused_and_create_nothing(client: vs.Client) -> None
     ([-1], "negative dimension"),
     ([2, -5], "negative dimension"),
     ([1] * 33, "rank 33 > 32"),
-    ([1 << 40, 1 << 40], "exceeds"),
-    ([(1 << 63) - 1], "exceeds"),
-    ([0, (1 << 63) - 1, (1 << 63) - 1], None),
+    ([1 << 40, 1 << 20], "exceeds"),
+    ([1 << 40, 1 << 40], "too large for any array"),
+    ([(1 << 63) - 1], "too large for any array"),
+    ([0, (1 << 63) - 1, (1 << 63) - 1], "too large for any array"),
+    ([0, 1 << 30, 1 << 30], None),
 ])
 def test_hostile_shapes_are_refused(client: vs.Client, dims: list[int],
                                     error: str | None) -> None:
@@ -304,7 +306,7 @@ def test_hostile_shapes_are_refused(client: vs.Client, dims: list[int],
             name="h", dtype=1, shape=pb.Shape(dim=dims), initializer=1 if initialized else 0)],
             nodes=[pb.Node(op="zeros", attrs={"shape": pb.AttrValue(shape=pb.Shape(dim=dims))})])
         if error is None:
-            # An empty tensor with enormous other dimensions is valid and holds 0 bytes.
+            # An empty tensor whose other dimensions numpy accepts is valid and holds 0 bytes.
             client.transport.call(client.stub.Run, request)
             continue
         with pytest.raises((InvalidArgumentError, ResourceExhaustedError), match=error):

@@ -65,17 +65,19 @@ STRING, FLOAT = 7, 1
 
 
 @pytest.mark.parametrize("entry, data, problem", [
-    # A shape whose byte count is far beyond the file: refused before any allocation.
-    (_entry(FLOAT, [2**40, 2**40], 0, 16), bytes(16), "does not match its shape"),
-    (_entry(FLOAT, [2**62, 4], 0, 0), b"", "does not match its shape"),
+    # A shape whose byte count is far beyond the file (or any array): refused before any
+    # allocation.
+    (_entry(FLOAT, [2**40, 2**20], 0, 16), bytes(16), "does not match its shape"),
+    (_entry(FLOAT, [2**40, 2**40], 0, 16), bytes(16), "too large for any array"),
+    (_entry(FLOAT, [2**62, 4], 0, 0), b"", "too large for any array"),
     # Sizes and offsets outside the data file, negative ones included.
     (_entry(STRING, [1], 0, 2**62), bytes(16), "outside its data file"),
     (_entry(FLOAT, [1], -1, 4), bytes(16), "outside its data file"),
     (_entry(FLOAT, [2], 12, 8), bytes(16), "outside its data file"),
     # 2**27 string elements cannot fit in 16 bytes (each takes at least a length byte).
     (_entry(STRING, [2**27], 0, 16), bytes(16), "cannot fit"),
-], ids=["huge-shape", "huge-shape-empty", "string-size", "negative-offset", "past-end",
-        "string-count"])
+], ids=["huge-shape", "impossible-shape", "impossible-shape-empty", "string-size",
+        "negative-offset", "past-end", "string-count"])
 def test_sizes_outside_the_file_are_data_loss(tmp_path: Path, entry: pb.BundleEntryProto,
                                               data: bytes, problem: str) -> None:
     prefix = _write(tmp_path / "c", {b"t": entry}, data)

@@ -17,10 +17,18 @@ from google.protobuf.message import DecodeError
 
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
-from varstore.common.errors import InvalidArgumentError, ResourceExhaustedError, clip
+from varstore.common.errors import (
+    InvalidArgumentError,
+    OpError,
+    ResourceExhaustedError,
+    clip,
+)
 from varstore.proto import varstore_pb2 as pb
 
 MAX_RANK = 32
+# numpy refuses an array whose non-zero dimensions times its item size reach this, even an
+# empty one (its sizes are signed 64-bit integers).
+MAX_ARRAY_BYTES = 1 << 63
 # Payloads up to this size go in one unary message; larger ones are streamed in chunks.
 STREAM_THRESHOLD = 1 << 20
 # Stream chunks: large enough to amortize gRPC's per-message cost, small enough that the
@@ -51,14 +59,35 @@ def shape_to_proto(shape: Sequence[int]) -> pb.Shape:
     return pb.Shape(dim=[int(d) for d in shape])
 
 
-def shape_from_proto(dims: Iterable[int]) -> tuple[int, ...]:
-    """A validated shape tuple; raises ``InvalidArgumentError`` for negative or huge ranks."""
+def shape_from_proto(dims: Iterable[int], dtype: DType | None = None) -> tuple[int, ...]:
+    """A validated shape tuple (:func:`check_shape`); raises ``InvalidArgumentError``."""
+    return check_shape(dims, dtype)
+
+
+def check_shape(dims: Iterable[int], dtype: DType | None = None,
+                error: type[OpError] = InvalidArgumentError, what: str = "shape"
+                ) -> tuple[int, ...]:
+    """``dims`` as a shape tuple, if an array of that shape and ``dtype`` (None: of 1-byte
+    items, checked again once the dtype is known) can exist: rank at most
+    :data:`MAX_RANK`, no negative dimension, and, as numpy requires even of an empty array,
+    the product of the non-zero dimensions times the item size (a string element: numpy's
+    8-byte pointer) under 2**63, computed with exact integers. The one shape check of
+    requests, results and checkpoint files.
+
+    Raises ``error`` (``DataLossError`` for a file) whose message starts with ``what``.
+    """
     shape = tuple(map(int, dims))
     if len(shape) > MAX_RANK:
-        raise InvalidArgumentError(
-            f"shape {clip(list(shape))} has rank {len(shape)} > {MAX_RANK}")
+        raise error(f"{what} {clip(list(shape))} has rank {len(shape)} > {MAX_RANK}")
     if shape and min(shape) < 0:
-        raise InvalidArgumentError(f"shape {list(shape)} has a negative dimension")
+        raise error(f"{what} {clip(list(shape))} has a negative dimension")
+    itemsize = 1 if dtype is None else dtype.itemsize or 8
+    size = itemsize
+    for d in shape:
+        size *= d or 1
+    if size >= MAX_ARRAY_BYTES:
+        raise error(f"{what} {clip(list(shape))} is too large for any array "
+                    f"({itemsize}-byte items)")
     return shape
 
 
@@ -141,7 +170,7 @@ def tensor_from_proto(message: pb.Tensor, content: Any = None,
     """The validated array of a ``Tensor`` message (``content`` overrides streamed bytes);
     ``charge`` as :func:`decode_content` calls it."""
     dtype = dtype_from_proto(message.dtype)
-    shape = shape_from_proto(message.shape)
+    shape = shape_from_proto(message.shape, dtype)
     return decode_content(dtype, shape, message.content if content is None else content,
                           charge=charge)
 
@@ -387,7 +416,7 @@ class ChunkReader:
             if t.streamed_bytes < 0 or (t.streamed_bytes and t.content):
                 raise InvalidArgumentError("malformed streamed tensor")
             dtype = dtype_from_proto(t.dtype)
-            shape = shape_from_proto(t.shape)
+            shape = shape_from_proto(t.shape, dtype)
             if t.streamed_bytes:
                 # Strings: at least their lengths; other dtypes: exactly their elements.
                 expected = num_elements(shape) * (dtype.itemsize or _LEN.itemsize)

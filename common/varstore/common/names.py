@@ -10,6 +10,8 @@ name (``a>b``, not ``a>`` or ``a>_b``).
 from __future__ import annotations
 
 import difflib
+import heapq
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -17,6 +19,11 @@ from varstore.common.errors import clip
 
 VALID_OP_NAME_REGEX = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 VALID_SCOPE_NAME_REGEX = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
+# Bounds of did_you_mean's work (see there).
+HINT_MAX_NAME = 256
+HINT_MAX_SCANNED = 5000
+HINT_MAX_WORK = 1 << 21
+_HINT_CUTOFF = 0.85
 _NODE_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*(?:>[A-Za-z0-9.][A-Za-z0-9_.\-/]*)*")
 
 
@@ -57,10 +64,36 @@ def is_valid_node_name(name: str) -> bool:
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """A hint naming the known name closest to ``name`` (``layer1/W`` for ``layr1/W``):
     ``" (did you mean layer1/W?)"``, or ``""`` when none is close. TensorFlow gives no such
-    hint; messages append it after TensorFlow's text."""
+    hint; messages append it after TensorFlow's text.
+
+    Its cost is bounded whatever the names (it runs on error paths that any client reaches):
+    no hint for a name over :data:`HINT_MAX_NAME` characters, names over it are skipped, at
+    most :data:`HINT_MAX_SCANNED` known names are looked at (their lengths first, then their
+    characters as a multiset, linear, as ``difflib.get_close_matches`` filters them) and
+    those compared in full (``difflib``'s ratio, quadratic in the names' lengths) add up
+    to at most :data:`HINT_MAX_WORK` pairs of characters.
+    """
+    if len(name) > HINT_MAX_NAME:
+        return ""
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(name)
+    scored: list[tuple[float, str]] = []
+    work = 0
+    for candidate in itertools.islice(known, HINT_MAX_SCANNED):
+        if work >= HINT_MAX_WORK:
+            break
+        if len(candidate) > HINT_MAX_NAME:
+            continue
+        matcher.set_seq1(candidate)
+        if matcher.real_quick_ratio() < _HINT_CUTOFF or matcher.quick_ratio() < _HINT_CUTOFF:
+            continue
+        work += len(name) * len(candidate)
+        score = matcher.ratio()
+        if score >= _HINT_CUTOFF:
+            scored.append((score, candidate))
     leaf = name.rsplit("/", 1)[-1]
     # Close as whole names, and the last parts close too: "foo/y" is another variable than
     # "foo/x", not a typo of it.
-    close = [c for c in difflib.get_close_matches(name, list(known), n=3, cutoff=0.85)
+    close = [c for _, c in heapq.nlargest(3, scored)
              if difflib.SequenceMatcher(None, leaf, c.rsplit("/", 1)[-1]).ratio() >= 0.75]
     return f" (did you mean {clip(close[0])}?)" if close else ""

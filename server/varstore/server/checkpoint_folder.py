@@ -39,8 +39,10 @@ from varstore.server.bundle import (
     clean_leftovers,
     data_path,
     index_path,
+    is_state_file,
 )
 from varstore.server.bundle.fsio import fsync_dir
+from varstore.server.bundle.table import FOOTER_SIZE, MAGIC
 
 __all__ = ["CheckpointFolder", "check_state_filename", "os_error"]
 
@@ -170,6 +172,7 @@ class CheckpointFolder:
                 raise InvalidArgumentError(
                     f"cannot write checkpoint {clip(self.client_name(prefix))}: "
                     f"{clip(os.path.basename(target))} is a directory or no regular file")
+        self._check_replaceable(prefix, state_file)
         created: list[str] = []
         missing = directory
         while missing and not os.path.lexists(missing):
@@ -178,6 +181,25 @@ class CheckpointFolder:
         for folder in created:
             os.mkdir(folder)
         return created
+
+    def _check_replaceable(self, prefix: str, state_file: str | None) -> None:
+        """Raises ``AlreadyExistsError`` when a save into ``prefix`` would replace a file that
+        is no checkpoint's or state file's (a TensorBoard log, a ``.meta`` graph named as a
+        state file or a checkpoint's file): the server replaces only files of its kind."""
+        if not os.path.isdir(os.path.dirname(prefix)):
+            return  # nothing to replace (a file in the folder's place: refused later)
+        index = index_path(prefix)
+        checkpoint = _is_table(index)
+        foreign = [p.name for p in checkpoint_files(prefix) if not checkpoint]
+        if state_file is not None:
+            path = os.path.join(os.path.dirname(prefix), state_file)
+            if os.path.lexists(path) and not is_state_file(path):
+                foreign.append(state_file)
+        if foreign:
+            raise AlreadyExistsError(
+                f"cannot write checkpoint {clip(self.client_name(prefix))}: "
+                f"{clip(foreign[0])} exists and is no checkpoint file or checkpoint state "
+                "file, which the server never replaces (choose another name, or move it)")
 
     def discard(self, prefix: str, created: list[str]) -> None:
         """Undoes a failed save into ``prefix``: before its commit point, deletes its temporary
@@ -258,6 +280,18 @@ class CheckpointFolder:
         for path in touched:
             log.info("recovered checkpoint folder: %s", path)
         return touched
+
+
+def _is_table(path: str) -> bool:
+    """Whether ``path`` is a file ending as a checkpoint index (a table's footer magic)."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) < FOOTER_SIZE:
+                return False
+            f.seek(-8, os.SEEK_END)
+            return f.read(8) == MAGIC.to_bytes(8, "little")
+    except OSError:
+        return False
 
 
 def _remove_stale_shards(prefix: str, num_shards: int) -> list[str]:

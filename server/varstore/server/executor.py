@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from varstore.common import dtypes
-from varstore.common.codec import FRAMED_BYTES, MAX_RANK, Framed
+from varstore.common.codec import FRAMED_BYTES, MAX_RANK, Framed, check_shape
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
     InvalidArgumentError,
@@ -428,9 +428,7 @@ def _checked(value: Any, node: NodeDef, index: int) -> Any:
     dimensions, and its casts to the string dtype (object arrays) keep numbers as they are."""
     if not isinstance(value, np.ndarray):
         return value
-    if value.ndim > MAX_RANK:
-        raise InvalidArgumentError(
-            f"{node.op} (node {index}): result has rank {value.ndim} > {MAX_RANK}")
+    check_shape(value.shape, what=f"{node.op} (node {index}): result of shape")
     if value.dtype == object and not all(isinstance(x, bytes) for x in value.flat):
         raise InvalidArgumentError(
             f"{node.op} (node {index}): cannot make a string tensor of non-string values")
@@ -497,7 +495,9 @@ def _sole_consts(graph: Graph) -> set[int]:
 
 def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int, what: str = "") -> None:
     """Raises ``ResourceExhaustedError`` when a tensor of ``shape`` and ``dtype`` would take
-    more than ``limit`` bytes (the message starts with ``what``, e.g. the node)."""
+    more than ``limit`` bytes (the message starts with ``what``, e.g. the node), and
+    ``InvalidArgumentError`` for a shape no array can have (:func:`check_shape`)."""
+    check_shape(shape, dtype, what=f"{what}{': ' if what else ''}shape")
     size = math.prod(shape) * max(dtype.itemsize, 1)
     if size > limit:
         raise ResourceExhaustedError(

@@ -150,8 +150,9 @@ class VariableStore:
 
     def missing(self, name: str) -> NotFoundError:
         """The error for a variable ``name`` that the store does not hold, naming a variable
-        it holds under a close name (a typo) if there is one."""
-        held = [n for n, var in list(self._vars.items()) if not var.pending]
+        it holds under a close name (a typo) if there is one. Call it holding no lock: the
+        hint's work is bounded (:func:`varstore.common.names.did_you_mean`) but not small."""
+        held = (n for n, var in list(self._vars.items()) if not var.pending)
         return NotFoundError(f"Variable {clip(name)} does not exist on the server"
                              f"{did_you_mean(name, held)}")
 
@@ -247,13 +248,14 @@ class VariableStore:
         Raises:
             NotFoundError: a named variable does not exist (then nothing is removed).
         """
+        absent = None
+        wanted = sorted(set(names))
         with self._lock:
             if scope is None:
-                wanted = sorted(set(names))
-                for name in wanted:
-                    var = self._vars.get(name)
-                    if var is None or var.pending:
-                        raise self.missing(name)
+                absent = next((n for n in wanted if getattr(self._vars.get(n), "pending",
+                                                            True)), None)
+                if absent is not None:
+                    wanted = []
             else:
                 prefix = scope.rstrip("/")
                 wanted = sorted(n for n, v in self._vars.items() if not v.pending and (
@@ -264,6 +266,8 @@ class VariableStore:
                     self._uninitialized -= 1
                 self._reserve(-held_for(var), -var.nbytes, name)
             self._changed.notify_all()
+        if absent is not None:
+            raise self.missing(absent)  # outside the lock
         return wanted
 
     def _reserve(self, memory: int, size: int, name: str) -> None:

@@ -31,12 +31,12 @@ def graph_from_proto(request: pb.RunRequest, tensors: list[np.ndarray]) -> Graph
     nodes = [NodeDef(n.op, tuple(n.inputs), tuple(n.control_inputs), n.variable, n.tensor,
                      _attrs(n, i)) for i, n in enumerate(request.nodes)]
     specs = [VariableSpec(
-        name=v.name, dtype=codec.dtype_from_proto(v.dtype),
-        shape=codec.shape_from_proto(v.shape.dim), trainable=v.trainable,
-        bind_only=v.mode == pb.BIND, initializer=v.initializer - 1 if v.initializer else None,
+        name=v.name, dtype=dtype, shape=codec.shape_from_proto(v.shape.dim, dtype),
+        trainable=v.trainable, bind_only=v.mode == pb.BIND,
+        initializer=v.initializer - 1 if v.initializer else None,
         created_by=v.created_by[:64], initializer_desc=v.initializer_desc[:256],
         save_slice=slice_from_proto(v.save_slice) if v.HasField("save_slice") else None)
-        for v in request.variables]
+        for v in request.variables for dtype in (codec.dtype_from_proto(v.dtype),)]
     return Graph(specs, nodes, tensors, list(request.fetches), list(request.targets))
 
 
@@ -51,11 +51,9 @@ def _attrs(node: pb.Node, index: int) -> dict[str, Any] | None:
         if kind is None:
             raise InvalidArgumentError(f"attribute {clip(key, 64)!r} has no value")
         if kind == "shape":
-            if len(value.shape.dim) > codec.MAX_RANK:
-                raise InvalidArgumentError(
-                    f"{clip(node.op, 64)} (node {index}): attribute {clip(key, 64)!r} has "
-                    f"rank {len(value.shape.dim)} > {codec.MAX_RANK}")
-            out[key] = list(value.shape.dim)
+            out[key] = list(codec.check_shape(
+                value.shape.dim, what=f"{clip(node.op, 64)} (node {index}): attribute "
+                f"{clip(key, 64)!r}"))
         else:
             out[key] = getattr(value, kind)
     return out

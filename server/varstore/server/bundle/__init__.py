@@ -20,6 +20,7 @@ from varstore.server.bundle.reader import BundleReader, TensorInfo
 from varstore.server.bundle.state import (
     STATE_FILENAME,
     CheckpointState,
+    is_state_file,
     latest_checkpoint,
     read_state,
     write_state,
@@ -38,6 +39,7 @@ __all__ = [
     "clean_leftovers",
     "data_path",
     "index_path",
+    "is_state_file",
     "latest_checkpoint",
     "merge_shards",
     "part_prefix",

@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from varstore.common import dtypes
+from varstore.common.codec import check_shape
 from varstore.common.dtypes import DType
 from varstore.common.errors import (
     DataLossError,
@@ -265,10 +266,10 @@ class BundleReader:
         except ValueError:
             raise InvalidArgumentError(f"tensor {key} in checkpoint {self.prefix} has dtype "
                                        f"{proto.dtype}, which varstore does not support") from None
-        shape = tuple(d.size for d in proto.shape.dim)
-        if proto.shape.unknown_rank or any(d < 0 for d in shape):
-            raise DataLossError(f"tensor {key} in {self.index_path} has invalid shape {shape}")
-        return dtype, shape
+        what = f"tensor {clip(key)} in {self.index_path}: shape"
+        if proto.shape.unknown_rank:
+            raise DataLossError(f"{what} has an unknown rank")
+        return dtype, check_shape((d.size for d in proto.shape.dim), dtype, DataLossError, what)
 
     def _stored_size(self, key: str, proto: pb.BundleEntryProto, dtype: DType,
                      shape: tuple[int, ...]) -> int:

@@ -22,6 +22,7 @@ from varstore.server.bundle.naming import index_path
 __all__ = [
     "STATE_FILENAME",
     "CheckpointState",
+    "is_state_file",
     "latest_checkpoint",
     "read_state",
     "write_state",
@@ -84,6 +85,24 @@ def read_state(directory: str | os.PathLike[str],
     del state.all_model_checkpoint_paths[:]
     state.all_model_checkpoint_paths.extend(paths)
     return state
+
+
+def is_state_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a checkpoint state file (text a ``CheckpointState`` parses
+    from, at most :data:`_MAX_STATE_BYTES`), so that replacing it destroys nothing else.
+    Raises ``OSError`` if it exists but cannot be read; a missing file is no state file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return False
+    if len(raw) > _MAX_STATE_BYTES:
+        return False
+    try:
+        text_format.Merge(raw.decode("utf-8"), CheckpointState())
+    except (UnicodeDecodeError, text_format.ParseError):
+        return False
+    return True
 
 
 def latest_checkpoint(directory: str | os.PathLike[str],
