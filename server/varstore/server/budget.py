@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from varstore.common.codec import STRING_ELEMENT_BYTES
+from varstore.common.codec import STRING_ELEMENT_BYTES, check_shape
 from varstore.common.dtypes import DType
 from varstore.common.errors import ResourceExhaustedError
 
@@ -147,3 +147,15 @@ class Lease:
                 self._closed = True
                 self.budget.release(self._held, self._requests)
                 self._held = self._requests = 0
+
+
+def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int, what: str = "") -> None:
+    """Raises ``ResourceExhaustedError`` when a tensor of ``shape`` and ``dtype`` would take
+    more than ``limit`` bytes (the message starts with ``what``, e.g. the node), and
+    ``InvalidArgumentError`` for a shape no array can have (:func:`check_shape`)."""
+    check_shape(shape, dtype, what=f"{what}{': ' if what else ''}shape")
+    size = math.prod(shape) * max(dtype.itemsize, 1)
+    if size > limit:
+        raise ResourceExhaustedError(
+            f"{what}{': ' if what else ''}a tensor of shape {list(shape)} and dtype "
+            f"{dtype.name} ({size} bytes) exceeds the server's limit of {limit} bytes")

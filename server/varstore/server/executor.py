@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.common.protocol import READ_ONLY_OPS
-from varstore.server.budget import Lease, reply_bytes
+from varstore.server.budget import Lease, check_alloc, reply_bytes
 from varstore.server.kernels import NodeDef
 from varstore.server.ops import OPS
 from varstore.server.slices import SaveSlice
@@ -491,15 +490,3 @@ def _sole_consts(graph: Graph) -> set[int]:
     consts = [(i, node.tensor) for i, node in enumerate(graph.nodes) if node.op == "const"]
     producers = Counter(t for _, t in consts)
     return {i for i, t in consts if uses[i] == 1 and producers[t] == 1}
-
-
-def check_alloc(shape: tuple[int, ...], dtype: DType, limit: int, what: str = "") -> None:
-    """Raises ``ResourceExhaustedError`` when a tensor of ``shape`` and ``dtype`` would take
-    more than ``limit`` bytes (the message starts with ``what``, e.g. the node), and
-    ``InvalidArgumentError`` for a shape no array can have (:func:`check_shape`)."""
-    check_shape(shape, dtype, what=f"{what}{': ' if what else ''}shape")
-    size = math.prod(shape) * max(dtype.itemsize, 1)
-    if size > limit:
-        raise ResourceExhaustedError(
-            f"{what}{': ' if what else ''}a tensor of shape {list(shape)} and dtype "
-            f"{dtype.name} ({size} bytes) exceeds the server's limit of {limit} bytes")
