@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # gRPC's C core writes log lines of its own to stderr (one precedes our "cannot listen" on a
 # busy port); the command says what went wrong itself. GRPC_VERBOSITY=debug shows them again.
@@ -18,6 +18,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from varstore.common import __version__  # noqa: E402 - after GRPC_VERBOSITY
 from varstore.common.errors import OpError  # noqa: E402
+
+if TYPE_CHECKING:
+    from varstore.cluster import ShardStatus
+    from varstore.proto import varstore_pb2 as pb
 
 
 def _address(args: argparse.Namespace) -> str | None:
@@ -51,7 +55,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Prints the server's status."""
     with _connect(args) as client:
         if hasattr(client, "cluster_status"):  # one line per shard (varstore.cluster)
-            from varstore.cluster import print_cluster_status
             return print_cluster_status(client.cluster_status())
         s = client.status()
     last = s.last_checkpoint or "none"
@@ -64,8 +67,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"bytes stored:     {s.bytes_stored}")
     print(f"client hosts:     {s.connected_clients} (hosts that read or updated variables in "
           f"the last 60s)")
+    print(f"load:             {describe_load(s)}")
     print(f"checkpoint dir:   {s.checkpoint_dir} (on the server's machine)")
     print(f"last checkpoint:  {last}")
+    return 0
+
+
+def describe_load(s: pb.StatusResponse) -> str:
+    """A server's load as it measured it (over about the last 10 s)."""
+    return (f"{s.requests_per_second:.1f} requests/s, {s.requests_in_flight} in flight, "
+            f"CPU {s.cpu_percent:.0f}% of one core")
+
+
+def print_cluster_status(shards: list[ShardStatus]) -> int:
+    """Prints ``varstore status`` for a cluster: totals, then one line per shard (health,
+    variables, bytes, load, clients, uptime, or why it cannot be reached); returns 0 when
+    every shard serves, 1 when one is down or not serving (the others are printed)."""
+    up = [s.status for s in shards if not isinstance(s.status, OpError)]
+    serving = sum(s.health == "SERVING" for s in shards)
+    print(f"shards:           {len(shards)} ({serving} serving)")
+    print(f"variables:        {sum(s.variable_count for s in up)}")
+    print(f"bytes stored:     {sum(s.bytes_stored for s in up)}")
+    print(f"load:             {sum(s.requests_per_second for s in up):.1f} requests/s, "
+          f"{sum(s.requests_in_flight for s in up)} in flight")
+    if up:
+        print(f"version:          {up[0].version}")
+        print(f"checkpoint dir:   {up[0].checkpoint_dir} (shared)")
+        print(f"last checkpoint:  {up[0].last_checkpoint or 'none'}")
+    for shard in shards:
+        s = shard.status
+        where = f"  shard {shard.task} {shard.address}:"
+        if isinstance(s, OpError):
+            print(f"{where} UNAVAILABLE ({s.message})")
+        else:
+            print(f"{where} {shard.health.lower().replace('_', ' ')}, {s.variable_count} "
+                  f"variables, {s.bytes_stored} bytes, {describe_load(s)}, "
+                  f"{s.connected_clients} clients, up {s.uptime_seconds:.0f}s")
+    if serving < len(shards):
+        print(f"{len(shards) - serving} of {len(shards)} shards not serving (exit code 1)")
+        return 1
     return 0
 
 

@@ -19,7 +19,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from varstore.client import Client, Reply, VariableInfo, _entries
 from varstore.common.errors import OpError
@@ -56,6 +59,17 @@ def reachable_shards(address: str, info: cpb.ClusterInfoResponse) -> list[str]:
     host = address.rpartition(":")[0]
     return [f"{host}:{a.rpartition(':')[2]}" if a.rpartition(":")[0] in _WILDCARD_HOSTS
             else a for a in info.shards]
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """One shard as ``varstore status`` shows it: task index, address, health (the gRPC health
+    service's SERVING / NOT_SERVING, or UNAVAILABLE) and its status, or why none came."""
+
+    task: int
+    address: str
+    health: str
+    status: pb.StatusResponse | OpError
 
 
 class ClusterClient(Client):
@@ -198,15 +212,21 @@ class ClusterClient(Client):
             if not left or time.monotonic() >= deadline:
                 return left
 
-    def cluster_status(self) -> list[tuple[str, pb.StatusResponse | OpError]]:
-        """Every shard's address and status (or the error asking for it)."""
-        def status(k: int) -> pb.StatusResponse | OpError:
+    def cluster_status(self) -> list[ShardStatus]:
+        """Every shard's address, health and status (or the error asking for it); a shard
+        that is down does not keep the others from answering."""
+        def status(k: int) -> ShardStatus:
+            shard = self.shards[k]
             try:
-                return Client.status(self.shards[k])
+                health = shard.transport.call(
+                    health_pb2_grpc.HealthStub(shard.transport.channel).Check,
+                    health_pb2.HealthCheckRequest(), idempotent=True)
+                return ShardStatus(k, self.shard_addresses[k],
+                                   health_pb2.HealthCheckResponse.ServingStatus.Name(
+                                       health.status), Client.status(shard))
             except OpError as e:
-                return e
-        return list(zip(self.shard_addresses,
-                        self._each(list(range(len(self.shards))), status), strict=True))
+                return ShardStatus(k, self.shard_addresses[k], "UNAVAILABLE", e)
+        return self._each(list(range(len(self.shards))), status)
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -297,27 +317,6 @@ class ClusterClient(Client):
                                   {e.key: e.variable for e in by_shard[k]}, progress)
         self._each(shards, restore)
         return keys.path if prefix == "latest" else prefix
-
-
-def print_cluster_status(shards: list[tuple[str, pb.StatusResponse | OpError]]) -> int:
-    """Prints ``varstore status`` for a cluster: totals, then one line per shard (variables,
-    bytes, clients, uptime, or why it is unavailable); returns 1 when a shard is down."""
-    up = [s for _, s in shards if isinstance(s, pb.StatusResponse)]
-    print(f"shards:           {len(shards)} ({len(up)} serving)")
-    print(f"variables:        {sum(s.variable_count for s in up)}")
-    print(f"bytes stored:     {sum(s.bytes_stored for s in up)}")
-    if up:
-        print(f"version:          {up[0].version}")
-        print(f"checkpoint dir:   {up[0].checkpoint_dir} (shared)")
-        print(f"last checkpoint:  {up[0].last_checkpoint or 'none'}")
-    for task, (address, s) in enumerate(shards):
-        if isinstance(s, pb.StatusResponse):
-            print(f"  shard {task} {address}: serving, {s.variable_count} variables, "
-                  f"{s.bytes_stored} bytes, {s.connected_clients} clients, "
-                  f"up {s.uptime_seconds:.0f}s")
-        else:
-            print(f"  shard {task} {address}: UNAVAILABLE ({s.message})")
-    return 0 if len(up) == len(shards) else 1
 
 
 def connect_cluster(client: Client, *, token: str | None = None, tls: Any = None,

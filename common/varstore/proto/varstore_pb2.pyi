@@ -280,7 +280,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "uptime_seconds", "variable_count", "bytes_stored", "connected_clients", "last_checkpoint", "last_checkpoint_time", "checkpoint_dir", "max_memory")
+    __slots__ = ("version", "uptime_seconds", "variable_count", "bytes_stored", "connected_clients", "last_checkpoint", "last_checkpoint_time", "checkpoint_dir", "max_memory", "requests_per_second", "cpu_percent", "requests_in_flight")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +290,9 @@ class StatusResponse(_message.Message):
     LAST_CHECKPOINT_TIME_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     version: str
     uptime_seconds: float
     variable_count: int
@@ -299,4 +302,7 @@ class StatusResponse(_message.Message):
     last_checkpoint_time: float
     checkpoint_dir: str
     max_memory: int
-    def __init__(self, version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., variable_count: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., connected_clients: _Optional[int] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., max_memory: _Optional[int] = ...) -> None: ...
+    requests_per_second: float
+    cpu_percent: float
+    requests_in_flight: int
+    def __init__(self, version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., variable_count: _Optional[int] = ..., bytes_stored: _Optional[int] = ..., connected_clients: _Optional[int] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., max_memory: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., requests_in_flight: _Optional[int] = ...) -> None: ...

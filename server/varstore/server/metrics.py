@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from varstore.common.errors import InvalidArgumentError, OpError
 from varstore.server.handlers import behavior_of, method_handler
+from varstore.server.load import LoadMeter
 from varstore.server.store import VariableStore
 
 # From a sub-millisecond read to a multi-gigabyte stream.
@@ -66,6 +67,8 @@ class ServerMetrics:
                                      "Unix time the last checkpoint finished, by kind", ["kind"],
                                      registry=r)
         self._http: WSGIServer | None = None
+        self.load = LoadMeter(lambda: _total(self.requests, "_total"),
+                              lambda: _total(self.in_flight, ""))
 
     def observe_checkpoint(self, kind: str, seconds: float, nbytes: int) -> None:
         """Records one finished checkpoint (``kind`` is e.g. "save" or "restore")."""
@@ -86,7 +89,8 @@ class ServerMetrics:
         return int(self._http.server_port)
 
     def close(self) -> None:
-        """Stops the HTTP endpoint, if any."""
+        """Stops the HTTP endpoint, if any, and the load sampler."""
+        self.load.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -208,6 +212,12 @@ class _MeasuredCall:
         if counter is None:
             counter = self.finished[code] = self.metrics.requests.labels(self.method, code)
         counter.inc()
+
+
+def _total(metric: Counter | Gauge, suffix: str) -> float:
+    """The sum of ``metric``'s samples named with ``suffix`` over every label."""
+    return sum(sample.value for family in metric.collect() for sample in family.samples
+               if sample.name == family.name + suffix)
 
 
 def _code_of(error: Exception) -> grpc.StatusCode:

@@ -27,6 +27,7 @@ from varstore.server.capacity import Capacity
 from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
+from varstore.server.load import LoadMeter
 from varstore.server.retention import client_saver
 from varstore.server.slices import Entry
 from varstore.server.store import VariableStore
@@ -89,8 +90,10 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     """Implements ``varstore.v1.VariableService`` over a store and a checkpoint manager."""
 
     def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
-                 max_request_bytes: int, capacity: Capacity) -> None:
+                 max_request_bytes: int, capacity: Capacity,
+                 load: LoadMeter | None = None) -> None:
         self.store = store
+        self.load = load
         self.budget = store.budget
         self.capacity = capacity
         self.executor = executor
@@ -216,13 +219,19 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     def Status(self, request: pb.StatusRequest,
                context: grpc.ServicerContext) -> pb.StatusResponse:
         last = self.checkpoints.last_saved
-        return pb.StatusResponse(
+        response = pb.StatusResponse(
             version=__version__, uptime_seconds=time.time() - self.started,
             variable_count=len(self.store), bytes_stored=self.store.bytes_stored(),
             connected_clients=self.clients.count(),
             last_checkpoint=last[0] if last else "", last_checkpoint_time=last[1] if last else 0,
             checkpoint_dir=self.checkpoints.folder.root,
             max_memory=self.store.max_memory)
+        if self.load is not None:
+            load = self.load.load()
+            response.requests_per_second = load.requests_per_second
+            response.cpu_percent = load.cpu_percent
+            response.requests_in_flight = load.in_flight
+        return response
 
 
 # RunStream's chunks go through varstore's own codec: the same protobuf bytes on the wire, but
