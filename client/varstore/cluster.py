@@ -250,8 +250,7 @@ class ClusterClient(Client):
         else:
             lists = self._each(list(range(len(self.shards))),
                                lambda k: Client.list_variables(self.shards[k]))
-            by_shard = {k: [pb.CheckpointEntry(key=v.name, variable=v.name) for v in vs]
-                        for k, vs in enumerate(lists) if vs}
+            by_shard = {k: [_own_entry(v) for v in vs] for k, vs in enumerate(lists) if vs}
             if not by_shard:  # shard 0 says so, as a single server does
                 return super().save_checkpoint(
                     prefix, var_list, global_step, max_to_keep, progress,
@@ -301,11 +300,11 @@ class ClusterClient(Client):
         cluster: each variable goes to the shard the placement gives it; returns the path."""
         keys = self.transport.call(self.placement_stub.CheckpointKeys,
                                    cpb.CheckpointKeysRequest(prefix=prefix), idempotent=True)
-        entries = _entries(var_list) or [pb.CheckpointEntry(key=k.key, variable=k.key)
-                                         for k in keys.keys]
+        entries = _entries(var_list) or self._everything(keys.keys)
         found = {k.key: k for k in keys.keys}
         self._locate([pb.VariableSpec(name=e.variable, dtype=found[e.key].dtype,
-                                      shape=pb.Shape(dim=found[e.key].shape))
+                                      shape=pb.Shape(dim=e.slice.shape if e.HasField("slice")
+                                                     else found[e.key].shape))
                       for e in entries if e.key in found], [e.variable for e in entries])
         by_shard: dict[int, list[pb.CheckpointEntry]] = {}
         for e in entries:
@@ -313,10 +312,38 @@ class ClusterClient(Client):
         shards = sorted(by_shard)
 
         def restore(k: int) -> str:
-            return Client.restore(self.shards[k], keys.path,
-                                  {e.key: e.variable for e in by_shard[k]}, progress)
+            return Client.restore(self.shards[k], keys.path, by_shard[k], progress)
         self._each(shards, restore)
         return keys.path if prefix == "latest" else prefix
+
+    def _everything(self, keys: Sequence[cpb.CheckpointKey]) -> list[pb.CheckpointEntry]:
+        """Every key of a checkpoint as entries, as a single server's restore of everything
+        takes them: into the cluster's parts of a partitioned variable of that name
+        (re-sliced), else the variable of that name, else, for a tensor stored in slices,
+        new parts ``KEY/part_I`` (TensorFlow's names, in offset order)."""
+        held = {v.name: v for v in self.list_variables()}
+        parts: dict[str, list[pb.CheckpointEntry]] = {}
+        for info in held.values():
+            if info.save_slice is not None:
+                parts.setdefault(info.save_slice.full_name, []).append(_own_entry(info))
+        entries: list[pb.CheckpointEntry] = []
+        for k in keys:
+            if k.key not in held and k.key in parts:
+                entries += parts[k.key]
+            elif k.key in held or not k.slices:
+                entries.append(pb.CheckpointEntry(key=k.key, variable=k.key))
+            else:
+                entries += [pb.CheckpointEntry(key=k.key, variable=f"{k.key}/part_{i}", slice=s)
+                            for i, s in enumerate(k.slices)]
+        return entries
+
+
+def _own_entry(info: VariableInfo) -> pb.CheckpointEntry:
+    """A variable saved under its own name, a part of a partitioned variable as its slice
+    of the full name's tensor."""
+    part = info.save_slice
+    return pb.CheckpointEntry(key=part.full_name if part else info.name, variable=info.name,
+                              slice=part)
 
 
 def connect_cluster(client: Client, *, token: str | None = None, tls: Any = None,

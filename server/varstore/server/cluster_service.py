@@ -24,6 +24,7 @@ from varstore.common.errors import (
 )
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
+from varstore.proto import varstore_pb2 as pb
 from varstore.server.bundle import TEMP_MARK, BundleReader, index_path
 from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
@@ -101,7 +102,11 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         self.checkpoints.folder.check_files(path, named)
         try:
             with BundleReader(path) as reader:
-                keys = [cpb.CheckpointKey(key=key, dtype=info.dtype.enum, shape=info.shape)
+                keys = [cpb.CheckpointKey(key=key, dtype=info.dtype.enum, shape=info.shape,
+                                          slices=[pb.SaveSlice(full_name=key,
+                                                               full_shape=info.shape,
+                                                               offset=offset, shape=shape)
+                                                  for offset, shape in info.slices])
                         for key in reader.keys() if key != OBJECT_GRAPH_KEY
                         for info in [reader.entry(key)]]
         except OSError as e:

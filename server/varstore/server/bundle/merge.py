@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
 from varstore.proto import tensor_bundle_pb2 as pb
-from varstore.server.bundle.entries import build_index, bundle_header
+from varstore.server.bundle.entries import build_index, bundle_header, extent_bounds
 from varstore.server.bundle.fsio import atomic_write, fsync_dir, unlink_quietly
 from varstore.server.bundle.naming import data_path, index_path, key_str
 from varstore.server.bundle.reader import BundleReader
@@ -23,8 +24,9 @@ def merge_shards(part_prefixes: Sequence[str | os.PathLike[str]],
     then one index with ``num_shards = N`` appears atomically, and the parts' index files
     are deleted. Slices of one partitioned tensor may come from different parts.
 
-    Raises ``ValueError`` (before changing anything) for no parts, a key in two parts or
-    parts of different format versions; what :class:`BundleReader` raises for a bad part;
+    Raises ``ValueError`` (before changing anything) for no parts, a key in two parts, slices
+    of one tensor that overlap or leave part of it uncovered, or parts of different format
+    versions; what :class:`BundleReader` raises for a bad part;
     ``OSError`` if renaming or writing fails.
     """
     prefix = os.fspath(prefix)
@@ -55,6 +57,9 @@ def merge_shards(part_prefixes: Sequence[str | os.PathLike[str]],
                 if not entry.slices:
                     entry.shard_id = base + entry.shard_id
                 entries[name] = entry
+    for name, entry in entries.items():
+        if entry.slices:
+            _check_slices(key_str(name), entry)
     num_shards = len(renames)
     directory = os.path.dirname(prefix)
     if directory:
@@ -65,3 +70,18 @@ def merge_shards(part_prefixes: Sequence[str | os.PathLike[str]],
     atomic_write(index_path(prefix), build_index(bundle_header(num_shards, version), entries))
     for part in parts:
         unlink_quietly(index_path(part))
+
+
+def _check_slices(key: str, entry: pb.BundleEntryProto) -> None:
+    """Raises ``ValueError`` unless the slices of tensor ``key`` are disjoint and cover it
+    (exact integers), so that every reader can assemble it."""
+    full = [d.size for d in entry.shape.dim]
+    bounds = [extent_bounds(spec, full) for spec in entry.slices]
+    for i, a in enumerate(bounds):
+        for b in bounds[i + 1:]:
+            if all(s1 < s2 + n2 and s2 < s1 + n1 for (s1, n1), (s2, n2) in zip(a, b,
+                                                                               strict=True)):
+                raise ValueError(f"slices {a} and {b} of {key!r} overlap")
+    if sum(math.prod(n for _, n in b) for b in bounds) != math.prod(full):
+        raise ValueError(f"the slices of {key!r} do not cover its shape {full[:8]}: save "
+                         "every part of the partitioned variable")
