@@ -63,12 +63,15 @@ class ServerProcess:
 
 
 def start_server_process(checkpoint_dir: Path, *extra: str,
-                         env: dict[str, str] | None = None) -> ServerProcess:
-    """Starts `varstore serve --port 0` and waits for the port it prints."""
+                         env: dict[str, str] | None = None,
+                         start_new_session: bool = False) -> ServerProcess:
+    """Starts `varstore serve --port 0` (in a process group of its own with
+    ``start_new_session``) and waits for the port it prints."""
     cmd = [sys.executable, "-m", "varstore.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--checkpoint-dir", str(checkpoint_dir), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})},
+                            start_new_session=start_new_session)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -28,9 +28,27 @@ def _address(args: argparse.Namespace) -> str | None:
     return args.address or os.environ.get("VARSTORE_ADDRESS")
 
 
+# TLS settings of the client commands: flag, Namespace attribute, environment variable.
+_TLS_SETTINGS = (("--tls-ca", "tls_ca", "VARSTORE_TLS_CA"),
+                 ("--tls-cert", "tls_cert", "VARSTORE_TLS_CERT"),
+                 ("--tls-key", "tls_key", "VARSTORE_TLS_KEY"),
+                 ("--tls-server-name", "tls_server_name", "VARSTORE_TLS_SERVER_NAME"))
+
+
+def _tls(args: argparse.Namespace) -> Any:
+    """The TLS settings the flags or ``VARSTORE_TLS_*`` give (flags win); None for none."""
+    values = {dest: getattr(args, dest, None) or os.environ.get(env) or None
+              for _, dest, env in _TLS_SETTINGS}
+    if not any(values.values()):
+        return None
+    from varstore.transport import TLSConfig
+    return TLSConfig(ca_cert=values["tls_ca"], client_cert=values["tls_cert"],
+                     client_key=values["tls_key"], server_name=values["tls_server_name"])
+
+
 def _connect(args: argparse.Namespace):  # noqa: ANN202 - varstore.Client
     from varstore.cluster import connect
-    return connect(_address(args), token=args.token, timeout=args.timeout)
+    return connect(_address(args), token=args.token, timeout=args.timeout, tls=_tls(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -290,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", help="bearer token (default $VARSTORE_TOKEN)")
         p.add_argument("--timeout", type=float, default=None,
                        help="seconds to wait for the server (default 10)")
+        tls_help = {"tls_ca": "CA certificate (PEM) that signed the server's; setting any "
+                              "--tls-* flag connects with TLS",
+                    "tls_cert": "client certificate (PEM), for a server asking for one",
+                    "tls_key": "the client certificate's private key (PEM)",
+                    "tls_server_name": "name to check the server's certificate against, "
+                                       "when the address names it otherwise"}
+        for flag, dest, env in _TLS_SETTINGS:
+            p.add_argument(flag, dest=dest, help=f"{tls_help[dest]} (default ${env})")
 
     def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
                        description: str | None = None) -> argparse.ArgumentParser:

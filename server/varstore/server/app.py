@@ -22,7 +22,7 @@ from varstore.server.budget import MemoryBudget
 from varstore.server.capacity import Capacity, CapacityInterceptor, CapacityLimits
 from varstore.server.checkpoint_timer import SaveTimer
 from varstore.server.checkpoints import CheckpointManager
-from varstore.server.cluster import SHARD_NO_FINAL_SAVE, ClusterSpec
+from varstore.server.cluster import SHARD_NO_FINAL_SAVE, ClusterSpec, local_shards
 from varstore.server.cluster_saver import ClusterSaver, shard_credentials
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
@@ -66,6 +66,9 @@ class ServerConfig:
     save_on_exit: bool = True
     # Cancel a stream whose peer sends (or reads) nothing for this long.
     stream_idle_seconds: float = 20.0
+    # Under ``varstore serve --shards N``: a private folder where shard I also listens on
+    # ``shard-I.sock``, so that shard 0 saves the cluster over it (varstore.server.shards).
+    local_socket_dir: Path | None = None
 
 
 @dataclass
@@ -93,18 +96,20 @@ class Server:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.timer.start()
 
-    def stop(self, grace: float | None = 5.0) -> None:
+    def stop(self, grace: float | None = 5.0) -> bool:
         """Reports NOT_SERVING, stops accepting calls, ends every wait at once (its caller
         gets UNAVAILABLE) and gives the calls in flight up to ``grace`` seconds before they
         are cancelled; finishes a checkpoint in progress and writes a final one when the
         store changed since the last (unless ``save_on_exit`` is off: then it logs what is
-        discarded); then closes the metrics endpoint."""
+        discarded); then closes the metrics endpoint. Returns False when that final
+        checkpoint was due and could not be written."""
         self.health.enter_graceful_shutdown()
         self.store.stopping.set()
         self.grpc_server.stop(grace).wait()
         self.capacity.close()
-        self.timer.stop(save=self.save_on_exit, why_not=self.why_not_saved)
+        written = self.timer.stop(save=self.save_on_exit, why_not=self.why_not_saved)
         self.metrics.close()
+        return written
 
 
 def create_server(config: ServerConfig) -> Server:
@@ -122,7 +127,9 @@ def create_server(config: ServerConfig) -> Server:
     metrics = ServerMetrics(store)
     checkpoints = CheckpointManager(store, Path(config.checkpoint_dir), metrics=metrics)
     # Before the port is bound: no client ever sees a store that is still being restored.
-    spec = ClusterSpec(config.cluster, config.task_index) if config.cluster else None
+    spec = ClusterSpec(config.cluster, config.task_index,
+                       local_shards(config.local_socket_dir, len(config.cluster))
+                       ) if config.cluster else None
     saves_cluster = spec is not None and len(spec.shards) > 1 and spec.task_index == 0
     save_every = config.save_every
     if spec is not None and len(spec.shards) > 1 and not saves_cluster and save_every:
@@ -185,6 +192,11 @@ def create_server(config: ServerConfig) -> Server:
         raise OSError(cannot) from None
     if port == 0:
         raise OSError(cannot)
+    if spec is not None and spec.local_shards:
+        # Plain gRPC on a socket only this user reaches (its folder is private): shard 0 saves
+        # the cluster through the others' whatever TLS their network port asks for.
+        if server.add_insecure_port(spec.local_shards[spec.task_index]) == 0:
+            raise OSError(f"cannot listen on {spec.local_shards[spec.task_index]}")
     metrics_port = None
     if config.metrics_port is not None:
         try:

@@ -53,35 +53,40 @@ class SaveTimer:
                                            daemon=True)
             self._thread.start()
 
-    def stop(self, save: bool = True, why_not: str = "--no-save-on-exit") -> None:
+    def stop(self, save: bool = True, why_not: str = "--no-save-on-exit") -> bool:
         """Stops the timer and waits for a save or restore in progress; then, when variables
         changed since the store was last saved whole (or restored at start-up), writes a
         final checkpoint, or with ``save`` off logs which changes are discarded and
         ``why_not`` (issue #13: a parameter server's state is the training run). Failures are
-        logged, not raised."""
+        logged as errors, not raised; returns False when the final checkpoint was due and
+        could not be written (so the process can exit with an error)."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        written = True
         try:
             changed = (self.cluster.unsaved() if self.cluster is not None
                        else self.checkpoints.unsaved())
         except OpError as e:
-            log.warning("final checkpoint not written: %s: %s", type(e).__name__, e.message)
+            log.error("final checkpoint not written: %s: %s", type(e).__name__, e.message)
+            written = not save
         else:
-            self._final(changed, save, why_not)
+            written = self._final(changed, save, why_not)
         if self.cluster is not None:
             self.cluster.close()
+        return written
 
-    def _final(self, changed: list[str], save: bool, why_not: str) -> None:
+    def _final(self, changed: list[str], save: bool, why_not: str) -> bool:
         if not changed:
             log.info("no changes since the last checkpoint: nothing to save on exit")
         elif save:
-            self._save_logged("final")
+            return self._save_logged("final")
         else:
             log.warning("%s: discarding the changes of %d variables since the last "
                         "checkpoint (%s%s)", why_not, len(changed), ", ".join(changed[:10]),
                         ", ..." if len(changed) > 10 else "")
+        return True
 
     def save_periodic(self) -> str | None:
         """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of
@@ -98,20 +103,23 @@ class SaveTimer:
         while not self._stopping.wait(self.save_every):
             self._save_logged("periodic")
 
-    def _save_logged(self, kind: str) -> None:
+    def _save_logged(self, kind: str) -> bool:
+        """One save of ``kind`` (periodic or final), logged; whether it was written (or
+        nothing needed it)."""
         try:
             path = self.save_periodic()
         except OpError as e:
-            log.warning("%s checkpoint not written: %s: %s", kind, type(e).__name__, e.message)
-            return
+            log.error("%s checkpoint not written: %s: %s", kind, type(e).__name__, e.message)
+            return False
         except Exception:  # noqa: BLE001 - the timer must survive a bug in one save
             log.exception("%s checkpoint failed", kind)
-            return
+            return False
         if path is None:
             log.info("%s checkpoint skipped: the store is empty", kind)
         elif kind == "final":
             log.info("final checkpoint%s written: %s",
                      "" if self.cluster is None else " of the whole cluster", path)
+        return True
 
     def _timer_step(self) -> int:
         var = self.checkpoints.store.find(GLOBAL_STEP)

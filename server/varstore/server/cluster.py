@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from varstore.common.errors import FailedPreconditionError, InvalidArgumentError, clip
@@ -38,12 +40,30 @@ MAX_SHARDS = 1024
 _CLUSTER_PART = re.compile(r"\.tempstate[0-9a-f]{8}_part-(?P<index>\d{5})-of-(?P<count>\d{5})")
 
 
+def local_shards(folder: Path | None, count: int) -> tuple[str, ...]:
+    """``unix:FOLDER/shard-I.sock`` for each of ``count`` task indexes (none without a folder).
+
+    Raises ``ValueError`` unless ``folder`` is a folder of this user that no one else may
+    enter (mode 0700, as ``varstore serve --shards`` makes it): the sockets take plain gRPC.
+    """
+    if folder is None:
+        return ()
+    info = os.stat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ValueError(f"local socket folder {clip(str(folder))} must be a folder of this "
+                         "user that no one else may enter (mode 0700)")
+    return tuple(f"unix:{folder}/shard-{index}.sock" for index in range(count))
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """The shards of a cluster (``host:port`` by task index) and this server's index."""
 
     shards: tuple[str, ...]
     task_index: int
+    # Under ``varstore serve --shards N``: every shard's Unix socket (``unix:PATH``) by task
+    # index, reported to a client that came through one (the supervising parent).
+    local_shards: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.shards) <= MAX_SHARDS:

@@ -74,7 +74,9 @@ class ClusterSaver:
         self.spec = spec
         self.checkpoints = checkpoints
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channels = {k: _channel(address, credentials)
+        # The shards' private Unix sockets when they have them (varstore serve --shards).
+        self._channels = {k: _channel(spec.local_shards[k], None) if spec.local_shards
+                          else _channel(address, credentials)
                           for k, address in enumerate(spec.shards) if k != 0}
         self._pool = ThreadPoolExecutor(len(spec.shards), thread_name_prefix="varstore-saver")
         # What every shard held at the last whole save (None: none yet).

@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "from TF_CONFIG's cluster.ps when set)")
     parser.add_argument("--task-index", type=int, metavar="I",
                         help="this shard's index in --cluster (default 0)")
+    # Set by a --shards parent for its shards only (varstore.server.shards).
+    parser.add_argument("--local-socket-dir", type=Path, help=argparse.SUPPRESS)
 
 
 def _size(text: str) -> int:
@@ -109,7 +111,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if value is not None:
             values[name] = value
     cluster_settings(values)
-    for name in ("checkpoint_dir", "tls_cert", "tls_key", "tls_client_ca", "token_file"):
+    for name in ("checkpoint_dir", "tls_cert", "tls_key", "tls_client_ca", "token_file",
+                 "local_socket_dir"):
         if isinstance(values.get(name), str):
             values[name] = Path(values[name])
     for name in ("max_memory", "max_request_bytes"):
@@ -120,7 +123,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def serve(args: argparse.Namespace) -> int:
     """Runs the server (detached with ``--daemon``) until SIGTERM/SIGINT, then stops it and
-    ends the process with status 0 (:func:`leave`); returns 1 when it cannot start."""
+    ends the process (:func:`leave`) with status 0, or 1 when its final checkpoint was due
+    and not written; returns 1 when it cannot start."""
     logging.basicConfig(level=args.log_level.upper(), filename=args.log_file,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "shards", None) is not None:
@@ -150,10 +154,10 @@ def serve(args: argparse.Namespace) -> int:
                   f"(checkpoints in {config.checkpoint_dir}{metrics})")
     stop.wait()
     log.info("shutting down")
-    server.stop(grace=GRACE_SECONDS)
+    written = server.stop(grace=GRACE_SECONDS)
     process.close()
-    log.info("stopped")
-    leave(0)
+    log.info("stopped" if written else "stopped; its final checkpoint was not written")
+    leave(0 if written else 1)
 
 
 def leave(code: int) -> NoReturn:

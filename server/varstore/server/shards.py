@@ -9,7 +9,12 @@ signal), so no orphaned ps task outlives its job (tensorflow#4713). ``--save-eve
 shard 0, whose timer saves the whole cluster (:mod:`varstore.server.cluster_saver`). On stop,
 shard 0 stops first, while the others still serve: it writes one final checkpoint of the whole
 cluster (``model.ckpt-N``, every shard's part) unless ``--no-save-on-exit``; a shard alone never
-saves, since its part would pass for the cluster's latest checkpoint.
+saves, since its part would pass for the cluster's latest checkpoint. The shards run in a
+session of their own, so a terminal's Ctrl-C or a signal to the parent's process group reaches
+the parent only and this order holds (under systemd, ``KillMode=mixed`` keeps it too). Shard 0
+saves through a Unix socket each shard also listens on, in a folder only this user may enter,
+so the save needs neither the network port's TLS settings nor client certificates (the token
+file still applies).
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import argparse
 import contextlib
 import ctypes
 import logging
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from varstore.server.cluster import MAX_SHARDS, WILDCARD_HOSTS
 from varstore.server.daemon import DaemonError, ServeProcess
@@ -52,8 +60,10 @@ class Shard:
         self.index = index
         self.address = address
         self.ready = threading.Event()
+        # A session of its own: a signal to the parent's process group (a terminal's Ctrl-C)
+        # does not stop a shard before shard 0 has saved the cluster through it.
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=_die_with_parent, start_new_session=True)
         self.reported = False
         threading.Thread(target=self._read_output, daemon=True,
                          name=f"varstore-shard-{index}").start()
@@ -90,10 +100,11 @@ def free_ports(host: str, count: int) -> list[int]:
 
 
 def shard_argv(args: argparse.Namespace, host: str, port: int, addresses: list[str],
-               index: int) -> list[str]:
+               index: int, socket_dir: Path) -> list[str]:
     """The ``varstore serve`` command line of shard ``index``."""
     argv = [sys.executable, "-m", "varstore.cli", "serve", "--host", host, "--port", str(port),
-            "--cluster", ",".join(addresses), "--task-index", str(index)]
+            "--cluster", ",".join(addresses), "--task-index", str(index),
+            "--local-socket-dir", str(socket_dir)]
     for dest, flag in _FORWARDED:
         value = getattr(args, dest, None)
         if value is not None:
@@ -109,7 +120,8 @@ def shard_argv(args: argparse.Namespace, host: str, port: int, addresses: list[s
 
 def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
     """Starts ``args.shards`` shards on ``host`` from ``port`` and supervises them until
-    SIGTERM/SIGINT; returns the exit code (1 when a shard failed)."""
+    SIGTERM/SIGINT; returns the exit code (1 when a shard failed, or shard 0 could not
+    write the cluster's final checkpoint)."""
     count = args.shards
     process = ServeProcess(args.pidfile, args.log_file, args.daemon)
     try:
@@ -126,8 +138,29 @@ def run_shards(args: argparse.Namespace, host: str, port: int) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    with _socket_folder() as socket_dir:
+        return _supervise(args, process, stop, host, ports, socket_dir)
+
+
+@contextlib.contextmanager
+def _socket_folder() -> Iterator[Path]:
+    """A new folder only this user may enter, for the shards' Unix sockets; removed after.
+    A short path: a socket's path must fit in 107 bytes."""
+    base = tempfile.gettempdir()
+    folder = Path(tempfile.mkdtemp(prefix="varstore-", dir=base if len(base) < 60 else "/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _supervise(args: argparse.Namespace, process: ServeProcess, stop: threading.Event,
+               host: str, ports: list[int], socket_dir: Path) -> int:
+    """Starts the shards, serves until ``stop``, then stops shard 0 (it saves the cluster)
+    and the others; the exit code."""
+    count = len(ports)
     addresses = [f"{host}:{p}" for p in ports]
-    shards = [Shard(i, a, shard_argv(args, host, p, addresses, i))
+    shards = [Shard(i, a, shard_argv(args, host, p, addresses, i, socket_dir))
               for i, (a, p) in enumerate(zip(addresses, ports, strict=True))]
     failed = _wait_ready(shards, stop)
     if failed:

@@ -1,0 +1,126 @@
+"""How a server and a `varstore serve --shards N` cluster end: one final checkpoint (of the
+whole cluster, written by shard 0 before the other shards stop), whoever sends the signal (a
+terminal's Ctrl-C reaches the whole process group) and whatever TLS the shards' port asks for;
+an error and exit code 1 when it could not be written. And the CLI over TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import varstore as vs
+from tests.conftest import ServerProcess, start_server_process
+from tests.pki import Pki, make_pki
+from tests.process.test_cluster import start_cluster_from
+from varstore.cluster import ClusterClient
+from varstore.transport import TLSConfig
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _start(tmp_path: Path, *flags: str) -> ServerProcess:
+    # A process group of its own, as a shell gives a command it runs in a terminal.
+    server = start_server_process(tmp_path / "ckpt", "--shards", "2", *flags,
+                                  start_new_session=True)
+    start_cluster_from(server, 2)
+    return server
+
+
+def _change(server: ServerProcess, tls: TLSConfig | None = None) -> None:
+    with vs.connect(server.address, tls=tls) as client:
+        assert isinstance(client, ClusterClient)
+        for i in range(4):
+            with client.device(f"/job:ps/task:{i % 2}"):
+                client.Variable(float(i), name=f"v{i}").assign_add(10.0)
+
+
+def _saved(folder: Path) -> dict[str, float]:
+    from varstore.server.bundle import BundleReader
+    with BundleReader(folder / "model.ckpt-1") as reader:
+        return {k: float(reader.read(k)) for k in reader.keys()}
+
+
+def test_ctrl_c_to_the_process_group_saves_the_cluster_first(tmp_path: Path) -> None:
+    server = _start(tmp_path)
+    _change(server)
+    os.killpg(server.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0, err[-2000:]
+    assert _saved(tmp_path / "ckpt") == {"v0": 10.0, "v1": 11.0, "v2": 12.0, "v3": 13.0}
+    assert "final checkpoint of the whole cluster written" in err
+
+
+def test_a_mutual_tls_cluster_saves_on_exit(tmp_path: Path, pki: Pki) -> None:
+    server = _start(tmp_path, "--tls-cert", str(pki.server_cert), "--tls-key",
+                    str(pki.server_key), "--tls-client-ca", str(pki.ca))
+    _change(server, TLSConfig(ca_cert=pki.ca, client_cert=pki.client_cert,
+                              client_key=pki.client_key))
+    server.process.send_signal(signal.SIGTERM)
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0, err[-2000:]
+    assert "final checkpoint of the whole cluster written" in err, err[-3000:]
+    assert _saved(tmp_path / "ckpt") == {"v0": 10.0, "v1": 11.0, "v2": 12.0, "v3": 13.0}
+
+
+def test_an_exit_checkpoint_that_cannot_be_written_is_an_error(tmp_path: Path) -> None:
+    server = _start(tmp_path)
+    _change(server)
+    # A folder where a data file of the checkpoint must go: the save fails.
+    (tmp_path / "ckpt" / "model.ckpt-1.data-00000-of-00002").mkdir(parents=True)
+    server.process.send_signal(signal.SIGTERM)
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 1
+    assert "ERROR varstore.server.checkpoint_timer: final checkpoint not written" in err
+
+
+def test_a_server_whose_final_checkpoint_fails_exits_with_an_error(tmp_path: Path) -> None:
+    server = start_server_process(tmp_path / "ckpt")
+    with vs.connect(server.address) as client:
+        client.Variable(1.0, name="v")
+    (tmp_path / "ckpt" / "model.ckpt-1.data-00000-of-00001").mkdir(parents=True)
+    server.process.send_signal(signal.SIGTERM)
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 1
+    assert "ERROR varstore.server.checkpoint_timer: final checkpoint not written" in err
+    assert "stopped; its final checkpoint was not written" in err
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "varstore.cli", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_the_cli_speaks_tls_from_flags_or_the_environment(tmp_path: Path, pki: Pki) -> None:
+    server = start_server_process(tmp_path / "ckpt", "--tls-cert", str(pki.server_cert),
+                                  "--tls-key", str(pki.server_key), "--tls-client-ca",
+                                  str(pki.ca))
+    tls = TLSConfig(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key)
+    try:
+        with vs.connect(server.address, tls=tls) as client:
+            client.Variable(1.0, name="v")
+        address = ["--address", server.address]
+        flags = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
+                 "--tls-key", str(pki.client_key)]
+        done = _cli("save", "m", "--quiet", *address, *flags)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "ckpt" / "m.index").is_file()
+        env = {"VARSTORE_TLS_CA": str(pki.ca), "VARSTORE_TLS_CERT": str(pki.client_cert),
+               "VARSTORE_TLS_KEY": str(pki.client_key)}
+        done = _cli("status", *address, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "variables:" in done.stdout
+        # Plain text to a TLS port: refused, saying what failed.
+        done = _cli("status", *address)
+        assert done.returncode == 1
+        assert "handshake failed" in done.stderr
+    finally:
+        server.process.terminate()
+        server.process.communicate(timeout=60)
