@@ -133,6 +133,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         infos = client.list_variables(args.scope)
     for v in infos:
         state = "" if v.initialized else "  (uninitialized)"
+        part = v.save_slice
+        if part is not None:  # checkpoints hold it as this slice of one tensor
+            state += (f"  (part of {part.full_name} {list(part.full_shape)} at "
+                      f"{list(part.offset)})")
         print(f"{v.name}\t{v.dtype.name}\t{list(v.shape)}{state}")
     return 0
 

@@ -129,7 +129,8 @@ def partitioned_variable_names(tf: Any, env: Any) -> Any:
     return [[p.name for p in parts], [p.shape.as_list() for p in parts], emb.get_shape().as_list(),
             [p.name for p in w], [p.shape.as_list() for p in w], same, len(tf.global_variables()),
             [p._get_save_slice_info().full_name for p in parts],
-            [p._get_save_slice_info().var_offset for p in parts]]
+            [p._get_save_slice_info().var_offset for p in parts],
+            [p._get_save_slice_info().spec for p in [*parts, *w]]]
 
 
 @graph

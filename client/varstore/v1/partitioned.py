@@ -34,11 +34,10 @@ class SaveSliceInfo:
 
     @property
     def spec(self) -> str:
-        """The checkpoint slice spec: ``"4 2 0,2:-"`` (full shape, then offset,length per
-        axis, ``-`` for a whole axis), as TF writes it."""
-        axes = ":".join("-" if length == full else f"{offset},{length}"
-                        for offset, length, full in zip(self.var_offset, self.var_shape,
-                                                        self.full_shape, strict=True))
+        """The checkpoint slice spec: ``"10 4 4,3:0,4"`` (full shape, then offset,length per
+        axis), as TF's ``SaveSliceInfo.spec``."""
+        axes = ":".join(f"{offset},{length}" for offset, length
+                        in zip(self.var_offset, self.var_shape, strict=True))
         return " ".join(str(d) for d in self.full_shape) + " " + axes
 
     def to_proto(self) -> pb.SaveSlice:

@@ -61,10 +61,9 @@ class SaveSlice:
         return list(zip(self.offset, self.shape, strict=True))
 
     def describe(self) -> str:
-        """TensorFlow's slice spec: ``"10 4 4,3:0,4"`` (full shape, then start,length per
-        dimension, ``-`` for a whole dimension)."""
-        axes = ":".join("-" if n == d else f"{s},{n}"
-                        for s, n, d in zip(self.offset, self.shape, self.full_shape, strict=True))
+        """The full name and TensorFlow's slice spec (``SaveSliceInfo.spec``):
+        ``"emb 10 4 4,3:0,4"`` (full shape, then offset,length per dimension)."""
+        axes = ":".join(f"{s},{n}" for s, n in self.bounds)
         return f"{self.full_name} {' '.join(map(str, self.full_shape))} {axes}"
 
 
