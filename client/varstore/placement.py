@@ -24,7 +24,7 @@ from varstore.handles import Reply
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
-from varstore.routing import Plan
+from varstore.routing import Plan, home_variable
 
 T = TypeVar("T")
 # Bytes assumed per string element when placing a string variable.
@@ -171,7 +171,7 @@ class Placement:
                     if ref.op == "ref" and ref.variable != node.variable:
                         colocate.setdefault(ref.variable, node.variable)
         yield from self.locate(builder.specs, [*(s.name for s in builder.specs),
-                                               *(n.variable for n in builder.nodes if n.variable)],
+                                               *filter(None, map(home_variable, builder.nodes))],
                                colocate, builder.devices)
         plan = Plan(builder, self.shard_of)
         single = plan.single_shard()

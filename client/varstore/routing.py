@@ -53,8 +53,9 @@ class Plan:
         nodes = builder.nodes
         self.var_shard = {s.name: shard_of(s.name) for s in builder.specs}
         for node in nodes:
-            if node.variable and node.variable not in self.var_shard:
-                self.var_shard[node.variable] = shard_of(node.variable)
+            name = home_variable(node)
+            if name and name not in self.var_shard:
+                self.var_shard[name] = shard_of(name)
         self.needed = _closure(builder)
         self.home = self._homes()
         self.level, self.spec_level = self._levels()
@@ -75,8 +76,8 @@ class Plan:
         for i, node in enumerate(nodes):
             if node.op == "const":
                 continue
-            if node.variable:
-                home[i] = self.var_shard[node.variable]
+            if home_variable(node):
+                home[i] = self.var_shard[home_variable(node)]
                 continue
             sources = {home[j] for j in (*node.inputs, *node.control_inputs) if j in home}
             if sources:
@@ -132,6 +133,8 @@ class Plan:
                         f"{self.home[i]}) takes a reference to {nodes[j].variable} on shard "
                         f"{self.home[j]}: an update's variable references must be on its shard")
             for attr in _VARIABLE_ATTRS:
+                if attr == "variables" and "deferred" in node.attrs:
+                    continue  # a synchronous step split across shards (varstore.server.sync)
                 if attr in node.attrs and node.attrs[attr].s:
                     for name in node.attrs[attr].s.split(","):
                         if name and self.var_shard.get(name, self.home[i]) != self.home[i]:
@@ -235,6 +238,14 @@ class Plan:
                     self.spec_level[k] != stage or self.home[j] != self.var_shard[spec.name]):
                 out.add(j)
         return out
+
+
+def home_variable(node: pb.Node) -> str:
+    """The variable whose shard runs ``node``: its own, or the global step a ``sync_wait``
+    waits on (its ``group``)."""
+    if node.variable:
+        return node.variable
+    return node.attrs["group"].s if "group" in node.attrs else ""
 
 
 def _closure(builder: RequestBuilder) -> list[int]:

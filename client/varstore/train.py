@@ -22,6 +22,7 @@ Chief and workers start with :func:`initialize_or_restore` and :func:`wait_until
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -32,8 +33,8 @@ import numpy as np
 
 from varstore import initializers
 from varstore.common import dtypes
-from varstore.common.errors import DeadlineExceededError
-from varstore.common.protocol import PENDING, STALE
+from varstore.common.errors import DeadlineExceededError, OpError
+from varstore.common.protocol import APPLIED, PENDING, STALE
 from varstore.handles import VariableHandle
 from varstore.optimizers import (
     AdagradOptimizer,
@@ -123,21 +124,28 @@ class SyncReplicasOptimizer(Optimizer):
         flat: list[int] = []
         for _, grad in grads:
             flat += [grad[1], grad[0]] if isinstance(grad, tuple) else [grad]
+        split = _split_step(client, global_step, grads)
         acc = b.node("sync_accumulate", flat, variable=global_step, step=int(local_step),
                      replicas=self.replicas_to_aggregate,
                      variables=",".join(var.op_name for var, _ in grads),
-                     sparse="".join("1" if isinstance(g, tuple) else "0" for _, g in grads))
+                     sparse="".join("1" if isinstance(g, tuple) else "0" for _, g in grads),
+                     deferred=1 if split else None)
         means: list[tuple[Trainable, GradientNodes]] = []
         for i, (var, grad) in enumerate(grads):
             def mean(part: str, i: int = i) -> int:
                 return b.node("sync_mean", [acc], variable=global_step, index=i, part=part)
             means.append((var, (mean("indices"), mean("values")) if isinstance(grad, tuple)
                           else mean("dense")))
-        step = self.optimizer.build(b, means, global_step, client.naming.name_stack)
-        b.fetch(acc)
-        b.fetch(step)
-        expect = read_after(b, step, fetch)
-        (status, generation), new_step, *values = self.optimizer._send(client, b, expect)[0]
+        if split:
+            status, generation, new_step, values = self._run_split(client, b, acc, means,
+                                                                   global_step, fetch)
+        else:
+            step = self.optimizer.build(b, means, global_step, client.naming.name_stack)
+            b.fetch(acc)
+            b.fetch(step)
+            expect = read_after(b, step, fetch)
+            (status, generation), new_step, *values = self.optimizer._send(client, b,
+                                                                           expect)[0]
         if status == STALE:
             self.stale_gradients += 1
             log.info("dropped gradients of step %d: the global step is %d", local_step,
@@ -153,6 +161,67 @@ class SyncReplicasOptimizer(Optimizer):
         # A second request: sync_wait must hold no variable lock while it waits.
         read = RequestBuilder()
         return applied, client.run(read, read_after(read, None, fetch))[0]
+
+
+    def _run_split(self, client: Runner, b: RequestBuilder, acc: int,
+                   means: list[tuple[Trainable, GradientNodes]], global_step: str,
+                   fetch: Sequence[Trainable]) -> tuple[int, int, int, list[Any]]:
+        """A step whose variables live on other shards than ``global_step``: the global
+        step's shard accumulates (``b``) and returns the means when this replica completes
+        the step, which a second request applies on the variables' shards, incrementing the
+        global step last, which lets the waiting replicas go on (:mod:`varstore.server.sync`).
+        Returns the status, generation, global step and ``fetch``'s values."""
+        b.fetch(acc)
+        b.fetch(b.node("read", variable=global_step))
+        for _, nodes in means:
+            for node in nodes if isinstance(nodes, tuple) else (nodes,):
+                b.fetch(node)
+        (status, generation), new_step, *flat = client.run(b)[0]
+        if status != APPLIED:
+            return int(status), int(generation), int(new_step), []
+        apply = RequestBuilder()
+        it = iter(flat)
+        grads: list[tuple[Trainable, GradientNodes]] = []
+        for var, nodes in means:
+            if isinstance(nodes, tuple):
+                indices, values = next(it), next(it)
+                grads.append((var, (apply.const(indices, dtypes.int64),
+                                    apply.const(values, var.dtype))))
+            else:
+                grads.append((var, apply.const(next(it), var.dtype)))
+        step = self.optimizer.build(apply, grads, global_step, client.naming.name_stack)
+        apply.fetch(step)
+        expect = read_after(apply, step, fetch)
+        try:
+            applied, *values = self.optimizer._send(client, apply, expect)[0]
+        except OpError:
+            _release(client, global_step, int(new_step))
+            raise
+        return APPLIED, int(generation), int(applied), values
+
+
+def _release(client: Runner, global_step: str, closed: int) -> None:
+    """After a split step failed to apply on some shard: moves the global step past the
+    closed step unless it moved already, so that the waiting replicas go on (the shards that
+    applied the step keep it; the step is not atomic across shards). Raises nothing."""
+    read = RequestBuilder()
+    read.fetch(read.node("read", variable=global_step))
+    release = RequestBuilder()
+    release.target(release.node("increment", variable=global_step))
+    with contextlib.suppress(OpError):
+        if int(client.run(read)[0][0]) == closed:
+            client.run(release)
+
+
+def _split_step(client: Runner, global_step: str,
+                grads: list[tuple[Trainable, GradientNodes]]) -> bool:
+    """Whether ``client`` is a cluster's whose shards hold some of the variables apart from
+    ``global_step``: a synchronous step is then split in two requests."""
+    shard_of = getattr(client, "shard_of", None)
+    if shard_of is None:
+        return False
+    home = shard_of(global_step)
+    return any(shard_of(var.op_name) != home for var, _ in grads)
 
 
 # --- applying gradients ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from varstore.common import dtypes
 from varstore.common.errors import InvalidArgumentError, clip
 from varstore.server.kernels import Context, NodeDef, OpDef, _indices
 from varstore.server.store import Variable
+from varstore.server.sync import complete_at_increment
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,7 @@ def _increment(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
             f"increment {clip(var.name)}: needs an integer scalar, got {var.dtype.name} "
             f"{list(var.shape)}")
     if not _skipped(inputs):
+        complete_at_increment(ctx, var.name, int(value))
         value += 1
         ctx.store.touched(var)
     return value

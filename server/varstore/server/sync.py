@@ -8,6 +8,14 @@ the mean gradients only when this replica completes the step, so the optimizer o
 them (gated, see :mod:`varstore.server.optimizers`) apply the mean exactly once and the
 global step moves once. Other replicas then wait in ``sync_wait``, which locks no variable,
 until the step they joined is applied.
+
+On a cluster whose trained variables live on other shards than the global step, the client
+splits the step (``deferred``): ``sync_accumulate`` on the global step's shard closes the step
+when its last replica arrives (later gradients of that step are stale) and returns the means;
+the client applies them on the variables' shards, and the global step's ``increment``, last,
+completes the step (:func:`complete_at_increment`), so waiting replicas go on only once every
+shard has applied it. Gradients are checked against their variables where they are applied,
+and here against the step's first replica's (shape and dtype).
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class SyncGroup:
     generation: int = 0
     applied_step: int = 0
     dropped: int = 0
+    # A deferred step closed by its last replica, completed by the global step's increment.
+    closed: int | None = None
 
     def reset(self, step: int, layout: tuple[tuple[str, bool], ...], replicas: int) -> None:
         """Starts accumulating ``step``, discarding what was gathered for another step."""
@@ -62,12 +72,12 @@ class SyncGroup:
         """An action that puts the accumulation state back as it is now (for a request that
         fails after accumulating; its global step's lock keeps others out meanwhile)."""
         saved = (self.step, self.layout, self.replicas, self.count, list(self.sums),
-                 self.means)
+                 self.means, self.closed)
 
         def restore() -> None:
             with self.condition:
                 (self.step, self.layout, self.replicas, self.count, self.sums,
-                 self.means) = saved
+                 self.means, self.closed) = saved
         return restore
 
     def undo_drop(self) -> None:
@@ -94,6 +104,26 @@ def sync_group(store: VariableStore, global_step: str) -> SyncGroup:
         return _groups.setdefault(store, {}).setdefault(global_step, SyncGroup())
 
 
+def complete_at_increment(ctx: Context, global_step: str, before: int) -> None:
+    """Called by the global step's increment from ``before``: when that step was closed by a
+    deferred ``sync_accumulate``, the step completes (waiting replicas go on) once this
+    request commits."""
+    with _groups_lock:
+        group = _groups.get(ctx.store, {}).get(global_step)
+    if group is None:
+        return
+    with group.condition:
+        if group.closed != before:
+            return
+        group.closed = None
+
+    def reopen() -> None:
+        with group.condition:
+            group.closed = before
+    ctx.journal.on_undo(reopen)
+    ctx.journal.on_commit(lambda: group.complete(before))
+
+
 def _layout(node: NodeDef) -> tuple[tuple[str, bool], ...]:
     names = str(node.attr("variables", "")).split(",")
     mask = str(node.attr("sparse", ""))
@@ -104,35 +134,46 @@ def _layout(node: NodeDef) -> tuple[tuple[str, bool], ...]:
     return tuple((name, flag == "1") for name, flag in zip(names, mask, strict=True))
 
 
-def _gradients(ctx: Context, layout: tuple[tuple[str, bool], ...], inputs: list[Any]
-               ) -> list[Gradient]:
-    """The request's gradients, checked against their variables' dtype and shape."""
+def _gradients(ctx: Context, layout: tuple[tuple[str, bool], ...], inputs: list[Any],
+               sums: list[Any] | None = None) -> list[Gradient]:
+    """The request's gradients, checked against their variables' dtype and shape; with
+    ``sums`` (a deferred step, whose variables live on other shards), against the sums of the
+    step's earlier replicas instead (nothing to check for the first), the row indices where
+    the gradients are applied."""
     if len(inputs) != sum(2 if sparse else 1 for _, sparse in layout):
         raise InvalidArgumentError("sync_accumulate: inputs do not match the variables")
     out: list[Gradient] = []
     it = iter(inputs)
-    for name, sparse in layout:
-        var = ctx.store.get(name)
+    for i, (name, sparse) in enumerate(layout):
         values = np.asarray(next(it))
         what = f"sync_accumulate {clip(name)}"
-        if values.dtype != var.dtype.np_dtype:
+        rows = 1 << 62  # checked where the gradient is applied
+        if sums is None:
+            var = ctx.store.get(name)
+            dtype, shape, rows = var.dtype.np_dtype, var.shape, var.shape[0] if var.shape else 0
+        else:
+            earlier = sums[i][0][1] if isinstance(sums[i], list) else sums[i]
+            if earlier is None:
+                earlier = values
+            dtype, shape = earlier.dtype, (0, *earlier.shape[1:]) if sparse else earlier.shape
+        if values.dtype != dtype:
             raise InvalidArgumentError(
                 f"{what}: gradient has dtype {dtypes.as_dtype(values.dtype).name}, variable "
-                f"has dtype {var.dtype.name}")
+                f"has dtype {dtypes.as_dtype(dtype).name}")
         if not sparse:
-            if values.shape != var.shape:
+            if values.shape != shape:
                 raise InvalidArgumentError(
                     f"{what}: gradient has shape {list(values.shape)}, variable "
-                    f"{list(var.shape)}")
+                    f"{list(shape)}")
             out.append(values)
             continue
-        if not var.shape:
+        if not shape:
             raise InvalidArgumentError(f"{what}: a sparse gradient needs rank >= 1")
-        idx = _indices(next(it), var.shape[0], what)
-        if idx.ndim != 1 or values.shape != idx.shape + var.shape[1:]:
+        idx = _indices(next(it), rows, what)
+        if idx.ndim != 1 or values.shape != idx.shape + tuple(shape[1:]):
             raise InvalidArgumentError(
                 f"{what}: values of shape {list(values.shape)} do not fit indices of shape "
-                f"{list(idx.shape)} into {list(var.shape)}")
+                f"{list(idx.shape)} into {list(shape)}")
         out.append((idx, values))
     return out
 
@@ -140,9 +181,11 @@ def _gradients(ctx: Context, layout: tuple[tuple[str, bool], ...], inputs: list[
 def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     """Adds one replica's gradients to the sums of step ``step`` of the node's global step.
 
-    Attributes: ``step``, ``replicas``, ``variables``, ``sparse``. Returns ``[status,
-    generation]``: APPLIED when this replica completed the step, PENDING when others are
-    still missing, STALE (gradients dropped) when ``step`` is not the global step.
+    Attributes: ``step``, ``replicas``, ``variables``, ``sparse``, and ``deferred`` (1: the
+    variables live on other shards and the global step's increment completes the step).
+    Returns ``[status, generation]``: APPLIED when this replica completed the step, PENDING
+    when others are still missing, STALE (gradients dropped) when ``step`` is not the global
+    step or was closed already.
     """
     global_step = ctx.variable(node)
     current = global_step.read()
@@ -153,17 +196,24 @@ def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarr
     if replicas < 1:
         raise InvalidArgumentError("sync_accumulate needs replicas >= 1")
     layout = _layout(node)
-    grads = _gradients(ctx, layout, inputs)
+    deferred = bool(node.attr("deferred", 0))
+    grads = None if deferred else _gradients(ctx, layout, inputs)
     group = sync_group(ctx.store, global_step.name)
     with group.condition:
-        if step != int(current):
+        if step != int(current) or step == group.closed:
             group.dropped += 1
             ctx.journal.on_undo(group.undo_drop)
             log.info("dropped stale gradients of step %d (global step %d; %d dropped so far)",
                      step, int(current), group.dropped)
             return np.array([STALE, group.generation], np.int64)
-        ctx.journal.on_undo(group.snapshot())
         if group.step != step or group.layout != layout or group.replicas != replicas:
+            sums = [None] * len(layout)
+        else:
+            sums = group.sums
+        if grads is None:
+            grads = _gradients(ctx, layout, inputs, sums)
+        ctx.journal.on_undo(group.snapshot())
+        if sums is not group.sums:
             group.reset(step, layout, replicas)
         for i, grad in enumerate(grads):
             # New arrays, never writes into the sums: the snapshot keeps the old ones.
@@ -179,8 +229,11 @@ def _sync_accumulate(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarr
             return np.array([PENDING, generation], np.int64)
         group.means = [_mean(s, replicas) for s in group.sums]
         group.reset(step, layout, replicas)
-        # Waiting replicas go on only once this request has committed the step's update.
-        ctx.journal.on_commit(lambda: group.complete(step))
+        if deferred:
+            group.closed = step
+        else:
+            # Waiting replicas go on only once this request has committed the step's update.
+            ctx.journal.on_commit(lambda: group.complete(step))
         return np.array([APPLIED, generation], np.int64)
 
 
