@@ -34,7 +34,8 @@ import numpy as np
 from varstore.client import DEFAULT_ADDRESS, RUN_STREAM_METHOD, ClientBase, VariableInfo
 from varstore.cluster import reachable_shards
 from varstore.common import codec
-from varstore.common.errors import OpError
+from varstore.common.errors import OpError, UnimplementedError
+from varstore.common.protocol import ROUTED_METADATA
 from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps
 from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
 from varstore.proto import cluster_pb2 as cpb
@@ -212,6 +213,8 @@ class ClusterClient(Client):
         self.shard_addresses = list(shards)
         self.shards: list[Client] = [self] + [
             Client(a, token=token, tls=tls, timeout=timeout) for a in shards[1:]]
+        for shard in self.shards:
+            shard.transport.metadata += (ROUTED_METADATA,)
         self.placement = Placement(len(shards))
         self.placement_stub = cpb_grpc.ClusterServiceStub(self.transport.channel)
 
@@ -242,11 +245,16 @@ class ClusterClient(Client):
 
     async def _route(self, steps: ClusterSteps[T]) -> T:
         answer: Any = None
-        try:
-            while True:
-                answer = await self._perform(steps.send(answer))
-        except StopIteration as done:
-            return done.value
+        error: OpError | None = None
+        while True:
+            try:
+                call = steps.send(answer) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                answer, error = await self._perform(call), None
+            except OpError as e:
+                answer, error = None, e
 
     async def _perform(self, call: Place | Find | RunParts) -> Any:
         if isinstance(call, Place):
@@ -254,10 +262,14 @@ class ClusterClient(Client):
                 lambda **options: self.placement_stub.Place(call.request, **options),
                 idempotent=True)
         if isinstance(call, Find):
+            request = cpb.HeldRequest(names=call.names)
+
             async def find(k: int) -> dict[str, int]:
-                return {v.name: v.nbytes for name in call.names
-                        for v in await Client.list_variables(self.shards[k], name)
-                        if v.name == name}
+                transport = self.shards[k].transport
+                stub = cpb_grpc.ClusterServiceStub(transport.channel)
+                held = await transport.invoke_async(
+                    lambda **options: stub.Held(request, **options), idempotent=True)
+                return {v.name: v.nbytes for v in held.variables}
             return await self._each(list(range(len(self.shards))), find)
         return await self._each(call.parts, lambda p: Client.run(self.shards[p[0]], p[1], p[2]),
                                 shard=lambda p: p[0])
@@ -293,7 +305,8 @@ async def connect(address: str | None = None, *, token: str | None = None, tls: 
 
     Raises ``UnavailableError`` naming the address and the likely cause (see
     :meth:`varstore.transport.Transport.wait_ready`), ``InvalidArgumentError`` for a malformed
-    address.
+    address, and the error of a failed ``ClusterInfo`` call (``UnauthenticatedError``...): a
+    server that would not say whether it is a shard is not taken for a single server.
     """
     client = Client(address, token=token, tls=tls, timeout=timeout)
     try:
@@ -303,7 +316,7 @@ async def connect(address: str | None = None, *, token: str | None = None, tls: 
             info = await client.transport.invoke_async(
                 lambda **options: stub.ClusterInfo(cpb.ClusterInfoRequest(), **options),
                 idempotent=True)
-        except OpError:  # an older server, or a call refused: it is used as one server
+        except UnimplementedError:  # a server without ClusterService is one server
             return client
         shards = reachable_shards(client.address, info)
     except BaseException:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from varstore.client import Client, Reply, VariableInfo, _entries
-from varstore.common.errors import OpError
+from varstore.common.errors import OpError, UnimplementedError
+from varstore.common.protocol import ROUTED_METADATA
 from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
@@ -42,13 +43,15 @@ PLACEMENT_POLL = 0.5
 
 
 def cluster_addresses(client: Client) -> list[str]:
-    """The shard addresses the server behind ``client`` reports (empty: no cluster, or the
-    server would not say), with a wildcard host replaced by the host ``client`` reached."""
+    """The shard addresses the server behind ``client`` reports (empty: no cluster, or a
+    server without ClusterService), with a wildcard host replaced by the host ``client``
+    reached. Raises the error of any other failure (``UnauthenticatedError``...): a server
+    that would not say is not taken for a single server."""
     stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
     try:
         info = client.transport.call(stub.ClusterInfo, cpb.ClusterInfoRequest(),
                                      idempotent=True)
-    except OpError:  # an older server, or a call refused: it is used as one server
+    except UnimplementedError:  # a server without ClusterService is one server
         return []
     return reachable_shards(client.address, info)
 
@@ -85,6 +88,8 @@ class ClusterClient(Client):
         self.shard_addresses = list(shards)
         self.shards: list[Client] = [self] + [
             Client(a, token=token, tls=tls, timeout=timeout) for a in shards[1:]]
+        for shard in self.shards:
+            shard.transport.metadata += (ROUTED_METADATA,)
         self.placement_stub = cpb_grpc.ClusterServiceStub(self.transport.channel)
         self.placement = Placement(len(shards))
         self._pool = ThreadPoolExecutor(len(shards), thread_name_prefix="varstore-shard")
@@ -122,22 +127,32 @@ class ClusterClient(Client):
         return self._route(self.placement.run(builder, expect_bytes))
 
     def _route(self, steps: ClusterSteps[T]) -> T:
-        """Runs ``steps``, sending each call they yield and sending back its answer."""
+        """Runs ``steps``, sending each call they yield and sending back its answer (or
+        raising its error inside them)."""
         answer: Any = None
-        try:
-            while True:
-                answer = self._perform(steps.send(answer))
-        except StopIteration as done:
-            return done.value
+        error: OpError | None = None
+        while True:
+            try:
+                call = steps.send(answer) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                answer, error = self._perform(call), None
+            except OpError as e:
+                answer, error = None, e
 
     def _perform(self, call: Place | Find | RunParts) -> Any:
         if isinstance(call, Place):
             return self.transport.call(self.placement_stub.Place, call.request,
                                        idempotent=True)
         if isinstance(call, Find):
+            request = cpb.HeldRequest(names=call.names)
+
             def find(k: int) -> dict[str, int]:
-                return {v.name: v.nbytes for name in call.names
-                        for v in Client.list_variables(self.shards[k], name) if v.name == name}
+                transport = self.shards[k].transport
+                held = transport.call(cpb_grpc.ClusterServiceStub(transport.channel).Held,
+                                      request, idempotent=True)
+                return {v.name: v.nbytes for v in held.variables}
             return self._each(list(range(len(self.shards))), find)
         return self._each(call.parts, lambda p: Client.run(self.shards[p[0]], p[1], p[2]),
                           shard=lambda p: p[0])

@@ -6,7 +6,14 @@ generators of :data:`ClusterSteps`: they yield the calls they need (:class:`Plac
 :class:`Find` on every shard, :class:`RunParts` on some shards in parallel) and receive the
 answers, so that ``varstore.cluster.ClusterClient`` sends them blocking and
 ``varstore.aio``'s cluster client awaits them, with the same placement and staging rules
-(:mod:`varstore.routing`).
+(:mod:`varstore.routing`). A call that fails is raised inside the generator.
+
+Shard 0's table never answers "new" for a name it merely does not know (it restarted and
+forgot, or the shards restored the name at start-up): :meth:`Placement.locate` looks names up
+first, asks every shard about those the table does not know (``Held``, one call per shard;
+a shard down fails the lookup, nothing placed), records the shard that holds one, and places
+only names that no shard holds, under the epoch of the table it looked them up in, so that a
+table that restarted meanwhile refuses (``AbortedError``) and the names are looked up again.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from varstore.common import codec, dtypes
-from varstore.common.errors import OpError, UnavailableError
+from varstore.common.errors import (
+    AbortedError,
+    FailedPreconditionError,
+    OpError,
+    UnavailableError,
+    clip,
+)
 from varstore.handles import Reply
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import varstore_pb2 as pb
@@ -29,6 +42,8 @@ from varstore.routing import Plan, home_variable
 T = TypeVar("T")
 # Bytes assumed per string element when placing a string variable.
 _STRING_BYTES = 64
+# Placing names again when shard 0 restarted in between (each time a new table).
+PLACEMENT_ATTEMPTS = 3
 
 
 @dataclass
@@ -41,8 +56,8 @@ class Place:
 
 @dataclass
 class Find:
-    """Ask every shard which of ``names`` it holds; answered with ``{name: nbytes}`` per
-    shard, in task order."""
+    """Ask every shard which of ``names`` it holds (``ClusterService.Held``); answered with
+    ``{name: nbytes}`` per shard, in task order."""
 
     names: list[str]
 
@@ -118,11 +133,14 @@ class Placement:
                colocate: dict[str, str] | None = None,
                devices: dict[str, str] | None = None) -> ClusterSteps[None]:
         """Learns the shard of every name, placing the ``specs`` not placed yet (on the task
-        of their ``devices`` entry, else :attr:`pinned`, else where shard 0 chooses); names
-        shard 0's table does not know (it restarted, or shards restored them at start-up)
-        are looked for on the shards and recorded there.
+        of their ``devices`` entry, else :attr:`pinned`, else where shard 0 chooses). Names
+        shard 0's table does not know are looked for on every shard first and recorded where
+        one holds them; only the others are placed.
 
-        Raises ``ValueError`` for a device naming a task outside the cluster."""
+        Raises ``ValueError`` for a device naming a task outside the cluster,
+        ``UnavailableError`` naming a shard that is down (nothing placed then),
+        ``FailedPreconditionError`` for a name two shards hold, ``AbortedError`` when shard 0
+        restarted during each of PLACEMENT_ATTEMPTS attempts."""
         colocate, devices = colocate or {}, devices or {}
         wanted: dict[str, cpb.Placement] = {}
         for spec in specs:
@@ -141,24 +159,45 @@ class Placement:
                 wanted[name] = cpb.Placement(name=name, shard=-1, lookup_only=True)
         if not wanted:
             return
-        # Variables first, then what goes next to them.
-        order = sorted(wanted.values(), key=lambda p: bool(p.colocate_with))
-        reply = yield Place(cpb.PlaceRequest(variables=order))
-        missing = []
-        for placement, shard in zip(order, reply.shards, strict=True):
+        for attempt in range(PLACEMENT_ATTEMPTS):
+            try:
+                yield from self._place(list(wanted.values()))
+                return
+            except AbortedError:  # shard 0 restarted between the lookup and the placing
+                if attempt == PLACEMENT_ATTEMPTS - 1:
+                    raise
+
+    def _place(self, wanted: list[cpb.Placement]) -> ClusterSteps[None]:
+        """Looks ``wanted`` up in shard 0's table, asks every shard about the names it does
+        not know, records those found where they are and places the others (not lookups)."""
+        reply = yield Place(cpb.PlaceRequest(variables=[
+            cpb.Placement(name=p.name, shard=-1, lookup_only=True) for p in wanted]))
+        unknown = []
+        for placement, shard in zip(wanted, reply.shards, strict=True):
             if shard >= 0:
                 self.known[placement.name] = shard
             else:
-                missing.append(placement.name)
-        if not missing:
+                unknown.append(placement)
+        if not unknown:
             return
-        found = yield Find(missing)
-        register = [cpb.Placement(name=name, shard=k, nbytes=nbytes)
-                    for k, names_k in enumerate(found) for name, nbytes in sorted(names_k.items())]
-        if register:
-            reply = yield Place(cpb.PlaceRequest(variables=register))
-            for placement, shard in zip(register, reply.shards, strict=True):
-                self.known[placement.name] = shard
+        found = yield Find([p.name for p in unknown])
+        held: dict[str, cpb.Placement] = {}
+        for k, names_k in enumerate(found):
+            for name, nbytes in sorted(names_k.items()):
+                if name in held:
+                    raise FailedPreconditionError(
+                        f"variable {clip(name)} is held by shards {held[name].shard} and {k} "
+                        "of the cluster; delete one of them")
+                held[name] = cpb.Placement(name=name, shard=k, nbytes=nbytes)
+        # What the shards hold, then new variables, then what goes next to them.
+        order = list(held.values()) + sorted(
+            (p for p in unknown if p.name not in held and not p.lookup_only),
+            key=lambda p: bool(p.colocate_with))
+        if not order:
+            return
+        placed = yield Place(cpb.PlaceRequest(variables=order, epoch=reply.epoch))
+        for placement, shard in zip(order, placed.shards, strict=True):
+            self.known[placement.name] = shard
 
     def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> ClusterSteps[Reply]:
         """Sends ``builder`` as one request per shard it touches, in parallel, in as many

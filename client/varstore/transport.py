@@ -111,7 +111,8 @@ class Transport:
         self.timeout = timeout
         self.tls = bool(tls)
         token = token or os.environ.get("VARSTORE_TOKEN")
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

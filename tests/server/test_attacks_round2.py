@@ -70,7 +70,8 @@ def test_shard_zero_charges_placements_to_the_servers_budget(server: Server) -> 
     servicer = ClusterServicer(ClusterSpec(("127.0.0.1:1", "127.0.0.1:2"), 0),
                                server.checkpoints)
     before = server.checkpoints.store.budget.used
-    reply = servicer.Place(cpb.PlaceRequest(variables=[cpb.Placement(name="w", shard=-1)]),
+    reply = servicer.Place(cpb.PlaceRequest(variables=[cpb.Placement(name="w", shard=-1)],
+                                            epoch=servicer.table.epoch if servicer.table else 0),
                            None)  # type: ignore[arg-type]
     assert list(reply.shards) == [0]
     assert server.checkpoints.store.budget.used > before

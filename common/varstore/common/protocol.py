@@ -14,3 +14,9 @@ READ_ONLY_OPS = frozenset({"const", "read", "read_if_initialized", "ref", "gathe
 
 # The first element of a sync_accumulate result: what became of the replica's gradients.
 PENDING, APPLIED, STALE = 0, 1, -1
+
+# gRPC metadata a cluster client sends to every shard: its requests are routed by shard 0's
+# placement table. A shard of a cluster of several creates no variable for a request without
+# it (a client that does not know the cluster would create a second variable of a name
+# another shard holds).
+ROUTED_METADATA = ("x-varstore-routed", "1")

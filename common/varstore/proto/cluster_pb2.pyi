@@ -34,16 +34,32 @@ class Placement(_message.Message):
     def __init__(self, name: _Optional[str] = ..., nbytes: _Optional[int] = ..., shard: _Optional[int] = ..., colocate_with: _Optional[str] = ..., lookup_only: _Optional[bool] = ...) -> None: ...
 
 class PlaceRequest(_message.Message):
+    __slots__ = ("variables", "epoch")
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[Placement]
+    epoch: int
+    def __init__(self, variables: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class PlaceResponse(_message.Message):
+    __slots__ = ("shards", "epoch")
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    epoch: int
+    def __init__(self, shards: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class HeldRequest(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeldResponse(_message.Message):
     __slots__ = ("variables",)
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     variables: _containers.RepeatedCompositeFieldContainer[Placement]
     def __init__(self, variables: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
-
-class PlaceResponse(_message.Message):
-    __slots__ = ("shards",)
-    SHARDS_FIELD_NUMBER: _ClassVar[int]
-    shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SavePartRequest(_message.Message):
     __slots__ = ("part_prefix", "entries")

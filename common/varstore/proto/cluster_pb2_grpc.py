@@ -44,6 +44,11 @@ class ClusterServiceStub:
                 request_serializer=varstore_dot_proto_dot_cluster__pb2.PlaceRequest.SerializeToString,
                 response_deserializer=varstore_dot_proto_dot_cluster__pb2.PlaceResponse.FromString,
                 _registered_method=True)
+        self.Held = channel.unary_unary(
+                '/varstore.v1.ClusterService/Held',
+                request_serializer=varstore_dot_proto_dot_cluster__pb2.HeldRequest.SerializeToString,
+                response_deserializer=varstore_dot_proto_dot_cluster__pb2.HeldResponse.FromString,
+                _registered_method=True)
         self.SavePart = channel.unary_unary(
                 '/varstore.v1.ClusterService/SavePart',
                 request_serializer=varstore_dot_proto_dot_cluster__pb2.SavePartRequest.SerializeToString,
@@ -72,7 +77,16 @@ class ClusterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Place(self, request, context):
-        """Shard 0 only: the shard of each variable, placing the ones not placed yet.
+        """Shard 0 only: the shard of each variable, placing the ones not placed yet. A name the
+        table does not know is placed only when the request carries the table's epoch (the client
+        looked it up in this table and asked every shard, Held, that none holds it since).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Held(self, request, context):
+        """Which of the named variables this shard holds (with their bytes; shard = this shard).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +126,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Place,
                     request_deserializer=varstore_dot_proto_dot_cluster__pb2.PlaceRequest.FromString,
                     response_serializer=varstore_dot_proto_dot_cluster__pb2.PlaceResponse.SerializeToString,
+            ),
+            'Held': grpc.unary_unary_rpc_method_handler(
+                    servicer.Held,
+                    request_deserializer=varstore_dot_proto_dot_cluster__pb2.HeldRequest.FromString,
+                    response_serializer=varstore_dot_proto_dot_cluster__pb2.HeldResponse.SerializeToString,
             ),
             'SavePart': grpc.unary_unary_rpc_method_handler(
                     servicer.SavePart,
@@ -183,6 +202,33 @@ class ClusterService:
             '/varstore.v1.ClusterService/Place',
             varstore_dot_proto_dot_cluster__pb2.PlaceRequest.SerializeToString,
             varstore_dot_proto_dot_cluster__pb2.PlaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Held(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.ClusterService/Held',
+            varstore_dot_proto_dot_cluster__pb2.HeldRequest.SerializeToString,
+            varstore_dot_proto_dot_cluster__pb2.HeldResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,7 +147,8 @@ def create_server(config: ServerConfig) -> Server:
     capacity = Capacity(CapacityLimits.for_workers(
         config.max_workers, stream_idle_seconds=config.stream_idle_seconds))
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
-                                capacity, metrics.load)
+                                capacity, metrics.load,
+                                len(spec.shards) if spec is not None else 1)
     # Statuses outermost (every error below becomes one), then the limits (which see requests
     # as the bytes that came), then metrics (which count the calls authentication refuses).
     interceptors: list[grpc.ServerInterceptor] = [

@@ -11,8 +11,11 @@ variable asks it for a shard, and every later client asks it where that name liv
 clients agree. New variables go to the shard holding the fewest bytes so far, TensorFlow's
 ``GreedyLoadBalancingStrategy`` (``python/training/device_setter.py``), except that the
 table is shared by every client rather than rebuilt by each. The table lives in shard 0's
-memory; a restarted shard 0 relearns existing variables as clients report where they found
-them.
+memory, so it never answers "new" for a name it merely does not know: each table has an epoch
+(a new one whenever shard 0 starts), and a name it does not know is placed only for a client
+that looked it up in this epoch and then asked every shard whether it holds the name
+(``Held``); a shard that does is recorded as its place. So a restarted shard 0, or a cluster
+resumed with ``--restore latest``, finds the variables where the shards hold them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import stat
 import threading
 from collections.abc import Mapping, Sequence
@@ -170,11 +174,13 @@ class PlacementTable:
     :meth:`place` answers for many names at once; the first answer for a name is final.
     Each placed name is charged to ``budget`` (when given) for as long as the table lives,
     so that clients placing names cannot make shard 0 hold more than ``--max-memory``.
+    ``epoch`` identifies this table (random, never 0).
     """
 
     def __init__(self, num_shards: int, budget: MemoryBudget | None = None) -> None:
         self.num_shards = num_shards
         self.budget = budget
+        self.epoch = 1 + secrets.randbelow((1 << 62) - 1)
         self._shard: dict[str, int] = {}
         self._bytes = [0] * num_shards
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from varstore.common.errors import (
+    AbortedError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -63,9 +64,28 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
               context: grpc.ServicerContext) -> cpb.PlaceResponse:
         if self.table is None or self.spec is None or self.spec.task_index != 0:
             raise FailedPreconditionError("the placement table is kept by shard 0 of a cluster")
+        table = self.table
+        if request.epoch != table.epoch:
+            unknown = [p.name for p in request.variables
+                       if not p.lookup_only and table.place(p.name, lookup_only=True) < 0]
+            if unknown:
+                raise AbortedError(
+                    f"shard 0's placement table does not know variable {clip(unknown[0])} "
+                    f"and the request is not of its epoch ({request.epoch}, the table's is "
+                    f"{table.epoch}; shard 0 restarted since the client looked it up): look "
+                    "the names up again and ask every shard whether it holds them before "
+                    "placing them")
         return cpb.PlaceResponse(shards=[
-            self.table.place(p.name, p.nbytes, p.shard, p.colocate_with, p.lookup_only)
-            for p in request.variables])
+            table.place(p.name, p.nbytes, p.shard, p.colocate_with, p.lookup_only)
+            for p in request.variables], epoch=table.epoch)
+
+    def Held(self, request: cpb.HeldRequest, context: grpc.ServicerContext) -> cpb.HeldResponse:
+        store = self.checkpoints.store
+        index = self.spec.task_index if self.spec is not None else 0
+        return cpb.HeldResponse(variables=[
+            cpb.Placement(name=name, nbytes=var.nbytes, shard=index)
+            for name in dict.fromkeys(request.names)
+            if (var := store.find(name)) is not None])
 
     def SavePart(self, request: cpb.SavePartRequest,
                  context: grpc.ServicerContext) -> cpb.SavePartResponse:

@@ -17,8 +17,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from varstore.common import __version__, codec
-from varstore.common.errors import InvalidArgumentError
-from varstore.common.protocol import MAX_MESSAGE_BYTES
+from varstore.common.errors import FailedPreconditionError, InvalidArgumentError, clip
+from varstore.common.protocol import MAX_MESSAGE_BYTES, ROUTED_METADATA
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
@@ -91,7 +91,9 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
                  max_request_bytes: int, capacity: Capacity,
-                 load: LoadMeter | None = None) -> None:
+                 load: LoadMeter | None = None, shards: int = 1) -> None:
+        """``shards``: the size of the cluster this server is a shard of (1: none)."""
+        self.shards = shards
         self.store = store
         self.load = load
         self.budget = store.budget
@@ -116,12 +118,27 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         lease = self._lease(context)
         lease.charge_request(len(raw), "a Run request")
         graph = self._graph(raw, lease)
+        self._check_routed(graph, context)
         with self.capacity.long_calls.held_while() if graph.blocking else nullcontext():
             result = self.executor.run(graph, self._waiter(context),
                                        max_reply_bytes=MAX_MESSAGE_BYTES, lease=lease,
                                        reply_streamed=False)
         response, _ = wire.result_to_proto(result, stream=False)
         return response
+
+    def _check_routed(self, graph: Graph, context: grpc.ServicerContext) -> None:
+        """On a shard of a cluster of several: raises ``FailedPreconditionError`` when a
+        request that does not come from a cluster client (``ROUTED_METADATA``) would create a
+        variable, which shard 0's placement table may have put on another shard."""
+        if self.shards == 1 or ROUTED_METADATA in (context.invocation_metadata() or ()):
+            return
+        for spec in graph.variables:
+            if not spec.bind_only and self.store.find(spec.name) is None:
+                raise FailedPreconditionError(
+                    f"cannot create variable {clip(spec.name)}: this server is one shard of a "
+                    f"cluster of {self.shards}, where shard 0 places every variable; connect "
+                    "with varstore.connect, which routes across the "
+                    "shards")
 
     def _waiter(self, context: grpc.ServicerContext) -> Waiter:
         return Waiter.for_call(context, self.store.stopping)
@@ -159,6 +176,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         arrays = wire.tensors_from_proto(header.tensors, streamed, lease.charge)
         graph = wire.graph_from_proto(header, arrays)
         graph.owned = True
+        self._check_routed(graph, context)
         response, payloads = wire.result_to_proto(
             self.executor.run(graph, self._waiter(context), lease=lease, reply_streamed=True),
             stream=True)

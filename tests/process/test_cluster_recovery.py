@@ -1,0 +1,206 @@
+"""Clusters whose shards restart: shard 0's placement table never places afresh a name a
+shard holds (a restarted shard 0, a cluster resumed with --restore latest), and shards create
+no variable for clients that do not route by the table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+import varstore as vs
+from tests.conftest import ServerProcess, start_server_process, stop_server_process
+from tests.process.test_cluster import Cluster, connected, start_cluster, start_cluster_from
+from varstore.cluster import ClusterClient
+from varstore.proto import cluster_pb2 as cpb
+from varstore.proto import cluster_pb2_grpc as cpb_grpc
+
+
+def restart_shard(cluster: Cluster, task: int, *flags: str) -> ServerProcess:
+    """Kills shard ``task`` (SIGKILL) and starts it again with the same address."""
+    os.kill(cluster.pids[task], signal.SIGKILL)
+    return start_server_process(
+        cluster.server.checkpoint_dir, "--cluster", ",".join(cluster.addresses),
+        "--task-index", str(task), "--port", cluster.addresses[task].rpartition(":")[2], *flags)
+
+
+def _model(client: ClusterClient) -> vs.RemoteVariable:
+    """``big`` on shard 0 and ``v`` on shard 1 (pinned), v = 10 after ten additions."""
+    with client.device("/job:ps/task:0"):
+        client.get_variable("big", [1000], initializer=vs.zeros_initializer)
+    with client.device("/job:ps/task:1"):
+        v = client.get_variable("v", [], initializer=vs.zeros_initializer)
+    for _ in range(10):
+        v.assign_add(1.0)
+    return v
+
+
+def test_a_restarted_shard_0_binds_new_workers_to_the_variables_the_shards_hold(
+        tmp_path: Path) -> None:
+    # Shard 0's table lived in memory only: after its restart, a new worker's get_variable("v")
+    # placed v afresh on shard 0 and created a second v there, at 0 (A's ten additions
+    # invisible), and every cluster save failed on the duplicate key.
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+    try:
+        with connected(cluster.address) as a:
+            v = _model(a)
+            replacement = restart_shard(cluster, 0)
+            with connected(cluster.address) as b:  # the same model code, nothing cached
+                vb = b.get_variable("v", [], initializer=vs.zeros_initializer)
+                assert vb.numpy() == 10.0
+                vb.assign_add(5.0)
+                assert v.numpy() == 15.0
+                assert b.shard_of("v") == 1
+                # big went with shard 0's memory; a new big is placed, on the emptier shard 0.
+                b.get_variable("big", [1000], initializer=vs.zeros_initializer)
+                assert [x.name for x in b.list_variables()] == ["big", "v"]
+                assert b.save("model") == "model"
+
+            async def aio_worker() -> float:  # the asyncio cluster client finds it too
+                import varstore.aio
+                c = await varstore.aio.connect(cluster.addresses[1])
+                try:
+                    vc = await c.get_variable("v", [], initializer=vs.zeros_initializer)
+                    return float(await vc.numpy())
+                finally:
+                    await c.close()
+            assert asyncio.run(aio_worker()) == 15.0
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
+        stop_server_process(cluster.server)
+
+
+def test_a_cluster_resumed_with_restore_latest_finds_every_restored_variable(
+        tmp_path: Path) -> None:
+    # The documented resume (`serve --shards N --restore latest`): shard 1 restored v = 10,
+    # but the new table placed the worker's get_variable("v") on shard 0 as a new v = 0.
+    folder = tmp_path / "ckpt"
+    cluster = start_cluster(folder, 2)
+    with connected(cluster.address) as client:
+        _model(client)
+    cluster.server.process.send_signal(signal.SIGTERM)
+    assert cluster.server.process.wait(timeout=60) == 0
+    resumed = start_cluster_from(
+        start_server_process(folder, "--shards", "2", "--restore", "latest"), 2)
+    try:
+        with connected(resumed.address) as client:
+            with client.variable_scope("", reuse=vs.AUTO_REUSE):
+                v = client.get_variable("v", [], initializer=vs.zeros_initializer)
+                big = client.get_variable("big", [1000], initializer=vs.zeros_initializer)
+            assert v.numpy() == 10.0
+            assert big.numpy().shape == (1000,)
+            assert [(x.name, client.shard_of(x.name)) for x in client.list_variables()] == [
+                ("big", 0), ("v", 1)]
+            assert client.save("again") == "again"
+    finally:
+        stop_server_process(resumed.server)
+
+
+def test_a_name_is_not_placed_while_a_shard_that_may_hold_it_is_down(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+    try:
+        with connected(cluster.address, timeout=5) as client:
+            _model(client)
+        replacement = restart_shard(cluster, 0)
+        os.kill(cluster.pids[1], signal.SIGKILL)
+        with connected(cluster.address, timeout=5) as client:
+            with pytest.raises(vs.errors.UnavailableError, match="^shard 1 of 2: "):
+                client.get_variable("v", [], initializer=vs.zeros_initializer)
+            with pytest.raises(vs.errors.UnavailableError, match="^shard 1 of 2: "):
+                client.get_variable("fresh", [], initializer=vs.zeros_initializer)
+            assert [x.name for x in vs.Client.list_variables(client)] == []  # shard 0's own
+        with grpc.insecure_channel(cluster.address) as channel:
+            reply = cpb_grpc.ClusterServiceStub(channel).Place(cpb.PlaceRequest(variables=[
+                cpb.Placement(name=n, lookup_only=True) for n in ("v", "fresh")]))
+        assert list(reply.shards) == [-1, -1]  # nothing placed
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
+        stop_server_process(cluster.server)
+
+
+def test_a_placement_from_before_shard_0_restarted_is_refused(tmp_path: Path) -> None:
+    # A client that looked a name up (and asked the shards) before shard 0 restarted must
+    # look again: the new table refuses its placement (ABORTED) instead of placing afresh.
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+    try:
+        with grpc.insecure_channel(cluster.address) as channel:
+            epoch = cpb_grpc.ClusterServiceStub(channel).Place(cpb.PlaceRequest()).epoch
+        replacement = restart_shard(cluster, 0)
+        with grpc.insecure_channel(cluster.address) as channel:
+            stub = cpb_grpc.ClusterServiceStub(channel)
+            for stale in (epoch, 0):
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.Place(cpb.PlaceRequest(variables=[cpb.Placement(name="w", shard=-1)],
+                                                epoch=stale))
+                assert e.value.code() == grpc.StatusCode.ABORTED
+                assert "does not know variable w and the request is not of its epoch" in \
+                    str(e.value.details())
+            current = stub.Place(cpb.PlaceRequest()).epoch
+            assert current != epoch
+            reply = stub.Place(cpb.PlaceRequest(variables=[cpb.Placement(name="w", shard=-1)],
+                                                epoch=current))
+            assert list(reply.shards) == [0]
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
+        stop_server_process(cluster.server)
+
+
+def test_clients_that_do_not_route_create_no_variable_on_a_shard(tmp_path: Path) -> None:
+    import varstore.aio
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    refused = ("cannot create variable {}: this server is one shard of a cluster of 2, where "
+               "shard 0 places every variable; connect with varstore.connect")
+    try:
+        with connected(cluster.address) as client:
+            with client.device("/job:ps/task:1"):
+                client.Variable(3.0, name="v")
+        with vs.Client(cluster.addresses[1]) as plain:
+            with pytest.raises(vs.errors.FailedPreconditionError, match=refused.format("w")):
+                plain.Variable(1.0, name="w")
+            assert plain.get_variable("v", []).numpy() == 3.0  # binding what it holds works
+
+        async def aio_create() -> None:
+            aio = varstore.aio.Client(cluster.addresses[0])
+            try:
+                await aio.Variable(1.0, name="x")
+            finally:
+                await aio.close()
+        with pytest.raises(vs.errors.FailedPreconditionError, match=refused.format("x")):
+            asyncio.run(aio_create())
+        with connected(cluster.address) as client:
+            assert [x.name for x in client.list_variables()] == ["v"]
+    finally:
+        stop_server_process(cluster.server)
+
+
+def test_connect_reports_a_failed_cluster_lookup_instead_of_taking_one_shard(
+        tmp_path: Path) -> None:
+    # Any failed ClusterInfo made varstore.aio.connect (and vs.connect) treat the shard as a
+    # single server, which then created variables wherever it was connected.
+    import varstore.aio
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    cluster = start_cluster_from(start_server_process(
+        tmp_path / "ckpt", "--shards", "2", "--token-file", str(token)), 2)
+    try:
+        with pytest.raises(vs.errors.UnauthenticatedError):
+            vs.connect(cluster.addresses[1], token="wrong")
+        with pytest.raises(vs.errors.UnauthenticatedError):
+            asyncio.run(varstore.aio.connect(cluster.addresses[1], token="wrong"))
+        with vs.connect(cluster.addresses[1], token="s3cret") as client:
+            assert isinstance(client, ClusterClient)
+            client.Variable(np.arange(2.0), name="w")
+            assert client.shard_of("w") in (0, 1)
+    finally:
+        stop_server_process(cluster.server)
