@@ -4,12 +4,14 @@ Clients name checkpoints by paths inside ``--checkpoint-dir``; :meth:`Checkpoint
 turns such a path into a real path and refuses anything that escapes the folder (absolute
 paths elsewhere, ``..``, symlinks pointing out).
 
-A save is written completely under a temporary prefix (``PREFIX.tempstate-commit``), then
-moved into place by :meth:`CheckpointFolder.commit`: data file first, index last. Renaming
-the data file is the commit point. A crash before it leaves only temporary files, which
-:meth:`CheckpointFolder.recover` deletes; a crash after it leaves the new index under its
-temporary name, which ``recover`` renames into place. Either way every checkpoint is whole
-after the next start, including when a save replaced an existing checkpoint of the same name.
+A save is written completely under a temporary prefix (``PREFIX.tempstate-commit``: its
+index and its N data files, N = 1 for a server, one per shard for a cluster's merged save),
+then moved into place by :meth:`CheckpointFolder.commit`: data files first, index last.
+Renaming the first data file is the commit point: while all N data files are still under the
+temporary prefix nothing is decided, and :meth:`CheckpointFolder.recover` deletes them; once
+fewer remain, ``recover`` moves the rest and then the index into place. Either way every
+checkpoint is whole after the next start, including when a save replaced an existing
+checkpoint of the same name.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import errno
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,16 +158,18 @@ class CheckpointFolder:
         """Where a save into ``prefix`` is written before :meth:`commit` moves it."""
         return prefix + COMMIT_MARK
 
-    def prepare(self, prefix: str, state_file: str | None) -> list[str]:
-        """Checks, before a save into ``prefix`` writes anything, that nothing but files stand
-        where its files and its folder's state file ``state_file`` (None: not written) go,
-        then creates the missing folders; returns those it created, outermost first.
+    def prepare(self, prefix: str, state_file: str | None, num_shards: int = 1) -> list[str]:
+        """Checks, before a save into ``prefix`` (of ``num_shards`` data files) writes
+        anything, that nothing but files stand where its files and its folder's state file
+        ``state_file`` (None: not written) go, then creates the missing folders; returns
+        those it created, outermost first.
 
         Raises ``InvalidArgumentError`` naming what is in the way, ``OSError`` if a folder
         cannot be made.
         """
         directory = os.path.dirname(prefix)
-        targets = [index_path(prefix), data_path(prefix, 0, 1)]
+        targets = [index_path(prefix),
+                   *(data_path(prefix, k, num_shards) for k in range(num_shards))]
         if state_file is not None:
             targets.append(os.path.join(directory, state_file))
         for target in targets:
@@ -201,16 +206,20 @@ class CheckpointFolder:
                 f"{clip(foreign[0])} exists and is no checkpoint file or checkpoint state "
                 "file, which the server never replaces (choose another name, or move it)")
 
-    def discard(self, prefix: str, created: list[str]) -> None:
-        """Undoes a failed save into ``prefix``: before its commit point, deletes its temporary
-        files; then the folders :meth:`prepare` made, if empty. Never raises."""
+    def discard(self, prefix: str, created: list[str], num_shards: int = 1) -> None:
+        """Undoes a failed save into ``prefix`` (of ``num_shards`` data files): before its
+        commit point, deletes its temporary files; then the folders :meth:`prepare` made, if
+        empty. Never raises."""
         temp = self.temp_prefix(prefix)
-        if os.path.lexists(data_path(temp, 0, 1)):  # else committed: recover() finishes it
-            for path in (index_path(temp), data_path(temp, 0, 1)):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        try:  # once committed, recover() finishes it
+            leftovers = [] if _committed(temp, num_shards) else checkpoint_files(temp)
+        except OSError:  # no folder to list (a file stands where it would be)
+            leftovers = []
+        for path in leftovers:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         for folder in reversed(created):
             try:
                 os.rmdir(folder)
@@ -222,30 +231,29 @@ class CheckpointFolder:
         return os.path.relpath(path, self.root)
 
     @staticmethod
-    def commit(prefix: str) -> list[str]:
-        """Moves the complete single-shard checkpoint at ``temp_prefix(prefix)`` to
-        ``prefix``, replacing any checkpoint of that name (its data files of other shard
-        counts included); returns its files (data, index).
+    def commit(prefix: str, num_shards: int = 1) -> list[str]:
+        """Moves the complete checkpoint of ``num_shards`` data files at
+        ``temp_prefix(prefix)`` to ``prefix``, replacing any checkpoint of that name (its
+        data files of other shard counts included); returns its files (data files, index).
 
-        Raises ``OSError``: before the commit point (the data file's rename) the old
-        checkpoint is untouched; after it, ``InternalError`` says the index is left under its
+        Raises ``OSError``: before the commit point (the first data file's rename) the old
+        checkpoint is untouched; after it, ``InternalError`` says the rest is left under its
         temporary name, which :meth:`recover` moves into place at the next start.
         """
         temp = CheckpointFolder.temp_prefix(prefix)
-        directory = os.path.dirname(prefix)
-        files = [data_path(prefix, 0, 1), index_path(prefix)]
-        os.replace(data_path(temp, 0, 1), files[0])  # the commit point
+        files = [*(data_path(prefix, k, num_shards) for k in range(num_shards)),
+                 index_path(prefix)]
+        test_pause("commit")
+        os.replace(data_path(temp, 0, num_shards), files[0])  # the commit point
         try:
-            fsync_dir(directory)
-            os.replace(index_path(temp), files[1])
-            fsync_dir(directory)
+            _finish(temp, prefix)
         except OSError as e:
             raise InternalError(
-                f"checkpoint {clip(os.path.basename(prefix))}: its data file is in place but "
-                f"its index could not be moved ({e.strerror or e}); it stays under "
-                f"{clip(os.path.basename(index_path(temp)))}, which the server moves into "
-                "place when it next starts") from None
-        _remove_stale_shards(prefix, 1)
+                f"checkpoint {clip(os.path.basename(prefix))}: committed, but its files could "
+                f"not all be moved into place ({e.strerror or e}); the rest stays under "
+                f"{clip(os.path.basename(temp))}, which the server moves into place when it "
+                "next starts") from None
+        _remove_stale_shards(prefix, num_shards)
         return files
 
     def recover(self, owned: Callable[[str], bool] | None = None) -> list[str]:
@@ -264,16 +272,15 @@ class CheckpointFolder:
                         owned is not None and not owned(name)):
                     continue
                 temp = os.path.join(directory, name[:-len(".index")])
-                if any(p.name != name for p in checkpoint_files(temp)):
-                    continue  # its data file was never moved: not committed, a leftover
+                if not _committed(temp):
+                    continue  # no data file was moved: not committed, a leftover
                 prefix = temp[:-len(COMMIT_MARK)]
                 try:
-                    os.replace(index_path(temp), index_path(prefix))
+                    _finish(temp, prefix)
                 except OSError as e:
                     log.warning("cannot finish the interrupted save of checkpoint %s: %s",
                                 prefix, e)
                     continue
-                fsync_dir(directory)
                 log.warning("finished the interrupted save of checkpoint %s", prefix)
                 touched.append(prefix)
             touched += [str(p) for p in clean_leftovers(directory, owned)]
@@ -292,6 +299,53 @@ def _is_table(path: str) -> bool:
             return f.read(8) == MAGIC.to_bytes(8, "little")
     except OSError:
         return False
+
+
+def _committed(temp: str, num_shards: int | None = None) -> bool:
+    """Whether the save under temporary prefix ``temp`` passed its commit point: its index
+    is written and fewer than all of its data files (``num_shards``; None: as their names
+    say) are left under ``temp``."""
+    if not os.path.lexists(index_path(temp)):
+        return False
+    counts = [int(m["count"]) for p in checkpoint_files(temp)
+              if (m := DATA_FILE.fullmatch(p.name))]
+    if num_shards is None:
+        num_shards = counts[0] if counts else 0
+    return len(counts) < num_shards or not counts
+
+
+def _finish(temp: str, prefix: str) -> None:
+    """Moves the data files left under ``temp`` to ``prefix``, then its index (after a
+    commit point). Raises ``OSError``."""
+    directory = os.path.dirname(prefix)
+    for path in checkpoint_files(temp):
+        match = DATA_FILE.fullmatch(path.name)
+        if match:
+            test_pause("data")
+            os.replace(path, data_path(prefix, int(match["shard"]), int(match["count"])))
+    fsync_dir(directory)
+    test_pause("index")
+    os.replace(index_path(temp), index_path(prefix))
+    fsync_dir(directory)
+
+
+def test_pause(step: str) -> None:
+    """For crash tests only: with ``VARSTORE_TEST_PAUSE_DIR`` set, creates ``STEP-N`` (N
+    counting this process's calls for ``step``) in that folder and waits until the file is
+    removed (or the test kills the server there). Without it, as always outside tests, does
+    nothing."""
+    folder = os.environ.get("VARSTORE_TEST_PAUSE_DIR")
+    if not folder:
+        return
+    _PAUSES[step] = _PAUSES.get(step, 0) + 1
+    marker = os.path.join(folder, f"{step}-{_PAUSES[step]}")
+    with open(marker, "w"):
+        pass
+    while os.path.exists(marker):
+        time.sleep(0.01)
+
+
+_PAUSES: dict[str, int] = {}
 
 
 def _remove_stale_shards(prefix: str, num_shards: int) -> list[str]:

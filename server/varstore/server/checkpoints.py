@@ -34,7 +34,6 @@ from varstore.server.bundle import (
     TEMP_MARK,
     BundleReader,
     BundleWriter,
-    data_path,
     index_path,
     latest_checkpoint,
     merge_shards,
@@ -235,9 +234,11 @@ class CheckpointManager:
                      latest_filename: str = "", write_state: bool = True,
                      keep_every_hours: float = 0.0) -> Saved:
         """Merges the parts every shard wrote into checkpoint ``prefix`` (``prefix-STEP``)
-        as TensorFlow's ``MergeV2Checkpoints`` does, index last, then records it and applies
-        its saver's retention as :meth:`save` does; returns its path as the client named it
-        and the saver's checkpoints.
+        as TensorFlow's ``MergeV2Checkpoints`` does, under the temporary prefix, then commits
+        it as :meth:`save` commits (:meth:`CheckpointFolder.commit`: a crash at any moment
+        leaves the previous checkpoint of that name or the whole new one), records it and
+        applies its saver's retention as :meth:`save` does; returns its path as the client
+        named it and the saver's checkpoints.
 
         Raises ``InvalidArgumentError`` for a bad prefix or parts that do not merge, and the
         errors of :meth:`save`.
@@ -246,16 +247,26 @@ class CheckpointManager:
                                  keep_every_hours)
         named, path = self._target(prefix, global_step, settings)
         paths = [self.folder.resolve(part) for part in parts]
+        state_file = check_state_filename(latest_filename) if write_state else None
         with self._lock:
+            created: list[str] = []
+            count = len(paths)
             try:
-                merge_shards(paths, path)
+                created = self.folder.prepare(path, state_file, count)
+                # Merged under the temporary prefix, then committed as a server's save is.
+                count = merge_shards(paths, self.folder.temp_prefix(path))
+                files = self.folder.commit(path, count)
             except ValueError as e:
+                self.folder.discard(path, created, count)
                 raise InvalidArgumentError(f"cannot merge checkpoint {clip(named)}: {e}") \
                     from None
             except OSError as e:
+                self.folder.discard(path, created, count)
                 raise os_error(e, f"cannot write checkpoint {clip(named)}") from None
-            files = [data_path(path, k, len(paths)) for k in range(len(paths))]
-            return self._record(named, path, [*files, index_path(path)], settings)
+            except BaseException:
+                self.folder.discard(path, created, count)
+                raise
+            return self._record(named, path, files, settings)
 
     def _save_plan(self, entries: Sequence[Entry] | None, whole: bool = True
                    ) -> list[tuple[str, Variable, SaveSlice | None]]:

@@ -17,12 +17,15 @@ __all__ = ["merge_shards"]
 
 
 def merge_shards(part_prefixes: Sequence[str | os.PathLike[str]],
-                 prefix: str | os.PathLike[str]) -> None:
-    """Merges separately written parts into one sharded checkpoint ``prefix``.
+                 prefix: str | os.PathLike[str]) -> int:
+    """Merges separately written parts into one sharded checkpoint ``prefix``; returns its
+    number of data files, N.
 
     The parts' data files are renamed to ``prefix.data-0000k-of-0000N`` (in part order),
     then one index with ``num_shards = N`` appears atomically, and the parts' index files
-    are deleted. Slices of one partitioned tensor may come from different parts.
+    are deleted. Slices of one partitioned tensor may come from different parts. The
+    server merges under a temporary prefix and commits that as it commits any save
+    (``CheckpointFolder.commit``), so no finished checkpoint is touched here.
 
     Raises ``ValueError`` (before changing anything) for no parts, a key in two parts, slices
     of one tensor that overlap or leave part of it uncovered, or parts of different format
@@ -70,6 +73,7 @@ def merge_shards(part_prefixes: Sequence[str | os.PathLike[str]],
     atomic_write(index_path(prefix), build_index(bundle_header(num_shards, version), entries))
     for part in parts:
         unlink_quietly(index_path(part))
+    return num_shards
 
 
 def _check_slices(key: str, entry: pb.BundleEntryProto) -> None:

@@ -28,8 +28,9 @@ DATA_FILE = re.compile(r"(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<count>\d{5
 # Every name an unfinished save of varstore leaves, and nothing else: a file being written
 # (temp_name), a save awaiting its commit (CheckpointFolder.temp_prefix), parts of sharded
 # saves (part_prefix, and the cluster client's parts).
-OWN_TEMP = re.compile(r".+\.tempstate(-vs\d+|(-commit|-part-\d{5}-of-\d{5}|"
-                      r"[0-9a-f]{8}_part-\d{5}-of-\d{5})\.(index|data-00000-of-00001))")
+OWN_TEMP = re.compile(r".+\.tempstate(-vs\d+|-commit\.(index|data-\d{5}-of-\d{5})|"
+                      r"(-part-\d{5}-of-\d{5}|[0-9a-f]{8}_part-\d{5}-of-\d{5})"
+                      r"\.(index|data-00000-of-00001))")
 
 
 def index_path(prefix: str | os.PathLike[str]) -> str:
