@@ -82,12 +82,14 @@ def _restore(path: str) -> Callable[[Any, Any, Any], Any]:
     return body
 
 
-@pytest.mark.parametrize("parts", [2, 3, 5, None])
-def test_a_tensorflow_partitioned_checkpoint_restores_into_any_partitioning(
-        tf: Any, address: str, ckpt_dir: Path, parts: int | None) -> None:
-    tf_program(tf, 3, _save(str(ckpt_dir / "tf.ckpt")))
+@pytest.mark.parametrize(("saved", "parts"), [(3, 2), (3, 3), (3, 5), (3, None), (None, 3),
+                                              (4, 1)])
+def test_a_tensorflow_checkpoint_restores_into_any_partitioning(
+        tf: Any, address: str, ckpt_dir: Path, saved: int | None, parts: int | None) -> None:
+    tf_program(tf, saved, _save(str(ckpt_dir / "tf.ckpt")))
     with BundleReader(ckpt_dir / "tf.ckpt") as reader:
-        assert reader.entry("emb").sliced and reader.keys() == ["dense/b", "emb"]
+        assert reader.entry("emb").sliced == (saved is not None)
+        assert reader.keys() == ["dense/b", "emb"]
     zeros = np.zeros_like(FULL)
     got = vs_program(address, parts, _restore("tf.ckpt"), initial=zeros)
     np.testing.assert_array_equal(got, FULL)
@@ -98,14 +100,23 @@ def test_a_tensorflow_partitioned_checkpoint_restores_into_any_partitioning(
 
 @pytest.mark.parametrize("parts", [2, 3, 5])
 def test_tensorflow_reads_varstores_partitioned_checkpoint_as_one_tensor(
-        tf: Any, address: str, ckpt_dir: Path, tmp_path: Path, parts: int) -> None:
+        tf: Any, address: str, ckpt_dir: Path, tmp_path: Path, parts: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     assert vs_program(address, 3, _save("vs.ckpt")) == "vs.ckpt"
     tf_program(tf, 3, _save(str(tmp_path / "tf.ckpt")))
     prefix = str(ckpt_dir / "vs.ckpt")
     reader = tf.train.load_checkpoint(prefix)
     assert reader.get_variable_to_shape_map() == {"emb": [10, 4], "dense/b": [2]}
     np.testing.assert_array_equal(reader.get_tensor("emb"), FULL)
-    assert tf.train.list_variables(prefix) == tf.train.list_variables(str(tmp_path / "tf.ckpt"))
+    listed = tf.train.list_variables(str(tmp_path / "tf.ckpt"))
+    assert tf.train.list_variables(prefix) == listed == [("dense/b", [2]), ("emb", [10, 4])]
+    # varstore.v1's list_variables asks the server, of a prefix or a folder.
+    monkeypatch.setenv("VARSTORE_ADDRESS", address)
+    assert vtf.train.list_variables("vs.ckpt") == listed
+    tf_program(tf, 3, _save(str(ckpt_dir / "sub" / "tf.ckpt")))
+    assert vtf.train.list_variables("sub") == listed
+    with pytest.raises(vtf.errors.NotFoundError):
+        vtf.train.list_variables("missing")
     # Byte for byte what TensorFlow's Saver writes for the same program.
     for suffix in (".index", ".data-00000-of-00001"):
         assert Path(prefix + suffix).read_bytes() == (tmp_path / f"tf.ckpt{suffix}").read_bytes()

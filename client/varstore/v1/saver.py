@@ -6,15 +6,19 @@ checkpoint folder: paths are resolved there, and keys are variable names without
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 import varstore
+from varstore.common.errors import NotFoundError, OpError
+from varstore.proto import cluster_pb2 as cpb
+from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
 from varstore.v1.graph import get_default_session
 from varstore.v1.partitioned import PartitionedVariable
@@ -203,8 +207,42 @@ def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None) -
     """The newest checkpoint in ``checkpoint_dir`` (inside the server's checkpoint folder) as
     its state file ``latest_filename`` (default ``checkpoint``) records it, or None; asks the
     default session's server, else the one ``varstore.connect()`` finds."""
+    with _server() as client:
+        return client.latest_checkpoint(checkpoint_dir, latest_filename)
+
+
+def list_variables(ckpt_dir_or_file: str) -> list[tuple[str, list[int]]]:
+    """``(name, shape)`` of every tensor of a checkpoint, sorted by name, as TensorFlow's
+    ``tf.train.list_variables``: a partitioned variable once, under its full name and shape.
+    ``ckpt_dir_or_file`` is a checkpoint prefix or a folder (its newest checkpoint) inside the
+    server's checkpoint folder; asks the server as :func:`latest_checkpoint` does.
+
+    Raises ``NotFoundError`` for a missing checkpoint."""
+    with _server() as client:
+        stub = cpb_grpc.ClusterServiceStub(client.transport.channel)
+
+        def keys(prefix: str) -> list[tuple[str, list[int]]]:
+            reply = client.transport.call(stub.CheckpointKeys,
+                                          cpb.CheckpointKeysRequest(prefix=prefix),
+                                          idempotent=True)
+            return sorted((k.key, list(k.shape)) for k in reply.keys)
+        try:
+            return keys(ckpt_dir_or_file)
+        except NotFoundError:
+            latest = None
+            with contextlib.suppress(OpError):
+                latest = client.latest_checkpoint(ckpt_dir_or_file)
+            if latest is None:
+                raise
+            return keys(latest)
+
+
+@contextlib.contextmanager
+def _server() -> Iterator[varstore.Client]:
+    """The default session's client, else a new connection (closed after)."""
     session = get_default_session()
     if session is not None:
-        return session.client.latest_checkpoint(checkpoint_dir, latest_filename)
+        yield session.client
+        return
     with varstore.connect() as client:
-        return client.latest_checkpoint(checkpoint_dir, latest_filename)
+        yield client

@@ -1,5 +1,5 @@
 """``tf.train``: the optimizers (:mod:`varstore.v1.optimizers`), ``Saver`` and
-``latest_checkpoint`` (:mod:`varstore.v1.saver`), the global step
+``latest_checkpoint``, ``list_variables`` (:mod:`varstore.v1.saver`), the global step
 (:mod:`varstore.v1.training_util`), ``MonitoredTrainingSession``
 (:mod:`varstore.v1.monitored_session`) and ``replica_device_setter``
 (:mod:`varstore.v1.device_setter`).
@@ -21,7 +21,7 @@ from varstore.v1.optimizers import (
     MomentumOptimizer,
     RMSPropOptimizer,
 )
-from varstore.v1.saver import Saver, latest_checkpoint
+from varstore.v1.saver import Saver, latest_checkpoint, list_variables
 from varstore.v1.training_util import (
     create_global_step,
     get_global_step,
@@ -33,7 +33,8 @@ __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "FtrlOptimizer", "GradientDescentOptimizer",
     "MomentumOptimizer", "MonitoredSession", "MonitoredTrainingSession", "RMSPropOptimizer",
     "Saver", "StopAtStepHook", "create_global_step", "get_global_step",
-    "get_or_create_global_step", "global_step", "latest_checkpoint", "replica_device_setter",
+    "get_or_create_global_step", "global_step", "latest_checkpoint", "list_variables",
+    "replica_device_setter",
 ]
 
 
