@@ -26,8 +26,9 @@ from varstore.errors import DeadlineExceededError, InvalidArgumentError
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
-from varstore.server import ServerConfig, create_server
+from varstore.server import ServerConfig, create_server, ops
 from varstore.server.app import Server
+from varstore.server.kernels.base import OpDef
 
 WORKERS = 8
 HOSTILE = 3 * WORKERS  # hostile calls per flood: three times the server's threads
@@ -151,7 +152,11 @@ def test_a_flood_of_long_calls_leaves_the_server_serving(small_server: Server,
         for call in calls:
             call.cancel()
     # Every slot is given back once the calls are gone.
-    _eventually(lambda: small_server.capacity.long_calls.held == 0, "slots to be given back")
+    _eventually(lambda: _held(small_server) == 0, "slots to be given back")
+
+
+def _held(srv: Server) -> int:
+    return srv.capacity.waits.held + srv.capacity.transfers.held
 
 
 def _code(call: Any) -> grpc.StatusCode:
@@ -184,10 +189,11 @@ def test_long_calls_past_the_limit_are_refused_with_a_reason(small_server: Serve
                 continue
             except grpc.RpcError as e:
                 refused.append((e.code(), e.details() or ""))
-        limit = small_server.capacity.limits.long_calls
-        assert len(refused) == HOSTILE - limit
+        share = small_server.capacity.waits.share  # one channel: one peer's share
+        assert len(refused) == HOSTILE - share
         assert {code for code, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-        assert all("long calls" in details for _, details in refused)
+        assert all("long calls" in details and details.endswith("try again later")
+                   for _, details in refused)
     finally:
         for call in calls:
             call.cancel()
@@ -207,13 +213,13 @@ def test_health_watches_past_the_limit_are_refused(small_server: Server) -> None
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 refused += 1
-        assert served == small_server.capacity.limits.long_calls
+        assert served == small_server.capacity.waits.share
         assert refused == HOSTILE - served
         _victims_are_served(small_server)
     finally:
         for watch in watches:
             watch.cancel()
-    _eventually(lambda: small_server.capacity.long_calls.held == 0, "slots to be given back")
+    _eventually(lambda: _held(small_server) == 0, "slots to be given back")
 
 
 @pytest.mark.parametrize("timeout", [-1.0, math.nan, -math.inf])
@@ -246,3 +252,96 @@ def test_huge_wait_durations_end_at_the_call_deadline(small_server: Server) -> N
         b.fetch(b.node("sync_wait", group="gs", generation=0, timeout=math.inf))
         with pytest.raises(DeadlineExceededError):
             c.run(b)
+
+
+@pytest.fixture
+def slow_neg(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Makes the server's ``neg`` op wait (up to a minute) until released: (started, release).
+    Released at the end of the test whatever happens."""
+    started, release = threading.Event(), threading.Event()
+
+    def kernel(ctx: Any, node: Any, inputs: list[Any]) -> Any:
+        started.set()
+        release.wait(60)
+        return np.negative(inputs[0])
+
+    monkeypatch.setitem(ops.OPS, "neg", OpDef(kernel, 1))
+    yield started, release
+    release.set()
+
+
+def _add_neg(client: vs.Client, of_variable: bool) -> threading.Thread:
+    """Starts ``assign_add(hot, neg(x))`` in a thread: x = -5 (a constant) or ``read(hot)``."""
+    b = RequestBuilder()
+    x = b.node("read", variable="hot") if of_variable else b.const(np.float32(-5), vs.float32)
+    b.target(b.node("assign_add", [b.node("neg", [x])], variable="hot"))
+    thread = threading.Thread(target=client.run, args=(b,))
+    thread.start()
+    return thread
+
+
+def _connect(srv: Server, timeout: float = VICTIM_DEADLINE) -> vs.Client:
+    return vs.connect(f"127.0.0.1:{srv.port}", token=TOKEN, timeout=timeout)
+
+
+def test_a_long_computation_of_no_variable_holds_no_lock(
+        small_server: Server, slow_neg: tuple[threading.Event, threading.Event]) -> None:
+    started, release = slow_neg
+    with _connect(small_server) as a, _connect(small_server) as b:
+        hot = a.get_variable("hot", [], initializer=vs.zeros_initializer())
+        long_run = _add_neg(a, of_variable=False)
+        assert started.wait(VICTIM_DEADLINE)
+        b.get_variable("hot", []).assign_add(1.0)  # while the long Run computes
+        assert float(hot.numpy()) == 1.0
+        release.set()
+        long_run.join()
+        assert float(hot.numpy()) == 6.0
+
+
+def test_waiting_for_a_lock_ends_at_the_deadline_and_changes_nothing(
+        small_server: Server, slow_neg: tuple[threading.Event, threading.Event]) -> None:
+    started, release = slow_neg
+    with _connect(small_server) as a, _connect(small_server, timeout=0.5) as b:
+        hot = a.get_variable("hot", [], initializer=vs.constant_initializer(2.0))
+        long_run = _add_neg(a, of_variable=True)  # reads hot: computed under its lock
+        assert started.wait(VICTIM_DEADLINE)
+        with pytest.raises(DeadlineExceededError):
+            b.get_variable("hot", []).assign_add(1.0)
+        release.set()
+        long_run.join()
+        assert float(hot.numpy()) == 0.0  # 2 + -2: the refused update changed nothing
+
+
+def test_calls_waiting_for_a_held_lock_leave_the_server_serving(
+        small_server: Server, slow_neg: tuple[threading.Event, threading.Event]) -> None:
+    """More callers than threads wait for a lock held for long: they hold slots of the
+    waits' pool at most, are refused past it (and past the deadline) having changed nothing,
+    and the health check, status and other variables are answered meanwhile."""
+    started, release = slow_neg
+    outcomes: list[str] = []
+
+    def caller() -> None:
+        with _connect(small_server, timeout=5.0) as c:
+            try:
+                c.get_variable("hot", []).assign_add(1.0)
+                outcomes.append("done")
+            except vs.errors.OpError as e:
+                outcomes.append(type(e).__name__)
+
+    with _connect(small_server) as a:
+        hot = a.get_variable("hot", [], initializer=vs.constant_initializer(2.0))
+        long_run = _add_neg(a, of_variable=True)
+        assert started.wait(VICTIM_DEADLINE)
+        callers = [threading.Thread(target=caller) for _ in range(HOSTILE)]
+        for thread in callers:
+            thread.start()
+        try:
+            _victims_are_served(small_server)
+        finally:
+            release.set()
+        long_run.join()
+        for thread in callers:
+            thread.join()
+        assert set(outcomes) <= {"done", "ResourceExhaustedError", "DeadlineExceededError"}
+        assert float(hot.numpy()) == outcomes.count("done")
+    _eventually(lambda: _held(small_server) == 0, "slots to be given back")

@@ -6,8 +6,16 @@ thread for as long as its client makes it last: streams (``RunStream``, ``Save``
 ``Restore``, reflection), waits (``WaitInitialized``, a ``Run`` of ``sync_wait``). So:
 
 - long calls share :attr:`CapacityLimits.long_calls` slots, fewer than the pool's threads,
-  and a long call beyond them is refused at once (RESOURCE_EXHAUSTED): the other threads
-  always remain for short calls, the health check among them;
+  and a long call beyond them is refused at once (RESOURCE_EXHAUSTED, "try again later",
+  having changed nothing): the other threads always remain for short calls, the health check
+  among them;
+- the slots are split in two pools, so that no kind of call starves the other: *waits*
+  (``WaitInitialized``, a ``Run`` of ``sync_wait``, health ``Watch`` streams, and a unary
+  ``Run`` while it waits for a variable's lock or for a variable another request creates) and
+  *transfers* (``RunStream``, ``Save``, ``Restore``, reflection); saves, restores and large
+  pulls and pushes always find slots however many calls wait;
+- one peer (a connection, as gRPC names it) holds at most half of each pool, so that a second
+  client always finds slots of both kinds;
 - a stream whose peer sends nothing (or reads nothing) for ``stream_idle_seconds``, or sends
   its request slower than ``stream_min_rate`` bytes per second on average, is cancelled;
 - health ``Watch`` streams are long calls like the others (they need a token when the server
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Unary methods that may last as long as their client asks.
 LONG_UNARY_METHODS = frozenset({"/varstore.v1.VariableService/WaitInitialized"})
+# Streaming methods that wait rather than transfer (their slots come from the waits' pool).
+WAITING_STREAMS = frozenset({"/grpc.health.v1.Health/Watch"})
 # How often stalled streams are looked for.
 WATCHDOG_SECONDS = 0.1
 
@@ -59,12 +69,15 @@ class CapacityLimits:
 
 
 class Slots:
-    """A count of things held at once, refused past ``limit``."""
+    """A count of things held at once, refused past ``limit``, and past ``share`` for one
+    peer (None: ``limit``)."""
 
-    def __init__(self, limit: int, what: str) -> None:
+    def __init__(self, limit: int, what: str, share: int | None = None) -> None:
         self.limit = limit
         self.what = what
+        self.share = limit if share is None else share
         self._held = 0
+        self._by_peer: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @property
@@ -72,35 +85,50 @@ class Slots:
         """How many are held now."""
         return self._held
 
-    def take(self) -> None:
-        """Takes a slot; raises ``ResourceExhaustedError`` when all are held."""
+    def take(self, peer: str = "") -> None:
+        """Takes a slot for ``peer``; raises ``ResourceExhaustedError`` ("try again later")
+        when all are held, or ``peer``'s share."""
         with self._lock:
             if self._held >= self.limit:
                 raise ResourceExhaustedError(
                     f"the server is serving {self.limit} {self.what} already; try again later")
+            mine = self._by_peer.get(peer, 0)
+            if mine >= self.share:
+                raise ResourceExhaustedError(
+                    f"this client holds {mine} {self.what} already, its share of the "
+                    f"server's {self.limit}; try again later")
             self._held += 1
+            self._by_peer[peer] = mine + 1
 
-    def give_back(self) -> None:
+    def give_back(self, peer: str = "") -> None:
         """Returns a slot taken with :meth:`take`."""
         with self._lock:
             self._held -= 1
+            mine = self._by_peer.pop(peer) - 1
+            if mine:
+                self._by_peer[peer] = mine
 
     @contextmanager
-    def held_while(self) -> Iterator[None]:
+    def held_while(self, peer: str = "") -> Iterator[None]:
         """Holds a slot for the block; raises what :meth:`take` raises."""
-        self.take()
+        self.take(peer)
         try:
             yield
         finally:
-            self.give_back()
+            self.give_back(peer)
 
 
 class Capacity:
-    """The slots and the stream watchdog of one server."""
+    """The slots (:attr:`waits`, :attr:`transfers`) and the stream watchdog of one server."""
 
     def __init__(self, limits: CapacityLimits) -> None:
         self.limits = limits
-        self.long_calls = Slots(limits.long_calls, "long calls (streams and waits)")
+        waits = max(1, limits.long_calls // 2)
+        transfers = max(1, limits.long_calls - waits)
+        self.waits = Slots(waits, "long calls that wait (waits, lock waits, watches)",
+                           max(1, waits // 2))
+        self.transfers = Slots(transfers, "long calls that stream (transfers, saves)",
+                               max(1, transfers // 2))
         self._streams: set[_Stream] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -217,9 +245,11 @@ class CapacityInterceptor(grpc.ServerInterceptor):
     def _long(self, method: str, handler: grpc.RpcMethodHandler,
               behavior: Callable[..., Any]) -> Callable[..., Any]:
         capacity = self.capacity
+        slots = capacity.waits if method in LONG_UNARY_METHODS | WAITING_STREAMS \
+            else capacity.transfers
 
         def unary_out(request: Any, context: grpc.ServicerContext) -> Any:
-            with capacity.long_calls.held_while():
+            with slots.held_while(context.peer()):
                 stream = _Stream(method, context)
                 if handler.request_streaming:
                     request = stream.requests(request)
@@ -230,7 +260,7 @@ class CapacityInterceptor(grpc.ServerInterceptor):
                     capacity._unwatch(stream)
 
         def stream_out(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with capacity.long_calls.held_while():
+            with slots.held_while(context.peer()):
                 stream = _Stream(method, context)
                 if handler.request_streaming:
                     request = stream.requests(request)

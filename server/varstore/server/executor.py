@@ -1,11 +1,11 @@
 """Executes a request's op graph atomically against the variable store.
 
 A request first creates or binds its variables, then evaluates the initializers of those it
-created and the nodes its fetches and targets need. Every variable those nodes touch is locked
-(in name order) for the whole evaluation, so ``assign(c, c + 1)`` never loses an update and
-reads are never torn, while requests on other variables run in parallel. A request that fails
-changes nothing (see :meth:`Executor.run`).
-"""
+created and the nodes its fetches and targets need: first, holding no lock, the nodes that
+touch no variable directly or through their inputs (a chain of matmuls of constants); then,
+under the locks of every variable the others touch (taken in name order, within the call's
+deadline), the rest. So ``assign(c, c + 1)`` never loses an update and reads are never torn,
+while requests on other variables run in parallel. A failed request changes nothing."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from varstore.common.errors import (
 from varstore.common.protocol import READ_ONLY_OPS
 from varstore.server.budget import Lease, check_alloc, reply_bytes
 from varstore.server.kernels import NodeDef
-from varstore.server.ops import OPS
+from varstore.server.ops import OPS, PURE_OPS
 from varstore.server.slices import SaveSlice
 from varstore.server.store import Variable, VariableStore, check_compatible, validate_name
 from varstore.server.waits import Waiter
@@ -71,6 +71,8 @@ class Graph:
     validated: bool = False
     # Whether the graph waits for other requests (BLOCKING_OPS); set with ``validated``.
     blocking: bool = False
+    # Per node: computed before any lock (a PURE_OPS naming no variable, of such inputs).
+    free: list[bool] = field(default_factory=list)
     # The tensors belong to this request alone (no later request shares them), so a kernel may
     # keep one that no other node uses instead of copying it (a pushed value, see _Context.take).
     owned: bool = False
@@ -167,6 +169,10 @@ class Executor:
                     f"variable {clip(spec.name)} of shape {list(spec.shape)[:8]} cannot be the "
                     f"slice {clip(spec.save_slice.describe())}")
         graph.blocking = any(node.op in BLOCKING_OPS for node in graph.nodes)
+        free = graph.free = []
+        for n in graph.nodes:
+            free.append(not n.variable and n.op in PURE_OPS and all(map(free.__getitem__, (
+                *n.inputs, *n.control_inputs))))
         if graph.blocking and (graph.variables or any(n.variable for n in graph.nodes)):
             raise InvalidArgumentError(
                 "sync_wait waits for other requests, so its request may name no variable "
@@ -235,7 +241,8 @@ class Executor:
         journal = Journal(lease)
         ctx = _Context(self, graph, variables, journal, waiter, lease)
         memo: dict[int, Any] = {}
-        with self.store.locked([*variables.values(), *created]):
+        self._run_nodes(ctx, [i for i in needed if graph.free[i]], memo, journal, False, None)
+        with self.store.locked([*variables.values(), *created], waiter):
             try:
                 if initializers:
                     self._run_nodes(ctx, _closure(graph.nodes, initializers, memo), memo,

@@ -26,3 +26,7 @@ def build_registry(tables: tuple[Mapping[str, OpDef], ...] = TABLES) -> dict[str
 
 
 OPS: Mapping[str, OpDef] = build_registry()
+# Ops whose result depends on their inputs and attributes alone (no variable, no state kept
+# beside the variables, no wait), when their node names no variable: the executor computes
+# them before it takes any variable's lock.
+PURE_OPS = frozenset({*initializers.OPS, *math.OPS, *array.OPS, "const", "no_op", "gather"})

@@ -119,10 +119,14 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         lease.charge_request(len(raw), "a Run request")
         graph = self._graph(raw, lease)
         self._check_routed(graph, context)
-        with self.capacity.long_calls.held_while() if graph.blocking else nullcontext():
-            result = self.executor.run(graph, self._waiter(context),
-                                       max_reply_bytes=MAX_MESSAGE_BYTES, lease=lease,
-                                       reply_streamed=False)
+        # A unary Run is a short call until it waits (sync_wait, a variable's lock, a
+        # variable another request creates): then it holds a slot of the waits' pool.
+        peer = context.peer()
+        waiter = Waiter.for_call(context, self.store.stopping,
+                                 lambda: self.capacity.waits.held_while(peer))
+        with waiter.waiting() if graph.blocking else nullcontext():
+            result = self.executor.run(graph, waiter, max_reply_bytes=MAX_MESSAGE_BYTES,
+                                       lease=lease, reply_streamed=False)
         response, _ = wire.result_to_proto(result, stream=False)
         return response
 

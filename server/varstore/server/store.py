@@ -17,6 +17,7 @@ for a discarded variable creates its own (or, binding only, finds none).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -347,16 +348,26 @@ class VariableStore:
         var.version += 1
 
     @contextlib.contextmanager
-    def locked(self, variables: Iterable[Variable]) -> Iterator[None]:
-        """Holds the locks of ``variables`` (deduplicated, taken in name order)."""
+    def locked(self, variables: Iterable[Variable],
+               waiter: Waiter | None = None) -> Iterator[None]:
+        """Holds the locks of ``variables`` (deduplicated, taken in name order), each taken
+        through ``waiter`` (:meth:`Waiter.acquire`: within the call's deadline, ended by its
+        cancellation and the shutdown, counted as a long call when it waits; default: a
+        waiter that ends at the shutdown). Raises what ``acquire`` raises, holding none."""
         ordered = sorted({id(v): v for v in variables}.values(), key=lambda v: v.name)
+        waiter = waiter or self.waiter()
         if len(ordered) == 1:  # most requests: no ExitStack needed
-            with ordered[0].lock:
+            lock = ordered[0].lock
+            waiter.acquire(lock, functools.partial(_lock_of, ordered[0]))
+            try:
                 yield
+            finally:
+                lock.release()
             return
         with contextlib.ExitStack() as stack:
             for v in ordered:
-                stack.enter_context(v.lock)
+                waiter.acquire(v.lock, functools.partial(_lock_of, v))
+                stack.callback(v.lock.release)
             yield
 
     def wait_initialized(self, names: list[str], timeout: float,
@@ -382,6 +393,11 @@ class VariableStore:
             (waiter or self.waiter()).wait_for(self._changed, all_ready, timeout)
             wanted = names or [n for n, v in self._vars.items() if not v.pending]
             return [n for n in wanted if not ready(n)]
+
+
+def _lock_of(var: Variable) -> str:
+    """How a refusal names ``var``'s lock."""
+    return f"the lock of variable {clip(var.name)}"
 
 
 def check_compatible(var: Variable, dtype: DType, shape: tuple[int, ...],
