@@ -145,8 +145,10 @@ def test_a_flood_of_long_calls_leaves_the_server_serving(small_server: Server,
             codes = {_code(call) for call in calls}
             assert codes <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
         elif kind == "health watch without token":
+            # Refused for the token, or (while a peer's share is held) for the slots.
             codes = {_code(call) for call in calls}
-            assert codes == {grpc.StatusCode.UNAUTHENTICATED}
+            assert grpc.StatusCode.UNAUTHENTICATED in codes
+            assert codes <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     finally:
         stop.set()
         for call in calls:
