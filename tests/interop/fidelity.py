@@ -44,6 +44,7 @@ MODULES = (
     "tests.interop.test_tf1_fidelity_dtypes",
     "tests.interop.test_tf1_fidelity_signatures",
     "tests.interop.test_tf1_fidelity_devices",
+    "tests.interop.test_tf1_fidelity_partitioned",
     "tests.server.test_eager_fidelity",
 )
 

@@ -37,6 +37,7 @@ from varstore.v1 import nn, train
 from varstore.v1.array_ops import (
     boolean_mask,
     cast,
+    concat,
     constant,
     convert_to_tensor,
     fill,
@@ -163,7 +164,7 @@ __all__ = [
     "AUTO_REUSE", "DType", "Graph", "GraphKeys", "IndexedSlices", "Operation",
     "PartitionedVariable", "Session", "Tensor", "TensorShape", "Variable", "VariableScope",
     "abs", "add", "add_to_collection", "as_dtype", "assign", "assign_add", "assign_sub",
-    "bfloat16", "bool", "boolean_mask", "cast", "complex128", "complex64", "constant",
+    "bfloat16", "bool", "boolean_mask", "cast", "complex128", "complex64", "concat", "constant",
     "constant_initializer", "control_dependencies", "convert_to_tensor", "device", "divide",
     "double",
     "equal", "errors", "exp", "fill", "fixed_size_partitioner", "float16", "float32", "float64",

@@ -187,6 +187,60 @@ def stack(values: Sequence[Any], axis: int = 0, name: str = "stack") -> Tensor:
                                TensorShape(dims), attrs={"axis": axis}).outputs[0]
 
 
+def concat(values: Sequence[Any], axis: int, name: str = "concat") -> Tensor:
+    """The tensors ``values`` (same dtype and rank, equal dimensions but ``axis``) joined
+    along ``axis`` (negative counts from the end), as TF's ``tf.concat``; one value is
+    returned as its identity. Raises ``ValueError`` for shapes that cannot be joined and an
+    ``axis`` out of range, ``TypeError`` for mixed dtypes."""
+    values = list(values)
+    if len(values) == 1:
+        with op_scope(name, "concat", values):
+            return identity(values[0], name="concat")
+    with op_scope(name, "concat", values) as (graph, op_name):
+        if not values:
+            raise ValueError("concat needs at least one value")
+        first = convert_to_tensor(values[0])
+        tensors = [first] + [convert_to_tensor(v, dtype_hint=first.dtype) for v in values[1:]]
+        if any(t.dtype != first.dtype for t in tensors):
+            raise TypeError(f"Tensors in list passed to 'values' of 'ConcatV2' Op have types "
+                            f"[{', '.join(t.dtype.name for t in tensors)}] that don't all "
+                            "match.")
+        axis = int(axis)
+        dims = _concat_shape([t.shape for t in tensors], axis, op_name)
+        return graph.create_op(op_name, "ConcatV2", "concat", tensors, first.dtype,
+                               TensorShape(dims), attrs={"axis": axis}).outputs[0]
+
+
+def _concat_shape(shapes_in: list[TensorShape], axis: int, op_name: str) -> list[Any] | None:
+    """The dims of ``concat(..., axis)`` of tensors of ``shapes_in``; TF's shape errors."""
+    if any(s.dims is None for s in shapes_in):
+        return None
+    where = (f"for '{op_name}' (op: 'ConcatV2') with input shapes: "
+             f"{', '.join(shapes.dims_str(s) for s in shapes_in)}, []")
+    computed = f"{where} and with computed input tensors: input[{len(shapes_in)}] = <{axis}>."
+    dims = list(shapes_in[0].dims or [])
+    rank = len(dims)
+    if not -rank <= axis < rank:
+        raise ValueError(f"Shape must be at least rank {axis + 1 if axis >= 0 else -axis} but "
+                         f"is rank {rank} {computed}")
+    axis %= rank
+    for other_shape in shapes_in[1:]:
+        other = list(other_shape.dims or [])
+        if len(other) != rank:
+            raise ValueError(f"Shape must be rank {rank} but is rank {len(other)} {where}.")
+        rest = [d for k, d in enumerate(dims) if k != axis]
+        other_rest = [d for k, d in enumerate(other) if k != axis]
+        for k, (a, b) in enumerate(zip(rest, other_rest, strict=True)):
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"Dimension {k} in both shapes must be equal, but are {a} and {b}. Shapes "
+                    f"are {shapes.dims_str(TensorShape(rest))} and "
+                    f"{shapes.dims_str(TensorShape(other_rest))}. {computed}")
+        dims = [(None if a is None or b is None else a + b) if k == axis else
+                (b if a is None else a) for k, (a, b) in enumerate(zip(dims, other, strict=True))]
+    return dims
+
+
 def boolean_mask(tensor: Any, mask: Any, name: str = "boolean_mask") -> Tensor:
     """The rows of ``tensor`` where the boolean ``mask`` is true."""
     with op_scope(name, "boolean_mask", [tensor, mask]) as (graph, op_name):
@@ -212,7 +266,8 @@ def gather(params: Any, indices: Any, name: str | None = None, axis: int | None 
         idx = convert_to_tensor(indices, name="indices")
         if not idx.dtype.is_integer:
             raise TypeError(f"Value passed to parameter 'indices' has DataType "
-                            f"{idx.dtype.name} not in list of allowed values: int32, int64")
+                            f"{idx.dtype.name} not in list of allowed values: int16, int32, "
+                            "int64")
         rows = ref.shape.dims[1:] if ref.shape.dims is not None else None
         shape = TensorShape(None if rows is None or idx.shape.dims is None
                             else idx.shape.dims + rows)

@@ -1,10 +1,11 @@
-"""``tf.nn``: activation functions."""
+"""``tf.nn``: activation functions and embedding lookups."""
 
 from __future__ import annotations
 
+from varstore.v1.embedding_ops import embedding_lookup
 from varstore.v1.math_ops import relu, sigmoid, tanh
 
-__all__ = ["relu", "sigmoid", "tanh"]
+__all__ = ["embedding_lookup", "relu", "sigmoid", "tanh"]
 
 
 def __dir__() -> list[str]:

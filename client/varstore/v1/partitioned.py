@@ -82,6 +82,27 @@ class PartitionedVariable:
         return (f"<PartitionedVariable '{self.name}' shape={self._shape} "
                 f"parts={len(self._parts)}>")
 
+    def _concat(self) -> Any:
+        """The full value: the parts joined along their partitioned axis (TF's
+        ``PartitionedVariable._concat``)."""
+        from varstore.v1.array_ops import concat
+        if len(self._parts) == 1:
+            return self._parts[0]._as_graph_tensor(False)
+        axis = next((k for k, n in enumerate(self._partitions) if n > 1), 0)
+        return concat(self._parts, axis, name=self.name)
+
+    def as_tensor(self) -> Any:
+        """The full value as one tensor (TF's ``PartitionedVariable.as_tensor``)."""
+        return self._concat()
+
+    def _as_graph_tensor(self, as_ref: bool) -> Any:
+        """What ``convert_to_tensor`` (and so ``matmul``, ``reduce_sum``...) makes of the
+        variable: its full value. Raises ``ValueError`` for a reference, as TF does."""
+        if as_ref:
+            raise ValueError("PartitionedVariable cannot be converted to a reference; use "
+                             "its parts")
+        return self._concat()
+
 
 def fixed_size_partitioner(num_shards: int, axis: int = 0) -> Callable[..., list[int]]:
     """A partitioner making ``num_shards`` parts along ``axis`` (fewer for a shorter axis)."""

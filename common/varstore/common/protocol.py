@@ -10,7 +10,7 @@ MAX_MESSAGE_BYTES = 64 << 20
 # takes no undo copy for them; the client may repeat a request made only of them after
 # UNAVAILABLE.
 READ_ONLY_OPS = frozenset({"const", "read", "read_if_initialized", "ref", "gather",
-                           "is_initialized"})
+                           "partition_gather", "is_initialized"})
 
 # The first element of a sync_accumulate result: what became of the replica's gradients.
 PENDING, APPLIED, STALE = 0, 1, -1

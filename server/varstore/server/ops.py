@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from varstore.server import optimizers, sync
-from varstore.server.kernels import array, initializers, math, state
+from varstore.server.kernels import array, embedding, initializers, math, state
 from varstore.server.kernels.base import OpDef
 
 TABLES: tuple[Mapping[str, OpDef], ...] = (state.OPS, initializers.OPS, math.OPS, array.OPS,
-                                           optimizers.OPS, sync.OPS)
+                                           embedding.OPS, optimizers.OPS, sync.OPS)
 
 
 def build_registry(tables: tuple[Mapping[str, OpDef], ...] = TABLES) -> dict[str, OpDef]:

@@ -1,6 +1,7 @@
 """The ops a graph may contain, as numpy kernels, in modules by job: variables and their
 updates (:mod:`.state`), initializers (:mod:`.initializers`), elementwise math, matmul, casts
-and reductions (:mod:`.math`), and shape ops (:mod:`.array`). Each module lists its ops in an
+and reductions (:mod:`.math`), shape ops (:mod:`.array`) and lookups in partitioned variables
+(:mod:`.embedding`). Each module lists its ops in an
 explicit ``OPS`` table; :mod:`varstore.server.ops` merges them with the training ops'.
 
 A kernel receives the evaluation context, its node and its input values, and returns its

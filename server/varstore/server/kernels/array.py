@@ -1,4 +1,5 @@
-"""Shape ops: reshape, and the graph-mode helpers ``stack`` and ``boolean_mask`` (varstore.v1)."""
+"""Shape ops: reshape, concat, and the graph-mode helpers ``stack`` and ``boolean_mask``
+(varstore.v1)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,31 @@ def _stack(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     return np.stack(values, axis=int(node.attr("axis", 0)))
 
 
+def _concat(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
+    """Joins its inputs (same dtype and rank, equal dimensions but ``axis``) along ``axis``
+    (negative counts from the end), as TensorFlow's ConcatV2."""
+    if not inputs:
+        raise InvalidArgumentError("concat needs at least one input")
+    values = [np.asarray(x) for x in inputs]
+    rank = values[0].ndim
+    axis = int(node.attr("axis", 0))
+    if not -rank <= axis < rank:
+        raise InvalidArgumentError(f"ConcatOp : Expected concatenating dimensions in the range "
+                                   f"[{-rank}, {rank}), but got {axis}")
+    axis %= rank
+    for i, other in enumerate(values[1:], 1):
+        _same_dtype(node, values[0], other)
+        if other.ndim != rank or any(a != b for k, (a, b) in enumerate(
+                zip(values[0].shape, other.shape, strict=True)) if k != axis):
+            raise InvalidArgumentError(
+                f"ConcatOp : Dimension {axis} in both shapes must be equal: shape[0] = "
+                f"{list(values[0].shape)} vs. shape[{i}] = {list(other.shape)}")
+    shape = list(values[0].shape)
+    shape[axis] = sum(v.shape[axis] for v in values)
+    ctx.check_alloc(tuple(shape), dtypes.as_dtype(values[0].dtype))
+    return np.concatenate(values, axis=axis)
+
+
 def _boolean_mask(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     """The rows of input 0 where the boolean input 1 is true."""
     values, mask = np.asarray(inputs[0]), np.asarray(inputs[1])
@@ -51,5 +77,6 @@ def _boolean_mask(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
 OPS = {
     "reshape": OpDef(_reshape, 1),
     "stack": OpDef(_stack, None),
+    "concat": OpDef(_concat, None),
     "boolean_mask": OpDef(_boolean_mask, 2),
 }
