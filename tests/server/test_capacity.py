@@ -347,3 +347,50 @@ def test_calls_waiting_for_a_held_lock_leave_the_server_serving(
         assert set(outcomes) <= {"done", "ResourceExhaustedError", "DeadlineExceededError"}
         assert float(hot.numpy()) == outcomes.count("done")
     _eventually(lambda: _held(small_server) == 0, "slots to be given back")
+
+
+def _waits_from(srv: Server, channels: int) -> tuple[list[grpc.Channel], list[Any]]:
+    """HOSTILE hour-long waits from each of ``channels`` connections (gRPC would share one
+    connection between channels of one process), left running."""
+    opened = [grpc.insecure_channel(f"127.0.0.1:{srv.port}",
+                                    options=[("grpc.use_local_subchannel_pool", 1)])
+              for _ in range(channels)]
+    calls = [pb_grpc.VariableServiceStub(channel).WaitInitialized.future(
+        pb.WaitInitializedRequest(names=["never"], timeout_seconds=3600), metadata=AUTH)
+        for channel in opened for _ in range(HOSTILE)]
+    return opened, calls
+
+
+def test_one_client_holding_waits_leaves_other_clients_long_calls_served(
+        small_server: Server) -> None:
+    with _connect(small_server) as c:
+        big = c.get_variable("big", [1 << 19], initializer=vs.ones_initializer())  # 2 MiB
+        _, calls = _waits_from(small_server, 1)
+        try:
+            assert c.save("m") == "m"
+            assert float(big.numpy().sum()) == 1 << 19  # a streamed pull
+            assert c.wait_initialized(["big"], timeout=VICTIM_DEADLINE) == []
+            assert small_server.capacity.waits.held == small_server.capacity.waits.share
+        finally:
+            for call in calls:
+                call.cancel()
+    _eventually(lambda: _held(small_server) == 0, "slots to be given back")
+
+
+def test_waits_from_many_clients_leave_saves_and_transfers_served(
+        small_server: Server) -> None:
+    with _connect(small_server) as c:
+        big = c.get_variable("big", [1 << 19], initializer=vs.ones_initializer())
+        _, calls = _waits_from(small_server, 4)
+        try:
+            _eventually(lambda: small_server.capacity.waits.held
+                        == small_server.capacity.waits.limit, "the waits to fill their pool")
+            assert c.save("m") == "m"
+            big.assign(np.zeros(1 << 19, np.float32))
+            assert float(big.numpy().sum()) == 0.0
+            c.restore("m")
+            assert float(big.numpy().sum()) == 1 << 19
+        finally:
+            for call in calls:
+                call.cancel()
+    _eventually(lambda: _held(small_server) == 0, "slots to be given back")
