@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import random
 import re
 import socket
 import time
@@ -33,6 +34,14 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 # about 3 s, long enough for a restarted server to come back.
 RETRIES = 6
 BACKOFF_SECONDS = 0.1
+# Attempts of any call the server refused as busy, having changed nothing (see is_busy); the
+# waits between them (0.1 s doubling up to BUSY_MAX_DELAY, each cut by a random part so that
+# refused clients do not come back together) add up to at most about 13 s.
+BUSY_RETRIES = 10
+BUSY_MAX_DELAY = 2.0
+# How the server (and gRPC's admission limit) say that a call was refused for being one too
+# many, before it changed anything.
+_BUSY_ENDINGS = ("try again later", "Concurrent RPC limit exceeded!")
 # Requests that change nothing on the server, so repeating them after UNAVAILABLE is safe.
 _READ_ONLY_REQUESTS = (pb.ListVariablesRequest, pb.StatusRequest, pb.LatestCheckpointRequest,
                        pb.WaitInitializedRequest)
@@ -56,6 +65,15 @@ def is_read_only(request: Any) -> bool:
         return True
     return (isinstance(request, pb.RunRequest) and not request.variables
             and all(node.op in READ_ONLY_OPS for node in request.nodes))
+
+
+def is_busy(error: grpc.RpcError) -> bool:
+    """Whether ``error`` is the server's "busy, nothing changed" refusal: RESOURCE_EXHAUSTED
+    saying "try again later" (varstore's slots, the requests in flight) or gRPC's own
+    admission limit. Other RESOURCE_EXHAUSTED errors (a memory limit, a full disk) are not:
+    repeating them would not help, or the call may have changed something."""
+    return (hasattr(error, "code") and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and (error.details() or "").endswith(_BUSY_ENDINGS))
 
 
 def parse_address(address: str) -> tuple[str, int] | None:
@@ -200,7 +218,7 @@ class Transport:
         with backoff while the server is unavailable. Raises the ``varstore.errors`` class of
         the failure (see :meth:`error`)."""
         options = self._options(timeout)
-        for tries in range(RETRIES):
+        for tries in range(BUSY_RETRIES):
             try:
                 return attempt(**options)
             except grpc.RpcError as e:
@@ -215,7 +233,7 @@ class Transport:
         """:meth:`invoke` for ``varstore.aio``: awaits ``attempt(timeout=..., metadata=...)``
         with the same retries and errors."""
         options = self._options(timeout)
-        for tries in range(RETRIES):
+        for tries in range(BUSY_RETRIES):
             try:
                 return await attempt(**options)
             except grpc.RpcError as e:
@@ -231,8 +249,12 @@ class Transport:
     @staticmethod
     def retry_delay(error: grpc.RpcError, tries: int, idempotent: bool) -> float | None:
         """Seconds to wait before repeating a call that failed with ``error`` after ``tries``
-        earlier failures, or None to give up: only calls that are safe to repeat, only after
-        UNAVAILABLE, at most :data:`RETRIES` attempts."""
+        earlier failures, or None to give up: any call the server refused as busy having
+        changed nothing (:func:`is_busy`, at most :data:`BUSY_RETRIES` attempts, with a random
+        part); calls that are safe to repeat after UNAVAILABLE (at most :data:`RETRIES`)."""
+        if is_busy(error) and tries + 1 < BUSY_RETRIES:
+            delay = min(BUSY_MAX_DELAY, BACKOFF_SECONDS * 2 ** tries)
+            return delay * random.uniform(0.5, 1.0)
         if not idempotent or tries + 1 >= RETRIES or not hasattr(error, "code"):
             return None
         if error.code() != grpc.StatusCode.UNAVAILABLE:

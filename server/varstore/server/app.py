@@ -33,6 +33,9 @@ from varstore.server.store import VariableStore
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7011
+# Calls admitted per RPC thread, and calls waiting to be taken (see create_server).
+ADMITTED_PER_THREAD = 4
+PENDING_CALLS = 1 << 14
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VariableService"].full_name
 
 
@@ -160,6 +163,10 @@ def create_server(config: ServerConfig) -> Server:
         futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                    thread_name_prefix="varstore-rpc"),
         interceptors=interceptors,
+        # Calls admitted at once (running or queued for a thread): past it gRPC answers
+        # RESOURCE_EXHAUSTED, which clients retry with backoff, instead of queueing without
+        # bound (a client pipelining thousands of calls saw some end CANCELLED).
+        maximum_concurrent_rpcs=config.max_workers * ADMITTED_PER_THREAD,
         options=[
             # A unary request past --max-request-bytes is RESOURCE_EXHAUSTED before it is read.
             ("grpc.max_receive_message_length",
@@ -167,6 +174,11 @@ def create_server(config: ServerConfig) -> Server:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Fail fast on a busy port instead of silently sharing it with another process.
             ("grpc.so_reuseport", 0),
+            # Calls gRPC holds until the server takes them (then maximum_concurrent_rpcs
+            # refuses the excess with a status clients retry): gRPC's own limits (1000, and
+            # random refusals up to 3000) cancel calls with a bare CANCELLED nobody can retry.
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
         ],
     )
     add_to_server(servicer, server)

@@ -76,7 +76,8 @@ class MemoryBudget:
             if request and self.request_limit and self._requests + nbytes > self.request_limit:
                 raise ResourceExhaustedError(
                     f"{what} ({nbytes} bytes) would take the requests in flight past the "
-                    f"server's limit of {self.request_limit} bytes ({self._requests} in flight)")
+                    f"server's limit of {self.request_limit} bytes ({self._requests} in "
+                    "flight); try again later")
             if self.limit and self._used + nbytes > self.limit:
                 raise ResourceExhaustedError(
                     f"{what} ({nbytes} bytes) would exceed the server's memory limit of "
