@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from varstore.client import Client, Reply, VariableInfo, _entries
-from varstore.common.errors import OpError, UnimplementedError
+from varstore.common.errors import NotFoundError, OpError, UnimplementedError, clip
 from varstore.common.protocol import ROUTED_METADATA
 from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
 from varstore.proto import cluster_pb2 as cpb
@@ -180,18 +180,58 @@ class ClusterClient(Client):
             raise named from e
 
     def _delete(self, request: pb.DeleteRequest) -> list[str]:
-        """Sends the deletion to the shards concerned: named variables to their own shards,
-        a scope or a reset to every shard."""
+        """Deletes as one server does, all or nothing: first checks on every shard concerned
+        that each named variable exists there (for a scope or a reset, that every shard
+        answers), then sends the deletion to those shards in parallel.
+
+        Raises ``NotFoundError`` (nothing removed) for a named variable no shard holds,
+        ``UnavailableError`` naming a shard that is down (nothing removed when it was down
+        before the deletion); a shard failing while the others delete raises its error
+        saying what the others removed."""
         if request.names:
+            names = list(dict.fromkeys(request.names))
+            self._locate([], names)
             groups: dict[int, list[str]] = {}
-            for name in request.names:
-                groups.setdefault(self.shard_of(name), []).append(name)
-            calls = [(k, pb.DeleteRequest(names=names)) for k, names in groups.items()]
+            for name in names:
+                groups.setdefault(self.placement.shard_of(name), []).append(name)
+            shards = sorted(groups)
+            held = self._each(shards, lambda k: self._held(k, groups[k]))
+            for k, held_k in zip(shards, held, strict=True):
+                absent = [n for n in groups[k] if n not in held_k]
+                if absent:
+                    raise NotFoundError(f"Variable {clip(absent[0])} does not exist on the "
+                                        "cluster (nothing removed)")
+            calls = [(k, pb.DeleteRequest(names=groups[k])) for k in shards]
         else:
+            self.list_variables(request.scope or None)  # every shard answers, or none deletes
             calls = [(k, request) for k in range(len(self.shards))]
-        lists = self._each(calls, lambda c: Client._delete(self.shards[c[0]], c[1]),
-                           lambda c: c[0])
+        lists = self._apply(calls, lambda c: Client._delete(self.shards[c[0]], c[1]),
+                            lambda c: c[0], lambda _, names: names, "removed")
         return sorted(n for names in lists for n in names)
+
+    def _apply(self, items: Sequence[T], call: Callable[[T], Any], shard: Callable[[T], int],
+               changed: Callable[[T, Any], list[str]], verb: str) -> list[Any]:
+        """:meth:`_each` for the second phase of an all-or-nothing request (checked on every
+        shard first): a shard failing now (it crashed) raises its error saying which
+        variables the other shards ``verb`` (``changed(item, result)``)."""
+        futures = [self._pool.submit(self._named, call, item, shard) for item in items]
+        errors = [f.exception() for f in futures]
+        failed = next((e for e in errors if e is not None), None)
+        if failed is None:
+            return [f.result() for f in futures]
+        done = sorted(n for item, f, e in zip(items, futures, errors, strict=True)
+                      if e is None for n in changed(item, f.result()))
+        if not done or not isinstance(failed, OpError):
+            raise failed
+        raise type(failed)(f"{failed.message} (the other shards {verb} {len(done)} "
+                           f"variables: {clip(', '.join(done))})") from failed
+
+    def _held(self, k: int, names: list[str]) -> set[str]:
+        """Which of ``names`` shard ``k`` holds."""
+        transport = self.shards[k].transport
+        held = transport.call(cpb_grpc.ClusterServiceStub(transport.channel).Held,
+                              cpb.HeldRequest(names=names), idempotent=True)
+        return {v.name for v in held.variables}
 
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on every shard (all, or those under ``scope``), sorted by name."""
@@ -326,9 +366,15 @@ class ClusterClient(Client):
             by_shard.setdefault(self.placement.shard_of(e.variable), []).append(e)
         shards = sorted(by_shard)
 
-        def restore(k: int) -> str:
-            return Client.restore(self.shards[k], keys.path, by_shard[k], progress)
-        self._each(shards, restore)
+        def restore(k: int, verify_only: bool = False) -> pb.CheckpointProgress:
+            shard = self.shards[k]
+            return Client._checkpoint_call(shard, shard.stub.Restore, pb.RestoreRequest(
+                prefix=keys.path, entries=by_shard[k], verify_only=verify_only),
+                None if verify_only else progress)
+        if len(shards) > 1:  # every shard checks its part (checksums too) before any changes
+            self._each(shards, lambda k: restore(k, True))
+        self._apply(shards, restore, lambda k: k,
+                    lambda k, _: [e.variable for e in by_shard[k]], "restored")
         return keys.path if prefix == "latest" else prefix
 
     def _everything(self, keys: Sequence[cpb.CheckpointKey]) -> list[pb.CheckpointEntry]:

@@ -236,12 +236,14 @@ class SaveRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[CheckpointEntry, _Mapping]]] = ..., has_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., max_to_keep: _Optional[int] = ..., saver: _Optional[str] = ..., latest_filename: _Optional[str] = ..., skip_state: _Optional[bool] = ..., keep_checkpoint_every_n_hours: _Optional[float] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("prefix", "entries")
+    __slots__ = ("prefix", "entries", "verify_only")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_ONLY_FIELD_NUMBER: _ClassVar[int]
     prefix: str
     entries: _containers.RepeatedCompositeFieldContainer[CheckpointEntry]
-    def __init__(self, prefix: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[CheckpointEntry, _Mapping]]] = ...) -> None: ...
+    verify_only: bool
+    def __init__(self, prefix: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[CheckpointEntry, _Mapping]]] = ..., verify_only: _Optional[bool] = ...) -> None: ...
 
 class CheckpointProgress(_message.Message):
     __slots__ = ("bytes_done", "bytes_total", "tensors_done", "tensors_total", "path", "done", "last_checkpoints")

@@ -295,7 +295,7 @@ class CheckpointManager:
     # --- restoring ------------------------------------------------------------------------
 
     def restore(self, prefix: str, entries: Sequence[Entry] | None = None,
-                progress: ProgressSink | None = None) -> str:
+                progress: ProgressSink | None = None, verify_only: bool = False) -> str:
         """Restores variables from checkpoint ``prefix`` (or ``"latest"``).
 
         ``entries`` name keys and variables (with a slice: the variable is that region of the
@@ -309,7 +309,8 @@ class CheckpointManager:
         missing checkpoint or key, ``DataLossError`` for a corrupt one (naming the tensor and
         file), ``InvalidArgumentError`` for a dtype or shape that differs from an existing
         variable's or a key that is no valid variable name, ``ResourceExhaustedError`` past
-        the store's memory limit.
+        the store's memory limit. With ``verify_only`` it checks all of that, every checksum
+        included, and changes nothing.
         """
         with self._lock:
             started = time.monotonic()
@@ -321,6 +322,11 @@ class CheckpointManager:
                     restoring = Restoring(self.store, reader, named)
                     plan = restoring.plan(entries)
                     tally = Tally(progress, len(plan), sum(item.size for item in plan))
+                    if verify_only:
+                        for item in plan:
+                            reader.verify(item.key)
+                            tally.advance(item.size, 1)
+                        return named
                     restoring.run(plan, tally)
             except OSError as e:
                 raise os_error(e, f"cannot read checkpoint {clip(named)}") from None

@@ -230,7 +230,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                 context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
         entries = entry_map(request.entries, save=False)
         for progress, saved in progress_stream(lambda sink: Saved(
-                self.checkpoints.restore(request.prefix, entries, sink), [])):
+                self.checkpoints.restore(request.prefix, entries, sink, request.verify_only),
+                [])):
             yield progress_message(progress, saved)
 
     def LatestCheckpoint(self, request: pb.LatestCheckpointRequest,
