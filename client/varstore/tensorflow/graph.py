@@ -11,11 +11,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from varstore.client import Client
 from varstore.common import dtypes
 from varstore.optimizers import Optimizer
+from varstore.tensorflow.accumulate import GradientAccumulator, check_backward_passes
 from varstore.tensorflow.exchange import Exchange, VariableSpec
 from varstore.tensorflow.server_side import tf1_server_optimizer
 from varstore.train import SyncReplicasOptimizer
@@ -51,14 +53,26 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
     their slots then stay local to each worker. With ``replicas_to_aggregate``, the server
     averages that many workers' gradients per global step before applying them, as
     ``SyncReplicasOptimizer``; it needs ``global_step``.
+
+    With ``backward_passes_per_step`` N > 1, as Horovod's ``DistributedOptimizer``, the
+    worker sums its gradients locally over N runs of the op and pushes them on every N-th
+    (divided by N with ``average_aggregated_gradients``); the runs in between contact no
+    server and change no variable, nor the global step, which counts the server's updates.
+    Sparse gradients are aggregated as concatenated rows (see
+    :mod:`varstore.tensorflow.accumulate`). Raises ``TypeError``/``ValueError`` for a
+    ``backward_passes_per_step`` that is not an integer > 0.
     """
 
     def __init__(self, optimizer: Any, client: Client | str | None = None,
                  replicas_to_aggregate: int | None = None, timeout: float = 600.0,
-                 name: str | None = None, use_locking: bool = False) -> None:
+                 name: str | None = None, use_locking: bool = False,
+                 backward_passes_per_step: int = 1,
+                 average_aggregated_gradients: bool = False) -> None:
         super().__init__(use_locking, name or f"Distributed{type(optimizer).__name__}")
         self._optimizer = optimizer
         self._exchange = Exchange(client)
+        self._accumulator = accumulator(backward_passes_per_step,
+                                        average_aggregated_gradients)
         self._server: Optimizer | None = tf1_server_optimizer(optimizer)
         if replicas_to_aggregate is not None:
             if self._server is None:
@@ -108,23 +122,35 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
         specs = [spec_of(v) for v in variables]
         step_spec = None if global_step is None else spec_of(global_step)
         with tf1.name_scope(name, self.get_name()) as scope:
-            if self._server is None:
-                outputs = self._push_local_update(pairs, specs, step_spec)
-            else:
-                outputs = self._push_gradients(pairs, specs, step_spec, global_step)
-            return self._assign(variables, global_step, outputs, scope[:-1] if scope
-                                else self.get_name())
+            op_name = scope[:-1] if scope else self.get_name()
+            acc = self._accumulator
+            if acc is None:
+                return self._apply(pairs, specs, step_spec, global_step, op_name)
+            due, sparse = accumulate(acc, specs, [g for g, _ in pairs])
+
+            def push() -> Any:
+                grads = aggregated(acc, specs, sparse)
+                applied = self._apply(list(zip(grads, variables, strict=True)), specs,
+                                      step_spec, global_step, "push")
+                with tf1.control_dependencies([applied]):
+                    return tf.constant(True)
+
+            pushed = tf.cond(due, push, lambda: tf.constant(False), name="every_nth")
+            return tf.group(pushed, name=op_name)
+
+    def _apply(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
+               step_spec: VariableSpec | None, global_step: Any, name: str) -> Any:
+        """The op pushing ``pairs`` (at once: no accumulation) and assigning what comes
+        back."""
+        if self._server is None:
+            outputs = self._push_local_update(pairs, specs, step_spec)
+        else:
+            outputs = self._push_gradients(pairs, specs, step_spec, global_step)
+        return self._assign([v for _, v in pairs], global_step, outputs, name)
 
     def _push_gradients(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
                         step_spec: VariableSpec | None, global_step: Any) -> list[Any]:
-        inputs: list[Any] = []
-        sparse = []
-        for grad, _ in pairs:
-            if isinstance(grad, tf.IndexedSlices):
-                inputs += [grad.indices, grad.values]
-            else:
-                inputs.append(tf.convert_to_tensor(grad))
-            sparse.append(isinstance(grad, tf.IndexedSlices))
+        inputs, sparse = flatten([g for g, _ in pairs])
         synchronous = isinstance(self._server, SyncReplicasOptimizer)
         if synchronous:
             inputs.append(tf1.convert_to_tensor(global_step))
@@ -136,7 +162,9 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
 
     def _push_local_update(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
                            step_spec: VariableSpec | None) -> list[Any]:
-        before = [tf.identity(v.read_value()) for _, v in pairs]
+        # A copy: the Identity a reference variable's read_value() makes (under
+        # disable_v2_behavior) shares the variable's buffer, which the update changes.
+        before = [tf.raw_ops.DeepCopy(x=v.read_value()) for _, v in pairs]
         with tf1.control_dependencies(before):
             update = self._optimizer.apply_gradients(pairs)
         with tf1.control_dependencies([update]):
@@ -158,6 +186,66 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
             assigns.append(tf1.assign(global_step, tf.cast(step, global_step.dtype.base_dtype)
                                       ).op)
         return tf.group(*assigns, name=name)
+
+
+def flatten(grads: Sequence[Any]) -> tuple[list[Any], list[bool]]:
+    """Gradients as ``numpy_function`` inputs (``IndexedSlices`` as indices, values) and
+    which of them are sparse."""
+    inputs: list[Any] = []
+    sparse = []
+    for grad in grads:
+        if isinstance(grad, tf.IndexedSlices):
+            inputs += [grad.indices, grad.values]
+        else:
+            inputs.append(tf.convert_to_tensor(grad))
+        sparse.append(isinstance(grad, tf.IndexedSlices))
+    return inputs, sparse
+
+
+def accumulator(backward_passes_per_step: int, average_aggregated_gradients: bool
+                ) -> GradientAccumulator | None:
+    """A wrapper's local aggregation, None for one pass per step (Horovod's default).
+    Raises ``TypeError``/``ValueError`` as :func:`accumulate.check_backward_passes`."""
+    passes = check_backward_passes(backward_passes_per_step)
+    return None if passes == 1 else GradientAccumulator(passes,
+                                                        average_aggregated_gradients)
+
+
+def accumulate(acc: GradientAccumulator, specs: Sequence[VariableSpec], grads: Sequence[Any]
+               ) -> tuple[Any, list[bool]]:
+    """A boolean tensor that adds ``grads`` to ``acc`` and says whether the pass completed a
+    step; and which gradients are sparse."""
+    inputs, sparse = flatten(grads)
+    names = [s.name for s in specs]
+    due = tf1.numpy_function(lambda *arrays: np.bool_(acc.add(names, sparse, arrays)), inputs,
+                             tf.bool, stateful=True, name="Accumulate")
+    due.set_shape(())
+    return due, sparse
+
+
+def aggregated(acc: GradientAccumulator, specs: Sequence[VariableSpec], sparse: list[bool]
+               ) -> list[Any]:
+    """The step's aggregated gradients taken from ``acc``, as tensors (``IndexedSlices``
+    where ``sparse``)."""
+    names = [s.name for s in specs]
+    types: list[Any] = []
+    for spec, is_sparse in zip(specs, sparse, strict=True):
+        types += [tf.int64] if is_sparse else []
+        types.append(tf.as_dtype(spec.dtype.name))
+    flat = iter(tf1.numpy_function(lambda: acc.take(names, sparse), [], types, stateful=True,
+                                   name="Aggregated"))
+    grads = []
+    for spec, is_sparse in zip(specs, sparse, strict=True):
+        if is_sparse:
+            indices, values = next(flat), next(flat)
+            indices.set_shape([None])
+            values.set_shape([None, *spec.shape[1:]])
+            grads.append(tf.IndexedSlices(values, indices, tf.constant(spec.shape, tf.int64)))
+        else:
+            grad = next(flat)
+            grad.set_shape(spec.shape)
+            grads.append(grad)
+    return grads
 
 
 def _types(specs: Sequence[VariableSpec], step: VariableSpec | None) -> list[Any]:

@@ -21,8 +21,15 @@ import tensorflow as tf
 from varstore.client import Client
 from varstore.common import dtypes
 from varstore.optimizers import Optimizer
+from varstore.tensorflow.accumulate import GradientAccumulator
 from varstore.tensorflow.exchange import Exchange, VariableSpec
-from varstore.tensorflow.graph import default_is_chief
+from varstore.tensorflow.graph import (
+    accumulate,
+    accumulator,
+    aggregated,
+    default_is_chief,
+    flatten,
+)
 from varstore.tensorflow.server_side import keras_server_optimizer
 from varstore.train import GLOBAL_STEP, SyncReplicasOptimizer
 
@@ -48,6 +55,7 @@ class _Distributed(_KerasOptimizer):
     _varstore_chief: bool
     _varstore_start: dict[str, Any]
     _varstore_started: bool
+    _varstore_accumulator: GradientAccumulator | None
 
     def _backend_apply_gradients(self, grads: Sequence[Any],
                                  trainable_variables: Sequence[Any]) -> None:
@@ -56,6 +64,27 @@ class _Distributed(_KerasOptimizer):
         if not self._varstore_started:
             with tf.init_scope():
                 self._varstore_begin(variables, specs)
+        acc = self._varstore_accumulator
+        if acc is None:
+            self._varstore_apply(list(grads), variables, specs)
+            return
+        due, sparse = accumulate(acc, specs, list(grads))
+
+        def push() -> Any:
+            self._varstore_apply(aggregated(acc, specs, sparse), variables, specs)
+            return tf.constant(True)
+
+        def local() -> Any:
+            # Keras adds one to iterations after this method: it stays the server's step.
+            self.iterations.assign_sub(1)
+            return tf.constant(False)
+
+        tf.cond(due, push, local, name="every_nth")
+
+    def _varstore_apply(self, grads: list[Any], variables: list[Any],
+                        specs: list[VariableSpec]) -> None:
+        """Pushes one step's gradients (or the local optimizer's changes) and assigns the
+        values and the global step that come back."""
         iterations = self.iterations
         if self._varstore_server is None:
             before = [tf.identity(v.value) for v in variables]
@@ -67,14 +96,7 @@ class _Distributed(_KerasOptimizer):
             # Keras adds one to iterations after this method; the server's step already did.
             _assign(variables, iterations, outputs, 1)
             return
-        inputs: list[Any] = []
-        sparse = []
-        for grad in grads:
-            if isinstance(grad, tf.IndexedSlices):
-                inputs += [grad.indices, grad.values]
-            else:
-                inputs.append(tf.convert_to_tensor(grad))
-            sparse.append(isinstance(grad, tf.IndexedSlices))
+        inputs, sparse = flatten(grads)
         synchronous = isinstance(self._varstore_server, SyncReplicasOptimizer)
         if synchronous:
             inputs.append(tf.convert_to_tensor(iterations))
@@ -119,13 +141,20 @@ def _push_pull(exchange: Exchange, optimizer: Optimizer, specs: list[VariableSpe
 
 def distributed(optimizer: Any, client: Client | str | None = None,
                 is_chief: bool | None = None, checkpoint_dir: str | None = None,
-                timeout: float = 600.0, replicas_to_aggregate: int | None = None) -> Any:
+                timeout: float = 600.0, replicas_to_aggregate: int | None = None,
+                backward_passes_per_step: int = 1,
+                average_aggregated_gradients: bool = False) -> Any:
     """A Keras optimizer of ``optimizer``'s class and configuration that trains through the
     server (see the module docstring). ``is_chief`` defaults as in
     :func:`varstore.tensorflow.graph.default_is_chief`; the chief restores the newest
     checkpoint of ``checkpoint_dir`` on the server. Keras's SGD and Adam run on the server;
-    other optimizers run locally and push their changes. Raises ``ValueError`` for
-    ``replicas_to_aggregate`` with an optimizer the server does not run."""
+    other optimizers run locally and push their changes. ``backward_passes_per_step`` and
+    ``average_aggregated_gradients`` aggregate gradients locally as Horovod's (see
+    :class:`varstore.tensorflow.graph.DistributedOptimizer`); ``iterations`` then counts the
+    server's updates, not the passes. Raises ``ValueError`` for ``replicas_to_aggregate``
+    with an optimizer the server does not run, ``TypeError``/``ValueError`` for a
+    ``backward_passes_per_step`` that is not an integer > 0."""
+    acc = accumulator(backward_passes_per_step, average_aggregated_gradients)
     base = type(optimizer)
     cls: Any = type(base.__name__, (_Distributed, base), {"__doc__": base.__doc__})
     wrapped = cls.from_config(optimizer.get_config())
@@ -140,4 +169,5 @@ def distributed(optimizer: Any, client: Client | str | None = None,
     wrapped._varstore_chief = default_is_chief() if is_chief is None else bool(is_chief)
     wrapped._varstore_start = {"checkpoint_dir": checkpoint_dir, "timeout": timeout}
     wrapped._varstore_started = False
+    wrapped._varstore_accumulator = acc
     return wrapped
