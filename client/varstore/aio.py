@@ -37,7 +37,15 @@ from varstore.common import codec
 from varstore.common.errors import OpError, UnimplementedError
 from varstore.common.protocol import ROUTED_METADATA
 from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps
-from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
+from varstore.placement import (
+    ClusterSteps,
+    Find,
+    Place,
+    Placement,
+    RunParts,
+    shard_0_error,
+    shard_error,
+)
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
@@ -258,9 +266,13 @@ class ClusterClient(Client):
 
     async def _perform(self, call: Place | Find | RunParts) -> Any:
         if isinstance(call, Place):
-            return await self.transport.invoke_async(
-                lambda **options: self.placement_stub.Place(call.request, **options),
-                idempotent=True)
+            try:
+                return await self.transport.invoke_async(
+                    lambda **options: self.placement_stub.Place(call.request, **options),
+                    idempotent=True)
+            except OpError as e:
+                named = shard_0_error(e, "Place", len(self.shards))
+                raise named from (e if named is not e else None)
         if isinstance(call, Find):
             request = cpb.HeldRequest(names=call.names)
 

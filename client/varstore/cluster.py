@@ -27,7 +27,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from varstore.client import Client, Reply, VariableInfo, _entries
 from varstore.common.errors import NotFoundError, OpError, UnimplementedError, clip
 from varstore.common.protocol import ROUTED_METADATA
-from varstore.placement import ClusterSteps, Find, Place, Placement, RunParts, shard_error
+from varstore.placement import (
+    ClusterSteps,
+    Find,
+    Place,
+    Placement,
+    RunParts,
+    shard_0_error,
+    shard_error,
+)
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
@@ -143,8 +151,7 @@ class ClusterClient(Client):
 
     def _perform(self, call: Place | Find | RunParts) -> Any:
         if isinstance(call, Place):
-            return self.transport.call(self.placement_stub.Place, call.request,
-                                       idempotent=True)
+            return self._on_shard_0("Place", call.request, idempotent=True)
         if isinstance(call, Find):
             request = cpb.HeldRequest(names=call.names)
 
@@ -156,6 +163,18 @@ class ClusterClient(Client):
             return self._each(list(range(len(self.shards))), find)
         return self._each(call.parts, lambda p: Client.run(self.shards[p[0]], p[1], p[2]),
                           shard=lambda p: p[0])
+
+    def _on_shard_0(self, method: str, request: Any, idempotent: bool = False) -> Any:
+        """Calls ``ClusterService.method`` on shard 0; an unavailable shard 0 is named with
+        what it does (:func:`shard_0_error`)."""
+        try:
+            return self.transport.call(getattr(self.placement_stub, method), request,
+                                       idempotent=idempotent)
+        except OpError as e:
+            named = shard_0_error(e, method, len(self.shards))
+            if named is e:
+                raise
+            raise named from e
 
     def _each(self, items: Sequence[T], call: Callable[[T], Any],
               shard: Callable[[Any], int] = int) -> list[Any]:
@@ -329,7 +348,7 @@ class ClusterClient(Client):
                                                       entries=by_shard[k]))
         try:
             written = self._each(shards, save_part)
-            reply = self.transport.call(self.placement_stub.CommitParts, cpb.CommitPartsRequest(
+            reply = self._on_shard_0("CommitParts", cpb.CommitPartsRequest(
                 part_prefixes=parts, prefix=prefix, has_global_step=step is not None,
                 global_step=step or 0, max_to_keep=operator.index(max_to_keep or 0),
                 saver=saver, latest_filename=latest_filename or "",
@@ -353,8 +372,8 @@ class ClusterClient(Client):
                 progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
         """Restores a checkpoint (any layout, any number of shards that wrote it) onto this
         cluster: each variable goes to the shard the placement gives it; returns the path."""
-        keys = self.transport.call(self.placement_stub.CheckpointKeys,
-                                   cpb.CheckpointKeysRequest(prefix=prefix), idempotent=True)
+        keys = self._on_shard_0("CheckpointKeys", cpb.CheckpointKeysRequest(prefix=prefix),
+                                idempotent=True)
         entries = _entries(var_list) or self._everything(keys.keys)
         found = {k.key: k for k in keys.keys}
         self._locate([pb.VariableSpec(name=e.variable, dtype=found[e.key].dtype,

@@ -95,6 +95,25 @@ def shard_error(error: OpError, shard: int, count: int) -> OpError:
     return named
 
 
+# What only shard 0 does, by ClusterService method: named when shard 0 cannot be reached.
+SHARD_0_JOBS = {"Place": "keeps the placement table", "CommitParts": "commits every save",
+                "CheckpointKeys": "reads checkpoints for restores"}
+
+
+def shard_0_error(error: OpError, method: str, count: int) -> OpError:
+    """``error`` of ``method`` on shard 0 of ``count``; an ``UnavailableError`` says what
+    shard 0 does, what still works and what to do."""
+    if not isinstance(error, UnavailableError) or error.message.startswith("shard "):
+        return error
+    named = UnavailableError(
+        f"shard 0 of {count}, which {SHARD_0_JOBS[method]}, is unavailable: {error.message}. "
+        "Variables this client already used on the other shards keep working; new variables, "
+        "saves and restores need shard 0: restart it (the same --cluster, --task-index 0, "
+        "--restore latest)")
+    named.__cause__ = error
+    return named
+
+
 def _nbytes(spec: pb.VariableSpec) -> int:
     dtype = dtypes.from_enum(spec.dtype)
     return codec.num_elements(spec.shape.dim) * (dtype.itemsize or _STRING_BYTES)
