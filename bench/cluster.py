@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ import varstore as vs
 from varstore.common.allocator import keep_freed_memory
 
 MB = 1 << 20
+# Workers start as fresh interpreters: the parent has used gRPC, and a process forked from one
+# can hang in its first channel (gRPC's threads held locks at the fork).
+SPAWN = mp.get_context("spawn")
 SHARD_LINE = re.compile(r"shard \d+ \([^,]+, pid (\d+)\)")
 
 
@@ -93,18 +97,23 @@ def _pull_push(address: str, names: list[str], rounds: int, start: Any, out: Any
         out.put((time.perf_counter() - began, time.process_time() - cpu))
 
 
-def _parallel(target: Any, jobs: list[tuple[Any, ...]]) -> list[Any]:
-    start = mp.Event()
-    out: mp.Queue[Any] = mp.Queue()
-    procs = [mp.Process(target=target, args=(*job, start, out)) for job in jobs]
+def _parallel(target: Any, jobs: list[tuple[Any, ...]], probe: Callable[[], Any]
+              ) -> tuple[list[Any], Any, Any]:
+    """Runs ``target(*job, start, out)`` for every job in a worker process; they start
+    together once all are ready. Returns what they put in ``out`` and what ``probe()`` gives
+    at the start and at the end."""
+    start = SPAWN.Barrier(len(jobs) + 1)
+    out: mp.Queue[Any] = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(*job, start, out)) for job in jobs]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # every worker connected and ready
-    start.set()
+    start.wait()
+    before = probe()
     results = [out.get() for _ in procs]
+    after = probe()
     for p in procs:
         p.join()
-    return results
+    return results, before, after
 
 
 def measure(shards: int, args: argparse.Namespace) -> dict[str, float]:
@@ -112,21 +121,21 @@ def measure(shards: int, args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         proc, address, pids = start_cluster(shards, folder)
         try:
-            before = sum(cpu_seconds(p) for p in pids)
-            counts = _parallel(_small_ops, [(address, k, args.seconds)
-                                            for k in range(args.clients)])
+            def shard_cpu() -> float:
+                return sum(cpu_seconds(p) for p in pids)
+
+            counts, before, after = _parallel(
+                _small_ops, [(address, k, args.seconds) for k in range(args.clients)], shard_cpu)
             ops = sum(counts)
-            cpu = sum(cpu_seconds(p) for p in pids) - before
+            cpu = after - before
             with vs.connect(address) as client:
                 per = args.model_mb * MB // 100 // 4
                 names = [f"model/v{i}" for i in range(100)]
                 for name in names:
                     client.Variable(np.ones(per, np.float32), name=name)
-            before = sum(cpu_seconds(p) for p in pids)
-            ticks = machine_busy()
-            times = _parallel(_pull_push, [(address, names, args.rounds)] * 2)
-            busy = [b - a for a, b in zip(ticks, machine_busy(), strict=True)]
-            model_cpu = sum(cpu_seconds(p) for p in pids) - before
+            times, before, after = _parallel(_pull_push, [(address, names, args.rounds)] * 2,
+                                             lambda: (shard_cpu(), *machine_busy()))
+            model_cpu, busy, ticks = (b - a for a, b in zip(before, after, strict=True))
             moved = 2 * 2 * args.rounds * 100 * per * 4 / MB
             # Each worker's pull and push is one request to every shard.
             requests = 2 * 2 * args.rounds * shards
@@ -139,7 +148,7 @@ def measure(shards: int, args: argparse.Namespace) -> dict[str, float]:
             "shard_cpu_ms_per_request": 1000 * model_cpu / requests,
             "shard_cpu_ms_per_mb": 1000 * model_cpu / moved,
             "worker_cpu_ms_per_mb": 1000 * sum(c for _, c in times) / moved,
-            "machine_busy": busy[0] / max(busy[1], 1)}
+            "machine_busy": busy / max(ticks, 1)}
 
 
 FIGURES = [("small_ops_per_s", "{:8.0f} small ops/s"), ("shard_cpu_ms_per_op", "{:.3f} ms/op"),

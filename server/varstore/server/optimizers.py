@@ -25,6 +25,7 @@ import numpy as np
 
 from varstore.common import dtypes
 from varstore.common.errors import InvalidArgumentError, clip
+from varstore.server.fused import adam_step
 from varstore.server.kernels import Context, NodeDef, OpDef, _indices
 from varstore.server.store import Variable
 from varstore.server.sync import complete_at_increment
@@ -103,7 +104,7 @@ _SCRATCH = {
     "apply_gradient_descent": 1, "sparse_apply_gradient_descent": 2,
     "apply_momentum": 3, "sparse_apply_momentum": 4,
     "apply_adagrad": 3, "sparse_apply_adagrad": 4,
-    "apply_adam": 3, "sparse_apply_adam": 3,
+    "apply_adam": 2, "sparse_apply_adam": 3,
     "apply_rms_prop": 4, "sparse_apply_rms_prop": 5,
     "apply_centered_rms_prop": 5, "sparse_apply_centered_rms_prop": 6,
     "apply_ftrl": 8, "sparse_apply_ftrl": 11,
@@ -282,10 +283,7 @@ def _apply_adam(ctx: Context, node: NodeDef, inputs: list[Any]) -> Any:
         return None
     var, m, v, lr_t, beta1, beta2, epsilon, one = _adam_inputs(ctx, node, inputs)
     grad = _dense_grad(ctx, var, inputs[8], node)
-    m_, v_ = m.read(), v.read()
-    m_ += (grad - m_) * (one - beta1)
-    v_ += (grad * grad - v_) * (one - beta2)
-    var.read()[...] -= (m_ * lr_t) / (np.sqrt(v_) + epsilon)
+    adam_step(var.read(), m.read(), v.read(), grad, lr_t, one - beta1, one - beta2, epsilon)
     return _done(ctx, var, m, v)
 
 
