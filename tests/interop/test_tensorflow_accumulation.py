@@ -9,6 +9,8 @@ optimizer; the server's variables and slots must equal its result.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -220,6 +222,98 @@ def test_keras_adam_on_the_server_gets_one_update_per_n_passes(
     assert vs.train.get_or_create_global_step(client).numpy() == 2
     beta1_power = vs.RemoteVariable(client, "beta1_power", vs.float32, ())
     np.testing.assert_allclose(client.pull([beta1_power])[0], 0.9 ** 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_an_eager_loop_aggregates_dense_and_sparse_gradients(address: str, client: vs.Client,
+                                                             rows: bool) -> None:
+    """No ``tf.function``: the Keras optimizer runs step by step; the embedding's gradient is
+    ``IndexedSlices`` with a repeated row, summed on the server."""
+    import keras
+    w = keras.Variable(np.zeros(2, np.float32), name="w")
+    emb = keras.Variable(np.zeros((4, 2), np.float32), name="emb")
+    variables = [w, emb] if rows else [w]
+    opt = vst.DistributedOptimizer(keras.optimizers.SGD(1.0), client=address,
+                                   backward_passes_per_step=np.int16(N))
+    seen = []
+    for t in range(1, 2 * N + 1):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_sum(w * [t, 1.0]) - t * tf.reduce_sum(tf.gather(emb, [1, 1, 3]))
+        grads = tape.gradient(loss, variables)
+        assert isinstance(grads[-1], tf.IndexedSlices) == rows
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        seen.append((int(opt.iterations.numpy()), w.numpy().tolist(), emb.numpy()[1].tolist()))
+    e1, e2 = ([12, 12], [42, 42]) if rows else ([0, 0], [0, 0])
+    assert seen == [(0, [0, 0], [0, 0])] * 2 + [(1, [6, 3], e1)] * 3 + [(2, [21, 6], e2)]
+    handles = [vs.RemoteVariable(client, v.path, vs.float32, tuple(v.shape))
+               for v in variables]
+    np.testing.assert_array_equal(client.pull(handles)[0], [21, 6])
+    if rows:
+        np.testing.assert_array_equal(client.pull(handles)[1],
+                                      [[0, 0], [42, 42], [0, 0], [21, 21]])
+    assert vs.train.get_or_create_global_step(client).numpy() == 2
+
+
+# tf.compat.v1 with disable_v2_behavior (reference variables, TF1 control flow) is global to
+# the process: a subprocess trains the same graph plainly, and through varstore with a local
+# optimizer, which pushes the changes it makes.
+V1_PROGRAM = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf1 = tf.compat.v1
+tf1.disable_v2_behavior()
+import varstore.tensorflow as vst
+
+def run(wrap):
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 2])
+        ids = tf1.placeholder(tf.int64, [None])
+        w = tf1.get_variable("w", [2, 1], initializer=tf1.ones_initializer())
+        emb = tf1.get_variable("emb", [5, 2], initializer=tf1.ones_initializer())
+        loss = tf.reduce_sum(tf.matmul(x + tf.nn.embedding_lookup(emb, ids), w) ** 2)
+        step = tf1.train.get_or_create_global_step()
+        opt = tf1.train.ProximalAdagradOptimizer(0.1, l1_regularization_strength=0.01)
+        if wrap:
+            opt = vst.DistributedOptimizer(opt, backward_passes_per_step=2)
+            train = opt.minimize(loss, global_step=step)
+        else:
+            grads = tf1.placeholder(tf.float32, [2, 1]), tf1.placeholder(tf.float32, [None, 2])
+            rows = tf1.placeholder(tf.int64, [None])
+            train = opt.apply_gradients([(grads[0], w), (tf.IndexedSlices(grads[1], rows,
+                                          [5, 2]), emb)], global_step=step)
+            each = tf.gradients(loss, [w, emb])
+        hooks = [vst.SyncHook()] if wrap else []
+        with tf1.train.MonitoredTrainingSession(hooks=hooks) as sess:
+            for k in range(3):
+                feeds = [{x: np.full((3, 2), 2 * k + i, np.float32) / 10, ids: [1, 2, 1]}
+                         for i in range(2)]
+                if wrap:
+                    for feed in feeds:
+                        sess.run(train, feed)
+                    continue
+                g = [sess.run(each, feed) for feed in feeds]
+                sess.run(train, {grads[0]: g[0][0] + g[1][0], rows: np.concatenate(
+                    [g[0][1].indices, g[1][1].indices]), grads[1]: np.concatenate(
+                    [g[0][1].values, g[1][1].values])})
+            return [*sess.run([w, emb, step]), type(w).__name__]
+
+plain, pushed = run(False), run(True)
+print(pushed[3], pushed[2], plain[2])
+for a, b in zip(plain[:2], pushed[:2]):
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+    assert not np.array_equal(b, np.ones_like(b))
+print("same")
+"""
+
+
+def test_tf1_reference_variables_push_their_local_optimizers_changes(address: str) -> None:
+    result = subprocess.run([sys.executable, "-c", V1_PROGRAM], capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "VARSTORE_ADDRESS": address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-2:] == ["RefVariable 3 3", "same"]
 
 
 @pytest.mark.parametrize("value", [np.int32(2), 3])

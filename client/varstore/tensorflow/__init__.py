@@ -24,6 +24,10 @@ Optimizers the server does not run are run by each worker, which pushes the chan
 as one atomic ``assign_add`` per variable: updates stay atomic, but slot variables (momenta,
 moments) are each worker's own and not in the server's checkpoint.
 
+``backward_passes_per_step=N`` (and ``average_aggregated_gradients``) aggregates gradients
+locally over N steps and pushes them on every N-th, as Horovod's (see
+:mod:`varstore.tensorflow.accumulate`).
+
 In TF2, :func:`DistributedOptimizer` also wraps Keras optimizers (see
 :mod:`varstore.tensorflow.keras`). Importing this package imports TensorFlow; ``import
 varstore`` alone does not.

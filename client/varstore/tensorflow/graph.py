@@ -232,8 +232,10 @@ def aggregated(acc: GradientAccumulator, specs: Sequence[VariableSpec], sparse: 
     for spec, is_sparse in zip(specs, sparse, strict=True):
         types += [tf.int64] if is_sparse else []
         types.append(tf.as_dtype(spec.dtype.name))
-    flat = iter(tf1.numpy_function(lambda: acc.take(names, sparse), [], types, stateful=True,
-                                   name="Aggregated"))
+    out = tf1.numpy_function(lambda: acc.take(names, sparse), [], types, stateful=True,
+                             name="Aggregated")
+    # Executed eagerly, a function of one output returns that tensor, not a list.
+    flat = iter(out if isinstance(out, list | tuple) else [out])
     grads = []
     for spec, is_sparse in zip(specs, sparse, strict=True):
         if is_sparse:
