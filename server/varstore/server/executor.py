@@ -279,6 +279,7 @@ class Executor:
         record when nothing can fail after it (see :func:`_last_is_safe`)."""
         nodes = ctx.graph.nodes
         for i in order:
+            ctx.waiter.working()
             node = nodes[i]
             ctx.node = f"{node.op} (node {i})"
             if not (final and i == order[-1] and _last_is_safe(ctx, node, memo,

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from typing import Any
 
 import grpc
@@ -120,11 +120,12 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         graph = self._graph(raw, lease)
         self._check_routed(graph, context)
         # A unary Run is a short call until it waits (sync_wait, a variable's lock, a
-        # variable another request creates): then it holds a slot of the waits' pool.
+        # variable another request creates) or its nodes took long: then it holds a slot of
+        # the waits' pool.
         peer = context.peer()
         waiter = Waiter.for_call(context, self.store.stopping,
                                  lambda: self.capacity.waits.held_while(peer))
-        with waiter.waiting() if graph.blocking else nullcontext():
+        with closing(waiter), waiter.waiting() if graph.blocking else nullcontext():
             result = self.executor.run(graph, waiter, max_reply_bytes=MAX_MESSAGE_BYTES,
                                        lease=lease, reply_streamed=False)
         response, _ = wire.result_to_proto(result, stream=False)

@@ -9,8 +9,9 @@ ever happens while the waiting thread holds a variable's lock.
 
 Waiting *for* a variable's lock goes through it too (:meth:`Waiter.acquire`): in slices, ended
 by the deadline, the cancellation and the shutdown. A call that is not a long call already
-holds a long-call slot while it waits past a short grace (:attr:`Waiter.hold`), so that calls
-waiting for a lock another request holds for long can never take every thread.
+holds a long-call slot while it waits past a short grace (:attr:`Waiter.hold`), and for the
+rest of its own work once that lasted :data:`WORK_GRACE_SECONDS` (:meth:`Waiter.working`), so
+that neither calls waiting for a lock nor CPU-heavy calls can take every thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Protocol
 
 from varstore.common.errors import (
@@ -37,6 +38,8 @@ MAX_WAIT_SECONDS = 3600.0
 ANSWER_MARGIN_SECONDS = 0.05
 # How long a call may wait for a variable's lock before the wait counts as a long call.
 LOCK_GRACE_SECONDS = 0.05
+# How long a call's own work (a Run's nodes) may last before the rest counts as a long call.
+WORK_GRACE_SECONDS = 0.25
 
 
 class CallContext(Protocol):
@@ -77,6 +80,8 @@ class Waiter:
         self.active = active
         self.hold = hold
         self._holding = False
+        self._held = ExitStack()
+        self._long_at = time.monotonic() + WORK_GRACE_SECONDS
 
     @classmethod
     def for_call(cls, context: CallContext, stopping: threading.Event,
@@ -102,6 +107,20 @@ class Waiter:
                 yield
             finally:
                 self._holding = False
+
+    def working(self) -> None:
+        """Called between the steps of the call's own work (a Run's nodes): past
+        :data:`WORK_GRACE_SECONDS` since the call began, the rest of the call holds what
+        :attr:`hold` gives, until :meth:`close`; raises what ``hold`` raises (a call that
+        changed nothing yet may then be repeated)."""
+        if self.hold is not None and not self._holding and time.monotonic() > self._long_at:
+            self._held.enter_context(self.hold())
+            self._holding = True
+
+    def close(self) -> None:
+        """Gives back what :meth:`working` took."""
+        self._held.close()
+        self._holding = False
 
     def acquire(self, lock: threading.Lock, what: Callable[[], str]) -> None:
         """Takes ``lock``, waiting in slices as :meth:`wait_for` does, counted as a long call
