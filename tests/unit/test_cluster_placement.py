@@ -241,3 +241,11 @@ def test_a_shard_owns_its_own_parts_and_shard_0_the_rest() -> None:
                       1: [part.format(1, 3), part.format(1, 2) + ".tempstate-vs9"],
                       2: [part.format(2, 3)]}
     assert ClusterSpec(("h:1",), 0).owns_leftover(part.format(1, 3))
+
+
+def test_a_shard_owns_the_leftovers_of_its_own_snapshot() -> None:
+    from varstore.server.cluster import ClusterSpec
+    shards = ("h:1", "h:2", "h:3")
+    assert ClusterSpec(shards, 1).snapshot == ".shard-00001-of-00003.snapshot"
+    leftover = ".shard-00001-of-00003.snapshot.tempstate-commit.data-00000-of-00001"
+    assert [k for k in range(3) if ClusterSpec(shards, k).owns_leftover(leftover)] == [1]

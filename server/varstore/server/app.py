@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,8 @@ class Server:
     save_on_exit: bool = True
     # Why no final checkpoint is written when ``save_on_exit`` is off, for the log.
     why_not_saved: str = "--no-save-on-exit"
+    # A shard's own exit save instead (varstore.server.cluster_service.save_shard_snapshot).
+    snapshot: Callable[[], bool] | None = None
 
     def start(self) -> None:
         """Starts serving (the port is already bound); the health service reports SERVING."""
@@ -110,7 +113,9 @@ class Server:
         self.store.stopping.set()
         self.grpc_server.stop(grace).wait()
         self.capacity.close()
-        written = self.timer.stop(save=self.save_on_exit, why_not=self.why_not_saved)
+        snapshot = self.snapshot() if self.snapshot is not None else True
+        written = self.timer.stop(save=self.save_on_exit, why_not=self.why_not_saved) and \
+            snapshot
         self.metrics.close()
         return written
 
@@ -221,8 +226,11 @@ def create_server(config: ServerConfig) -> Server:
     log.info("varstore listening on %s:%d (pid %d%s)", config.host, port, os.getpid(),
              ", TLS" if credentials is not None else "")
     if spec is not None and len(spec.shards) > 1 and not saves_cluster:
+        shard = spec
         return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
-                      capacity, metrics_port, False, SHARD_NO_FINAL_SAVE)
+                      capacity, metrics_port, False, SHARD_NO_FINAL_SAVE,
+                      (lambda: cluster_service.save_shard_snapshot(checkpoints, shard))
+                      if config.save_on_exit else None)
     return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
                   capacity, metrics_port, config.save_on_exit)
 

@@ -42,6 +42,9 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 MAX_SHARDS = 1024
 # The cluster client's part names (see varstore.server.cluster_service.PART_NAME).
 _CLUSTER_PART = re.compile(r"\.tempstate[0-9a-f]{8}_part-(?P<index>\d{5})-of-(?P<count>\d{5})")
+# A shard's own snapshot (varstore.server.cluster_service.save_shard_snapshot), written by
+# that shard alone when it stops on its own.
+_SNAPSHOT = re.compile(r"\.shard-(?P<index>\d{5})-of-(?P<count>\d{5})\.snapshot")
 
 
 def local_shards(folder: Path | None, count: int) -> tuple[str, ...]:
@@ -86,6 +89,11 @@ class ClusterSpec:
         """The port this shard's address names."""
         return int(self.shards[self.task_index].rpartition(":")[2])
 
+    @property
+    def snapshot(self) -> str:
+        """The prefix of this shard's own snapshot, in the checkpoint folder."""
+        return f".shard-{self.task_index:05d}-of-{len(self.shards):05d}.snapshot"
+
     def owns_leftover(self, name: str) -> bool:
         """Whether this shard may delete the temporary checkpoint file ``name`` at start-up,
         when the folder is shared and other shards may be saving into it right now.
@@ -93,12 +101,13 @@ class ClusterSpec:
         Part I of a cluster save (``PREFIX.tempstateTOKEN_part-0000I-of-0000N``) is written by
         shard I alone, so shard I owns its own parts; a part of another shard count was
         written by no shard of this cluster, and shard 0 removes it. Every other temporary
-        file (merges, commits, state files) is written by shard 0, which owns them; a shard
-        of a cluster of one owns everything.
+        file (merges, commits, state files) is written by shard 0, which owns them, except
+        those of shard I's own snapshot (:attr:`snapshot`); a shard of a cluster of one owns
+        everything.
         """
         if len(self.shards) == 1:
             return True
-        part = _CLUSTER_PART.search(name)
+        part = _CLUSTER_PART.search(name) or _SNAPSHOT.match(name)
         if part is None:
             return self.task_index == 0
         return int(part["index"]) == self.task_index or (
@@ -141,9 +150,10 @@ def spec_from_tf_config(text: str) -> ClusterSpec:
 # Every shard writing a final checkpoint of its own part into the one shared folder would make
 # N one-shard checkpoints of the same name, each overwriting the last, and point `latest` at
 # one shard's variables; shard 0 saves the cluster as a whole (varstore.server.cluster_saver).
-SHARD_NO_FINAL_SAVE = ("a shard of a cluster other than shard 0 writes no checkpoint of its "
-                       "own (shard 0 saves the whole cluster when it stops, if the other "
-                       "shards still serve; or save from a client, `varstore save`)")
+SHARD_NO_FINAL_SAVE = ("a shard of a cluster other than shard 0 writes no checkpoint of the "
+                       "cluster (shard 0 saves the whole cluster when it stops, if the other "
+                       "shards still serve; or save from a client, `varstore save`), only a "
+                       "snapshot of its own")
 
 
 def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.environ) -> None:

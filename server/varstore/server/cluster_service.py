@@ -11,6 +11,7 @@ checkpoint folder; shard 0 refuses parts it cannot see, naming the folder.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
@@ -21,6 +22,7 @@ from varstore.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    OpError,
     clip,
 )
 from varstore.proto import cluster_pb2 as cpb
@@ -191,6 +193,13 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     checkpoints.recover(None, spec.owns_leftover)
     if not restore:
         return None
+    if restore == LATEST:
+        snapshot = _newer_snapshot(checkpoints, spec)
+        if snapshot is not None:
+            checkpoints.restore(snapshot)
+            log.info("restored this shard's own snapshot %s, newer than the cluster's latest "
+                     "checkpoint", snapshot)
+            return snapshot
     named = checkpoints.latest() if restore == LATEST else restore
     if named is None:
         log.warning("--restore latest: no checkpoint in %s yet; starting empty",
@@ -215,3 +224,45 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
         checkpoints.restore(named, own)
     log.info("restored this shard's %d variables of %s", len(own), named)
     return named
+
+
+def save_shard_snapshot(checkpoints: CheckpointManager, spec: ClusterSpec) -> bool:
+    """The exit save of a shard that stops on its own (shard 0 saves the whole cluster):
+    writes every variable it holds as its own snapshot (:attr:`ClusterSpec.snapshot`, a
+    checkpoint no state file lists) when they changed since its last save or restore, so
+    that ``--restore latest`` brings back every acknowledged update (see
+    :func:`recover_shard`). Returns False, logging an error, when it could not be written."""
+    try:
+        if not checkpoints.unsaved():
+            log.info("no changes since the last save or restore: no snapshot to write")
+            return True
+        path = checkpoints.folder.resolve(spec.snapshot)
+        if not len(checkpoints.store):  # an older snapshot must not bring back what went
+            unlink_quietly(index_path(path))
+            return True
+        checkpoints.save(spec.snapshot, write_state=False)
+    except OpError as e:
+        log.error("this shard's snapshot on exit was not written: %s: %s", type(e).__name__,
+                  e.message)
+        return False
+    log.info("wrote this shard's own snapshot %s on exit (--restore latest prefers it to "
+             "the cluster's older checkpoints)", spec.snapshot)
+    return True
+
+
+def _newer_snapshot(checkpoints: CheckpointManager, spec: ClusterSpec) -> str | None:
+    """This shard's snapshot when it is newer than the cluster's latest checkpoint (or
+    there is none), else None."""
+    snapshot = index_path(checkpoints.folder.resolve(spec.snapshot))
+    latest = checkpoints.latest()
+    try:
+        written = os.stat(snapshot).st_mtime_ns
+        if latest is not None:
+            cluster = index_path(checkpoints.folder.resolve(latest))
+            if os.path.exists(cluster) and os.stat(cluster).st_mtime_ns >= written:
+                return None
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise os_error(e, "cannot read this shard's snapshot") from None
+    return spec.snapshot
