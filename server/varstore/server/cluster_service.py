@@ -28,7 +28,7 @@ from varstore.common.errors import (
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
-from varstore.server.bundle import TEMP_MARK, BundleReader, index_path
+from varstore.server.bundle import TEMP_MARK, BundleReader, checkpoint_files, index_path
 from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
 from varstore.server.checkpoint_folder import os_error
@@ -236,9 +236,9 @@ def save_shard_snapshot(checkpoints: CheckpointManager, spec: ClusterSpec) -> bo
         if not checkpoints.unsaved():
             log.info("no changes since the last save or restore: no snapshot to write")
             return True
-        path = checkpoints.folder.resolve(spec.snapshot)
         if not len(checkpoints.store):  # an older snapshot must not bring back what went
-            unlink_quietly(index_path(path))
+            for file in checkpoint_files(checkpoints.folder.resolve(spec.snapshot)):
+                unlink_quietly(str(file))
             return True
         checkpoints.save(spec.snapshot, write_state=False)
     except OpError as e:
