@@ -16,6 +16,7 @@ import pytest
 import varstore as vs
 from tests.conftest import start_server_process, stop_server_process
 from tests.process.test_cluster import connected, start_cluster_from
+from varstore.server.bundle import BundleReader
 
 # Steps of shard 0's commit of a 2-shard save (CheckpointFolder.commit): before the first
 # data file's rename (the commit point), before the second's, before the index's.
@@ -69,12 +70,17 @@ def test_shard_0_killed_mid_commit_leaves_the_old_or_the_new_checkpoint(
             os.kill(cluster.pids[0], signal.SIGKILL)
             saver.join()
             assert errors and isinstance(errors[0], vs.errors.UnavailableError)
+        expected = 1.0 if STEPS[step] == "old" else 2.0
+        # Before shard 0 finishes the commit at its restart, m reads whole: the old one before
+        # the commit point, the new one (its files wherever they are) after it.
+        with BundleReader(folder / "m") as reader:
+            for key in ("w0", "w1"):
+                np.testing.assert_array_equal(reader.read(key), np.full(1000, expected))
         replacement = start_server_process(
             folder, "--cluster", ",".join(cluster.addresses), "--task-index", "0",
             "--port", cluster.addresses[0].rpartition(":")[2])
         assert sorted(p.name for p in folder.iterdir()) == [
             "checkpoint", "m.data-00000-of-00002", "m.data-00001-of-00002", "m.index"]
-        expected = 1.0 if STEPS[step] == "old" else 2.0
         with connected(cluster.address) as client:
             assert client.latest_checkpoint() == "m"
             with client.variable_scope("", reuse=vs.AUTO_REUSE):

@@ -35,11 +35,13 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.server.bundle import (
+    COMMIT_MARK,
     DATA_FILE,
     STATE_FILENAME,
     TEMP_MARK,
     checkpoint_files,
     clean_leftovers,
+    committed,
     data_path,
     index_path,
     is_state_file,
@@ -51,8 +53,6 @@ __all__ = ["CheckpointFolder", "check_state_filename", "os_error"]
 
 log = logging.getLogger(__name__)
 
-# Contains TEMP_MARK, so whatever a crash leaves under this prefix counts as a leftover.
-COMMIT_MARK = f"{TEMP_MARK}-commit"
 
 # TensorFlow's `checkpoint.tmp<hex>` and varstore's temp names, and checkpoint files, are no
 # state file names: writing one would replace a file the saver does not own.
@@ -212,7 +212,7 @@ class CheckpointFolder:
         empty. Never raises."""
         temp = self.temp_prefix(prefix)
         try:  # once committed, recover() finishes it
-            leftovers = [] if _committed(temp, num_shards) else checkpoint_files(temp)
+            leftovers = [] if committed(temp, num_shards) else checkpoint_files(temp)
         except OSError:  # no folder to list (a file stands where it would be)
             leftovers = []
         for path in leftovers:
@@ -272,7 +272,7 @@ class CheckpointFolder:
                         owned is not None and not owned(name)):
                     continue
                 temp = os.path.join(directory, name[:-len(".index")])
-                if not _committed(temp):
+                if not committed(temp):
                     continue  # no data file was moved: not committed, a leftover
                 prefix = temp[:-len(COMMIT_MARK)]
                 try:
@@ -299,19 +299,6 @@ def _is_table(path: str) -> bool:
             return f.read(8) == MAGIC.to_bytes(8, "little")
     except OSError:
         return False
-
-
-def _committed(temp: str, num_shards: int | None = None) -> bool:
-    """Whether the save under temporary prefix ``temp`` passed its commit point: its index
-    is written and fewer than all of its data files (``num_shards``; None: as their names
-    say) are left under ``temp``."""
-    if not os.path.lexists(index_path(temp)):
-        return False
-    counts = [int(m["count"]) for p in checkpoint_files(temp)
-              if (m := DATA_FILE.fullmatch(p.name))]
-    if num_shards is None:
-        num_shards = counts[0] if counts else 0
-    return len(counts) < num_shards or not counts
 
 
 def _finish(temp: str, prefix: str) -> None:

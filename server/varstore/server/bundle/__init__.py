@@ -9,9 +9,11 @@ saves) and :mod:`.state` (the folder's text ``checkpoint`` file). The format is 
 from varstore.server.bundle.fsio import clean_leftovers
 from varstore.server.bundle.merge import merge_shards
 from varstore.server.bundle.naming import (
+    COMMIT_MARK,
     DATA_FILE,
     TEMP_MARK,
     checkpoint_files,
+    committed,
     data_path,
     index_path,
     part_prefix,
@@ -28,6 +30,7 @@ from varstore.server.bundle.state import (
 from varstore.server.bundle.writer import BundleWriter
 
 __all__ = [
+    "COMMIT_MARK",
     "DATA_FILE",
     "STATE_FILENAME",
     "TEMP_MARK",
@@ -36,6 +39,7 @@ __all__ = [
     "CheckpointState",
     "TensorInfo",
     "checkpoint_files",
+    "committed",
     "clean_leftovers",
     "data_path",
     "index_path",

@@ -9,15 +9,18 @@ import secrets
 from pathlib import Path
 
 __all__ = [
+    "COMMIT_MARK",
     "DATA_FILE",
     "OWN_TEMP",
     "TEMP_MARK",
     "checkpoint_files",
+    "committed",
     "data_path",
     "index_path",
     "key_bytes",
     "key_str",
     "part_prefix",
+    "pending_commit",
     "temp_name",
 ]
 
@@ -77,3 +80,32 @@ def key_bytes(key: str | bytes) -> bytes:
 def key_str(key: bytes) -> str:
     """A table key as the tensor name it spells."""
     return key.decode("utf-8", "surrogateescape")
+
+
+# A save awaiting its commit is written under PREFIX + COMMIT_MARK (it contains TEMP_MARK, so
+# whatever a crash leaves there counts as unfinished); see CheckpointFolder.commit.
+COMMIT_MARK = f"{TEMP_MARK}-commit"
+
+
+def committed(temp: str | os.PathLike[str], num_shards: int | None = None) -> bool:
+    """Whether the save under temporary prefix ``temp`` passed its commit point: its index
+    is written and fewer than all of its data files (``num_shards``; None: as their names
+    say) are left under ``temp``. Raises ``OSError`` when its folder cannot be listed."""
+    if not os.path.lexists(index_path(temp)):
+        return False
+    counts = [int(m["count"]) for p in checkpoint_files(temp)
+              if (m := DATA_FILE.fullmatch(p.name))]
+    if num_shards is None:
+        num_shards = counts[0] if counts else 0
+    return len(counts) < num_shards or not counts
+
+
+def pending_commit(prefix: str | os.PathLike[str]) -> str | None:
+    """The temporary prefix of a save that replaces checkpoint ``prefix`` and passed its
+    commit point without moving all its files yet (a crash stopped it, or it is moving them
+    now), or None. Its files, wherever each one is now, are the checkpoint ``prefix``."""
+    temp = f"{os.fspath(prefix)}{COMMIT_MARK}"
+    try:
+        return temp if committed(temp) else None
+    except OSError:
+        return None

@@ -4,6 +4,7 @@ or read, so a crafted file costs time and memory linear in its size."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
@@ -27,7 +28,13 @@ from varstore.common.errors import (
 )
 from varstore.proto import tensor_bundle_pb2 as pb
 from varstore.server.bundle.entries import BUNDLE_VERSION, CHUNK_BYTES, extent_bounds, lengths_crc
-from varstore.server.bundle.naming import data_path, index_path, key_bytes, key_str
+from varstore.server.bundle.naming import (
+    data_path,
+    index_path,
+    key_bytes,
+    key_str,
+    pending_commit,
+)
 from varstore.server.bundle.ordered_code import encode_slice_key
 from varstore.server.bundle.table import TableError, get_varint, read_table, unmask_crc
 
@@ -64,9 +71,18 @@ class BundleReader:
         a big-endian checkpoint."""
         self.prefix = os.fspath(prefix)
         self.index_path = index_path(self.prefix)
+        # A save replacing this checkpoint past its commit point: read the new one, its files
+        # wherever they are now (never the old index with some of the new data files).
+        self._pending = pending_commit(self.prefix)
         try:
-            with open(self.index_path, "rb") as f:
-                raw = f.read()
+            raw = b""
+            if self._pending is not None:
+                with contextlib.suppress(FileNotFoundError):  # moved into place meanwhile
+                    with open(index_path(self._pending), "rb") as f:
+                        raw = f.read()
+            if not raw:
+                with open(self.index_path, "rb") as f:
+                    raw = f.read()
         except FileNotFoundError:
             raise NotFoundError(f"checkpoint {clip(self.prefix)} not found: no file "
                                 f"{clip(self.index_path)}") from None
@@ -388,11 +404,18 @@ class BundleReader:
         with self._lock:
             fd = self._fds.get(shard)
             if fd is None:
-                try:
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                except FileNotFoundError:
-                    raise NotFoundError(f"data file {path} of checkpoint {self.prefix} not "
-                                        "found") from None
+                paths = [path]
+                if self._pending is not None:  # a data file not moved into place yet
+                    paths.insert(0, data_path(self._pending, shard, self.num_shards))
+                for i, candidate in enumerate(paths):
+                    try:
+                        fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                        break
+                    except FileNotFoundError:
+                        if i == len(paths) - 1:
+                            raise NotFoundError(f"data file {path} of checkpoint "
+                                                f"{self.prefix} not found") from None
+                assert fd is not None
                 self._fds[shard] = fd
                 self._sizes[shard] = os.fstat(fd).st_size
         return fd, path
