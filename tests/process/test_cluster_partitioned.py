@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ import numpy as np
 import varstore as vs
 import varstore.v1 as tf
 from tests.conftest import start_server_process, stop_server_process
-from tests.process.test_cluster import connected, shard_contents, start_cluster
+from tests.process.test_cluster import (
+    connected,
+    shard_contents,
+    start_cluster,
+    start_cluster_from,
+)
+from varstore.errors import NotFoundError
+from varstore.server.bundle import TEMP_MARK, BundleReader
 
 FULL = np.arange(120, dtype=np.float32).reshape(30, 4)
 BIAS = np.array([0.5, -1.5], np.float32)
@@ -148,3 +156,33 @@ def test_a_restarted_shard_gets_its_own_parts_back(tmp_path: Path) -> None:
         if replacement is not None:
             stop_server_process(replacement)
         stop_server_process(cluster.server)
+
+
+def test_the_cluster_timer_saves_parts_as_one_tensor(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    server = start_server_process(folder, "--shards", "2", "--save-every", "0.2")
+    cluster = start_cluster_from(server, 2)
+    try:
+        _v1_model(cluster.address, 2, "init", "mine")
+        assert all(any(n.startswith("emb/part_") for n in names)
+                   for names in shard_contents(cluster))
+        deadline = time.monotonic() + 120
+        while not _holds_emb_whole(folder):  # a timer's save after both parts had values
+            assert time.monotonic() < deadline, "no timer checkpoint holds emb whole"
+            time.sleep(0.1)
+    finally:
+        stop_server_process(server)
+
+
+def _holds_emb_whole(folder: Path) -> bool:
+    """Whether the newest finished timer checkpoint holds ``emb`` as two slices of FULL."""
+    found = [p for p in folder.glob("model.ckpt-*.index") if TEMP_MARK not in p.name]
+    if not found:
+        return False
+    try:
+        with BundleReader(str(max(found, key=os.path.getmtime))[:-len(".index")]) as reader:
+            return reader.keys() == ["dense/b", "emb"] and np.array_equal(
+                reader.read("emb"), FULL) and reader.entry("emb").slices == (
+                ((0, 0), (15, 4)), ((15, 0), (15, 4)))
+    except (OSError, NotFoundError):  # deleted by retention meanwhile
+        return False
