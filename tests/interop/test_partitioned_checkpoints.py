@@ -123,3 +123,22 @@ def test_tensorflow_reads_varstores_partitioned_checkpoint_as_one_tensor(
     # TF's Saver.restore reads it into TF partitioned variables of another count.
     np.testing.assert_array_equal(
         tf_program(tf, parts, _restore(prefix), initial=np.zeros_like(FULL)), FULL)
+
+
+def test_monitored_training_session_saves_parts_as_tensorflow_does(
+        tf: Any, address: str, ckpt_dir: Path, tmp_path: Path) -> None:
+    def program(module: Any, **kwargs: Any) -> None:
+        with module.Graph().as_default():
+            module.get_variable("emb", initializer=module.constant(FULL),
+                                partitioner=module.fixed_size_partitioner(3))
+            module.train.get_or_create_global_step()
+            with module.train.MonitoredTrainingSession(is_chief=True, **kwargs):
+                pass  # the chief's first checkpoint, model.ckpt-0
+
+    program(tf.compat.v1, checkpoint_dir=str(tmp_path / "tf"))
+    program(vtf, master=address, checkpoint_dir="mts")
+    ours = tf.train.latest_checkpoint(str(ckpt_dir / "mts"))
+    assert ours is not None and ours.endswith("model.ckpt-0")
+    assert tf.train.list_variables(ours) == tf.train.list_variables(str(tmp_path / "tf")) == [
+        ("emb", [10, 4]), ("global_step", [])]
+    np.testing.assert_array_equal(tf.train.load_checkpoint(ours).get_tensor("emb"), FULL)

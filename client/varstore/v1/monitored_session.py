@@ -16,7 +16,7 @@ from typing import Any
 
 from varstore import train
 from varstore.v1.graph import Graph, get_default_graph
-from varstore.v1.saver import Saver
+from varstore.v1.saver import Saver, checkpoint_entries
 from varstore.v1.session import Session
 from varstore.v1.training_util import get_global_step
 from varstore.v1.variables import global_variables, global_variables_initializer
@@ -163,4 +163,6 @@ def _prepare(session: Session, variables: list[Any], is_chief: bool,
     secs = 600.0 if save_checkpoint_secs is USE_DEFAULT else save_checkpoint_secs
     if checkpoint_dir is None or secs is None:
         return None
-    return train.CheckpointSaver(session.client, checkpoint_dir, float(secs), var_list=names)
+    # As the Saver of TF's CheckpointSaverHook: partitioned variables as slices of one tensor.
+    return train.CheckpointSaver(session.client, checkpoint_dir, float(secs),
+                                 var_list=checkpoint_entries(variables))

@@ -26,7 +26,7 @@ from varstore.v1.session import Session
 from varstore.v1.variables import Variable, global_variables
 
 
-def _checkpoint_entries(var_list: Sequence[Any] | Mapping[str, Any]
+def checkpoint_entries(var_list: Sequence[Any] | Mapping[str, Any]
                         ) -> list[pb.CheckpointEntry]:
     """What each checkpoint key holds, by TensorFlow's rules (``saveable_object_util``'s
     ``op_list_to_dict`` and ``saveable_objects_for_op``): a dict's keys name its values; in a
@@ -134,7 +134,7 @@ class Saver:
         variables = global_variables() if self._var_list is None else self._var_list
         if not variables and not self._allow_empty:
             raise ValueError("No variables to save")
-        self._names = _checkpoint_entries(variables) if variables else []
+        self._names = checkpoint_entries(variables) if variables else []
 
     @property
     def last_checkpoints(self) -> list[str]:
