@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import varstore as vs
 from tests.conftest import start_server_process, stop_server_process
 from tests.process.test_cluster import connected, start_cluster, start_cluster_from
 
@@ -131,3 +133,23 @@ def test_every_shard_takes_save_every_and_shard_0_saves(tmp_path: Path) -> None:
     assert "--save-every: shard 0's timer saves the whole cluster; this shard writes its " \
         "part then" in err
     assert not list(tmp_path.glob("model.ckpt*"))
+
+
+def test_a_client_that_does_not_route_cannot_save_one_shard_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    cluster = start_cluster(folder, 2)
+    try:
+        with connected(cluster.address) as client:
+            with pytest.raises(vs.errors.FailedPreconditionError, match="^No variables to save$"):
+                client.save("model")  # as one server says it
+            with client.device("/job:ps/task:1"):
+                client.Variable(1.0, name="v")
+        for address in cluster.addresses:
+            with vs.Client(address) as plain:
+                with pytest.raises(vs.errors.FailedPreconditionError, match=(
+                        "^cannot save on one shard of a cluster of 2: the checkpoint would hold "
+                        "this shard's variables only; connect with varstore.connect")):
+                    plain.save("model")
+        assert not folder.exists() or not list(folder.glob("model*"))
+    finally:
+        stop_server_process(cluster.server)

@@ -218,6 +218,14 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     def Save(self, request: pb.SaveRequest,
              context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
+        if self.shards > 1 and ROUTED_METADATA not in (context.invocation_metadata() or ()):
+            # Its checkpoint would hold this shard's variables only, and pass for the
+            # cluster's; a cluster saves every shard's part (cluster_service), and start-up
+            # clean-up counts on no other shard writing whole checkpoints (owns_leftover).
+            raise FailedPreconditionError(
+                f"cannot save on one shard of a cluster of {self.shards}: the checkpoint would "
+                "hold this shard's variables only; connect with varstore.connect, which saves "
+                "every shard's part of one checkpoint")
         entries = entry_map(request.entries, save=True)
         step = request.global_step if request.has_global_step else None
         saver = client_saver(request.saver)
