@@ -48,6 +48,7 @@ def test_statefulset_shards_name_each_other_and_share_the_checkpoint_volume() ->
             for i in range(replicas))
         assert (config.task_index, config.port, config.restore) == (ordinal, GRPC_PORT,
                                                                     "latest")
+        assert (config.save_every, config.keep) == (600, 5)  # shard 0's timer saves all
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (shared,) = [n for n, v in volumes.items() if "persistentVolumeClaim" in v]
