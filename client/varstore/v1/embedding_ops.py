@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from varstore.v1.array_ops import convert_to_tensor, gather, identity
+import numpy as np
+
+from varstore.v1.array_ops import constant, convert_to_tensor, gather, identity
 from varstore.v1.graph import Tensor, op_scope
 from varstore.v1.shapes import TensorShape
 
@@ -43,20 +45,21 @@ def embedding_lookup(params: Any, ids: Any, partition_strategy: str = "mod",
         if any(d is None for d in sizes):
             raise ValueError("embedding_lookup of several params needs each one's first "
                              "dimension known")
-        attrs = {"strategy": partition_strategy, "parts": [int(d or 0) for d in sizes]}
+        attrs = {"strategy": partition_strategy}
+        part_sizes = constant(np.asarray(sizes, np.int64), name="part_sizes")
         rows = refs[0].shape.dims[1:] if refs[0].shape.dims is not None else None
         gathered = []
         for p, ref in enumerate(refs):
             variable = ref.op.name if ref.op.type == "VariableV2" else ""
             with op_scope(None, "GatherV2", [ref, idx]) as (_, gather_name):
                 gathered.append(graph.create_op(
-                    gather_name, "GatherV2", "partition_gather", [ref, idx],
+                    gather_name, "GatherV2", "partition_gather", [ref, part_sizes, idx],
                     ref.dtype.base_dtype, TensorShape(None if rows is None else [None, *rows]),
                     variable=variable, attrs={**attrs, "part": p}).outputs[0])
         shape = TensorShape(None if rows is None or idx.shape.dims is None
                             else idx.shape.dims + rows)
         with op_scope(None, "DynamicStitch", [idx, *gathered]) as (_, stitch_name):
             return graph.create_op(
-                stitch_name, "DynamicStitch", "partition_stitch", [idx, *gathered],
+                stitch_name, "DynamicStitch", "partition_stitch", [idx, part_sizes, *gathered],
                 refs[0].dtype.base_dtype, shape,
                 attrs={**attrs, "max_norm": float(max_norm or 0.0)}).outputs[0]
