@@ -5,8 +5,12 @@ values the same workers give on one server."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +91,51 @@ def test_synchronous_steps_across_shards_match_one_server(tmp_path: Path) -> Non
         assert sorted(got) == sorted(expected)
         for name, value in expected.items():
             np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_a_shard_failing_mid_step_fails_that_replica_and_releases_the_others(
+        tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    try:
+        with connected(cluster.address, timeout=5) as a, \
+                connected(cluster.address, timeout=5) as b:
+            with a.device("/job:ps/task:0"):
+                step = vs.train.get_or_create_global_step(a)
+            with a.device("/job:ps/task:1"):
+                w = a.get_variable("W", [2], initializer=vs.zeros_initializer)
+            with b.variable_scope("", reuse=True):
+                w_b = b.get_variable("W", [2])
+                step_b = b.get_variable("global_step", [], dtype=vs.int64)
+            opt = vs.train.SyncReplicasOptimizer(vs.train.GradientDescentOptimizer(1.0), 2,
+                                                 timeout=60)
+            outcomes: dict[str, object] = {}
+
+            def replica_a() -> None:
+                try:
+                    outcomes["a"] = a.apply_gradients(opt, {w: np.ones(2, np.float32)},
+                                                      global_step=step, local_step=0)
+                except vs.errors.OpError as e:
+                    outcomes["a"] = e
+            waiter = threading.Thread(target=replica_a)
+            waiter.start()
+            with vs.Client(cluster.addresses[0]) as shard0:  # replica a waits on shard 0
+                deadline = time.monotonic() + 60
+                while shard0.status().requests_in_flight < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            os.kill(cluster.pids[1], signal.SIGKILL)
+            try:
+                outcomes["b"] = b.apply_gradients(opt, {w_b: np.ones(2, np.float32)},
+                                                  global_step=step_b, local_step=0)
+            except vs.errors.OpError as e:
+                outcomes["b"] = e
+            waiter.join(timeout=60)
+            # The replica that completed the step (b, unless a's request was still on its way)
+            # fails naming the shard; the other is released: the global step moved on.
+            failed = [v for v in outcomes.values() if isinstance(v, vs.errors.OpError)]
+            assert len(failed) == 1 and isinstance(failed[0], vs.errors.UnavailableError)
+            assert failed[0].message.startswith("shard 1 of 2: ")
+            assert [v for v in outcomes.values() if v not in failed] == [1]
+            assert int(step.numpy()) == 1
+    finally:
+        stop_server_process(cluster.server)
