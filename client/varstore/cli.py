@@ -144,7 +144,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     """Removes the named variables, or those under ``--scope``."""
     if bool(args.names) == (args.scope is not None):
-        print("varstore rm: give variable names or --scope, not both", file=sys.stderr)
+        what = "not both" if args.names else "give one of them"
+        print(f"varstore rm: takes variable names or --scope ({what})", file=sys.stderr)
         return 2
     with _connect(args) as client:
         removed = client.delete(args.names, scope=args.scope)

@@ -329,17 +329,22 @@ class Client(ClientBase):
         except StopIteration as done:
             return done.value
 
-    def delete(self, variables: Iterable[Any] = (), *, scope: str | None = None) -> list[str]:
-        """Removes ``variables`` (handles or full names) from the server, or with ``scope``
-        every variable at or under it; returns the names removed. This client forgets them:
-        ``get_variable`` creates them anew, and their old handles raise ``NotFoundError``.
+    def delete(self, variables: Iterable[Any] | Any = (), *, scope: str | None = None
+               ) -> list[str]:
+        """Removes ``variables`` (handles or full names, or one of them) from the server, or
+        with ``scope`` every variable at or under it; returns the names removed. This client
+        forgets them: ``get_variable`` creates them anew, and their old handles raise
+        ``NotFoundError``.
 
         Raises ``NotFoundError`` (nothing removed) when a named variable does not exist,
         ``InvalidArgumentError`` unless exactly one of ``variables`` and ``scope`` is given.
         """
+        if isinstance(variables, str | bytes) or hasattr(variables, "op_name"):
+            variables = [variables]  # one name, not its characters
         names = [getattr(v, "op_name", v) for v in variables]
         if bool(names) == (scope is not None):
-            raise InvalidArgumentError("delete needs variables or a scope, not both")
+            raise InvalidArgumentError("delete takes variables or a scope ("
+                                       f"{'not both' if names else 'give one of them'})")
         if scope is not None and not scope.strip("/"):
             raise InvalidArgumentError("delete(scope='') would remove every variable; use "
                                        "reset()")

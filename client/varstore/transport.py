@@ -90,7 +90,10 @@ def parse_address(address: str) -> tuple[str, int] | None:
     elif not sep:
         hint = f"{address[:_QUOTE]}:7011"
     elif not port.isdigit() or not 0 < int(port) < 65536:
-        hint = f"{named[:_QUOTE] or 'localhost'}:7011"
+        # The port the user typed, when it starts with one (localhost:40927x): else 7011.
+        typed = re.match(r"\d{1,5}", port)
+        guess = typed.group() if typed and 0 < int(typed.group()) < 65536 else "7011"
+        hint = f"{named[:_QUOTE] or 'localhost'}:{guess}"
     elif not host:
         hint = f"localhost:{port}"
     else:

@@ -30,11 +30,17 @@ def test_delete_by_name_and_scope(client: vs.Client) -> None:
     assert client.delete(scope="a") == ["a/b/w", "a/w"]
     assert names(client) == ["ab/w", "c"]
     assert client.delete(scope="nothing") == []
-    with pytest.raises(InvalidArgumentError, match="variables or a scope"):
+    with pytest.raises(InvalidArgumentError, match=r"variables or a scope \(give one of them"):
         client.delete()
+    with pytest.raises(InvalidArgumentError, match=r"variables or a scope \(not both"):
+        client.delete(["c"], scope="a")
     with pytest.raises(InvalidArgumentError, match="use reset"):
         client.delete(scope="/")
     assert client.status().variable_count == 2
+    # One name is one variable, not a list of one-letter names.
+    client.Variable(1.0, name="ok")
+    assert client.delete("ok") == ["ok"]
+    assert client.delete(client.Variable(1.0, name="ok2")) == ["ok2"]
     assert client.reset() == ["ab/w", "c"]
     assert names(client) == [] and client.status().bytes_stored == 0
 

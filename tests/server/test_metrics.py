@@ -119,7 +119,7 @@ def test_malformed_and_unauthenticated_calls_are_counted(tmp_path: Path) -> None
                 raw(b"\xff\xff\xff", metadata=(("authorization", "Bearer t0k3n"),), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert e.value.details() == "malformed Run request (3 bytes)"
-        with vs.connect(f"127.0.0.1:{srv.port}") as client:
+        with vs.Client(f"127.0.0.1:{srv.port}") as client:
             with pytest.raises(UnauthenticatedError):
                 client.status()
         samples = scrape(srv)

@@ -112,7 +112,10 @@ def test_tokens_are_required_and_compared(token_server: Server,
     with vs.connect(address, token="beta-456") as client:
         assert client.status().variable_count == 1
     for token in (None, "gamma", "alpha-12", "alpha-1234", "# workers", ""):
-        with vs.connect(address, token=token) as intruder:
+        # connect() asks the server whether it is one shard of a cluster: refused at once.
+        with pytest.raises(UnauthenticatedError, match="valid bearer token is required"):
+            vs.connect(address, token=token)
+        with vs.Client(address, token=token) as intruder:
             with pytest.raises(UnauthenticatedError, match="valid bearer token is required"):
                 intruder.list_variables()
             with pytest.raises(UnauthenticatedError):

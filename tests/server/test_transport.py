@@ -200,6 +200,7 @@ async def test_an_unknown_host_is_said_at_once(connector: Callable[..., Any],
                                             (":7011", "localhost:7011"),
                                             ("localhost", "localhost:7011"),
                                             ("localhost:70110", "localhost:7011"),
+                                            ("localhost:40927x", "localhost:40927"),
                                             ("127.0.0.1:", "127.0.0.1:7011"),
                                             ("[::1]:x", "[::1]:7011")])
 async def test_a_malformed_address_says_what_was_meant(connector: Callable[..., Any],

@@ -125,8 +125,10 @@ def serve(args: argparse.Namespace) -> int:
     """Runs the server (detached with ``--daemon``) until SIGTERM/SIGINT, then stops it and
     ends the process (:func:`leave`) with status 0, or 1 when its final checkpoint was due
     and not written; returns 1 when it cannot start."""
+    # A shard of a cluster says which one it is: the shards of `--shards N` share one log.
+    shard = (f"[shard {args.task_index or 0}] " if getattr(args, "cluster", None) else "")
     logging.basicConfig(level=args.log_level.upper(), filename=args.log_file,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {shard}%(levelname)s %(name)s: %(message)s")
     if getattr(args, "shards", None) is not None:
         try:
             config = config_from_args(args)
