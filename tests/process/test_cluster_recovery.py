@@ -173,6 +173,10 @@ def test_clients_that_do_not_route_create_no_variable_on_a_shard(tmp_path: Path)
             with pytest.raises(vs.errors.FailedPreconditionError, match=refused.format("w")):
                 plain.Variable(1.0, name="w")
             assert plain.get_variable("v", []).numpy() == 3.0  # binding what it holds works
+            with pytest.raises(vs.errors.FailedPreconditionError,
+                               match="cannot restore on one shard of a cluster of 2: a restore "
+                                     "creates variables"):
+                plain.restore("any")
 
         async def aio_create() -> None:
             aio = varstore.aio.Client(cluster.addresses[0])

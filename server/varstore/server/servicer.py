@@ -135,7 +135,7 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         """On a shard of a cluster of several: raises ``FailedPreconditionError`` when a
         request that does not come from a cluster client (``ROUTED_METADATA``) would create a
         variable, which shard 0's placement table may have put on another shard."""
-        if self.shards == 1 or ROUTED_METADATA in (context.invocation_metadata() or ()):
+        if self._routed(context):
             return
         for spec in graph.variables:
             if not spec.bind_only and self.store.find(spec.name) is None:
@@ -144,6 +144,11 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                     f"cluster of {self.shards}, where shard 0 places every variable; connect "
                     "with varstore.connect, which routes across the "
                     "shards")
+
+    def _routed(self, context: grpc.ServicerContext) -> bool:
+        """Whether this server is no shard of several, or the call comes from a cluster
+        client (``ROUTED_METADATA``)."""
+        return self.shards == 1 or ROUTED_METADATA in (context.invocation_metadata() or ())
 
     def _waiter(self, context: grpc.ServicerContext) -> Waiter:
         return Waiter.for_call(context, self.store.stopping)
@@ -237,6 +242,11 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     def Restore(self, request: pb.RestoreRequest,
                 context: grpc.ServicerContext) -> Iterator[pb.CheckpointProgress]:
+        if not request.verify_only and not self._routed(context):
+            raise FailedPreconditionError(
+                f"cannot restore on one shard of a cluster of {self.shards}: a restore creates "
+                "variables, which shard 0 places across the shards; restore with "
+                "varstore.connect (or `varstore restore`), which routes across the shards")
         entries = entry_map(request.entries, save=False)
         for progress, saved in progress_stream(lambda sink: Saved(
                 self.checkpoints.restore(request.prefix, entries, sink, request.verify_only),
