@@ -28,6 +28,11 @@ def test_the_hint_names_the_closest_name_only_when_it_is_close() -> None:
     assert did_you_mean("v", ["w"]) == ""
     assert did_you_mean("foo/inner/y", ["foo/inner/x"]) == ""
     assert did_you_mean("layer1/weigths", ["layer1/weights"]) == " (did you mean layer1/weights?)"
+    # Case and one letter more or less are typos too; another one-letter name is not.
+    assert did_you_mean("layer1/w", known) == " (did you mean layer1/W?)"
+    assert did_you_mean("layer1/Ww", known) == " (did you mean layer1/W?)"
+    assert did_you_mean("layer1/bias", ["layer1/bias2"]) == " (did you mean layer1/bias2?)"
+    assert did_you_mean("layer1/c", known) == ""
 
 
 def test_v1_reuse_of_a_misspelled_scope_keeps_tfs_message_and_adds_the_hint() -> None:

@@ -93,7 +93,19 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
             scored.append((score, candidate))
     leaf = name.rsplit("/", 1)[-1]
     # Close as whole names, and the last parts close too: "foo/y" is another variable than
-    # "foo/x", not a typo of it.
+    # "foo/x", not a typo of it; "foo/w" (case) and "foo/Ww" (one letter more) are typos.
     close = [c for _, c in heapq.nlargest(3, scored)
-             if difflib.SequenceMatcher(None, leaf, c.rsplit("/", 1)[-1]).ratio() >= 0.75]
+             if _leaves_close(leaf, c.rsplit("/", 1)[-1])]
     return f" (did you mean {clip(close[0])}?)" if close else ""
+
+
+def _leaves_close(typed: str, known: str) -> bool:
+    """Whether ``typed`` is a typo of ``known``: alike as ``difflib`` rates them, the same
+    but for case, or ``known`` with one character more or less."""
+    if typed.lower() == known.lower():
+        return True
+    if abs(len(typed) - len(known)) == 1:
+        short, long_ = sorted((typed, known), key=len)
+        if any(long_[:i] + long_[i + 1:] == short for i in range(len(long_))):
+            return True
+    return difflib.SequenceMatcher(None, typed, known).ratio() >= 0.75
