@@ -129,9 +129,13 @@ def test_sigterm_while_health_watchers_go_away(tmp_path: Path) -> None:
     server = start_server_process(tmp_path / "ckpt")
     try:
         _counter(server.address, 5)
-        channel = grpc.insecure_channel(server.address)
+        # As many watchers as the server admits: two connections, each with its share (half)
+        # of the 12 slots for waits (gRPC would share one connection between the channels).
+        channels = [grpc.insecure_channel(server.address,
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(2)]
         watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-                   for _ in range(20)]
+                   for channel in channels for _ in range(6)]
         for watch in watches:
             next(watch)
         for watch in watches:
