@@ -64,7 +64,10 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
 
 def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind that answers UNAUTHENTICATED without reading the request."""
+    """A handler that answers UNAUTHENTICATED at once, without reading the request: it takes
+    the request as a stream whatever the method's kind (gRPC runs a unary handler only once
+    the whole request arrived, so a caller sending its request slowly held a thread until
+    then; the wire is the same either way)."""
     def reject(request: Any, context: grpc.ServicerContext) -> Any:
         raise UnauthenticatedError(
             "a valid bearer token is required (metadata 'authorization: Bearer <token>')")
@@ -73,7 +76,7 @@ def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         reject(request, context)
         yield
 
-    return method_handler(handler.request_streaming, handler.response_streaming,
+    return method_handler(True, handler.response_streaming,
                           reject_stream if handler.response_streaming else reject)
 
 
