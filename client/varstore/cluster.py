@@ -25,7 +25,13 @@ from typing import Any, TypeVar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from varstore.client import Client, Reply, VariableInfo, _entries
-from varstore.common.errors import NotFoundError, OpError, UnimplementedError, clip
+from varstore.common.errors import (
+    NotFoundError,
+    OpError,
+    UnavailableError,
+    UnimplementedError,
+    clip,
+)
 from varstore.common.protocol import ROUTED_METADATA
 from varstore.placement import (
     ClusterSteps,
@@ -226,7 +232,23 @@ class ClusterClient(Client):
             calls = [(k, request) for k in range(len(self.shards))]
         lists = self._apply(calls, lambda c: Client._delete(self.shards[c[0]], c[1]),
                             lambda c: c[0], lambda _, names: names, "removed")
-        return sorted(n for names in lists for n in names)
+        removed = sorted(n for names in lists for n in names)
+        self._unplace(removed)
+        return removed
+
+    def _unplace(self, names: list[str]) -> None:
+        """Has shard 0's table forget deleted variables, giving back what it charged for them
+        (and this client forgets where they were). A shard 0 that is down forgets them anyway:
+        its table starts empty when it restarts."""
+        for name in names:
+            self.placement.known.pop(name, None)
+        if not names:
+            return
+        try:
+            self._on_shard_0("Place", cpb.PlaceRequest(
+                forget=True, variables=[cpb.Placement(name=n) for n in names]))
+        except UnavailableError:
+            pass
 
     def _apply(self, items: Sequence[T], call: Callable[[T], Any], shard: Callable[[T], int],
                changed: Callable[[T, Any], list[str]], verb: str) -> list[Any]:

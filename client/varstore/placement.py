@@ -33,6 +33,7 @@ from varstore.common.errors import (
     UnavailableError,
     clip,
 )
+from varstore.common.protocol import PLACEMENT_REFUSED
 from varstore.handles import Reply
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import varstore_pb2 as pb
@@ -220,7 +221,28 @@ class Placement:
 
     def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> ClusterSteps[Reply]:
         """Sends ``builder`` as one request per shard it touches, in parallel, in as many
-        stages as values crossing shards need; returns what one server would return."""
+        stages as values crossing shards need; returns what one server would return.
+
+        A shard refusing to create a variable that shard 0's table does not place on it
+        (:data:`PLACEMENT_REFUSED`: the table restarted or forgot the name since this client
+        learnt it; nothing created there) makes this client forget where the request's
+        variables are; a request sent to one shard is then looked up and sent again (up to
+        PLACEMENT_ATTEMPTS times), one spanning shards raises the ``AbortedError`` (the
+        other shards' parts may have run)."""
+        attempt = 1
+        while True:
+            try:
+                return (yield from self._run(builder, expect_bytes))
+            except AbortedError as e:
+                if PLACEMENT_REFUSED not in e.message:
+                    raise
+                for spec in builder.specs:
+                    self.known.pop(spec.name, None)
+                if not isinstance(e, _Refused) or attempt == PLACEMENT_ATTEMPTS:
+                    raise
+                attempt += 1
+
+    def _run(self, builder: RequestBuilder, expect_bytes: int) -> ClusterSteps[Reply]:
         colocate: dict[str, str] = {}
         for node in builder.nodes:
             if node.variable:
@@ -234,7 +256,12 @@ class Placement:
         plan = Plan(builder, self.shard_of)
         single = plan.single_shard()
         if single is not None:
-            (reply,) = yield RunParts([(single, builder, expect_bytes)])
+            try:
+                (reply,) = yield RunParts([(single, builder, expect_bytes)])
+            except AbortedError as e:
+                if PLACEMENT_REFUSED in e.message:
+                    raise _Refused(e.message) from e
+                raise
             return reply
         values: dict[int, np.ndarray] = {}
         infos: dict[int, pb.VariableInfo] = {}
@@ -247,6 +274,11 @@ class Placement:
                 infos.update(zip(part.specs, part_infos, strict=True))
         return ([values[i] if i in values else _constant(builder, i) for i in builder.fetches],
                 [infos[k] for k in range(len(builder.specs))])
+
+
+class _Refused(AbortedError):
+    """A one-shard request refused with :data:`PLACEMENT_REFUSED`: nothing ran, so it may be
+    sent again."""
 
 
 def _constant(builder: RequestBuilder, index: int) -> np.ndarray:

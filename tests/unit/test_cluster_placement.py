@@ -12,6 +12,7 @@ from varstore.common import dtypes
 from varstore.common.errors import InvalidArgumentError
 from varstore.request import RequestBuilder
 from varstore.routing import Plan
+from varstore.server.budget import MemoryBudget
 from varstore.server.cluster import (
     ClusterSpec,
     PlacementTable,
@@ -19,6 +20,7 @@ from varstore.server.cluster import (
     greedy_placement,
     spec_from_tf_config,
 )
+from varstore.server.store import VARIABLE_BYTES
 
 F32 = 4
 
@@ -249,3 +251,23 @@ def test_a_shard_owns_the_leftovers_of_its_own_snapshot() -> None:
     assert ClusterSpec(shards, 1).snapshot == ".shard-00001-of-00003.snapshot"
     leftover = ".shard-00001-of-00003.snapshot.tempstate-commit.data-00000-of-00001"
     assert [k for k in range(3) if ClusterSpec(shards, k).owns_leftover(leftover)] == [1]
+
+
+def test_forgetting_names_gives_their_charge_and_bytes_back() -> None:
+    budget = MemoryBudget(limit=1 << 20)
+    table = PlacementTable(2, budget)
+    assert [table.place(n, b) for n, b in [("a", 100), ("b", 10), ("b/Adam", 10)]] == [0, 1, 1]
+    epoch, used = table.epoch, budget.used
+    assert table.forget(["b", "b", "unknown"]) == 1
+    assert table.epoch != epoch  # a client that looked b up before must look again
+    assert budget.used == used - (VARIABLE_BYTES + 1)
+    assert table.bytes_per_shard() == [100, 10]
+    assert table.place("b", lookup_only=True) == -1
+    epoch = table.epoch
+    assert table.forget(["unknown"]) == 0 and table.epoch == epoch
+    assert table.forget(["a", "b/Adam"]) == 2
+    assert budget.used == 0 and len(table) == 0 and table.bytes_per_shard() == [0, 0]
+    for i in range(5000):  # placing and forgetting forever stays within the budget
+        table.place(f"tmp/{i}" + "x" * 1000)
+        table.forget([f"tmp/{i}" + "x" * 1000])
+    assert budget.used == 0

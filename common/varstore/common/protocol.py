@@ -20,3 +20,8 @@ PENDING, APPLIED, STALE = 0, 1, -1
 # it (a client that does not know the cluster would create a second variable of a name
 # another shard holds).
 ROUTED_METADATA = ("x-varstore-routed", "1")
+
+# In the AbortedError of a shard refusing to create a variable that shard 0's placement table
+# does not place on it (the table restarted, or placed the name elsewhere, since the client
+# looked it up): the client forgets where it thought the variable was and looks it up again.
+PLACEMENT_REFUSED = "is not placed on this shard by shard 0's placement table"

@@ -34,12 +34,14 @@ class Placement(_message.Message):
     def __init__(self, name: _Optional[str] = ..., nbytes: _Optional[int] = ..., shard: _Optional[int] = ..., colocate_with: _Optional[str] = ..., lookup_only: _Optional[bool] = ...) -> None: ...
 
 class PlaceRequest(_message.Message):
-    __slots__ = ("variables", "epoch")
+    __slots__ = ("variables", "epoch", "forget")
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     variables: _containers.RepeatedCompositeFieldContainer[Placement]
     epoch: int
-    def __init__(self, variables: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    forget: bool
+    def __init__(self, variables: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., epoch: _Optional[int] = ..., forget: _Optional[bool] = ...) -> None: ...
 
 class PlaceResponse(_message.Message):
     __slots__ = ("shards", "epoch")

@@ -24,9 +24,10 @@ from varstore.server.capacity import Capacity, CapacityInterceptor, CapacityLimi
 from varstore.server.checkpoint_timer import SaveTimer
 from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import SHARD_NO_FINAL_SAVE, ClusterSpec, local_shards
-from varstore.server.cluster_saver import ClusterSaver, shard_credentials
+from varstore.server.cluster_saver import ClusterSaver, shard_channel, shard_credentials
 from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
+from varstore.server.placement_guard import CreateGuard
 from varstore.server.servicer import VariableServicer, add_to_server
 from varstore.server.status import StatusInterceptor
 from varstore.server.store import VariableStore
@@ -144,19 +145,32 @@ def create_server(config: ServerConfig) -> Server:
         log.info("--save-every: shard 0's timer saves the whole cluster; this shard writes "
                  "its part then")
         save_every = 0.0
+    credentials_of_shards = shard_credentials(config.tls_cert, config.tls_key,
+                                              config.tls_client_ca)
+    token_of_shards = load_tokens(config.token_file)[0] if config.token_file is not None \
+        else None
     timer = SaveTimer(checkpoints, save_every, config.keep, ClusterSaver(
-        spec, checkpoints, shard_credentials(config.tls_cert, config.tls_key,
-                                             config.tls_client_ca),
-        load_tokens(config.token_file)[0] if config.token_file is not None else None)
+        spec, checkpoints, credentials_of_shards, token_of_shards)
         if saves_cluster and spec is not None else None)
     cluster_service.recover_shard(checkpoints, spec, config.restore)
     if config.restore is None:
         _hint_restore(checkpoints, config.checkpoint_dir)
     capacity = Capacity(CapacityLimits.for_workers(
         config.max_workers, stream_idle_seconds=config.stream_idle_seconds))
+    cluster_servicer = cluster_service.ClusterServicer(spec, checkpoints)
+    if spec is not None and len(spec.shards) > 1:
+        # Every create checks with shard 0's table (varstore.server.placement_guard).
+        cluster_servicer.guard = CreateGuard(
+            spec.task_index, cluster_servicer.table if spec.task_index == 0 else None,
+            # Shard 0's private socket, and its port for a shard 0 restarted on its own.
+            [shard_channel(spec, 0, credentials_of_shards, local)
+             for local in ((True, False) if spec.local_shards else (False,))]
+            if spec.task_index else (),
+            (("authorization", f"Bearer {token_of_shards}"),) if token_of_shards else ())
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
                                 capacity, metrics.load,
-                                len(spec.shards) if spec is not None else 1)
+                                len(spec.shards) if spec is not None else 1,
+                                cluster_servicer.guard)
     # Statuses outermost (every error below becomes one), then the limits (which see requests
     # as the bytes that came), then metrics (which count the calls authentication refuses).
     interceptors: list[grpc.ServerInterceptor] = [
@@ -187,7 +201,7 @@ def create_server(config: ServerConfig) -> Server:
         ],
     )
     add_to_server(servicer, server)
-    cluster_service.add_to_server(cluster_service.ClusterServicer(spec, checkpoints), server)
+    cluster_service.add_to_server(cluster_servicer, server)
     # Blocking Watch streams: see varstore.server.capacity for why not the non-blocking kind.
     health_servicer = health.HealthServicer(experimental_non_blocking=False)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -181,17 +181,20 @@ def cluster_settings(values: dict[str, Any], environ: Mapping[str, str] = os.env
 class PlacementTable:
     """Shard 0's record of which shard holds each variable, and the bytes placed per shard.
 
-    :meth:`place` answers for many names at once; the first answer for a name is final.
-    Each placed name is charged to ``budget`` (when given) for as long as the table lives,
-    so that clients placing names cannot make shard 0 hold more than ``--max-memory``.
-    ``epoch`` identifies this table (random, never 0).
+    :meth:`place` answers for many names at once; the first answer for a name is final until
+    :meth:`forget` removes it (the variable was deleted). Each name in the table is charged to
+    ``budget`` (when given) while it is there, so that clients placing names cannot make shard
+    0 hold more than ``--max-memory``, and deleting gives it back. ``epoch`` identifies this
+    table (random, never 0); it changes when names are forgotten, so that a client that looked
+    a name up before (and asked the shards, ``Held``, before someone created and deleted it)
+    looks it up again before placing it.
     """
 
     def __init__(self, num_shards: int, budget: MemoryBudget | None = None) -> None:
         self.num_shards = num_shards
         self.budget = budget
-        self.epoch = 1 + secrets.randbelow((1 << 62) - 1)
-        self._shard: dict[str, int] = {}
+        self.epoch = _new_epoch()
+        self._shard: dict[str, tuple[int, int]] = {}  # name: (shard, bytes placed)
         self._bytes = [0] * num_shards
         self._lock = threading.Lock()
 
@@ -217,7 +220,7 @@ class PlacementTable:
         with self._lock:
             known = self._shard.get(name)
             if known is not None:
-                return known
+                return known[0]
             if lookup_only:
                 return -1
             if shard < 0:
@@ -225,24 +228,51 @@ class PlacementTable:
             if shard < 0:
                 shard = min(range(self.num_shards), key=lambda s: (self._bytes[s], s))
             if self.budget is not None:
-                self.budget.charge(VARIABLE_BYTES + len(name), f"placing {clip(name)}")
-            self._shard[name] = shard
+                self.budget.charge(_entry_bytes(name), f"placing {clip(name)}")
+            self._shard[name] = (shard, nbytes)
             self._bytes[shard] += nbytes
             return shard
 
+    def forget(self, names: Sequence[str]) -> int:
+        """Removes ``names`` from the table (their variables were deleted), giving back their
+        charge and bytes; a new :attr:`epoch` when one was there. Returns how many were."""
+        with self._lock:
+            removed = [(n, entry) for n in dict.fromkeys(names)
+                       if (entry := self._shard.pop(n, None)) is not None]
+            for name, (shard, nbytes) in removed:
+                self._bytes[shard] -= nbytes
+                if self.budget is not None:
+                    self.budget.release(_entry_bytes(name))
+            if removed:
+                self.epoch = _new_epoch()
+            return len(removed)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._shard)
+
     def _neighbour(self, name: str, exact: bool) -> int:
         if exact:
-            return self._shard.get(name, -1)
+            return self._shard.get(name, (-1, 0))[0]
         while "/" in name:
             name = name.rpartition("/")[0]
             if name in self._shard:
-                return self._shard[name]
+                return self._shard[name][0]
         return -1
 
     def bytes_per_shard(self) -> list[int]:
-        """Bytes placed on each shard so far."""
+        """Bytes placed on each shard by the names in the table."""
         with self._lock:
             return list(self._bytes)
+
+
+def _new_epoch() -> int:
+    return 1 + secrets.randbelow((1 << 62) - 1)
+
+
+def _entry_bytes(name: str) -> int:
+    """What one name in the table is charged to the memory budget."""
+    return VARIABLE_BYTES + len(name)
 
 
 def greedy_placement(sizes: Sequence[tuple[str, int]], num_shards: int) -> list[int]:

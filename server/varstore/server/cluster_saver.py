@@ -39,7 +39,7 @@ from varstore.server.cluster import WILDCARD_HOSTS, ClusterSpec
 from varstore.server.cluster_service import commit_parts, remove_parts
 from varstore.server.store import VariableStore
 
-__all__ = ["ClusterSaver", "shard_credentials"]
+__all__ = ["ClusterSaver", "shard_channel", "shard_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,8 @@ class ClusterSaver:
         self.spec = spec
         self.checkpoints = checkpoints
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        # The shards' private Unix sockets when they have them (varstore serve --shards).
-        self._channels = {k: _channel(spec.local_shards[k], None) if spec.local_shards
-                          else _channel(address, credentials)
-                          for k, address in enumerate(spec.shards) if k != 0}
+        self._channels = {k: shard_channel(spec, k, credentials)
+                          for k in range(len(spec.shards)) if k != 0}
         self._pool = ThreadPoolExecutor(len(spec.shards), thread_name_prefix="varstore-saver")
         # What every shard held at the last whole save (None: none yet).
         self._saved: Holdings | None = None
@@ -194,8 +192,14 @@ class ClusterSaver:
                               f"{error.message}") from None
 
 
-def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
-    """A channel to the shard at ``address`` (a wildcard host: this machine's loopback)."""
+def shard_channel(spec: ClusterSpec, k: int, credentials: grpc.ChannelCredentials | None,
+                  local: bool = True) -> grpc.Channel:
+    """A channel to shard ``k`` of ``spec``: its private Unix socket when the shards have
+    them (``varstore serve --shards``) and ``local``, else its address (a wildcard host:
+    this machine's loopback) with ``credentials``."""
+    if spec.local_shards and local:
+        return grpc.insecure_channel(spec.local_shards[k])
+    address = spec.shards[k]
     host, _, port = address.rpartition(":")
     if host in WILDCARD_HOSTS:
         address = f"127.0.0.1:{port}"

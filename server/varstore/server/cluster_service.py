@@ -36,6 +36,7 @@ from varstore.server.checkpoint_progress import Saved
 from varstore.server.checkpoint_restore import shard_entries
 from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
+from varstore.server.placement_guard import CreateGuard
 from varstore.server.retention import client_saver
 from varstore.server.wire import entries_from_proto
 
@@ -50,9 +51,12 @@ SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ClusterService"].full_name
 class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     """Answers for one shard of ``spec`` (None: a server that is no cluster)."""
 
-    def __init__(self, spec: ClusterSpec | None, checkpoints: CheckpointManager) -> None:
+    def __init__(self, spec: ClusterSpec | None, checkpoints: CheckpointManager,
+                 guard: CreateGuard | None = None) -> None:
+        """``guard``: this shard's creates in progress, which ``Held`` reports as held."""
         self.spec = spec
         self.checkpoints = checkpoints
+        self.guard = guard
         self.table = (PlacementTable(len(spec.shards), checkpoints.store.budget)
                       if spec is not None else None)
 
@@ -67,6 +71,9 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         if self.table is None or self.spec is None or self.spec.task_index != 0:
             raise FailedPreconditionError("the placement table is kept by shard 0 of a cluster")
         table = self.table
+        if request.forget:
+            table.forget([p.name for p in request.variables])
+            return cpb.PlaceResponse(epoch=table.epoch)
         if request.epoch != table.epoch:
             unknown = [p.name for p in request.variables
                        if not p.lookup_only and table.place(p.name, lookup_only=True) < 0]
@@ -84,10 +91,14 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     def Held(self, request: cpb.HeldRequest, context: grpc.ServicerContext) -> cpb.HeldResponse:
         store = self.checkpoints.store
         index = self.spec.task_index if self.spec is not None else 0
+        names = list(dict.fromkeys(request.names))
+        # Then the variables being created here (varstore.server.placement_guard): a
+        # variable created meanwhile is found either way.
+        pending = self.guard.pending(names) if self.guard is not None else set()
         return cpb.HeldResponse(variables=[
-            cpb.Placement(name=name, nbytes=var.nbytes, shard=index)
-            for name in dict.fromkeys(request.names)
-            if (var := store.find(name)) is not None])
+            cpb.Placement(name=name, nbytes=var.nbytes if var is not None else 0, shard=index)
+            for name in names
+            if (var := store.find(name)) is not None or name in pending])
 
     def SavePart(self, request: cpb.SavePartRequest,
                  context: grpc.ServicerContext) -> cpb.SavePartResponse:

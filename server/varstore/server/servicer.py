@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
 from varstore.server.load import LoadMeter
+from varstore.server.placement_guard import CreateGuard
 from varstore.server.retention import client_saver
 from varstore.server.slices import Entry
 from varstore.server.store import VariableStore
@@ -91,9 +92,12 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
 
     def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
                  max_request_bytes: int, capacity: Capacity,
-                 load: LoadMeter | None = None, shards: int = 1) -> None:
-        """``shards``: the size of the cluster this server is a shard of (1: none)."""
+                 load: LoadMeter | None = None, shards: int = 1,
+                 guard: CreateGuard | None = None) -> None:
+        """``shards``: the size of the cluster this server is a shard of (1: none);
+        ``guard``: its check of creates with shard 0's placement table."""
         self.shards = shards
+        self.guard = guard
         self.store = store
         self.load = load
         self.budget = store.budget
@@ -125,7 +129,8 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         peer = context.peer()
         waiter = Waiter.for_call(context, self.store.stopping,
                                  lambda: self.capacity.waits.held_while(peer))
-        with closing(waiter), waiter.waiting() if graph.blocking else nullcontext():
+        with closing(waiter), self._creating(graph), \
+                waiter.waiting() if graph.blocking else nullcontext():
             result = self.executor.run(graph, waiter, max_reply_bytes=MAX_MESSAGE_BYTES,
                                        lease=lease, reply_streamed=False)
         response, _ = wire.result_to_proto(result, stream=False)
@@ -149,6 +154,16 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         """Whether this server is no shard of several, or the call comes from a cluster
         client (``ROUTED_METADATA``)."""
         return self.shards == 1 or ROUTED_METADATA in (context.invocation_metadata() or ())
+
+    def _creating(self, graph: Graph) -> AbstractContextManager[None]:
+        """On a shard of a cluster of several, the variables ``graph`` creates confirmed with
+        shard 0's table and pending meanwhile (:meth:`CreateGuard.creating`, which raises
+        ``AbortedError`` for one the table does not place here)."""
+        if self.guard is None:
+            return nullcontext()
+        return self.guard.creating(sorted({spec.name for spec in graph.variables
+                                           if not spec.bind_only
+                                           and self.store.find(spec.name) is None}))
 
     def _waiter(self, context: grpc.ServicerContext) -> Waiter:
         return Waiter.for_call(context, self.store.stopping)
@@ -187,9 +202,10 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         graph = wire.graph_from_proto(header, arrays)
         graph.owned = True
         self._check_routed(graph, context)
-        response, payloads = wire.result_to_proto(
-            self.executor.run(graph, self._waiter(context), lease=lease, reply_streamed=True),
-            stream=True)
+        with self._creating(graph):
+            result = self.executor.run(graph, self._waiter(context), lease=lease,
+                                       reply_streamed=True)
+        response, payloads = wire.result_to_proto(result, stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed
         yield from codec.split_chunks(pb.RunChunk(response=response), payloads)
