@@ -266,7 +266,7 @@ def test_forgetting_names_gives_their_charge_and_bytes_back() -> None:
     epoch = table.epoch
     assert table.forget(["unknown"]) == 0 and table.epoch == epoch
     assert table.forget(["a", "b/Adam"]) == 2
-    assert budget.used == 0 and len(table) == 0 and table.bytes_per_shard() == [0, 0]
+    assert budget.used == 0 and table.size() == 0 and table.bytes_per_shard() == [0, 0]
     for i in range(5000):  # placing and forgetting forever stays within the budget
         table.place(f"tmp/{i}" + "x" * 1000)
         table.forget([f"tmp/{i}" + "x" * 1000])

@@ -247,7 +247,8 @@ class PlacementTable:
                 self.epoch = _new_epoch()
             return len(removed)
 
-    def __len__(self) -> int:
+    def size(self) -> int:
+        """How many names the table holds."""
         with self._lock:
             return len(self._shard)
 
