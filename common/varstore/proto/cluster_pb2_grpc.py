@@ -86,7 +86,9 @@ class ClusterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Held(self, request, context):
-        """Which of the named variables this shard holds (with their bytes; shard = this shard).
+        """Which of the named variables this shard holds (with their bytes; shard = this shard),
+        or is creating now (0 bytes): a shard creates a variable only after Place (lookup only)
+        confirms this shard as its place.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

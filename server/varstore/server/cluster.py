@@ -15,7 +15,12 @@ memory, so it never answers "new" for a name it merely does not know: each table
 (a new one whenever shard 0 starts), and a name it does not know is placed only for a client
 that looked it up in this epoch and then asked every shard whether it holds the name
 (``Held``); a shard that does is recorded as its place. So a restarted shard 0, or a cluster
-resumed with ``--restore latest``, finds the variables where the shards hold them.
+resumed with ``--restore latest``, finds the variables where the shards hold them. A shard
+creates a variable only after shard 0's table, as it is then, confirms the shard as its place,
+the name reported by ``Held`` meanwhile (:mod:`varstore.server.placement_guard`), so that a
+placement a restarted table forgot before its variable existed is never made twice. Deleting
+variables through a cluster client removes them from the table (``PlaceRequest.forget``),
+giving back their charge to ``--max-memory``.
 """
 
 from __future__ import annotations
