@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,26 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+_STARTED: list[ServerProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftovers() -> Iterator[None]:
+    """A test that fails before its server stops leaves no server behind (a --shards
+    parent killed takes its shards with it: their parent-death signal)."""
+    yield
+    while _STARTED:
+        server = _STARTED.pop()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.communicate(timeout=60)
+
+
 def _start(tmp_path: Path, *flags: str) -> ServerProcess:
     # A process group of its own, as a shell gives a command it runs in a terminal.
     server = start_server_process(tmp_path / "ckpt", "--shards", "2", *flags,
                                   start_new_session=True)
+    _STARTED.append(server)
     start_cluster_from(server, 2)
     return server
 
@@ -83,6 +100,7 @@ def test_an_exit_checkpoint_that_cannot_be_written_is_an_error(tmp_path: Path) -
 
 def test_a_server_whose_final_checkpoint_fails_exits_with_an_error(tmp_path: Path) -> None:
     server = start_server_process(tmp_path / "ckpt")
+    _STARTED.append(server)
     with vs.connect(server.address) as client:
         client.Variable(1.0, name="v")
     (tmp_path / "ckpt" / "model.ckpt-1.data-00000-of-00001").mkdir(parents=True)
