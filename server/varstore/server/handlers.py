@@ -29,6 +29,30 @@ def method_handler(request_streaming: bool, response_streaming: bool,
         response_serializer=response_serializer)
 
 
+class WrapperCache:
+    """Per method, the handler last wrapped and its wrapper: calls of a method get the same
+    registered handler each time, so an interceptor builds its wrapper once, not per call."""
+
+    def __init__(self, build: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
+                 ) -> None:
+        """``build(handler, method)`` wraps ``handler`` of method ``method`` (its short name,
+        e.g. ``Run``)."""
+        self._build = build
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler | None
+             ) -> grpc.RpcMethodHandler | None:
+        """The wrapper of ``handler`` for the call ``details`` (None for no handler)."""
+        if handler is None:
+            return None
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._build(handler, details.method.rsplit("/", 1)[-1])
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+
 def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     """The function ``handler`` runs (its ``unary_unary``, ``stream_stream``... attribute)."""
     return getattr(handler, _BEHAVIORS[handler.request_streaming, handler.response_streaming])

@@ -20,7 +20,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from varstore.common.errors import InvalidArgumentError, OpError
-from varstore.server.handlers import behavior_of, method_handler
+from varstore.server.handlers import WrapperCache, behavior_of, method_handler
 from varstore.server.load import LoadMeter
 from varstore.server.store import VariableStore
 
@@ -102,22 +102,12 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
-        # Per method, the handler last wrapped and its wrapper: calls of a method get the same
-        # registered handler each time, so the wrapper is built once, not on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = WrapperCache(
+            lambda handler, method: _MeasuredCall(metrics, method, handler).handler())
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _MeasuredCall(self.metrics, details.method.rsplit("/", 1)[-1],
-                                handler).handler()
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return self._wrapped.wrap(details, continuation(details))
 
 
 class _MeasuredCall:

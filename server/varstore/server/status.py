@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from varstore.common.errors import STATUS_LIMIT, OpError, clip
-from varstore.server.handlers import behavior_of, method_handler
+from varstore.server.handlers import WrapperCache, behavior_of, method_handler
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,11 @@ class StatusInterceptor(grpc.ServerInterceptor):
     """Wraps every handler in :func:`rpc_status`; it must be the first interceptor."""
 
     def __init__(self) -> None:
-        # Per method, the handler last wrapped and its wrapper (built once, not per call).
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped = WrapperCache(_wrap)
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(handler, details.method.rsplit("/", 1)[-1])
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return self._wrapped.wrap(details, continuation(details))
 
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
