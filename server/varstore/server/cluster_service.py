@@ -28,6 +28,7 @@ from varstore.common.errors import (
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
+from varstore.server.auth import TokenAuthInterceptor, read_only_refusal
 from varstore.server.bundle import TEMP_MARK, BundleReader, checkpoint_files, index_path
 from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
@@ -52,11 +53,14 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     """Answers for one shard of ``spec`` (None: a server that is no cluster)."""
 
     def __init__(self, spec: ClusterSpec | None, checkpoints: CheckpointManager,
-                 guard: CreateGuard | None = None) -> None:
-        """``guard``: this shard's creates in progress, which ``Held`` reports as held."""
+                 guard: CreateGuard | None = None,
+                 auth: TokenAuthInterceptor | None = None) -> None:
+        """``guard``: this shard's creates in progress, which ``Held`` reports as held;
+        ``auth``: the server's tokens (a read-only token may only look placements up)."""
         self.spec = spec
         self.checkpoints = checkpoints
         self.guard = guard
+        self.auth = auth
         self.table = (PlacementTable(len(spec.shards), checkpoints.store.budget)
                       if spec is not None else None)
 
@@ -71,6 +75,9 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         if self.table is None or self.spec is None or self.spec.task_index != 0:
             raise FailedPreconditionError("the placement table is kept by shard 0 of a cluster")
         table = self.table
+        if self.auth is not None and self.auth.read_only(context) and (
+                request.forget or not all(p.lookup_only for p in request.variables)):
+            raise read_only_refusal("placing or forgetting variables")
         if request.forget:
             table.forget([p.name for p in request.variables])
             return cpb.PlaceResponse(epoch=table.epoch)
