@@ -250,6 +250,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         for line in describe(_here(args), values=args.values):
             print(line)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main() ends quietly
     except OSError as e:
         print(f"varstore inspect: {e}", file=sys.stderr)
         return 1
@@ -388,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read the output stopped (`varstore inspect ... | head`): end as the shell's
+        # own tools do when SIGPIPE stops them, silently, and keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 if __name__ == "__main__":

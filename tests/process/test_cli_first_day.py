@@ -102,6 +102,19 @@ def test_inspect_of_a_local_path_needs_no_server(saved: ServerProcess) -> None:
     assert result.stdout.splitlines() == ["b\tfloat32\t[3]", "w\tfloat32\t[300, 300]"]
 
 
+def test_inspect_into_a_reader_that_stops_ends_quietly(saved: ServerProcess) -> None:
+    """`varstore inspect ... --values | head -1`: no message when head stops reading."""
+    prefix = saved.checkpoint_dir / "model.ckpt-5"
+    proc = subprocess.Popen([sys.executable, "-m", "varstore.cli", "inspect", str(prefix),
+                             "--values"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == "b\tfloat32\t[3]\n"
+    proc.stdout.close()  # w's 90,000 values are more than the pipe holds
+    assert proc.wait(timeout=120) == 128 + 13
+    assert proc.stderr.read() == ""
+
+
 def test_restore_takes_a_local_path_into_the_servers_folder(saved: ServerProcess) -> None:
     with vs.connect(saved.address) as client:
         _bind(client, "b").assign(np.zeros(3))
