@@ -202,8 +202,10 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     variables it held when the cluster saved, while the other shards keep theirs. Returns
     what it restored.
 
-    Raises ``FailedPreconditionError`` for a checkpoint written by another number of shards
-    (a client restores that one, placing every variable afresh), and what
+    Raises ``FailedPreconditionError`` for a checkpoint ``restore`` names explicitly that
+    another number of shards wrote (a client restores that one, placing every variable
+    afresh; with ``"latest"`` the shard logs a warning saying so and starts empty, so that
+    the shards serve for that restore), and what
     :meth:`CheckpointManager.restore` raises.
     """
     if spec is None or len(spec.shards) == 1:
@@ -232,6 +234,16 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
                 else []
     except OSError as e:
         raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
+    if num_shards != len(spec.shards) and restore == LATEST:
+        # The documented way to change the shard count restores from a client, which needs
+        # the shards serving: a supervisor restarting them with --restore latest must not
+        # loop on this checkpoint.
+        log.warning(
+            "--restore latest: the latest checkpoint %s has %d data files, the cluster %d "
+            "shards: this shard starts empty; restore it from a client (`varstore restore "
+            "%s`), which places every variable on the shards there are", named, num_shards,
+            len(spec.shards), named)
+        return None
     if num_shards != len(spec.shards):
         raise FailedPreconditionError(
             f"cannot restore {clip(repr(named))} on shard {spec.task_index}: it has "
