@@ -11,6 +11,7 @@ import json
 import operator
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -470,6 +471,22 @@ class Client(ClientBase):
         response = self.transport.call(self.stub.LatestCheckpoint, pb.LatestCheckpointRequest(
             directory=directory, latest_filename=latest_filename or ""))
         return response.path or None
+    def list_checkpoints(self, directory: str = "") -> list[pb.CheckpointInfo]:
+        """The complete checkpoints in the server's checkpoint folder (or ``directory`` inside
+        it, with its subfolders), newest first: each ``path`` (relative to the folder, as
+        :meth:`restore` takes it), ``nbytes``, ``mtime`` (seconds since the epoch),
+        ``shards`` (data files) and ``latest`` (its folder's ``checkpoint`` state file names
+        it). The server lists at most 10,000 (then ``UserWarning``s that some are missing).
+
+        Raises ``PermissionDeniedError`` for a folder outside the checkpoint folder.
+        """
+        response = self.transport.call(self.stub.ListCheckpoints,
+                                       pb.ListCheckpointsRequest(directory=directory))
+        if response.truncated:
+            warnings.warn("the server's checkpoint folder holds more than one listing shows: "
+                          "some checkpoints are missing from it", stacklevel=2)
+        return list(response.checkpoints)
+
     def status(self) -> pb.StatusResponse:
         """The server's version, uptime, store size, clients and last checkpoint."""
         return self.transport.call(self.stub.Status, pb.StatusRequest())

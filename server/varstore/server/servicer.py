@@ -25,6 +25,7 @@ from varstore.server import wire
 from varstore.server.auth import TokenAuthInterceptor, read_only_refusal
 from varstore.server.budget import Lease
 from varstore.server.capacity import Capacity
+from varstore.server.checkpoint_list import list_checkpoints
 from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
@@ -292,6 +293,13 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                          context: grpc.ServicerContext) -> pb.LatestCheckpointResponse:
         return pb.LatestCheckpointResponse(path=self.checkpoints.latest(
             request.directory, request.latest_filename) or "")
+
+    def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
+                        context: grpc.ServicerContext) -> pb.ListCheckpointsResponse:
+        found, truncated = list_checkpoints(self.checkpoints.folder, request.directory)
+        return pb.ListCheckpointsResponse(checkpoints=[
+            pb.CheckpointInfo(path=c.path, nbytes=c.nbytes, mtime=c.mtime, shards=c.shards,
+                              latest=c.latest) for c in found], truncated=truncated)
 
     def Status(self, request: pb.StatusRequest,
                context: grpc.ServicerContext) -> pb.StatusResponse:
