@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import varstore as vs
 from tests.conftest import start_server_process, stop_server_process
+from tests.h2 import HalfSentCalls
 from tests.pki import Pki, make_pki
 from varstore import dtypes
 from varstore.errors import (
@@ -132,41 +130,10 @@ def test_tokens_are_required_and_compared(token_server: Server,
         assert client.list_variables()[0].version == 0
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame."""
-    return (struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) +
-            struct.pack(">I", stream) + payload)
-
-
-def _header(name: str, value: str) -> bytes:
-    """An HPACK literal header field, not indexed."""
-    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
-
-
-def _half_sent_requests(port: int, count: int) -> socket.socket:
-    """One connection with ``count`` ListVariables calls, no token, each sending 3 bytes of
-    the 1000 its message announces, then nothing."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0))
-    sock.settimeout(2)
-    with contextlib.suppress(socket.timeout):
-        sock.recv(65535)
-    sock.sendall(_frame(4, 1, 0))  # settings acknowledged
-    headers = b"".join(_header(k, v) for k, v in [
-        (":method", "POST"), (":scheme", "http"),
-        (":path", "/varstore.v1.VariableService/ListVariables"),
-        (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
-        ("te", "trailers")])
-    for k in range(count):
-        sock.sendall(_frame(1, 0x4, 1 + 2 * k, headers))
-        sock.sendall(_frame(0, 0, 1 + 2 * k, b"\x00" + struct.pack(">I", 1000) + b"\x0a\x01a"))
-    return sock
-
-
 def test_callers_without_a_token_sending_slowly_take_no_thread(token_server: Server) -> None:
     # A unary handler runs once its whole request arrived: refusals took a thread each until
     # then, and 40 half-sent requests held all of them.
-    with _half_sent_requests(token_server.port, 40), \
+    with HalfSentCalls(token_server.port, 40), \
             vs.connect(f"127.0.0.1:{token_server.port}", token="alpha-123",
                        timeout=10) as client:
         for _ in range(5):

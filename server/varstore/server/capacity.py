@@ -18,6 +18,16 @@ thread for as long as its client makes it last: streams (``RunStream``, ``Save``
   client always finds slots of both kinds;
 - a stream whose peer sends nothing (or reads nothing) for ``stream_idle_seconds``, or sends
   its request slower than ``stream_min_rate`` bytes per second on average, is cancelled;
+- every request is read under that watchdog, unary ones included: gRPC's sync server hands a
+  call to a thread as soon as its headers came, and a unary handler's thread then waits, with
+  no timeout, for the whole request message, so a client sending it slowly (any client, with
+  a token or on a server without any) would hold a thread per call until it held them all.
+  Unary methods are therefore served as request streams read to their end before the method
+  runs: a request that has not all come within ``REQUEST_GRACE_SECONDS`` is a transfer, which
+  takes a transfer slot (then the stream rules above apply) or, without a free one, is
+  cancelled; a unary request of zero messages or of more than one is UNIMPLEMENTED, gRPC's
+  status for a cardinality violation (gRPC's own unary handling answers zero messages so and
+  ignores extra ones);
 - health ``Watch`` streams are long calls like the others (they need a token when the server
   has a token file: only the health check is open); gRPC's non-blocking ``Watch`` would hold
   no thread, but grpc_health's ``set`` then waits for each watcher's send while holding the
@@ -37,8 +47,8 @@ from typing import Any
 
 import grpc
 
-from varstore.common.errors import ResourceExhaustedError
-from varstore.server.handlers import behavior_of, method_handler
+from varstore.common.errors import ResourceExhaustedError, UnimplementedError
+from varstore.server.handlers import WrapperCache, behavior_of, method_handler, short_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,10 @@ LONG_UNARY_METHODS = frozenset({"/varstore.v1.VariableService/WaitInitialized"})
 WAITING_STREAMS = frozenset({"/grpc.health.v1.Health/Watch"})
 # How often stalled streams are looked for.
 WATCHDOG_SECONDS = 0.1
+# How long a unary request may take to arrive before it needs a transfer slot (a small one
+# comes with its call's headers; a large one of an old client, up to 64 MiB, takes longer).
+REQUEST_GRACE_SECONDS = 0.5
+_NOTHING = object()
 
 
 @dataclass
@@ -152,6 +166,25 @@ class Capacity:
     def _unwatch(self, stream: _Stream) -> None:
         with self._lock:
             self._streams.discard(stream)
+            slots, stream.slots = stream.slots, None
+        if slots is not None:
+            slots.give_back(stream.peer)
+
+    def _late(self, stream: _Stream, now: float) -> str | None:
+        """Gives a unary request that has not come within ``REQUEST_GRACE_SECONDS`` a transfer
+        slot; returns why its call is cancelled when none is free, else None."""
+        if not stream.unary or stream.slots is not None or stream.waiting_since is None \
+                or stream.waited + now - stream.waiting_since <= REQUEST_GRACE_SECONDS:
+            return None
+        with self._lock:
+            if stream not in self._streams:  # its request came meanwhile
+                return None
+            try:
+                self.transfers.take(stream.peer)
+            except ResourceExhaustedError as e:
+                return f"its request took over {REQUEST_GRACE_SECONDS}s to come, and {e.message}"
+            stream.slots = self.transfers
+        return None
 
     def _run_watchdog(self) -> None:
         while not self._closed.wait(WATCHDOG_SECONDS):
@@ -159,7 +192,7 @@ class Capacity:
             with self._lock:
                 streams = list(self._streams)
             for stream in streams:
-                reason = stream.stalled(now, self.limits)
+                reason = self._late(stream, now) or stream.stalled(now, self.limits)
                 if reason is not None:
                     log.warning("cancelled %s from %s: %s", stream.method, stream.peer, reason)
                     self._unwatch(stream)
@@ -167,16 +200,24 @@ class Capacity:
 
 
 class _Stream:
-    """One call's stream traffic: when it last waited for its peer, and how much came."""
+    """One call's stream traffic: when it last waited for its peer, and how much came; for the
+    request of a unary call (``unary``), the transfer slot it took for coming late, if any."""
 
-    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
-        self.method = method.rsplit("/", 1)[-1]
+    def __init__(self, method: str, context: grpc.ServicerContext, unary: bool = False) -> None:
+        self.method = short_name(method)
         self.context = context
-        self.peer = context.peer()
+        self.unary = unary
+        self.slots: Slots | None = None
         self.waiting_since: float | None = None
         self.waited = 0.0  # seconds spent waiting for request messages, before this wait
         self.received = 0
         self.reading = False
+
+    @property
+    def peer(self) -> str:
+        """The call's peer (a connection), asked of gRPC when needed: most unary requests
+        come at once and never need it."""
+        return self.context.peer()
 
     def stalled(self, now: float, limits: CapacityLimits) -> str | None:
         """Why the stream should be cancelled, or None."""
@@ -221,26 +262,65 @@ class _Stream:
 
 
 class CapacityInterceptor(grpc.ServerInterceptor):
-    """Applies a :class:`Capacity` to every call (see the module's docstring).
+    """Applies a :class:`Capacity` to every call (see the module's docstring); every method
+    it returns takes its request as a stream, the wire being the same.
 
     It must be the first interceptor, so that it sees requests as the bytes that came.
     """
 
     def __init__(self, capacity: Capacity) -> None:
         self.capacity = capacity
+        self._wrapped = WrapperCache(self._wrap)
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
+        return self._wrapped.wrap(details, continuation(details))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` with its limits, taking its request as a stream (see the module's
+        docstring)."""
         behavior = behavior_of(handler)
-        streaming = handler.request_streaming or handler.response_streaming
-        if not streaming and details.method not in LONG_UNARY_METHODS:
-            return handler
-        return method_handler(handler.request_streaming, handler.response_streaming,
-                              self._long(details.method, handler, behavior),
+        if handler.request_streaming or handler.response_streaming \
+                or method in LONG_UNARY_METHODS:
+            behavior = self._long(method, handler, behavior)
+        if not handler.request_streaming:
+            behavior = self._one_request(method, handler.response_streaming, behavior)
+        return method_handler(True, handler.response_streaming, behavior,
                               handler.request_deserializer, handler.response_serializer)
+
+    def _one_request(self, method: str, response_streaming: bool,
+                     behavior: Callable[..., Any]) -> Callable[..., Any]:
+        """``behavior`` of a unary-request method, run on the one message of a request
+        stream."""
+        receive = self._receive_one
+
+        def unary_out(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return behavior(receive(method, requests, context), context)
+
+        def stream_out(requests: Iterator[Any], context: grpc.ServicerContext
+                       ) -> Iterator[Any]:
+            yield from behavior(receive(method, requests, context), context)
+
+        return stream_out if response_streaming else unary_out
+
+    def _receive_one(self, method: str, requests: Iterator[Any],
+                     context: grpc.ServicerContext) -> Any:
+        """The one message of ``requests``, read to its end under the watchdog.
+
+        Raises ``UnimplementedError`` when there are none or more than one (gRPC's status for
+        a cardinality violation), and what ``requests`` raises when the call ends meanwhile
+        (the watchdog cancelled it, its client did, its deadline passed).
+        """
+        stream = _Stream(method, context, unary=True)
+        self.capacity._watch(stream)
+        try:
+            messages = stream.requests(requests)
+            request = next(messages, _NOTHING)
+            if request is not _NOTHING and next(messages, _NOTHING) is _NOTHING:
+                return request
+        finally:
+            self.capacity._unwatch(stream)
+        raise UnimplementedError(f'"{method}" requires exactly one request message.')
 
     def _long(self, method: str, handler: grpc.RpcMethodHandler,
               behavior: Callable[..., Any]) -> Callable[..., Any]:

@@ -35,8 +35,8 @@ class WrapperCache:
 
     def __init__(self, build: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]
                  ) -> None:
-        """``build(handler, method)`` wraps ``handler`` of method ``method`` (its short name,
-        e.g. ``Run``)."""
+        """``build(handler, method)`` wraps ``handler`` of method ``method`` (its full name,
+        e.g. ``/varstore.v1.VariableService/Run``)."""
         self._build = build
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -48,9 +48,14 @@ class WrapperCache:
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._build(handler, details.method.rsplit("/", 1)[-1])
+        wrapped = self._build(handler, details.method)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
+
+
+def short_name(method: str) -> str:
+    """A method's name without its service: ``Run`` for ``/varstore.v1.VariableService/Run``."""
+    return method.rsplit("/", 1)[-1]
 
 
 def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:

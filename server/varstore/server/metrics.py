@@ -20,7 +20,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from varstore.common.errors import InvalidArgumentError, OpError
-from varstore.server.handlers import WrapperCache, behavior_of, method_handler
+from varstore.server.handlers import WrapperCache, behavior_of, method_handler, short_name
 from varstore.server.load import LoadMeter
 from varstore.server.store import VariableStore
 
@@ -103,7 +103,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
         self._wrapped = WrapperCache(
-            lambda handler, method: _MeasuredCall(metrics, method, handler).handler())
+            lambda handler, method: _MeasuredCall(metrics, short_name(method), handler).handler())
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:

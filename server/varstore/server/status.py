@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from varstore.common.errors import STATUS_LIMIT, OpError, clip
-from varstore.server.handlers import WrapperCache, behavior_of, method_handler
+from varstore.server.handlers import WrapperCache, behavior_of, method_handler, short_name
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class StatusInterceptor(grpc.ServerInterceptor):
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     behavior = behavior_of(handler)
+    method = short_name(method)
 
     def unary_out(request: Any, context: grpc.ServicerContext) -> Any:
         with rpc_status(context, method):
