@@ -109,7 +109,11 @@ def run_worker(args: argparse.Namespace) -> None:
                 {model["x"]: x_test, model["y"]: y_test}))
     if args.task == 0:
         with vs.connect(args.address) as client:
-            path = client.save("model.ckpt", global_step=int(step))
+            # The session's global_step is this worker's copy, as of its last step; the
+            # other workers may have moved the server's on since. Name the checkpoint after
+            # the server's.
+            step = int(vs.train.get_or_create_global_step(client).numpy())
+            path = client.save("model.ckpt", global_step=step)
         say(0, f"saved {path}")
         say(0, f"final step {step}  test accuracy {test:.3f}")
     else:

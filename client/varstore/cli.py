@@ -141,6 +141,31 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    """Lists the checkpoints in the server's checkpoint folder, newest first."""
+    with _connect(args) as client:
+        found = client.list_checkpoints(args.directory or "")
+    for c in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.mtime))
+        marks = "  (latest)" if c.latest else ""
+        if c.shards > 1:
+            marks += f"  ({c.shards} data files)"
+        print(f"{c.path}\t{_size(c.nbytes)}\t{when}{marks}")
+    if not found:
+        print("no checkpoints", file=sys.stderr)
+    return 0
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` for people: 512 B, 3.1 KB, 256.0 MB, 1.2 GB."""
+    size = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{nbytes} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     """Removes the named variables, or those under ``--scope``."""
     if bool(args.names) == (args.scope is not None):
@@ -250,6 +275,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         for line in describe(_here(args), values=args.values):
             print(line)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main() ends quietly
     except OSError as e:
         print(f"varstore inspect: {e}", file=sys.stderr)
         return 1
@@ -350,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
                       "prefix wrote while the server runs, deleting older ones of them "
                       "(0: delete none); other checkpoints are never deleted")
     save.add_argument("--quiet", action="store_true", help="no progress bar")
+    checkpoints = client_command(
+        "checkpoints", cmd_checkpoints, "list the checkpoints in the server's folder",
+        "Lists the complete checkpoints in the server's checkpoint folder (on the server's "
+        "machine), newest first: the path restore takes, size, time written, and which one "
+        "its folder's state file names as the latest.")
+    checkpoints.add_argument("directory", nargs="?", metavar="FOLDER",
+                             help="only this folder inside the checkpoint folder (and its "
+                             "subfolders)")
     restore = client_command("restore", cmd_restore, "restore a checkpoint",
                              f"The server restores a checkpoint. {server_paths}")
     restore.add_argument("prefix", help="checkpoint prefix in the server's checkpoint folder, "
@@ -388,6 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read the output stopped (`varstore inspect ... | head`): end as the shell's
+        # own tools do when SIGPIPE stops them, silently, and keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 if __name__ == "__main__":

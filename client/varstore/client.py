@@ -11,6 +11,7 @@ import json
 import operator
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from varstore.handles import (
 )
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
-from varstore.request import RequestBuilder
+from varstore.request import RequestBuilder, checkpoint_entries
 from varstore.scopes import Naming, VariableScope, check_initializer_dtype
 from varstore.transport import Transport, is_read_only
 
@@ -437,7 +438,8 @@ class Client(ClientBase):
         as TensorFlow's ``Saver``. Returns the last progress message: ``path`` and the
         saver's ``last_checkpoints``."""
         request = pb.SaveRequest(
-            prefix=prefix, entries=_entries(var_list), has_global_step=global_step is not None,
+            prefix=prefix, entries=checkpoint_entries(var_list),
+            has_global_step=global_step is not None,
             global_step=0 if global_step is None else operator.index(global_step),
             max_to_keep=operator.index(max_to_keep or 0), saver=saver,
             latest_filename=latest_filename or "", skip_state=not write_state,
@@ -447,7 +449,7 @@ class Client(ClientBase):
     def restore(self, prefix: str, var_list: Any = None,
                 progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
         """Asks the server to restore variables from a checkpoint; returns its path."""
-        request = pb.RestoreRequest(prefix=prefix, entries=_entries(var_list))
+        request = pb.RestoreRequest(prefix=prefix, entries=checkpoint_entries(var_list))
         return self._checkpoint_call(self.stub.Restore, request, progress).path
 
     def _checkpoint_call(self, method: Any, request: Any,
@@ -470,22 +472,24 @@ class Client(ClientBase):
         response = self.transport.call(self.stub.LatestCheckpoint, pb.LatestCheckpointRequest(
             directory=directory, latest_filename=latest_filename or ""))
         return response.path or None
+
+    def list_checkpoints(self, directory: str = "") -> list[pb.CheckpointInfo]:
+        """The complete checkpoints in the server's checkpoint folder (or ``directory`` inside
+        it, with its subfolders), newest first: each ``path`` (relative to the folder, as
+        :meth:`restore` takes it), ``nbytes``, ``mtime`` (seconds since the epoch),
+        ``shards`` (data files) and ``latest`` (its folder's ``checkpoint`` state file names
+        it). The server lists at most 10,000 (then ``UserWarning``s that some are missing).
+
+        Raises ``PermissionDeniedError`` for a folder outside the checkpoint folder.
+        """
+        response = self.transport.call(self.stub.ListCheckpoints,
+                                       pb.ListCheckpointsRequest(directory=directory))
+        if response.truncated:
+            warnings.warn("the server's checkpoint folder holds more than one listing shows: "
+                          "some checkpoints are missing from it", stacklevel=2)
+        return list(response.checkpoints)
+
     def status(self) -> pb.StatusResponse:
         """The server's version, uptime, store size, clients and last checkpoint."""
         return self.transport.call(self.stub.Status, pb.StatusRequest())
 
-
-def _entries(var_list: Any) -> list[pb.CheckpointEntry]:
-    """Checkpoint entries for a list of variables (own names) or a ``{key: variable}`` dict;
-    ``CheckpointEntry`` messages in a list are taken as they are."""
-    if var_list is None:
-        return []
-    if not isinstance(var_list, Mapping) and all(
-            isinstance(e, pb.CheckpointEntry) for e in var_list):
-        return list(var_list)
-    items: Iterator[tuple[str, Any]]
-    if isinstance(var_list, Mapping):
-        items = iter(var_list.items())
-    else:
-        items = ((getattr(v, "op_name", v), v) for v in var_list)
-    return [pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v)) for key, v in items]

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from varstore.client import Client, Reply, VariableInfo, _entries
+from varstore.client import Client, Reply, VariableInfo
 from varstore.common.errors import (
     NotFoundError,
     OpError,
@@ -45,7 +45,7 @@ from varstore.placement import (
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
-from varstore.request import RequestBuilder
+from varstore.request import RequestBuilder, checkpoint_entries
 
 T = TypeVar("T")
 # Where the parts of a save are written until shard 0 merges them; the server treats files
@@ -337,7 +337,7 @@ class ClusterClient(Client):
         and records the checkpoint with the saver's retention (see ``Client.save``); returns
         the last progress message. A shard failing fails the save and leaves the previous
         checkpoint as it was."""
-        entries = _entries(var_list)
+        entries = checkpoint_entries(var_list)
         if entries:
             self._locate([], [e.variable for e in entries])
             by_shard: dict[int, list[pb.CheckpointEntry]] = {}
@@ -396,7 +396,7 @@ class ClusterClient(Client):
         cluster: each variable goes to the shard the placement gives it; returns the path."""
         keys = self._on_shard_0("CheckpointKeys", cpb.CheckpointKeysRequest(prefix=prefix),
                                 idempotent=True)
-        entries = _entries(var_list) or self._everything(keys.keys)
+        entries = checkpoint_entries(var_list) or self._everything(keys.keys)
         found = {k.key: k for k in keys.keys}
         self._locate([pb.VariableSpec(name=e.variable, dtype=found[e.key].dtype,
                                       shape=pb.Shape(dim=e.slice.shape if e.HasField("slice")

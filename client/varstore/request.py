@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,3 +90,19 @@ class RequestBuilder:
         request = pb.RunRequest(variables=self.specs, nodes=self.nodes,
                                 fetches=self.fetches, targets=self.targets)
         return request, codec.pack_tensors(self.arrays, stream, request.tensors)
+
+
+def checkpoint_entries(var_list: Any) -> list[pb.CheckpointEntry]:
+    """Checkpoint entries for a list of variables (own names) or a ``{key: variable}`` dict;
+    ``CheckpointEntry`` messages in a list are taken as they are."""
+    if var_list is None:
+        return []
+    if not isinstance(var_list, Mapping) and all(
+            isinstance(e, pb.CheckpointEntry) for e in var_list):
+        return list(var_list)
+    items: Iterator[tuple[str, Any]]
+    if isinstance(var_list, Mapping):
+        items = iter(var_list.items())
+    else:
+        items = ((getattr(v, "op_name", v), v) for v in var_list)
+    return [pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v)) for key, v in items]

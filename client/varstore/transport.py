@@ -44,7 +44,7 @@ BUSY_MAX_DELAY = 2.0
 _BUSY_ENDINGS = ("try again later", "Concurrent RPC limit exceeded!")
 # Requests that change nothing on the server, so repeating them after UNAVAILABLE is safe.
 _READ_ONLY_REQUESTS = (pb.ListVariablesRequest, pb.StatusRequest, pb.LatestCheckpointRequest,
-                       pb.WaitInitializedRequest)
+                       pb.WaitInitializedRequest, pb.ListCheckpointsRequest)
 # gRPC's own target syntax (``unix:PATH``, ``dns:///HOST:PORT``, ``ipv4:...``): passed through
 # to gRPC unchecked.
 _URI = re.compile(r"^(unix|unix-abstract|dns|ipv4|ipv6|vsock):")

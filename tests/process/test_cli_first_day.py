@@ -33,8 +33,8 @@ def test_version_names_varstore_python_and_grpc() -> None:
 
 
 def test_every_command_help_says_what_it_does() -> None:
-    for command in ("serve", "stop", "status", "ls", "rm", "reset", "save", "restore",
-                    "inspect"):
+    for command in ("serve", "stop", "status", "ls", "rm", "reset", "save", "checkpoints",
+                    "restore", "inspect"):
         usage, description = varstore(command, "--help").stdout.split("\n\n")[:2]
         assert usage.startswith(f"usage: varstore {command} ")
         assert not description.startswith(("options:", "positional arguments:")), command
@@ -100,6 +100,33 @@ def test_inspect_of_a_local_path_needs_no_server(saved: ServerProcess) -> None:
     result = varstore("inspect", str(prefix), "--address", "127.0.0.1:1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["b\tfloat32\t[3]", "w\tfloat32\t[300, 300]"]
+
+
+def test_inspect_into_a_reader_that_stops_ends_quietly(saved: ServerProcess) -> None:
+    """`varstore inspect ... --values | head -1`: no message when head stops reading."""
+    prefix = saved.checkpoint_dir / "model.ckpt-5"
+    proc = subprocess.Popen([sys.executable, "-m", "varstore.cli", "inspect", str(prefix),
+                             "--values"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == "b\tfloat32\t[3]\n"
+    proc.stdout.close()  # w's 90,000 values are more than the pipe holds
+    assert proc.wait(timeout=120) == 128 + 13
+    assert proc.stderr.read() == ""
+
+
+def test_checkpoints_lists_the_servers_folder_newest_first(saved: ServerProcess) -> None:
+    with vs.connect(saved.address) as client:
+        client.save("best/model")
+    result = varstore("checkpoints", "--address", saved.address)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(line[0], line[2].endswith("(latest)")) for line in lines] == [
+        ("best/model", True), ("model.ckpt-5", True)]
+    files = saved.checkpoint_dir.glob("model.ckpt-5.*")
+    assert lines[1][1] == f"{sum(f.stat().st_size for f in files) / 1024:.1f} KB" == "351.7 KB"
+    result = varstore("checkpoints", "nowhere", "--address", saved.address)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "no checkpoints\n")
 
 
 def test_restore_takes_a_local_path_into_the_servers_folder(saved: ServerProcess) -> None:

@@ -271,6 +271,34 @@ class LatestCheckpointRequest(_message.Message):
     latest_filename: str
     def __init__(self, directory: _Optional[str] = ..., latest_filename: _Optional[str] = ...) -> None: ...
 
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ("directory",)
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    def __init__(self, directory: _Optional[str] = ...) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("path", "nbytes", "mtime", "shards", "latest")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    nbytes: int
+    mtime: float
+    shards: int
+    latest: bool
+    def __init__(self, path: _Optional[str] = ..., nbytes: _Optional[int] = ..., mtime: _Optional[float] = ..., shards: _Optional[int] = ..., latest: _Optional[bool] = ...) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints", "truncated")
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    truncated: bool
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
 class LatestCheckpointResponse(_message.Message):
     __slots__ = ("path",)
     PATH_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class VariableServiceStub:
                 request_serializer=varstore_dot_proto_dot_varstore__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=varstore_dot_proto_dot_varstore__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/varstore.v1.VariableService/ListCheckpoints',
+                request_serializer=varstore_dot_proto_dot_varstore__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=varstore_dot_proto_dot_varstore__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class VariableServiceServicer:
@@ -147,6 +152,13 @@ class VariableServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCheckpoints(self, request, context):
+        """The complete checkpoints in the checkpoint folder (or a folder inside it), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariableServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +206,11 @@ def add_VariableServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=varstore_dot_proto_dot_varstore__pb2.DeleteRequest.FromString,
                     response_serializer=varstore_dot_proto_dot_varstore__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=varstore_dot_proto_dot_varstore__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=varstore_dot_proto_dot_varstore__pb2.ListCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +456,33 @@ class VariableService:
             '/varstore.v1.VariableService/Delete',
             varstore_dot_proto_dot_varstore__pb2.DeleteRequest.SerializeToString,
             varstore_dot_proto_dot_varstore__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableService/ListCheckpoints',
+            varstore_dot_proto_dot_varstore__pb2.ListCheckpointsRequest.SerializeToString,
+            varstore_dot_proto_dot_varstore__pb2.ListCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

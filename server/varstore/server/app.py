@@ -18,7 +18,13 @@ from varstore.common.errors import OpError
 from varstore.common.protocol import MAX_MESSAGE_BYTES
 from varstore.proto import varstore_pb2 as pb
 from varstore.server import cluster_service
-from varstore.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
+from varstore.server.auth import (
+    READ_WRITE,
+    Token,
+    TokenAuthInterceptor,
+    load_tokens,
+    server_credentials,
+)
 from varstore.server.budget import MemoryBudget
 from varstore.server.capacity import Capacity, CapacityInterceptor, CapacityLimits
 from varstore.server.checkpoint_timer import SaveTimer
@@ -125,9 +131,10 @@ def create_server(config: ServerConfig) -> Server:
     """Builds the store, executor, checkpoint manager and gRPC server, and binds the port.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use) or a TLS or
-    token file cannot be read, ``ValueError`` for inconsistent TLS settings, an empty token
-    file or a non-loopback address without protection (see :func:`check_exposure`),
-    ``OpError`` (NotFoundError, DataLossError...) when ``config.restore`` fails.
+    token file cannot be read, ``ValueError`` for inconsistent TLS settings, an empty or
+    malformed token file (or one with only read-only tokens for a cluster) or a non-loopback
+    address without protection (see :func:`check_exposure`), ``OpError`` (NotFoundError,
+    DataLossError...) when ``config.restore`` fails.
     """
     check_exposure(config)
     # One budget for all the server holds for clients: variables, and every call in flight.
@@ -147,8 +154,8 @@ def create_server(config: ServerConfig) -> Server:
         save_every = 0.0
     credentials_of_shards = shard_credentials(config.tls_cert, config.tls_key,
                                               config.tls_client_ca)
-    token_of_shards = load_tokens(config.token_file)[0] if config.token_file is not None \
-        else None
+    tokens = load_tokens(config.token_file) if config.token_file is not None else None
+    token_of_shards = _token_of_shards(tokens, spec)
     timer = SaveTimer(checkpoints, save_every, config.keep, ClusterSaver(
         spec, checkpoints, credentials_of_shards, token_of_shards)
         if saves_cluster and spec is not None else None)
@@ -157,7 +164,8 @@ def create_server(config: ServerConfig) -> Server:
         _hint_restore(checkpoints, config.checkpoint_dir)
     capacity = Capacity(CapacityLimits.for_workers(
         config.max_workers, stream_idle_seconds=config.stream_idle_seconds))
-    cluster_servicer = cluster_service.ClusterServicer(spec, checkpoints)
+    auth = TokenAuthInterceptor(tokens) if tokens is not None else None
+    cluster_servicer = cluster_service.ClusterServicer(spec, checkpoints, auth=auth)
     if spec is not None and len(spec.shards) > 1:
         # Every create checks with shard 0's table (varstore.server.placement_guard).
         cluster_servicer.guard = CreateGuard(
@@ -170,13 +178,13 @@ def create_server(config: ServerConfig) -> Server:
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
                                 capacity, metrics.load,
                                 len(spec.shards) if spec is not None else 1,
-                                cluster_servicer.guard)
+                                cluster_servicer.guard, auth=auth)
     # Statuses outermost (every error below becomes one), then the limits (which see requests
     # as the bytes that came), then metrics (which count the calls authentication refuses).
     interceptors: list[grpc.ServerInterceptor] = [
         StatusInterceptor(), CapacityInterceptor(capacity), MetricsInterceptor(metrics)]
-    if config.token_file is not None:
-        interceptors.append(TokenAuthInterceptor(load_tokens(config.token_file)))
+    if auth is not None:
+        interceptors.append(auth)
     credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers,
@@ -271,6 +279,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _token_of_shards(tokens: list[Token] | None, spec: ClusterSpec | None) -> str | None:
+    """The token shards of a cluster send each other: the first read-write one.
+
+    Raises ``ValueError`` for a cluster of several shards whose token file has only
+    read-only tokens (its shards could not save or place variables for each other).
+    """
+    if tokens is None:
+        return None
+    token = next((t.value for t in tokens if t.role == READ_WRITE), None)
+    if token is None and spec is not None and len(spec.shards) > 1:
+        raise ValueError("the shards of a cluster need a read-write token in --token-file "
+                         "to call each other; it lists only read-only tokens")
+    return token
 
 
 def check_exposure(config: ServerConfig) -> None:

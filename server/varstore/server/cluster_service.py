@@ -28,6 +28,7 @@ from varstore.common.errors import (
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
+from varstore.server.auth import TokenAuthInterceptor, read_only_refusal
 from varstore.server.bundle import TEMP_MARK, BundleReader, checkpoint_files, index_path
 from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
@@ -52,11 +53,14 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
     """Answers for one shard of ``spec`` (None: a server that is no cluster)."""
 
     def __init__(self, spec: ClusterSpec | None, checkpoints: CheckpointManager,
-                 guard: CreateGuard | None = None) -> None:
-        """``guard``: this shard's creates in progress, which ``Held`` reports as held."""
+                 guard: CreateGuard | None = None,
+                 auth: TokenAuthInterceptor | None = None) -> None:
+        """``guard``: this shard's creates in progress, which ``Held`` reports as held;
+        ``auth``: the server's tokens (a read-only token may only look placements up)."""
         self.spec = spec
         self.checkpoints = checkpoints
         self.guard = guard
+        self.auth = auth
         self.table = (PlacementTable(len(spec.shards), checkpoints.store.budget)
                       if spec is not None else None)
 
@@ -71,6 +75,9 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
         if self.table is None or self.spec is None or self.spec.task_index != 0:
             raise FailedPreconditionError("the placement table is kept by shard 0 of a cluster")
         table = self.table
+        if self.auth is not None and self.auth.read_only(context) and (
+                request.forget or not all(p.lookup_only for p in request.variables)):
+            raise read_only_refusal("placing or forgetting variables")
         if request.forget:
             table.forget([p.name for p in request.variables])
             return cpb.PlaceResponse(epoch=table.epoch)
@@ -195,8 +202,10 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     variables it held when the cluster saved, while the other shards keep theirs. Returns
     what it restored.
 
-    Raises ``FailedPreconditionError`` for a checkpoint written by another number of shards
-    (a client restores that one, placing every variable afresh), and what
+    Raises ``FailedPreconditionError`` for a checkpoint ``restore`` names explicitly that
+    another number of shards wrote (a client restores that one, placing every variable
+    afresh; with ``"latest"`` the shard logs a warning saying so and starts empty, so that
+    the shards serve for that restore), and what
     :meth:`CheckpointManager.restore` raises.
     """
     if spec is None or len(spec.shards) == 1:
@@ -225,6 +234,16 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
                 else []
     except OSError as e:
         raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
+    if num_shards != len(spec.shards) and restore == LATEST:
+        # The documented way to change the shard count restores from a client, which needs
+        # the shards serving: a supervisor restarting them with --restore latest must not
+        # loop on this checkpoint.
+        log.warning(
+            "--restore latest: the latest checkpoint %s has %d data files, the cluster %d "
+            "shards: this shard starts empty; restore it from a client (`varstore restore "
+            "%s`), which places every variable on the shards there are", named, num_shards,
+            len(spec.shards), named)
+        return None
     if num_shards != len(spec.shards):
         raise FailedPreconditionError(
             f"cannot restore {clip(repr(named))} on shard {spec.task_index}: it has "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +23,12 @@ from varstore.common.dtypes import DType
 from varstore.common.errors import (
     InvalidArgumentError,
     OpError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     clip,
 )
-from varstore.common.protocol import READ_ONLY_OPS
 from varstore.server.budget import Lease, check_alloc, reply_bytes
+from varstore.server.journal import Journal
 from varstore.server.kernels import NodeDef
 from varstore.server.ops import OPS, PURE_OPS
 from varstore.server.slices import SaveSlice
@@ -95,7 +95,7 @@ class Executor:
 
     def run(self, graph: Graph, waiter: Waiter | None = None,
             max_reply_bytes: int | None = None, lease: Lease | None = None,
-            reply_streamed: bool = False) -> Result:
+            reply_streamed: bool = False, read_only: bool = False) -> Result:
         """Creates or binds ``graph.variables``, then evaluates fetches and targets.
 
         All or nothing: the variables the request creates stay pending (see
@@ -112,16 +112,19 @@ class Executor:
         ``reply_streamed`` (RunStream's), large numeric values read from variables are fetched
         as ``codec.Framed`` copies instead of arrays.
 
+        With ``read_only`` (a read-only token's call), a variable the request would create
+        raises ``PermissionDeniedError`` (its nodes were checked by the caller).
+
         Raises ``InvalidArgumentError`` for a malformed graph, ``NotFoundError`` for a missing
         variable, ``ResourceExhaustedError`` for a reply past ``max_reply_bytes`` or past the
         memory budget, the kernels' errors and ``waiter``'s.
         """
         if lease is None:
             with contextlib.closing(self.store.budget.lease()) as own:
-                return self.run(graph, waiter, max_reply_bytes, own, reply_streamed)
+                return self.run(graph, waiter, max_reply_bytes, own, reply_streamed, read_only)
         self.validate(graph)
         waiter = waiter or self.store.waiter()
-        resolved, bound = self._bind(graph, waiter)
+        resolved, bound = self._bind(graph, waiter, read_only)
         created = [var for var, made in bound if made]
         try:
             values = self._evaluate(graph, resolved, created, waiter, max_reply_bytes, lease,
@@ -178,12 +181,14 @@ class Executor:
                 "sync_wait waits for other requests, so its request may name no variable "
                 "(send it alone)")
 
-    def _bind(self, graph: Graph, waiter: Waiter
+    def _bind(self, graph: Graph, waiter: Waiter, read_only: bool = False
               ) -> tuple[dict[str, Variable | None], list[tuple[Variable, bool]]]:
         """Creates (pending) or binds the request's variables and looks up those its nodes
         name, in name order: a request waits for a variable another one is creating only
         after the variables it creates itself sort before it, so waits never form a cycle.
-        Returns every name's variable (None: missing) and ``graph.variables``' bindings."""
+        Returns every name's variable (None: missing) and ``graph.variables``' bindings.
+        With ``read_only``, variables to create are only bound (``PermissionDeniedError``
+        for one that does not exist)."""
         specs: dict[str, list[VariableSpec]] = {}
         for spec in graph.variables:
             specs.setdefault(spec.name, []).append(spec)
@@ -194,7 +199,14 @@ class Executor:
         try:
             for name in names:
                 creating = [s for s in specs.get(name, ()) if not s.bind_only]
-                if creating:
+                if creating and read_only:
+                    if self.store.find(name) is None:
+                        raise PermissionDeniedError(f"creating variable {clip(name)} needs a "
+                                                    "read-write token; this one is read-only")
+                    var = self.store.get(name, waiter)
+                    for spec in creating:
+                        check_compatible(var, spec.dtype, spec.shape, spec.save_slice)
+                elif creating:
                     s = creating[0]
                     var, created = self.store.create(Variable(
                         s.name, s.dtype, s.shape, s.trainable, s.created_by,
@@ -344,63 +356,6 @@ def _reply_bytes(values: list[Any], graph: Graph) -> int:
             else:
                 size += value.nbytes
     return size
-
-
-class Journal:
-    """What a request changed, to put back when it fails, so that a failed request changes
-    nothing: the values of variables it changes (recorded before the node that changes
-    them), and undo and commit actions of state kept beside the variables (a kernel's
-    :meth:`on_undo` and :meth:`on_commit`).
-
-    ``assign`` replaces a variable's array instead of writing into it, so its record keeps
-    the old array itself; in-place updates keep a copy.
-    """
-
-    def __init__(self, lease: Lease) -> None:
-        self._lease = lease
-        self._saved: dict[int, tuple[Variable, np.ndarray | None, int]] = {}
-        self._undo: list[Callable[[], None]] = []
-        self._commit: list[Callable[[], None]] = []
-
-    def save_changed(self, node: NodeDef, nodes: list[NodeDef],
-                     variables: dict[str, Variable]) -> None:
-        """Records the variables ``node`` may change, unless recorded already."""
-        if node.op in READ_ONLY_OPS:
-            return
-        if node.variable:
-            self._save(variables[node.variable], copy=node.op != "assign")
-        for j in node.inputs:
-            if nodes[j].op == "ref":
-                self._save(variables[nodes[j].variable], copy=True)
-
-    def _save(self, var: Variable, copy: bool) -> None:
-        if id(var) not in self._saved:
-            value = var.value
-            if copy and value is not None:
-                self._lease.charge_array(value.shape, var.dtype,
-                                         f"an undo copy of {clip(var.name)}")
-                value = value.copy()
-            self._saved[id(var)] = (var, value, var.version)
-
-    def on_undo(self, action: Callable[[], None]) -> None:
-        """Runs ``action`` if the request fails (actions run newest first)."""
-        self._undo.append(action)
-
-    def on_commit(self, action: Callable[[], None]) -> None:
-        """Runs ``action`` once the request succeeded, before its locks are released."""
-        self._commit.append(action)
-
-    def undo(self, store: VariableStore) -> None:
-        """Puts every recorded variable back as it was (the locks are held)."""
-        for action in reversed(self._undo):
-            action()
-        for var, value, version in self._saved.values():
-            store.put_back(var, value, version)
-
-    def commit(self) -> None:
-        """Runs the commit actions."""
-        for action in self._commit:
-            action()
 
 
 def _closure(nodes: list[NodeDef], wanted: list[int], memo: dict[int, Any]) -> list[int]:

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-client-ca", type=Path,
                         help="CA whose client certificates are required (mutual TLS)")
     parser.add_argument("--token-file", type=Path,
-                        help="file of accepted bearer tokens, one per line")
+                        help="file of accepted bearer tokens, one per line: TOKEN or "
+                        "TOKEN ROLE (read-write, the default, or read-only)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--log-file", type=Path, help="append the log here (default stderr)")
     parser.add_argument("--pidfile", type=Path,

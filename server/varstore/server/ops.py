@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from varstore.common.protocol import READ_ONLY_OPS
 from varstore.server import optimizers, sync
 from varstore.server.kernels import array, embedding, initializers, math, state
 from varstore.server.kernels.base import OpDef
@@ -30,3 +31,6 @@ OPS: Mapping[str, OpDef] = build_registry()
 # beside the variables, no wait), when their node names no variable: the executor computes
 # them before it takes any variable's lock.
 PURE_OPS = frozenset({*initializers.OPS, *math.OPS, *array.OPS, "const", "no_op", "gather"})
+# Ops a read-only token's request may run: none changes a variable or state kept beside them
+# (the reads, the pure ops, and the stitching of an embedding lookup's rows).
+READER_OPS = READ_ONLY_OPS | PURE_OPS | {"partition_stitch"}

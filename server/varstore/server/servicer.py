@@ -22,12 +22,15 @@ from varstore.common.protocol import MAX_MESSAGE_BYTES, ROUTED_METADATA
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.server import wire
+from varstore.server.auth import TokenAuthInterceptor, read_only_refusal
 from varstore.server.budget import Lease
 from varstore.server.capacity import Capacity
+from varstore.server.checkpoint_list import list_checkpoints
 from varstore.server.checkpoint_progress import Progress, Saved, progress_stream
 from varstore.server.executor import Executor, Graph
 from varstore.server.handlers import method_handler
 from varstore.server.load import LoadMeter
+from varstore.server.ops import READER_OPS
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.retention import client_saver
 from varstore.server.slices import Entry
@@ -93,11 +96,14 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
     def __init__(self, store: VariableStore, executor: Executor, checkpoints: Any,
                  max_request_bytes: int, capacity: Capacity,
                  load: LoadMeter | None = None, shards: int = 1,
-                 guard: CreateGuard | None = None) -> None:
+                 guard: CreateGuard | None = None,
+                 auth: TokenAuthInterceptor | None = None) -> None:
         """``shards``: the size of the cluster this server is a shard of (1: none);
-        ``guard``: its check of creates with shard 0's placement table."""
+        ``guard``: its check of creates with shard 0's placement table; ``auth``: the
+        server's tokens (a read-only token's requests may only read)."""
         self.shards = shards
         self.guard = guard
+        self.auth = auth
         self.store = store
         self.load = load
         self.budget = store.budget
@@ -123,16 +129,17 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         lease.charge_request(len(raw), "a Run request")
         graph = self._graph(raw, lease)
         self._check_routed(graph, context)
+        read_only = self._read_only(graph, context)
         # A unary Run is a short call until it waits (sync_wait, a variable's lock, a
         # variable another request creates) or its nodes took long: then it holds a slot of
         # the waits' pool.
         peer = context.peer()
         waiter = Waiter.for_call(context, self.store.stopping,
                                  lambda: self.capacity.waits.held_while(peer))
-        with closing(waiter), self._creating(graph), \
+        with closing(waiter), self._creating(graph, read_only), \
                 waiter.waiting() if graph.blocking else nullcontext():
             result = self.executor.run(graph, waiter, max_reply_bytes=MAX_MESSAGE_BYTES,
-                                       lease=lease, reply_streamed=False)
+                                       lease=lease, reply_streamed=False, read_only=read_only)
         response, _ = wire.result_to_proto(result, stream=False)
         return response
 
@@ -150,16 +157,28 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                     "with varstore.connect, which routes across the "
                     "shards")
 
+    def _read_only(self, graph: Graph, context: grpc.ServicerContext) -> bool:
+        """Whether the call's token is read-only; then raises ``PermissionDeniedError`` for a
+        node of ``graph`` that may change something (not in ``READER_OPS``; the executor
+        refuses its creates)."""
+        if self.auth is None or not self.auth.read_only(context):
+            return False
+        writing = next((n.op for n in graph.nodes if n.op not in READER_OPS), None)
+        if writing is not None:
+            raise read_only_refusal(f"op {clip(writing)!r}")
+        return True
+
     def _routed(self, context: grpc.ServicerContext) -> bool:
         """Whether this server is no shard of several, or the call comes from a cluster
         client (``ROUTED_METADATA``)."""
         return self.shards == 1 or ROUTED_METADATA in (context.invocation_metadata() or ())
 
-    def _creating(self, graph: Graph) -> AbstractContextManager[None]:
+    def _creating(self, graph: Graph, read_only: bool) -> AbstractContextManager[None]:
         """On a shard of a cluster of several, the variables ``graph`` creates confirmed with
         shard 0's table and pending meanwhile (:meth:`CreateGuard.creating`, which raises
-        ``AbortedError`` for one the table does not place here)."""
-        if self.guard is None:
+        ``AbortedError`` for one the table does not place here); nothing for a
+        ``read_only`` call, which creates nothing."""
+        if self.guard is None or read_only:
             return nullcontext()
         return self.guard.creating(sorted({spec.name for spec in graph.variables
                                            if not spec.bind_only
@@ -202,9 +221,10 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
         graph = wire.graph_from_proto(header, arrays)
         graph.owned = True
         self._check_routed(graph, context)
-        with self._creating(graph):
+        read_only = self._read_only(graph, context)
+        with self._creating(graph, read_only):
             result = self.executor.run(graph, self._waiter(context), lease=lease,
-                                       reply_streamed=True)
+                                       reply_streamed=True, read_only=read_only)
         response, payloads = wire.result_to_proto(result, stream=True)
         # The request's tensors are garbage by now: free them before the response streams.
         del graph, streamed
@@ -273,6 +293,13 @@ class VariableServicer(pb_grpc.VariableServiceServicer):
                          context: grpc.ServicerContext) -> pb.LatestCheckpointResponse:
         return pb.LatestCheckpointResponse(path=self.checkpoints.latest(
             request.directory, request.latest_filename) or "")
+
+    def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
+                        context: grpc.ServicerContext) -> pb.ListCheckpointsResponse:
+        found, truncated = list_checkpoints(self.checkpoints.folder, request.directory)
+        return pb.ListCheckpointsResponse(checkpoints=[
+            pb.CheckpointInfo(path=c.path, nbytes=c.nbytes, mtime=c.mtime, shards=c.shards,
+                              latest=c.latest) for c in found], truncated=truncated)
 
     def Status(self, request: pb.StatusRequest,
                context: grpc.ServicerContext) -> pb.StatusResponse:

@@ -37,7 +37,7 @@ class Context(Protocol):
 
     store: VariableStore
     tensors: list[np.ndarray]
-    # The request's undo and commit actions (executor.Journal) and the limits of its waits.
+    # The request's undo and commit actions (journal.Journal) and the limits of its waits.
     journal: Any
     waiter: Waiter
 
