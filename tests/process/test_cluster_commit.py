@@ -122,3 +122,50 @@ def test_a_directory_in_the_way_refuses_the_cluster_save_before_anything_moves(
             assert client.latest_checkpoint() == "m"
     finally:
         stop_server_process(cluster.server)
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_reader_opened_mid_commit_reads_one_checkpoint_whole(tmp_path: Path,
+                                                                step: str) -> None:
+    # A reader in another process (a shard's restore, the CLI) opened just before shard 0's
+    # commit point and reading after it got the old index with the new data file:
+    # DataLossError, checksum mismatch (attack4 10).
+    folder, pauses = tmp_path / "ckpt", tmp_path / "pauses"
+    pauses.mkdir()
+    cluster = start_cluster_from(start_server_process(
+        folder, "--shards", "2", "--no-save-on-exit",
+        env={"VARSTORE_TEST_PAUSE_DIR": str(pauses)}), 2)
+    stop = threading.Event()
+    try:
+        with connected(cluster.address) as client:
+            handles = []
+            for shard in range(2):
+                with client.device(f"/job:ps/task:{shard}"):
+                    handles.append(client.Variable(np.full(1 << 18, 1.0), name=f"w{shard}"))
+            releaser = threading.Thread(target=_release_until, args=(pauses, stop, None))
+            releaser.start()
+            client.save("m")
+            stop.set()
+            releaser.join()
+            for h in handles:
+                h.assign(np.full(1 << 18, 2.0))
+            stop.clear()
+            saver = threading.Thread(target=client.save, args=("m",))
+            saver.start()
+            assert _release_until(pauses, stop, f"{step}-2") == f"{step}-2"
+            with BundleReader(folder / "m") as reader:
+                releaser = threading.Thread(target=_release_until, args=(pauses, stop, None))
+                releaser.start()
+                saver.join()
+                stop.set()
+                releaser.join()
+                assert sorted(p.name for p in folder.iterdir()) == [
+                    "checkpoint", "m.data-00000-of-00002", "m.data-00001-of-00002", "m.index"]
+                expected = 1.0 if STEPS[step] == "old" else 2.0
+                for key in ("w0", "w1"):
+                    np.testing.assert_array_equal(reader.read(key), np.full(1 << 18, expected))
+    finally:
+        stop.set()
+        for marker in pauses.iterdir():
+            marker.unlink()
+        stop_server_process(cluster.server)

@@ -1,8 +1,9 @@
 """TensorFlow V2 checkpoints ("tensor bundles") in pure Python and numpy, split by job as
 TensorFlow's ``core/util/tensor_bundle/``: :mod:`.naming` (file names), :mod:`.fsio` (atomic
 commit steps), :mod:`.table` (the index's sorted table), :mod:`.ordered_code` (slice keys),
-:mod:`.entries` (the index's protos), :mod:`.writer`, :mod:`.reader`, :mod:`.merge` (sharded
-saves) and :mod:`.state` (the folder's text ``checkpoint`` file). The format is TensorFlow's
+:mod:`.entries` (the index's protos), :mod:`.writer`, :mod:`.reader` (opening one checkpoint
+whole while saves replace it: :mod:`.opening`), :mod:`.merge` (sharded saves) and
+:mod:`.state` (the folder's text ``checkpoint`` file). The format is TensorFlow's
 (``core/util/tensor_bundle/tensor_bundle.h`` and ``core/protobuf/tensor_bundle.proto``).
 """
 

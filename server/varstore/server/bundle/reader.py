@@ -33,8 +33,8 @@ from varstore.server.bundle.naming import (
     index_path,
     key_bytes,
     key_str,
-    pending_commit,
 )
+from varstore.server.bundle.opening import open_checkpoint
 from varstore.server.bundle.ordered_code import encode_slice_key
 from varstore.server.bundle.table import TableError, get_varint, read_table, unmask_crc
 
@@ -61,31 +61,28 @@ class TensorInfo:
 class BundleReader:
     """Reads a checkpoint written by TensorFlow or :class:`BundleWriter`.
 
-    Opening reads the whole index and verifies every block's checksum. Reads use
+    Opening reads the whole index, verifies every block's checksum and opens every data
+    file the index names: what the reader reads is one checkpoint, whatever a save renames
+    over its files later (``os.replace`` leaves open files as they were). Reads use
     positional I/O, so one reader may serve several threads.
     """
 
     def __init__(self, prefix: str | os.PathLike[str]) -> None:
         """Raises ``NotFoundError`` without an index file, ``DataLossError`` if it is corrupt,
         ``InvalidArgumentError``/``UnimplementedError`` for an unsupported format version or
-        a big-endian checkpoint."""
+        a big-endian checkpoint, ``AbortedError`` if saves kept replacing it while it was
+        being opened. A missing data file is ``NotFoundError`` when a tensor in it is read."""
         self.prefix = os.fspath(prefix)
         self.index_path = index_path(self.prefix)
-        # A save replacing this checkpoint past its commit point: read the new one, its files
-        # wherever they are now (never the old index with some of the new data files).
-        self._pending = pending_commit(self.prefix)
-        try:
-            raw = b""
-            if self._pending is not None:
-                with contextlib.suppress(FileNotFoundError):  # moved into place meanwhile
-                    with open(index_path(self._pending), "rb") as f:
-                        raw = f.read()
-            if not raw:
-                with open(self.index_path, "rb") as f:
-                    raw = f.read()
-        except FileNotFoundError:
-            raise NotFoundError(f"checkpoint {clip(self.prefix)} not found: no file "
-                                f"{clip(self.index_path)}") from None
+        self._fds, self._sizes = open_checkpoint(self.prefix, self._load)
+        self._lock = threading.Lock()
+
+    def _load(self, raw: bytes) -> tuple[int, list[int]]:
+        """Parses index ``raw``, its table and header (for :func:`open_checkpoint`); returns
+        its shard count and the data files its entries point at (an entry that does not
+        parse or points outside them is reported when read). Raises ``DataLossError`` if it
+        is corrupt, ``InvalidArgumentError``/``UnimplementedError`` for an unsupported format
+        version or a big-endian checkpoint."""
         try:
             self._table = dict(read_table(raw))
         except TableError as e:
@@ -107,9 +104,14 @@ class BundleReader:
                                 f"{header.num_shards} shards")
         self.num_shards = header.num_shards
         self.version = version
-        self._fds: dict[int, int] = {}
-        self._sizes: dict[int, int] = {}
-        self._lock = threading.Lock()
+        shards: set[int] = set()
+        proto = pb.BundleEntryProto()
+        for value in self._table.values():
+            with contextlib.suppress(DecodeError):
+                proto.ParseFromString(value)
+                if 0 <= proto.shard_id < self.num_shards:
+                    shards.add(proto.shard_id)
+        return self.num_shards, sorted(shards)
 
     def __enter__(self) -> BundleReader:
         return self
@@ -403,21 +405,8 @@ class BundleReader:
         path = data_path(self.prefix, shard, self.num_shards)
         with self._lock:
             fd = self._fds.get(shard)
-            if fd is None:
-                paths = [path]
-                if self._pending is not None:  # a data file not moved into place yet
-                    paths.insert(0, data_path(self._pending, shard, self.num_shards))
-                for i, candidate in enumerate(paths):
-                    try:
-                        fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                        break
-                    except FileNotFoundError:
-                        if i == len(paths) - 1:
-                            raise NotFoundError(f"data file {path} of checkpoint "
-                                                f"{self.prefix} not found") from None
-                assert fd is not None
-                self._fds[shard] = fd
-                self._sizes[shard] = os.fstat(fd).st_size
+        if fd is None:
+            raise NotFoundError(f"data file {path} of checkpoint {self.prefix} not found")
         return fd, path
 
     def _read_entry(self, key: str, proto: pb.BundleEntryProto, dtype: DType,
