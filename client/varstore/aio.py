@@ -140,11 +140,13 @@ class Client(ClientBase):
         return self._drive(self._variable_steps(initial_value, name, dtype, trainable))
 
     def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
-                     initializer: Any = None, trainable: bool = True
-                     ) -> Awaitable[RemoteVariable]:
-        """:meth:`varstore.Client.get_variable`, awaitable; the name resolves in the scopes
-        open when called. Raises ``ValueError`` for the reuse mistakes TF rejects."""
-        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+                     initializer: Any = None, trainable: bool = True, *,
+                     partitioner: Any = None) -> Awaitable[Any]:
+        """:meth:`varstore.Client.get_variable`, awaitable (partitioned variables included);
+        the name resolves in the scopes open when called. Raises ``ValueError`` for the
+        reuse and partitioning mistakes TF rejects."""
+        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable,
+                                                    partitioner))
 
     def pull(self, variables: Iterable[RemoteVariable]) -> Awaitable[list[np.ndarray]]:
         """The values of ``variables``, read in one round trip."""

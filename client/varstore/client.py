@@ -143,8 +143,15 @@ class ClientBase:
                                   lambda b: b.const(value, dtype), "Variable", "initial_value")
 
     def _get_variable_steps(self, name: str, shape: Sequence[int] | None, dtype: Any,
-                            initializer: Any, trainable: bool) -> Steps:
+                            initializer: Any, trainable: bool, partitioner: Any = None
+                            ) -> Steps:
         scope = self.naming.var_scope
+        partitioner = partitioner if partitioner is not None else scope.partitioner
+        if partitioner is not None and not (shape is not None and len(shape) == 0):
+            # As TF's _true_getter: a scalar is never partitioned.
+            from varstore import partitioned
+            return (yield from partitioned.get_steps(self, name, shape, dtype, initializer,
+                                                     trainable, partitioner))
         full = self.naming.full_name(name)
         init = initializer if initializer is not None else scope.initializer
         value = None
@@ -281,13 +288,20 @@ class Client(ClientBase):
         return self._drive(self._variable_steps(initial_value, name, dtype, trainable))
 
     def get_variable(self, name: str, shape: Sequence[int] | None = None, dtype: Any = None,
-                     initializer: Any = None, trainable: bool = True) -> RemoteVariable:
+                     initializer: Any = None, trainable: bool = True, *,
+                     partitioner: Any = None) -> Any:
         """Gets or creates the shared variable ``scope/name`` with TF's reuse rules.
 
         A variable another client created on the server is bound to, never re-initialized.
-        Raises ``ValueError`` for the reuse mistakes TF rejects (same messages).
+        With a ``partitioner`` (or the scope's; TF's own or ``varstore.v1``'s
+        ``fixed_size_partitioner``...), a non-scalar variable is made of parts
+        ``scope/name/part_0``... and a :class:`varstore.partitioned.PartitionedVariable` is
+        returned, as TF's ``get_variable``; checkpoints hold it as one tensor ``scope/name``.
+        Raises ``ValueError`` for the reuse and partitioning mistakes TF rejects (same
+        messages).
         """
-        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable))
+        return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable,
+                                                    partitioner))
 
     def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
         """The values of ``variables``, read in one round trip."""
@@ -365,6 +379,10 @@ class Client(ClientBase):
             handle = self.naming.shared.pop(name, None)
             if isinstance(handle, VariableHandle):
                 handle._initializer = None
+        gone = set(names)
+        for full, var in list(self.naming.partitioned.items()):
+            if any(part.op_name in gone for part in var):
+                del self.naming.partitioned[full]
         return names
 
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
@@ -492,4 +510,3 @@ class Client(ClientBase):
     def status(self) -> pb.StatusResponse:
         """The server's version, uptime, store size, clients and last checkpoint."""
         return self.transport.call(self.stub.Status, pb.StatusRequest())
-

@@ -77,6 +77,8 @@ class VariableHandle:
         # Adds the node computing the initial value to a request; None for a variable this
         # client bound to but did not create. Used by initialize_or_restore.
         self._initializer: Callable[[RequestBuilder], int] | None = None
+        # Where this part of a partitioned variable lies in the full one (None for others).
+        self._save_slice_info: Any = None
 
     @property
     def name(self) -> str:
@@ -90,6 +92,15 @@ class VariableHandle:
     def get_shape(self) -> tuple[int, ...]:
         """The variable's shape."""
         return self.shape
+
+    def _get_save_slice_info(self) -> Any:
+        """Where this part lies in its partitioned variable (TF's ``SaveSliceInfo``), or
+        None when it is not a part."""
+        return self._save_slice_info
+
+    def _set_save_slice_info(self, info: Any) -> None:
+        """Records this variable as a part of a partitioned variable."""
+        self._save_slice_info = info
 
     def _value(self, value: Any) -> np.ndarray:
         return dtypes.to_numpy(value, self.dtype)

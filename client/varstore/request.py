@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,16 +93,40 @@ class RequestBuilder:
 
 
 def checkpoint_entries(var_list: Any) -> list[pb.CheckpointEntry]:
-    """Checkpoint entries for a list of variables (own names) or a ``{key: variable}`` dict;
-    ``CheckpointEntry`` messages in a list are taken as they are."""
+    """Checkpoint entries for a list of variables or a ``{key: variable}`` dict, as TF's
+    ``Saver`` keys them: in a list, a variable under its own name, a part of a partitioned
+    variable (or a whole ``PartitionedVariable``) as a slice of its full variable's tensor;
+    in a dict, under the key (parts as slices of it). ``CheckpointEntry`` messages in a
+    list are taken as they are."""
     if var_list is None:
         return []
     if not isinstance(var_list, Mapping) and all(
             isinstance(e, pb.CheckpointEntry) for e in var_list):
         return list(var_list)
-    items: Iterator[tuple[str, Any]]
+    items: list[tuple[str, Any]]
     if isinstance(var_list, Mapping):
-        items = iter(var_list.items())
+        items = list(var_list.items())
     else:
-        items = ((getattr(v, "op_name", v), v) for v in var_list)
-    return [pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v)) for key, v in items]
+        items = []
+        for v in var_list:
+            info = _slice_info(v)
+            items.append((v.name if hasattr(v, "_get_variable_list")
+                          else info.full_name if info is not None
+                          else getattr(v, "op_name", v), v))
+    entries = []
+    for key, value in items:
+        for v in value._get_variable_list() if hasattr(value, "_get_variable_list") \
+                else [value]:
+            info = _slice_info(v)
+            part = None if info is None else info.to_proto()
+            if part is not None:
+                part.full_name = key
+            entries.append(pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v),
+                                              slice=part))
+    return entries
+
+
+def _slice_info(var: Any) -> Any:
+    """A part's place in its partitioned variable; None for other variables and names."""
+    get = getattr(var, "_get_save_slice_info", None)
+    return get() if get is not None else None

@@ -84,6 +84,33 @@ def reuse_and_sharing_errors(tf: Any, env: Any) -> Any:
     return out
 
 
+@eager
+def partitioned_reuse_errors(tf: Any, env: Any) -> Any:
+    def parts(n: int) -> Any:
+        return lambda shape, dtype: [n] + [1] * (len(shape) - 1)
+
+    def get(name: str, shape: Any, n: int | None, **kwargs: Any) -> Any:
+        partitioner = None if n is None else parts(n)
+        return error(lambda: [p.name for p in tf.get_variable(
+            name, shape, partitioner=partitioner, **kwargs)] if n is not None
+            else tf.get_variable(name, shape, **kwargs).name)
+    with tf.variable_scope("s", partitioner=parts(2)):
+        made = [p.name for p in tf.get_variable("w", [10, 4])]
+    tf.get_variable("plain", [4, 2])
+    tf.get_variable("odd/part_0", [2, 2])
+    out: list[Any] = [made]
+    with tf.variable_scope("s"):
+        out.append(get("w", [10, 4], 2))
+    with tf.variable_scope("s", reuse=True):
+        out += [get("w", [10, 4], 3), get("w", [8, 4], 2), get("w", [10, 4], 2),
+                get("w", [10, 4], 2, dtype=env.lib.int32),
+                get("nothere", [10, 4], 2)]
+    with tf.variable_scope("s", reuse=env.lib.AUTO_REUSE):
+        out.append(get("w", [10, 4], 2))
+    out += [get("plain", [4, 2], 2), get("odd", [4, 2], 2), get("odd", [4, 2], 1)[:2]]
+    return out
+
+
 # --- names -----------------------------------------------------------------------------------
 
 @eager

@@ -11,7 +11,8 @@ shape and its offset (:class:`SaveSliceInfo`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,10 @@ class SaveSliceInfo:
                             offset=self.var_offset, shape=self.var_shape)
 
 
-class PartitionedVariable:
-    """The parts of one partitioned variable, in order; iterating yields them."""
+class Partitioned:
+    """The parts of one partitioned variable, in order, as TF's ``PartitionedVariable`` holds
+    them (graph mode: :class:`PartitionedVariable`; the eager clients:
+    ``varstore.partitioned.PartitionedVariable``); iterating yields the parts."""
 
     def __init__(self, name: str, shape: TensorShape, dtype: DType, parts: list[Any],
                  partitions: list[int]) -> None:
@@ -57,12 +60,12 @@ class PartitionedVariable:
         self._parts = parts
         self._partitions = partitions
 
-    @property
-    def shape(self) -> TensorShape:
-        """The full variable's shape."""
-        return self._shape
+    def get_shape(self) -> Any:
+        """The full variable's shape (as :attr:`shape`)."""
+        return self.shape
 
-    def get_shape(self) -> TensorShape:
+    @property
+    def shape(self) -> Any:
         """The full variable's shape."""
         return self._shape
 
@@ -78,9 +81,17 @@ class PartitionedVariable:
     def _get_partitions(self) -> list[int]:
         return list(self._partitions)
 
+    def _partition_axes(self) -> list[int]:
+        """The partitioned axes ([0] when there is one part), as TF's."""
+        return [k for k, n in enumerate(self._partitions) if n > 1] or [0]
+
     def __repr__(self) -> str:
         return (f"<PartitionedVariable '{self.name}' shape={self._shape} "
                 f"parts={len(self._parts)}>")
+
+
+class PartitionedVariable(Partitioned):
+    """A graph's partitioned variable: its parts, and its full value as one tensor."""
 
     def _concat(self) -> Any:
         """The full value: the parts joined along their partitioned axis (TF's
@@ -88,8 +99,7 @@ class PartitionedVariable:
         from varstore.v1.array_ops import concat
         if len(self._parts) == 1:
             return self._parts[0]._as_graph_tensor(False)
-        axis = next((k for k, n in enumerate(self._partitions) if n > 1), 0)
-        return concat(self._parts, axis, name=self.name)
+        return concat(self._parts, self._partition_axes()[0], name=self.name)
 
     def as_tensor(self) -> Any:
         """The full value as one tensor (TF's ``PartitionedVariable.as_tensor``)."""
@@ -186,7 +196,7 @@ def _call_partitioner(partitioner: Any, shape: TensorShape, dtype: DType) -> lis
                          f"instead was {shape}.")
     if len(shape) < 1:
         raise ValueError(f"A partitioned Variable must have rank at least 1, shape: {shape}")
-    slicing = partitioner(shape=shape, dtype=dtype)
+    slicing = partitioner(**_partitioner_args(partitioner, shape, dtype))
     if not isinstance(slicing, Sequence):
         raise ValueError(f"Partitioner must return a sequence, but saw: {slicing}")
     if len(slicing) != len(shape):
@@ -198,6 +208,17 @@ def _call_partitioner(partitioner: Any, shape: TensorShape, dtype: DType) -> lis
         raise ValueError(f"Can only slice a variable along one dimension: shape: {shape}, "
                          f"partitioning: {slicing}")
     return [int(p) for p in slicing]
+
+
+def _partitioner_args(partitioner: Any, shape: TensorShape, dtype: DType) -> dict[str, Any]:
+    """The ``shape=`` and ``dtype=`` a partitioner is called with: varstore's, or for one of
+    TensorFlow's own (``tf.compat.v1.fixed_size_partitioner``...) TensorFlow's
+    ``TensorShape`` and ``DType``, which its code reads."""
+    module = getattr(partitioner, "__module__", None) or ""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and module.split(".")[0] == "tensorflow":
+        return {"shape": tf.TensorShape(shape.as_list()), "dtype": tf.as_dtype(dtype.name)}
+    return {"shape": shape, "dtype": dtype}
 
 
 def _slices(full: list[int], parts: list[int]) -> Iterator[tuple[list[int], list[int]]]:
@@ -215,10 +236,13 @@ def _slices(full: list[int], parts: list[int]) -> Iterator[tuple[list[int], list
 
 def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: Any,
                              partitioner: Any, reuse: Any, known: dict[str, Any],
-                             make_part: Callable[[str, list[int] | None, Any], Any]
-                             ) -> PartitionedVariable:
-    """Gets or creates the partitioned variable ``name`` (``known`` holds the graph's, by
-    name); ``make_part(part_name, part_shape, initializer)`` gets or creates one part.
+                             make_part: Callable[[str, list[int] | None, Any], Any],
+                             single: Mapping[str, Any],
+                             kind: type[Partitioned] = PartitionedVariable) -> Partitioned:
+    """Gets or creates the partitioned variable ``name`` (``known`` holds the graph's or
+    client's partitioned variables by name, ``single`` its other ``get_variable``
+    variables); ``make_part(part_name, part_shape, initializer)`` gets or creates one part;
+    a new one is a ``kind``.
 
     A value initializer (number, list, array, constant tensor) is sliced for each part.
     Raises TF's ``ValueError`` messages for bad partitionings and reuse mistakes.
@@ -232,6 +256,10 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
             dtype = dtypes.as_dtype(value.dtype)
             shape = as_shape(value.shape) if shape is None else shape
     shape = as_shape(shape)
+    if name in single:
+        raise ValueError(f"A partitioner was provided, but an unpartitioned version of the "
+                         f"variable was found: {name}.  Perhaps a variable of the same name "
+                         f"was already created without partitioning?")
     parts = _call_partitioner(partitioner, shape, dtype) if not reuse or partitioner else None
     existing = known.get(name)
     if existing is not None:
@@ -254,6 +282,17 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
                          f"tf.get_variable(). Did you mean to set reuse=False or "
                          f"reuse=tf.AUTO_REUSE in VarScope?")
     assert parts is not None
+    count = max(parts)
+    if f"{name}/part_0" in single:
+        if f"{name}/part_{count - 1}" not in single:
+            raise ValueError(f"Partitioner returned a different partitioning than what was "
+                             f"already found.  Partitioner returned {count} shards, and shard "
+                             f"{name}/part_0 was found, but {name}/part_{count - 1} was not.")
+        if f"{name}/part_{count}" in single:
+            raise ValueError(f"Partitioner returned a different partitioning than what was "
+                             f"already found.  Partitioner returned {count} shards, and shard "
+                             f"{name}/part_0 was found, but so was the extra shard "
+                             f"{name}/part_{count}.")
     full = _dims(shape)
     made = []
     for i, (offset, part_shape) in enumerate(_slices(full, parts)):
@@ -264,7 +303,7 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
             var = make_part(f"{name}/part_{i}", part_shape, initializer)
         var._set_save_slice_info(SaveSliceInfo(name, full, offset, part_shape))
         made.append(var)
-    result = PartitionedVariable(name, shape, dtype, made, parts)
+    result = kind(name, shape, dtype, made, parts)
     known[name] = result
     return result
 

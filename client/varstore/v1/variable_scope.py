@@ -129,7 +129,7 @@ def _true_getter(name: str, shape: Any = None, dtype: Any = dtypes.float32,
             lambda part_name, part_shape, part_init: _true_getter(
                 part_name, part_shape, dtype, part_init, regularizer, reuse, trainable,
                 collections, validate_shape=validate_shape, use_resource=use_resource,
-                constraint=constraint))
+                constraint=constraint), naming.shared)
     if shape is not None and from_value:
         raise ValueError("If initializer is a constant, do not specify shape.")
 
