@@ -142,16 +142,14 @@ class ClientBase:
         return self._create_steps(full, dtype, value.shape, trainable,
                                   lambda b: b.const(value, dtype), "Variable", "initial_value")
 
-    def _get_variable_steps(self, name: str, shape: Sequence[int] | None, dtype: Any,
-                            initializer: Any, trainable: bool, partitioner: Any = None
-                            ) -> Steps:
+    def _get_variable_steps(self, name: str, shape: Any, dtype: Any, initializer: Any,
+                            trainable: bool, partitioner: Any = None) -> Steps:
         scope = self.naming.var_scope
         partitioner = partitioner if partitioner is not None else scope.partitioner
         if partitioner is not None and not (shape is not None and len(shape) == 0):
-            # As TF's _true_getter: a scalar is never partitioned.
-            from varstore import partitioned
-            return (yield from partitioned.get_steps(self, name, shape, dtype, initializer,
-                                                     trainable, partitioner))
+            from varstore import partitioned as p  # as TF: a scalar is never partitioned
+            return (yield from p.get_steps(self, name, shape, dtype, initializer, trainable,
+                                           partitioner))
         full = self.naming.full_name(name)
         init = initializer if initializer is not None else scope.initializer
         value = None
@@ -293,13 +291,8 @@ class Client(ClientBase):
         """Gets or creates the shared variable ``scope/name`` with TF's reuse rules.
 
         A variable another client created on the server is bound to, never re-initialized.
-        With a ``partitioner`` (or the scope's; TF's own or ``varstore.v1``'s
-        ``fixed_size_partitioner``...), a non-scalar variable is made of parts
-        ``scope/name/part_0``... and a :class:`varstore.partitioned.PartitionedVariable` is
-        returned, as TF's ``get_variable``; checkpoints hold it as one tensor ``scope/name``.
-        Raises ``ValueError`` for the reuse and partitioning mistakes TF rejects (same
-        messages).
-        """
+        A ``partitioner`` (or the scope's) makes parts: see :mod:`varstore.partitioned`.
+        Raises ``ValueError`` for the reuse and partitioning mistakes TF rejects (TF's)."""
         return self._drive(self._get_variable_steps(name, shape, dtype, initializer, trainable,
                                                     partitioner))
 
@@ -375,14 +368,9 @@ class Client(ClientBase):
         return list(self.transport.call(self.stub.Delete, request).deleted)
 
     def _forget(self, names: list[str]) -> list[str]:
-        for name in names:
-            handle = self.naming.shared.pop(name, None)
+        for handle in self.naming.forget(names):
             if isinstance(handle, VariableHandle):
                 handle._initializer = None
-        gone = set(names)
-        for full, var in list(self.naming.partitioned.items()):
-            if any(part.op_name in gone for part in var):
-                del self.naming.partitioned[full]
         return names
 
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:

@@ -311,6 +311,15 @@ class Naming:
         """``name`` under the current variable scope (name scopes do not count)."""
         return f"{self.var_scope.name}/{name}" if self.var_scope.name else name
 
+    def forget(self, names: Sequence[str]) -> list[Any]:
+        """Forgets the variables ``names`` (deleted from the server), and the partitioned
+        variables with a part among them; returns the variables forgotten."""
+        gone = set(names)
+        for full, var in list(self.partitioned.items()):
+            if any(part.op_name in gone for part in var):
+                del self.partitioned[full]
+        return [self.shared.pop(name) for name in names if name in self.shared]
+
     def get_variable(self, full: str, shape: Sequence[int] | None, dtype: Any,
                      create: Callable[[str], Any],
                      find_elsewhere: Callable[[str], Any] | None = None,

@@ -222,10 +222,10 @@ def test_another_client_binds_to_the_parts(client: vs.Client) -> None:
 def test_graph_mode_takes_tensorflows_partitioners(tf: Any) -> None:
     v1 = tf.compat.v1
     with vtf.Graph().as_default():
-        shapes = [[p.shape.as_list() for p in vtf.get_variable(name, [10, 4],
-                                                                partitioner=partitioner)]
-                  for name, partitioner in [
-                      ("a", v1.fixed_size_partitioner(3)),
-                      ("b", v1.variable_axis_size_partitioner(40)),
-                      ("c", v1.min_max_variable_partitioner(4, min_slice_size=16))]]
+        made: list[Any] = [vtf.get_variable(name, [10, 4], partitioner=partitioner)
+                           for name, partitioner in [
+                               ("a", v1.fixed_size_partitioner(3)),
+                               ("b", v1.variable_axis_size_partitioner(40)),
+                               ("c", v1.min_max_variable_partitioner(4, min_slice_size=16))]]
+        shapes = [[p.shape.as_list() for p in v] for v in made]
     assert shapes == [[[4, 4], [3, 4], [3, 4]], [[2, 4]] * 5, [[3, 4], [3, 4], [2, 4], [2, 4]]]
