@@ -166,6 +166,9 @@ def test_the_cluster_timer_saves_parts_as_one_tensor(tmp_path: Path) -> None:
         _v1_model(cluster.address, 2, "init", "mine")
         assert all(any(n.startswith("emb/part_") for n in names)
                    for names in shard_contents(cluster))
+        # A change since that save of every variable ("mine"), for the timer to save.
+        with connected(cluster.address) as client, client.variable_scope("", reuse=True):
+            client.get_variable("dense/b", [2]).assign(BIAS)
         deadline = time.monotonic() + 120
         while not _holds_emb_whole(folder):  # a timer's save after both parts had values
             assert time.monotonic() < deadline, "no timer checkpoint holds emb whole"

@@ -5,6 +5,7 @@ no variable for clients that do not route by the table."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -268,3 +269,38 @@ def test_a_shard_stopped_alone_and_restarted_keeps_every_acknowledged_update(
         if replacement is not None:
             stop_server_process(replacement)
         stop_server_process(cluster.server)
+
+
+def test_shards_restarted_alone_save_only_what_changed_since_their_restore(
+        tmp_path: Path) -> None:
+    # A restored shard counts its part of the checkpoint as saved: restarted and left
+    # untouched it writes no snapshot, and shard 0 no final checkpoint; a change after the
+    # restore on another shard, while shard 0 was down, is saved.
+    folder = tmp_path / "ckpt"
+    cluster = start_cluster(folder, 2)
+    restarted: list[ServerProcess] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop_server_process, cluster.server)
+        stack.callback(lambda: [stop_server_process(p) for p in restarted])
+        client = stack.enter_context(connected(cluster.address, timeout=5))
+        v = _model(client)
+        assert client.save("model.ckpt", global_step=1) == "model.ckpt-1"
+        restarted.append(restart_shard(cluster, 1, "--restore", "latest"))
+        stop_server_process(restarted[-1])
+        _, err = restarted[-1].process.communicate(timeout=60)
+        assert "no changes since the last save or restore: no snapshot to write" in err
+        assert not list(folder.glob(".shard-*"))
+        restarted[-1] = restart_shard(cluster, 1, "--restore", "latest", kill=False)
+        restarted.append(restart_shard(cluster, 0, "--restore", "latest"))
+        stop_server_process(restarted[-1])
+        _, err = restarted[-1].process.communicate(timeout=60)
+        assert "no changes since the last checkpoint: nothing to save on exit" in err
+        assert sorted(p.name for p in folder.glob("*.index")) == ["model.ckpt-1.index"]
+        v.assign(-1.0)  # on shard 1, while shard 0 is down
+        restarted[-1] = restart_shard(cluster, 0, "--restore", "latest", kill=False)
+        stop_server_process(restarted[-1])
+        _, err = restarted[-1].process.communicate(timeout=60)
+        assert "final checkpoint of the whole cluster written: model.ckpt-2" in err
+        from varstore.server.bundle import BundleReader
+        with BundleReader(folder / "model.ckpt-2") as reader:
+            assert float(reader.read("v")) == -1.0

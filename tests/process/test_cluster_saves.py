@@ -120,6 +120,35 @@ def test_save_every_writes_the_whole_cluster_and_keeps_its_own_newest(tmp_path: 
         stop_server_process(server)
 
 
+def test_a_restored_cluster_timer_writes_only_after_a_change(tmp_path: Path) -> None:
+    # Nothing changed, nothing written: as on one server, the restore counts as saved.
+    folder = tmp_path / "ckpt"
+    server = start_server_process(folder, "--shards", "2")
+    with connected(start_cluster_from(server, 2).address) as client:
+        for shard in range(2):
+            with client.device(f"/job:ps/task:{shard}"):
+                client.Variable(np.zeros(3), name=f"w{shard}")
+    server.process.send_signal(signal.SIGINT)
+    server.process.communicate(timeout=120)
+    assert _timer_files(folder) == _cluster_checkpoint(1)
+    server = start_server_process(folder, "--shards", "2", "--restore", "latest",
+                                  "--save-every", "0.1")
+    try:
+        with connected(start_cluster_from(server, 2).address) as client:
+            time.sleep(1.0)  # periods of the timer while the cluster is idle
+            with client.variable_scope("", reuse=True):
+                client.get_variable("w1", [3], dtype=vs.float64).assign(np.ones(3))
+            _wait_for("model.ckpt-2", (folder / "model.ckpt-2.index").exists)
+        server.process.send_signal(signal.SIGINT)
+        _, err = server.process.communicate(timeout=120)
+        assert server.process.returncode == 0
+        # The idle periods wrote nothing (the counter would have passed 2), nor did the exit.
+        assert _timer_files(folder) == _cluster_checkpoint(1) + _cluster_checkpoint(2)
+        assert "no changes since the last checkpoint: nothing to save on exit" in err
+    finally:
+        stop_server_process(server)
+
+
 def test_every_shard_takes_save_every_and_shard_0_saves(tmp_path: Path) -> None:
     # A StatefulSet gives every shard the same flags: shard 1 serves, with its timer off.
     from varstore.server.shards import free_ports

@@ -109,9 +109,11 @@ def test_timer_and_sigterm_write_checkpoints(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     server = start_server_process(ckpt, "--save-every", "0.2", "--keep", "2")
     with vs.connect(server.address) as c:
-        c.Variable(np.arange(4, dtype=np.float32), name="w")
-        _wait_for(lambda: int((c.latest_checkpoint() or "-0").rsplit("-", 1)[1]) >= 3,
-                  step=0.05)
+        w = c.Variable(np.arange(4, dtype=np.float32), name="w")
+        for n in range(1, 4):  # a period saves only when the store changed since the last
+            _wait_for(lambda n=n: int((c.latest_checkpoint() or "-0").rsplit("-", 1)[1]) >= n,
+                      step=0.05)
+            w.assign_add(np.zeros(4, np.float32))  # a change (its version), the same value
         step = c.Variable(np.int64(1000), name="global_step")
         _wait_for(lambda: c.latest_checkpoint() == "model.ckpt-1000", step=0.05)
         step.assign(np.int64(1234))

@@ -59,9 +59,9 @@ def _change(server: ServerProcess, tls: TLSConfig | None = None) -> None:
                 client.Variable(float(i), name=f"v{i}").assign_add(10.0)
 
 
-def _saved(folder: Path) -> dict[str, float]:
+def _saved(folder: Path, step: int = 1) -> dict[str, float]:
     from varstore.server.bundle import BundleReader
-    with BundleReader(folder / "model.ckpt-1") as reader:
+    with BundleReader(folder / f"model.ckpt-{step}") as reader:
         return {k: float(reader.read(k)) for k in reader.keys()}
 
 
@@ -73,6 +73,38 @@ def test_ctrl_c_to_the_process_group_saves_the_cluster_first(tmp_path: Path) -> 
     assert server.process.returncode == 0, err[-2000:]
     assert _saved(tmp_path / "ckpt") == {"v0": 10.0, "v1": 11.0, "v2": 12.0, "v3": 13.0}
     assert "final checkpoint of the whole cluster written" in err
+
+
+def _ctrl_c(server: ServerProcess) -> str:
+    """Ctrl-C to the cluster's process group; its log, once it exited with status 0."""
+    os.killpg(server.process.pid, signal.SIGINT)
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0, err[-2000:]
+    return err
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_a_cluster_restored_and_left_untouched_writes_nothing_on_exit(tmp_path: Path) -> None:
+    # Restarted with --restore latest, shard 0 counted every variable as unsaved and wrote
+    # model.ckpt-2, a copy of model.ckpt-1; a single server writes nothing then.
+    folder = tmp_path / "ckpt"
+    _change(_start(tmp_path))
+    _ctrl_c(_STARTED[-1])
+    before = _files(folder)
+    err = _ctrl_c(_start(tmp_path, "--restore", "latest"))
+    assert _files(folder) == before  # nothing written or rewritten, no shard's snapshot
+    assert "no changes since the last checkpoint: nothing to save on exit" in err
+    # Any change after the restore counts, on any shard.
+    server = _start(tmp_path, "--restore", "latest")
+    with vs.connect(server.address) as client:
+        with client.variable_scope("", reuse=True):
+            client.get_variable("v1", []).assign(-1.0)
+    err = _ctrl_c(server)
+    assert "final checkpoint of the whole cluster written: model.ckpt-2" in err
+    assert _saved(folder, 2) == {"v0": 10.0, "v1": -1.0, "v2": 12.0, "v3": 13.0}
 
 
 def test_a_mutual_tls_cluster_saves_on_exit(tmp_path: Path, pki: Pki) -> None:

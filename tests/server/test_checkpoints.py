@@ -488,7 +488,9 @@ def test_timer_saves_with_the_global_step_or_a_counter(
         tmp_path: Path, fresh: Callable[..., vs.Client]) -> None:
     ckpt = tmp_path / "ckpt"
     client = fresh(save_every=0.1, keep=2)
-    client.Variable(1.0, name="w")
+    w = client.Variable(1.0, name="w")
+    _wait_for(lambda: _counter_step(client.latest_checkpoint()) >= 1)
+    w.assign(2.0)  # each period writes only what changed since the last save
     _wait_for(lambda: _counter_step(client.latest_checkpoint()) >= 2)
     step = client.Variable(np.int64(100), name="global_step")
     _wait_for(lambda: client.latest_checkpoint() == "model.ckpt-100")
@@ -522,10 +524,16 @@ def test_stop_writes_a_final_checkpoint_that_start_up_restores(tmp_path: Path) -
     assert _state(tmp_path / "ckpt").all_model_checkpoint_paths == ["model.ckpt-1"]
     srv = create_server(config)
     srv.start()
+    # Nor does the timer write while nothing changed since the restore; a change, it does.
+    assert srv.timer.save_periodic() is None
     with vs.connect(f"127.0.0.1:{srv.port}") as c:
         c.get_variable("w", shape=[3], dtype=vs.float64).assign_add(np.ones(3))
+    assert srv.timer.save_periodic() == "model.ckpt-2"  # the counter goes on
+    assert srv.timer.save_periodic() is None
     srv.stop(grace=1.0)
-    assert _state(tmp_path / "ckpt").model_checkpoint_path == "model.ckpt-2"  # the counter goes on
+    assert _state(tmp_path / "ckpt").model_checkpoint_path == "model.ckpt-2"
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.index")) == [
+        "model.ckpt-1.index", "model.ckpt-2.index"]
 
 
 def test_bad_restore_at_start_up_fails(tmp_path: Path) -> None:

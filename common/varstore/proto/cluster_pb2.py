@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from varstore.proto import varstore_pb2 as varstore_dot_proto_dot_varstore__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvarstore/proto/cluster.proto\x12\x0bvarstore.v1\x1a\x1dvarstore/proto/varstore.proto\"\x14\n\x12\x43lusterInfoRequest\"9\n\x13\x43lusterInfoResponse\x12\x0e\n\x06shards\x18\x01 \x03(\t\x12\x12\n\ntask_index\x18\x02 \x01(\x05\"d\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06nbytes\x18\x02 \x01(\x03\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x15\n\rcolocate_with\x18\x04 \x01(\t\x12\x13\n\x0blookup_only\x18\x05 \x01(\x08\"X\n\x0cPlaceRequest\x12)\n\tvariables\x18\x01 \x03(\x0b\x32\x16.varstore.v1.Placement\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0e\n\x06\x66orget\x18\x03 \x01(\x08\".\n\rPlaceResponse\x12\x0e\n\x06shards\x18\x01 \x03(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\"\x1c\n\x0bHeldRequest\x12\r\n\x05names\x18\x01 \x03(\t\"9\n\x0cHeldResponse\x12)\n\tvariables\x18\x01 \x03(\x0b\x32\x16.varstore.v1.Placement\"U\n\x0fSavePartRequest\x12\x13\n\x0bpart_prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\")\n\x10SavePartResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x03\"\xf0\x01\n\x12\x43ommitPartsRequest\x12\x15\n\rpart_prefixes\x18\x01 \x03(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x17\n\x0fhas_global_step\x18\x03 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x04 \x01(\x03\x12\x13\n\x0bmax_to_keep\x18\x05 \x01(\x05\x12\r\n\x05\x61\x62ort\x18\x06 \x01(\x08\x12\r\n\x05saver\x18\x07 \x01(\t\x12\x17\n\x0flatest_filename\x18\x08 \x01(\t\x12\x12\n\nskip_state\x18\t \x01(\x08\x12%\n\x1dkeep_checkpoint_every_n_hours\x18\n \x01(\x01\"=\n\x13\x43ommitPartsResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x18\n\x10last_checkpoints\x18\x02 \x03(\t\"\'\n\x15\x43heckpointKeysRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"b\n\rCheckpointKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\x12&\n\x06slices\x18\x04 \x03(\x0b\x32\x16.varstore.v1.SaveSlice\"P\n\x16\x43heckpointKeysResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12(\n\x04keys\x18\x02 \x03(\x0b\x32\x1a.varstore.v1.CheckpointKey2\xd5\x03\n\x0e\x43lusterService\x12P\n\x0b\x43lusterInfo\x12\x1f.varstore.v1.ClusterInfoRequest\x1a .varstore.v1.ClusterInfoResponse\x12>\n\x05Place\x12\x19.varstore.v1.PlaceRequest\x1a\x1a.varstore.v1.PlaceResponse\x12;\n\x04Held\x12\x18.varstore.v1.HeldRequest\x1a\x19.varstore.v1.HeldResponse\x12G\n\x08SavePart\x12\x1c.varstore.v1.SavePartRequest\x1a\x1d.varstore.v1.SavePartResponse\x12P\n\x0b\x43ommitParts\x12\x1f.varstore.v1.CommitPartsRequest\x1a .varstore.v1.CommitPartsResponse\x12Y\n\x0e\x43heckpointKeys\x12\".varstore.v1.CheckpointKeysRequest\x1a#.varstore.v1.CheckpointKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvarstore/proto/cluster.proto\x12\x0bvarstore.v1\x1a\x1dvarstore/proto/varstore.proto\"\x14\n\x12\x43lusterInfoRequest\"9\n\x13\x43lusterInfoResponse\x12\x0e\n\x06shards\x18\x01 \x03(\t\x12\x12\n\ntask_index\x18\x02 \x01(\x05\"d\n\tPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06nbytes\x18\x02 \x01(\x03\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x15\n\rcolocate_with\x18\x04 \x01(\t\x12\x13\n\x0blookup_only\x18\x05 \x01(\x08\"X\n\x0cPlaceRequest\x12)\n\tvariables\x18\x01 \x03(\x0b\x32\x16.varstore.v1.Placement\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0e\n\x06\x66orget\x18\x03 \x01(\x08\".\n\rPlaceResponse\x12\x0e\n\x06shards\x18\x01 \x03(\x05\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\"\x1c\n\x0bHeldRequest\x12\r\n\x05names\x18\x01 \x03(\t\"9\n\x0cHeldResponse\x12)\n\tvariables\x18\x01 \x03(\x0b\x32\x16.varstore.v1.Placement\"\x10\n\x0eUnsavedRequest\" \n\x0fUnsavedResponse\x12\r\n\x05names\x18\x01 \x03(\t\"U\n\x0fSavePartRequest\x12\x13\n\x0bpart_prefix\x18\x01 \x01(\t\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.varstore.v1.CheckpointEntry\")\n\x10SavePartResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x03\"\xf0\x01\n\x12\x43ommitPartsRequest\x12\x15\n\rpart_prefixes\x18\x01 \x03(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x17\n\x0fhas_global_step\x18\x03 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x04 \x01(\x03\x12\x13\n\x0bmax_to_keep\x18\x05 \x01(\x05\x12\r\n\x05\x61\x62ort\x18\x06 \x01(\x08\x12\r\n\x05saver\x18\x07 \x01(\t\x12\x17\n\x0flatest_filename\x18\x08 \x01(\t\x12\x12\n\nskip_state\x18\t \x01(\x08\x12%\n\x1dkeep_checkpoint_every_n_hours\x18\n \x01(\x01\"=\n\x13\x43ommitPartsResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x18\n\x10last_checkpoints\x18\x02 \x03(\t\"\'\n\x15\x43heckpointKeysRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"b\n\rCheckpointKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\x05\x12\r\n\x05shape\x18\x03 \x03(\x03\x12&\n\x06slices\x18\x04 \x03(\x0b\x32\x16.varstore.v1.SaveSlice\"P\n\x16\x43heckpointKeysResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12(\n\x04keys\x18\x02 \x03(\x0b\x32\x1a.varstore.v1.CheckpointKey2\x9b\x04\n\x0e\x43lusterService\x12P\n\x0b\x43lusterInfo\x12\x1f.varstore.v1.ClusterInfoRequest\x1a .varstore.v1.ClusterInfoResponse\x12>\n\x05Place\x12\x19.varstore.v1.PlaceRequest\x1a\x1a.varstore.v1.PlaceResponse\x12;\n\x04Held\x12\x18.varstore.v1.HeldRequest\x1a\x19.varstore.v1.HeldResponse\x12\x44\n\x07Unsaved\x12\x1b.varstore.v1.UnsavedRequest\x1a\x1c.varstore.v1.UnsavedResponse\x12G\n\x08SavePart\x12\x1c.varstore.v1.SavePartRequest\x1a\x1d.varstore.v1.SavePartResponse\x12P\n\x0b\x43ommitParts\x12\x1f.varstore.v1.CommitPartsRequest\x1a .varstore.v1.CommitPartsResponse\x12Y\n\x0e\x43heckpointKeys\x12\".varstore.v1.CheckpointKeysRequest\x1a#.varstore.v1.CheckpointKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,20 +46,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELDREQUEST']._serialized_end=425
   _globals['_HELDRESPONSE']._serialized_start=427
   _globals['_HELDRESPONSE']._serialized_end=484
-  _globals['_SAVEPARTREQUEST']._serialized_start=486
-  _globals['_SAVEPARTREQUEST']._serialized_end=571
-  _globals['_SAVEPARTRESPONSE']._serialized_start=573
-  _globals['_SAVEPARTRESPONSE']._serialized_end=614
-  _globals['_COMMITPARTSREQUEST']._serialized_start=617
-  _globals['_COMMITPARTSREQUEST']._serialized_end=857
-  _globals['_COMMITPARTSRESPONSE']._serialized_start=859
-  _globals['_COMMITPARTSRESPONSE']._serialized_end=920
-  _globals['_CHECKPOINTKEYSREQUEST']._serialized_start=922
-  _globals['_CHECKPOINTKEYSREQUEST']._serialized_end=961
-  _globals['_CHECKPOINTKEY']._serialized_start=963
-  _globals['_CHECKPOINTKEY']._serialized_end=1061
-  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_start=1063
-  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_end=1143
-  _globals['_CLUSTERSERVICE']._serialized_start=1146
-  _globals['_CLUSTERSERVICE']._serialized_end=1615
+  _globals['_UNSAVEDREQUEST']._serialized_start=486
+  _globals['_UNSAVEDREQUEST']._serialized_end=502
+  _globals['_UNSAVEDRESPONSE']._serialized_start=504
+  _globals['_UNSAVEDRESPONSE']._serialized_end=536
+  _globals['_SAVEPARTREQUEST']._serialized_start=538
+  _globals['_SAVEPARTREQUEST']._serialized_end=623
+  _globals['_SAVEPARTRESPONSE']._serialized_start=625
+  _globals['_SAVEPARTRESPONSE']._serialized_end=666
+  _globals['_COMMITPARTSREQUEST']._serialized_start=669
+  _globals['_COMMITPARTSREQUEST']._serialized_end=909
+  _globals['_COMMITPARTSRESPONSE']._serialized_start=911
+  _globals['_COMMITPARTSRESPONSE']._serialized_end=972
+  _globals['_CHECKPOINTKEYSREQUEST']._serialized_start=974
+  _globals['_CHECKPOINTKEYSREQUEST']._serialized_end=1013
+  _globals['_CHECKPOINTKEY']._serialized_start=1015
+  _globals['_CHECKPOINTKEY']._serialized_end=1113
+  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_start=1115
+  _globals['_CHECKPOINTKEYSRESPONSE']._serialized_end=1195
+  _globals['_CLUSTERSERVICE']._serialized_start=1198
+  _globals['_CLUSTERSERVICE']._serialized_end=1737
 # @@protoc_insertion_point(module_scope)

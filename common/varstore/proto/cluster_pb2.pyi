@@ -63,6 +63,16 @@ class HeldResponse(_message.Message):
     variables: _containers.RepeatedCompositeFieldContainer[Placement]
     def __init__(self, variables: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
 
+class UnsavedRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UnsavedResponse(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SavePartRequest(_message.Message):
     __slots__ = ("part_prefix", "entries")
     PART_PREFIX_FIELD_NUMBER: _ClassVar[int]

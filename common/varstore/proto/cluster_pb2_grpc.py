@@ -49,6 +49,11 @@ class ClusterServiceStub:
                 request_serializer=varstore_dot_proto_dot_cluster__pb2.HeldRequest.SerializeToString,
                 response_deserializer=varstore_dot_proto_dot_cluster__pb2.HeldResponse.FromString,
                 _registered_method=True)
+        self.Unsaved = channel.unary_unary(
+                '/varstore.v1.ClusterService/Unsaved',
+                request_serializer=varstore_dot_proto_dot_cluster__pb2.UnsavedRequest.SerializeToString,
+                response_deserializer=varstore_dot_proto_dot_cluster__pb2.UnsavedResponse.FromString,
+                _registered_method=True)
         self.SavePart = channel.unary_unary(
                 '/varstore.v1.ClusterService/SavePart',
                 request_serializer=varstore_dot_proto_dot_cluster__pb2.SavePartRequest.SerializeToString,
@@ -94,6 +99,15 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unsaved(self, request, context):
+        """The variables this shard created, changed or deleted since it last saved its part of the
+        cluster or restored it at start-up (every variable it holds when it did neither): shard 0
+        asks before its first save of the cluster whether one is due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SavePart(self, request, context):
         """Writes this shard's variables as one part of a sharded checkpoint (not yet committed).
         """
@@ -133,6 +147,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Held,
                     request_deserializer=varstore_dot_proto_dot_cluster__pb2.HeldRequest.FromString,
                     response_serializer=varstore_dot_proto_dot_cluster__pb2.HeldResponse.SerializeToString,
+            ),
+            'Unsaved': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsaved,
+                    request_deserializer=varstore_dot_proto_dot_cluster__pb2.UnsavedRequest.FromString,
+                    response_serializer=varstore_dot_proto_dot_cluster__pb2.UnsavedResponse.SerializeToString,
             ),
             'SavePart': grpc.unary_unary_rpc_method_handler(
                     servicer.SavePart,
@@ -231,6 +250,33 @@ class ClusterService:
             '/varstore.v1.ClusterService/Held',
             varstore_dot_proto_dot_cluster__pb2.HeldRequest.SerializeToString,
             varstore_dot_proto_dot_cluster__pb2.HeldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsaved(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.ClusterService/Unsaved',
+            varstore_dot_proto_dot_cluster__pb2.UnsavedRequest.SerializeToString,
+            varstore_dot_proto_dot_cluster__pb2.UnsavedResponse.FromString,
             options,
             channel_credentials,
             insecure,

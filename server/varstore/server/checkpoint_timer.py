@@ -1,6 +1,7 @@
 """The server's save timer (``--save-every``/``--keep``): ``model.ckpt-STEP`` every few
-seconds and a final checkpoint when the server stops (if the store changed), as one saver of
-its own.
+seconds and a final checkpoint when the server stops, each only when the store changed since
+it was last saved whole or restored at start-up (nothing changed, nothing written), as one
+saver of its own.
 
 ``STEP`` is the value of the store's scalar integer variable ``global_step`` when it has one
 (TensorFlow's convention); otherwise a counter that continues after the newest
@@ -91,10 +92,11 @@ class SaveTimer:
     def save_periodic(self) -> str | None:
         """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of
         its own checkpoints; returns its path, or None (writing nothing) when the store is
-        empty. Raises what :meth:`save` raises."""
+        empty or unchanged since it was last saved whole or restored at start-up. Raises what
+        :meth:`CheckpointManager.save` and :meth:`ClusterSaver.save` raise."""
         if self.cluster is not None:
             return self.cluster.save(TIMER_PREFIX, self._next_step, self.keep, TIMER_SAVER)
-        if not len(self.checkpoints.store):
+        if not len(self.checkpoints.store) or not self.checkpoints.unsaved():
             return None
         return self.checkpoints.save(TIMER_PREFIX, global_step=self._timer_step(),
                                      max_to_keep=self.keep, saver=TIMER_SAVER).path
@@ -114,8 +116,10 @@ class SaveTimer:
         except Exception:  # noqa: BLE001 - the timer must survive a bug in one save
             log.exception("%s checkpoint failed", kind)
             return False
-        if path is None:
-            log.info("%s checkpoint skipped: the store is empty", kind)
+        if path is None:  # each period of an idle server: not worth an INFO line each
+            log.log(logging.INFO if kind == "final" else logging.DEBUG,
+                    "%s checkpoint skipped: the store is empty or unchanged since its last "
+                    "save or restore", kind)
         elif kind == "final":
             log.info("final checkpoint%s written: %s",
                      "" if self.cluster is None else " of the whole cluster", path)

@@ -295,7 +295,8 @@ class CheckpointManager:
     # --- restoring ------------------------------------------------------------------------
 
     def restore(self, prefix: str, entries: Sequence[Entry] | None = None,
-                progress: ProgressSink | None = None, verify_only: bool = False) -> str:
+                progress: ProgressSink | None = None, verify_only: bool = False, *,
+                as_saved: bool = False) -> str:
         """Restores variables from checkpoint ``prefix`` (or ``"latest"``).
 
         ``entries`` name keys and variables (with a slice: the variable is that region of the
@@ -310,7 +311,8 @@ class CheckpointManager:
         file), ``InvalidArgumentError`` for a dtype or shape that differs from an existing
         variable's or a key that is no valid variable name, ``ResourceExhaustedError`` past
         the store's memory limit. With ``verify_only`` it checks all of that, every checksum
-        included, and changes nothing.
+        included, and changes nothing. With ``as_saved`` (a restore at start-up) the store as
+        restored counts as saved: :meth:`unsaved` lists only the changes after it.
         """
         with self._lock:
             started = time.monotonic()
@@ -328,6 +330,8 @@ class CheckpointManager:
                             tally.advance(item.size, 1)
                         return named
                     restoring.run(plan, tally)
+                    if as_saved:
+                        self._saved_versions = self._versions()
             except OSError as e:
                 raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
             self._observe("restore", started, tally.progress.bytes_done)
@@ -387,9 +391,7 @@ class CheckpointManager:
                 log.warning("--restore latest: no checkpoint in %s yet; starting empty",
                             self.directory)
                 return None
-            restored = self.restore(restore)
-            self._saved_versions = self._versions()
-            return restored
+            return self.restore(restore, as_saved=True)
         except OpError as e:
             raise type(e)(f"cannot restore {clip(repr(restore))}: {e.message}") from e
 

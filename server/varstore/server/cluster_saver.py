@@ -96,10 +96,11 @@ class ClusterSaver:
         """Writes ``PREFIX-STEP`` of the whole cluster as ``saver`` (keeping its newest
         ``max_to_keep``); STEP is the cluster's integer scalar ``global_step``, else
         ``next_step()``. Returns the path, or None (writing nothing) when no shard holds a
-        variable. Raises ``UnavailableError`` naming a shard that cannot be reached, and
-        what :meth:`CheckpointManager.commit_parts` raises (the parts are removed then)."""
+        variable or nothing changed since the last save or start-up restore
+        (:meth:`unsaved`). Raises ``UnavailableError`` naming a shard that cannot be reached,
+        and what :meth:`CheckpointManager.commit_parts` raises (the parts are removed then)."""
         held = self._holdings()
-        if not any(held):
+        if not any(held) or not self._changed(held):
             return None
         found = self._global_step(held)
         step = found if found is not None else next_step()
@@ -129,12 +130,25 @@ class ClusterSaver:
 
     def unsaved(self) -> list[str]:
         """Names of the variables created, changed or gone on any shard since the last whole
-        save of this saver (all of them before the first), sorted. Raises
-        ``UnavailableError`` naming a shard that cannot be reached."""
-        now = self._holdings()
-        before = self._saved or [{} for _ in now]
-        return sorted({n for a, b in zip(now, before, strict=True) for n in a.keys() | b.keys()
-                       if a.get(n) != b.get(n)})
+        save of this saver, sorted; before its first, since each shard last saved its part or
+        restored it at start-up (``--restore``: a restore counts as the saved state, as on one
+        server), every variable of a shard that did neither. Raises ``UnavailableError``
+        naming a shard that cannot be reached."""
+        return self._changed(self._holdings())
+
+    def _changed(self, now: Holdings) -> list[str]:
+        """:meth:`unsaved`, with ``now`` what every shard holds."""
+        if self._saved is None:
+            return sorted({n for names in self._each(self._unsaved_on) for n in names})
+        return sorted({n for a, b in zip(now, self._saved, strict=True)
+                       for n in a.keys() | b.keys() if a.get(n) != b.get(n)})
+
+    def _unsaved_on(self, k: int) -> list[str]:
+        """Shard ``k``'s variables changed since it last saved its part or restored it."""
+        if k == 0:
+            return self.checkpoints.unsaved()
+        return list(self._call(k, lambda ch: cpb_grpc.ClusterServiceStub(ch).Unsaved,
+                               cpb.UnsavedRequest()).names)
 
     def _holdings(self) -> Holdings:
         def listed(k: int) -> dict[str, tuple[int, pb.SaveSlice | None]]:

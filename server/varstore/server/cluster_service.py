@@ -107,6 +107,10 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
             for name in names
             if (var := store.find(name)) is not None or name in pending])
 
+    def Unsaved(self, request: cpb.UnsavedRequest,
+                context: grpc.ServicerContext) -> cpb.UnsavedResponse:
+        return cpb.UnsavedResponse(names=self.checkpoints.unsaved())
+
     def SavePart(self, request: cpb.SavePartRequest,
                  context: grpc.ServicerContext) -> cpb.SavePartResponse:
         _check_parts([request.part_prefix])
@@ -216,7 +220,7 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     if restore == LATEST:
         snapshot = _newer_snapshot(checkpoints, spec)
         if snapshot is not None:
-            checkpoints.restore(snapshot)
+            checkpoints.restore(snapshot, as_saved=True)
             log.info("restored this shard's own snapshot %s, newer than the cluster's latest "
                      "checkpoint", snapshot)
             return snapshot
@@ -251,7 +255,7 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
             f"from a client (`varstore restore {clip(named)}`), which places every variable "
             "on the shards there are")
     if own:
-        checkpoints.restore(named, own)
+        checkpoints.restore(named, own, as_saved=True)
     log.info("restored this shard's %d variables of %s", len(own), named)
     return named
 
