@@ -266,13 +266,11 @@ class Transport:
 
     def error(self, e: grpc.RpcError) -> OpError:
         """The ``varstore.errors`` exception for a failed call, carrying the server's message
-        (UNAVAILABLE also names the address); the gRPC error stays reachable as its
+        (UNAVAILABLE names the address and says what happened there, see
+        :func:`varstore.common.errors.unavailable`); the gRPC error stays reachable as its
         ``grpc_error`` attribute, and callers raise it ``from None``, so a traceback shows
         ours alone."""
-        error = from_rpc_error(e)
-        if isinstance(error, UnavailableError):
-            error = UnavailableError(f"varstore server at {self.address} is unavailable: "
-                                     f"{error.message}")
+        error = from_rpc_error(e, self.address)
         error.grpc_error = e
         return error
 

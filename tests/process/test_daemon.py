@@ -307,7 +307,8 @@ def test_reads_are_retried_across_a_restart_and_writes_are_not(tmp_path: Path) -
     with vs.connect(address) as client:
         v = client.Variable(np.ones(3, np.float32), name="v")
         first.stop(grace=0)
-        with pytest.raises(UnavailableError, match=f"varstore server at {address} is unavailable"):
+        with pytest.raises(UnavailableError,
+                           match=f"the varstore server at {address} is not reachable"):
             v.assign(np.zeros(3, np.float32))
 
         def restart() -> None:

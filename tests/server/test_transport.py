@@ -111,7 +111,7 @@ async def test_asyncio_reads_are_retried_across_a_restart_and_writes_are_not(
             client.save("model.ckpt")
         restarts.server.stop(grace=0)
         with pytest.raises(UnavailableError,
-                           match=f"varstore server at {restarts.address} is unavailable"):
+                           match=f"the varstore server at {restarts.address} is not reachable"):
             await v.assign(np.zeros(3, np.float32))
         threading.Timer(0.3, restarts.restart).start()
         assert (await v.numpy()).tolist() == [1, 1, 1]

@@ -159,8 +159,65 @@ def from_status(code: grpc.StatusCode, message: str) -> OpError:
     return _BY_CODE.get(code, UnknownError)(message)
 
 
-def from_rpc_error(error: grpc.RpcError) -> OpError:
-    """The exception for a failed call, carrying the server's message."""
+def from_rpc_error(error: grpc.RpcError, address: str | None = None) -> OpError:
+    """The exception for a failed call, carrying the server's message; with the ``address``
+    called, UNAVAILABLE says in the user's terms what happened there (:func:`unavailable`)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    return from_status(code, details or str(code))
+    details = error.details() if hasattr(error, "details") else None
+    if not details:  # no status (a bare RpcError): never its repr, "<_InactiveRpcError ...>"
+        details = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    if address is not None and code == grpc.StatusCode.UNAVAILABLE:
+        return unavailable(address, details)
+    return from_status(code, details)
+
+
+# What gRPC's own UNAVAILABLE details mean, as (words in lower case, what happened and what to
+# check); the first whose words occur applies. A connection lost mid-call comes first: its
+# details may also mention a timeout ("keepalive watchdog timeout").
+_UNREACHABLE: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("socket closed", "connection reset", "broken pipe", "goaway", "stream removed",
+      "keepalive", "connection closed", "end of stream", "unexpected eof"),
+     "went away during the call: the connection closed (the server stopped, crashed or "
+     "restarted, or the network dropped it), so whether a change the call sent took effect "
+     "is unknown; check that `varstore serve` still runs there and its log"),
+    (("connection refused",),
+     "is not reachable: connection refused, so nothing listens there now (the server "
+     "stopped or crashed, or the address is wrong); check that `varstore serve` runs there "
+     "and its log"),
+    (("dns", "name resolution", "resolve", "name or service not known", "unknown host"),
+     "is not reachable: its host name does not resolve (check the name)"),
+    (("no route to host", "network is unreachable", "host is unreachable"),
+     "is not reachable: the network cannot reach the host (check the host and firewalls)"),
+    (("timed out", "timeout", "deadline"),
+     "is not reachable: connections time out (is the host up? does a firewall drop them?)"),
+    (("handshake", "ssl", "tls", "certificate"),
+     "is not reachable: the TLS handshake failed (the server may not use TLS, or another CA "
+     "signed its certificate)"),
+)
+# How gRPC's own UNAVAILABLE details begin (lower case); a varstore server's message (which
+# may quote gRPC's words about another shard) begins otherwise and is kept whole.
+_GRPC_OPENINGS = ("failed to connect", "connections to all backends", "socket closed",
+                  "connection reset", "connection refused", "recvmsg", "sendmsg", "broken pipe",
+                  "goaway", "stream removed", "dns resolution", "keepalive", "empty address",
+                  "transport closed", "endpoint", "unavailable", "connection closed",
+                  "ssl", "handshake", "timeout", "deadline", "no route", "network")
+# The most characters of gRPC's own details an UNAVAILABLE message ends with.
+_GRPC_DETAIL = 100
+
+
+def unavailable(address: str, details: str) -> UnavailableError:
+    """The ``UnavailableError`` for a call to the varstore server at ``address`` that ended
+    with UNAVAILABLE and ``details``: when gRPC made the details up (the server stopped,
+    crashed or cannot be reached), what happened in the user's terms and what to check, with
+    the last clause of gRPC's words at the end ("Connection refused"); when the server sent
+    them ("the server is shutting down"), the server's message, naming the address."""
+    lower = details.lower()
+    if not lower.startswith(_GRPC_OPENINGS):
+        return UnavailableError(f"the varstore server at {address} is unavailable: "
+                                f"{clip(details, STATUS_LIMIT)}")
+    happened = next((said for words, said in _UNREACHABLE if any(w in lower for w in words)),
+                    "is not reachable (check that `varstore serve` runs there, the address "
+                    "and its log)")
+    short = details.rstrip(". ").rpartition(": ")[2]
+    return UnavailableError(f"the varstore server at {address} {happened} "
+                            f"[gRPC: {clip(short, _GRPC_DETAIL)}]")

@@ -174,7 +174,8 @@ def create_server(config: ServerConfig) -> Server:
             [shard_channel(spec, 0, credentials_of_shards, local)
              for local in ((True, False) if spec.local_shards else (False,))]
             if spec.task_index else (),
-            (("authorization", f"Bearer {token_of_shards}"),) if token_of_shards else ())
+            (("authorization", f"Bearer {token_of_shards}"),) if token_of_shards else (),
+            spec.shards[0])
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
                                 capacity, metrics.load,
                                 len(spec.shards) if spec is not None else 1,

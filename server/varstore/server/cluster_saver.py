@@ -201,9 +201,9 @@ class ClusterSaver:
             return method(self._channels[k])(request, timeout=CALL_TIMEOUT,
                                             metadata=self._metadata)
         except grpc.RpcError as e:
-            error = from_rpc_error(e)
-            raise type(error)(f"shard {k} ({self.spec.shards[k]}) of the cluster: "
-                              f"{error.message}") from None
+            error = from_rpc_error(e, self.spec.shards[k])
+            where = "" if isinstance(error, UnavailableError) else f" ({self.spec.shards[k]})"
+            raise type(error)(f"shard {k}{where} of the cluster: {error.message}") from None
 
 
 def shard_channel(spec: ClusterSpec, k: int, credentials: grpc.ChannelCredentials | None,

@@ -55,8 +55,11 @@ class CreateGuard:
 
     def __init__(self, task_index: int, table: PlacementTable | None = None,
                  channels: Sequence[grpc.Channel] = (),
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+                 metadata: tuple[tuple[str, str], ...] = (), shard_0: str | None = None
+                 ) -> None:
+        """``channels`` lead to shard 0 (at ``shard_0``, named when it cannot be reached)."""
         self.task_index = task_index
+        self.shard_0 = shard_0
         self.table = table
         self._stubs = [cpb_grpc.ClusterServiceStub(channel) for channel in channels]
         self._metadata = metadata
@@ -116,7 +119,7 @@ class CreateGuard:
                 return list(stub.Place(request, timeout=CONFIRM_TIMEOUT,
                                        metadata=self._metadata).shards)
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
+                error = from_rpc_error(e, self.shard_0)
                 if not isinstance(error, UnavailableError):
                     break
         raise type(error)(
