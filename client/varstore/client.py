@@ -33,7 +33,7 @@ from varstore.handles import (
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder, checkpoint_entries
-from varstore.scopes import Naming, VariableScope, check_initializer_dtype
+from varstore.scopes import EagerScopes, Naming, check_initializer_dtype, refuse_eager
 from varstore.transport import Transport, is_read_only
 
 DEFAULT_ADDRESS = "localhost:7011"
@@ -77,10 +77,11 @@ class VariableInfo:
                    info.save_slice if info.HasField("save_slice") else None)
 
 
-class ClientBase:
+class ClientBase(EagerScopes):
     """What the blocking :class:`Client` and ``varstore.aio.Client`` share: the naming state,
-    scopes, and every method made of Run requests, written once as :data:`Steps` that the
-    subclass's ``_drive`` runs (blocking, or as a coroutine)."""
+    scopes (:class:`varstore.scopes.EagerScopes`), and every method made of Run requests,
+    written once as :data:`Steps` that the subclass's ``_drive`` runs (blocking, or as a
+    coroutine)."""
 
     handle_type: type[VariableHandle] = VariableHandle  # the subclass's RemoteVariable
 
@@ -91,35 +92,6 @@ class ClientBase:
     def _drive(self, steps: Steps) -> Any:
         """Runs ``steps``, sending each request and feeding back its reply or error."""
         raise NotImplementedError
-
-    # --- scopes ---------------------------------------------------------------------------
-
-    def variable_scope(self, name_or_scope: str | VariableScope | None,
-                       default_name: str | None = None, values: Any = None,
-                       initializer: Any = None, regularizer: Any = None,
-                       caching_device: Any = None, partitioner: Any = None,
-                       custom_getter: Any = None, reuse: Any = None, dtype: Any = None,
-                       use_resource: bool | None = None, constraint: Any = None,
-                       auxiliary_name_scope: bool = True) -> Any:
-        """A context manager like ``tf.variable_scope`` (same arguments and rules, see
-        :meth:`varstore.scopes.Naming.variable_scope`); yields the :class:`VariableScope`.
-        ``values`` is accepted for TF's signature."""
-        return self.naming.variable_scope(
-            name_or_scope, default_name, reuse, initializer,
-            dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope,
-            regularizer=regularizer, caching_device=caching_device, partitioner=partitioner,
-            custom_getter=custom_getter, use_resource=use_resource, constraint=constraint)
-
-    def name_scope(self, name: str | None, default_name: str | None = None,
-                   values: Any = None) -> Any:
-        """A context manager like ``tf.name_scope``; yields the scope string (``"a/"``).
-
-        Raises ``ValueError`` for names TF refuses (its messages)."""
-        return self.naming.name_scope(name, default_name)
-
-    def get_variable_scope(self) -> VariableScope:
-        """The current variable scope."""
-        return self.naming.var_scope
 
     # --- variables ------------------------------------------------------------------------
 
@@ -145,6 +117,7 @@ class ClientBase:
     def _get_variable_steps(self, name: str, shape: Any, dtype: Any, initializer: Any,
                             trainable: bool, partitioner: Any = None) -> Steps:
         scope = self.naming.var_scope
+        refuse_eager("get_variable", scope)
         partitioner = partitioner if partitioner is not None else scope.partitioner
         if partitioner is not None and not (shape is not None and len(shape) == 0):
             from varstore import partitioned as p  # as TF: a scalar is never partitioned

@@ -5,7 +5,7 @@ names ``w/part_0``..., shapes, slicing, errors); here the parts are created on t
 one request, each with its place in the full variable (``SaveSlice``), so that every save
 writes them as TF's ``Saver`` does, as slices of one tensor ``w``. TF 2 eager's
 ``tf.compat.v1.get_variable`` returns the same parts (checked by
-``tests/interop/test_eager_partitioned.py``).
+``tests/interop/test_tf2_eager_fidelity.py``).
 """
 
 from __future__ import annotations

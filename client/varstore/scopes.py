@@ -384,3 +384,76 @@ def _check_sharing(name: str, shape: Sequence[int] | None, dtype: Any,
         raise ValueError(
             f"Trying to share variable {name}, but specified dtype {dtype.name} and found "
             f"dtype {found_dtype.name}.")
+
+
+# What the eager clients cannot do with a scope default that TF 2 eager honours: refused, as
+# dropping it would change results.
+_EAGER_REFUSED = {
+    "regularizer": "TF adds the loss it makes of each new variable to the "
+                   "REGULARIZATION_LOSSES collection, and the eager client keeps no "
+                   "collections: compute the loss from the variables' values",
+    "custom_getter": "TF calls it instead of get_variable; use varstore.v1, or call "
+                     "get_variable with the arguments the getter would give it",
+    "constraint": "TF's optimizers project the variable with it after each update, and "
+                  "varstore's apply_gradients does not: apply it with assign",
+}
+
+
+def refuse_eager(where: str, scope: Any = None, **arguments: Any) -> None:
+    """Raises ``NotImplementedError`` naming the first of ``regularizer``, ``custom_getter``
+    and ``constraint`` given in ``arguments`` or set on ``scope``: the eager clients cannot
+    honour them, and TF 2 eager does (see ``_EAGER_REFUSED``)."""
+    for key, why in _EAGER_REFUSED.items():
+        value = arguments.get(key, getattr(scope, key, None))
+        if value is not None:
+            raise NotImplementedError(f"{where}({key}=...) is not supported by varstore's "
+                                      f"eager client: {why}.")
+
+
+class EagerScopes:
+    """The scope methods of the eager clients (``varstore.Client``, ``varstore.aio.Client``)
+    over their :class:`Naming`, with ``tf.compat.v1``'s arguments."""
+
+    naming: Naming
+
+    def variable_scope(self, name_or_scope: str | VariableScope | None,
+                       default_name: str | None = None, values: Any = None,
+                       initializer: Any = None, regularizer: Any = None,
+                       caching_device: Any = None, partitioner: Any = None,
+                       custom_getter: Any = None, reuse: Any = None, dtype: Any = None,
+                       use_resource: bool | None = None, constraint: Any = None,
+                       auxiliary_name_scope: bool = True) -> Any:
+        """A context manager like ``tf.variable_scope`` (same arguments and rules, see
+        :meth:`Naming.variable_scope`); yields the :class:`VariableScope`.
+
+        ``initializer``, ``partitioner`` and ``dtype`` are defaults for ``get_variable``.
+        Accepted and without effect: ``values`` (it picks a graph; TF eager ignores it too),
+        ``use_resource=True`` (every variable is a server resource) and ``caching_device``
+        (no value is cached: every read goes to the server; TF eager raises
+        NotImplementedError for it, TF 1 graphs only cache reads with it).
+        Raises ``NotImplementedError`` for ``regularizer``, ``custom_getter`` and
+        ``constraint``, which TF 2 eager honours and this client cannot; TF eager's
+        ``ValueError`` for ``use_resource=False``; TF's ``TypeError``/``ValueError`` for
+        misuse.
+        """
+        refuse_eager("variable_scope", regularizer=regularizer, custom_getter=custom_getter,
+                     constraint=constraint)
+        if use_resource is False:  # TF's VariableScope.set_use_resource, eager
+            raise ValueError("When eager execution is enabled, use_resource cannot be set to "
+                             "false.")
+        return self.naming.variable_scope(
+            name_or_scope, default_name, reuse, initializer,
+            dtypes.as_dtype(dtype) if dtype is not None else None, auxiliary_name_scope,
+            caching_device=caching_device, partitioner=partitioner, use_resource=use_resource)
+
+    def name_scope(self, name: str | None, default_name: str | None = None,
+                   values: Any = None) -> Any:
+        """A context manager like ``tf.name_scope``; yields the scope string (``"a/"``).
+        ``values`` is accepted and ignored, as TF eager does (it picks a graph).
+
+        Raises ``ValueError`` for names TF refuses (its messages)."""
+        return self.naming.name_scope(name, default_name)
+
+    def get_variable_scope(self) -> VariableScope:
+        """The current variable scope."""
+        return self.naming.var_scope

@@ -1,4 +1,5 @@
-"""Partitioned variables of the eager client, compared with TensorFlow 2 eager: each program
+"""The eager client compared with TensorFlow 2 eager (partitioned variables, and the arguments
+it accepts, ignores or refuses): each program
 runs under ``tf.compat.v1`` with eager execution (TF 2's default, in this process) and against
 a ``varstore.Client``, and what they show (names, shapes, slices, values, errors) must agree.
 ``lib`` is the module giving the partitioners: ``tf.compat.v1`` on TF's side, and on
@@ -10,6 +11,9 @@ against TF graph mode in ``tests/server/test_eager_fidelity.py``.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,6 +134,14 @@ def trainable_parts(api: Any, lib: Any, tf: Any) -> Any:
     return [p.trainable for p in v]
 
 
+@program
+def arguments_without_effect(api: Any, lib: Any, tf: Any) -> Any:
+    with api.variable_scope("u", values=[1.0], use_resource=True) as scope:
+        with api.name_scope("n", values=[1.0]) as n:
+            v = api.get_variable("v", [2])
+    return [scope.name, n, v.name]
+
+
 def _tensorflow_side(tf: Any, fn: Program) -> Any:
     v1 = tf.compat.v1
     assert tf.executing_eagerly()
@@ -229,3 +241,61 @@ def test_graph_mode_takes_tensorflows_partitioners(tf: Any) -> None:
                                ("c", v1.min_max_variable_partitioner(4, min_slice_size=16))]]
         shapes = [[p.shape.as_list() for p in v] for v in made]
     assert shapes == [[[4, 4], [3, 4], [3, 4]], [[2, 4]] * 5, [[3, 4], [3, 4], [2, 4], [2, 4]]]
+
+
+def test_what_tf_eager_honours_is_refused(tf: Any, client: vs.Client) -> None:
+    """TF 2 eager applies a scope's regularizer, custom getter and constraint; the eager
+    client cannot, so it raises rather than drop them."""
+    v1 = tf.compat.v1
+    names = []
+
+    def getter(getter: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        names.append(name)
+        return getter(name + "_x", *args, **kwargs)
+    with v1.variable_scope("g", custom_getter=getter):
+        assert v1.get_variable("v", [2]).name == "g/v_x:0" and names == ["g/v"]
+    with v1.variable_scope("r", regularizer=tf.reduce_sum):
+        v1.get_variable("v", [2])
+    assert len(v1.get_collection(v1.GraphKeys.REGULARIZATION_LOSSES)) == 1
+    with v1.variable_scope("c", constraint=tf.abs):
+        assert v1.get_variable("v", [2]).constraint is tf.abs
+    for key, value in [("regularizer", tf.reduce_sum), ("custom_getter", getter),
+                       ("constraint", tf.abs)]:
+        with pytest.raises(NotImplementedError, match=rf"^variable_scope\({key}=\.\.\.\) is "
+                                                      r"not supported by varstore's eager"):
+            client.variable_scope("s", **{key: value})
+        if key != "constraint":  # TF's VariableScope has no set_constraint
+            with client.variable_scope("t") as scope:
+                getattr(scope, f"set_{key}")(value)
+                with pytest.raises(NotImplementedError, match=rf"^get_variable\({key}=\.\.\.\)"):
+                    client.get_variable("v", [2])
+    assert client.list_variables() == []
+
+
+def _tf_eager_scope_error(**kwargs: Any) -> str:
+    """What TF 2 eager raises entering ``variable_scope("u", **kwargs)``, in a subprocess:
+    TF's failed ``__enter__`` leaves its scope stack broken (a RuntimeError follows)."""
+    script = ("import sys, tensorflow as tf\ntry:\n"
+              f"    with tf.compat.v1.variable_scope('u', **{kwargs!r}): pass\n"
+              "except Exception as e:\n    e = e.__context__ or e\n"
+              "    print('RAISED', type(e).__name__, e)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    raised = [line for line in done.stdout.splitlines() if line.startswith("RAISED ")]
+    assert raised, done.stderr[-2000:]
+    return raised[-1][len("RAISED "):]
+
+
+def test_use_resource_false_is_refused_as_tf_eager_does(client: vs.Client) -> None:
+    with pytest.raises(ValueError) as ours:
+        client.variable_scope("u", use_resource=False)
+    assert _tf_eager_scope_error(use_resource=False) == f"ValueError {ours.value}"
+
+
+def test_caching_device_is_accepted(client: vs.Client) -> None:
+    """TF 2 eager refuses a caching device; TF 1 graphs only cache reads with it, which
+    the eager client, reading from the server every time, accepts and ignores."""
+    assert _tf_eager_scope_error(caching_device="/cpu:0").startswith(
+        "NotImplementedError Caching devices")
+    with client.variable_scope("d", caching_device="/cpu:0"):
+        assert client.get_variable("v", [2]).name == "d/v:0"
