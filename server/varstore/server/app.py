@@ -35,6 +35,7 @@ from varstore.server.executor import Executor
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.servicer import VariableServicer, add_to_server
+from varstore.server.shard_restart import RestartOwners
 from varstore.server.status import StatusInterceptor
 from varstore.server.store import VariableStore
 
@@ -159,23 +160,29 @@ def create_server(config: ServerConfig) -> Server:
     timer = SaveTimer(checkpoints, save_every, config.keep, ClusterSaver(
         spec, checkpoints, credentials_of_shards, token_of_shards)
         if saves_cluster and spec is not None else None)
-    cluster_service.recover_shard(checkpoints, spec, config.restore)
+    auth = TokenAuthInterceptor(tokens) if tokens is not None else None
+    cluster_servicer = cluster_service.ClusterServicer(spec, checkpoints, auth=auth)
+    owners = None
+    if spec is not None and len(spec.shards) > 1:
+        cluster_spec = spec
+        metadata = (("authorization", f"Bearer {token_of_shards}"),) if token_of_shards else ()
+
+        def channels(k: int) -> list[grpc.Channel]:
+            """Shard k's private socket, and its port for a shard restarted on its own."""
+            return [shard_channel(cluster_spec, k, credentials_of_shards, local)
+                    for local in ((True, False) if cluster_spec.local_shards else (False,))]
+        # Every create checks with shard 0's table (varstore.server.placement_guard), and so
+        # does the start-up restore (varstore.server.shard_restart).
+        cluster_servicer.guard = CreateGuard(
+            spec.task_index, cluster_servicer.table if spec.task_index == 0 else None,
+            channels(0) if spec.task_index else (), metadata, spec.shards[0])
+        owners = RestartOwners(spec.task_index, spec.shards, cluster_servicer.guard,
+                               channels, metadata)
+    cluster_service.recover_shard(checkpoints, spec, config.restore, owners)
     if config.restore is None:
         _hint_restore(checkpoints, config.checkpoint_dir)
     capacity = Capacity(CapacityLimits.for_workers(
         config.max_workers, stream_idle_seconds=config.stream_idle_seconds))
-    auth = TokenAuthInterceptor(tokens) if tokens is not None else None
-    cluster_servicer = cluster_service.ClusterServicer(spec, checkpoints, auth=auth)
-    if spec is not None and len(spec.shards) > 1:
-        # Every create checks with shard 0's table (varstore.server.placement_guard).
-        cluster_servicer.guard = CreateGuard(
-            spec.task_index, cluster_servicer.table if spec.task_index == 0 else None,
-            # Shard 0's private socket, and its port for a shard 0 restarted on its own.
-            [shard_channel(spec, 0, credentials_of_shards, local)
-             for local in ((True, False) if spec.local_shards else (False,))]
-            if spec.task_index else (),
-            (("authorization", f"Bearer {token_of_shards}"),) if token_of_shards else (),
-            spec.shards[0])
     servicer = VariableServicer(store, executor, checkpoints, config.max_request_bytes,
                                 capacity, metrics.load,
                                 len(spec.shards) if spec is not None else 1,

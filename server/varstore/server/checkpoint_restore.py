@@ -227,9 +227,10 @@ def stored_parts(info: TensorInfo, shard: int | None = None) -> list[Entry]:
             if shard is None or stored == shard]
 
 
-def shard_entries(reader: BundleReader, shard: int) -> list[Entry]:
-    """What a cluster's shard ``shard`` restores at start-up: the tensors, and the slices of
-    partitioned ones (as parts ``KEY/part_I``), stored in its own data file."""
+def shard_entries(reader: BundleReader, shard: int | None = None) -> list[Entry]:
+    """The variables of a checkpoint as a cluster's shard restores them at start-up: the
+    tensors, and the slices of partitioned ones (as parts ``KEY/part_I``), stored in data
+    file ``shard`` (None: in any)."""
     entries: list[Entry] = []
     for key in reader.keys():
         if key == OBJECT_GRAPH_KEY:
@@ -237,7 +238,7 @@ def shard_entries(reader: BundleReader, shard: int) -> list[Entry]:
         info = reader.entry(key)
         if info.sliced:
             entries += stored_parts(info, shard)
-        elif info.shards == (shard,):
+        elif shard is None or info.shards == (shard,):
             entries.append(Entry(key, key))
     return entries
 

@@ -39,6 +39,7 @@ from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointMana
 from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.retention import client_saver
+from varstore.server.shard_restart import RestartOwners
 from varstore.server.wire import entries_from_proto
 
 log = logging.getLogger(__name__)
@@ -198,33 +199,27 @@ def add_to_server(servicer: ClusterServicer, server: grpc.Server) -> None:
 
 
 def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
-                  restore: str | None) -> str | None:
+                  restore: str | None, owners: RestartOwners | None = None) -> str | None:
     """Start-up: cleans up after interrupted saves (on a shard of a cluster, only the files
     it owns, :meth:`ClusterSpec.owns_leftover`) and restores ``restore`` (a prefix or
-    ``"latest"``). A single server restores the whole checkpoint
-    (:meth:`CheckpointManager.recover`); a shard of a cluster only its own data file, the
-    variables it held when the cluster saved, while the other shards keep theirs. Returns
-    what it restored.
+    ``"latest"``: this shard's own snapshot when it is newer than the latest checkpoint). A
+    single server restores the whole checkpoint (:meth:`CheckpointManager.recover`); a shard
+    of a cluster the variables that are its own as ``owners`` asks the cluster now
+    (:mod:`varstore.server.shard_restart`; None: those of its own data file), while the
+    other shards keep theirs. Returns what it restored.
 
     Raises ``FailedPreconditionError`` for a checkpoint ``restore`` names explicitly that
     another number of shards wrote (a client restores that one, placing every variable
     afresh; with ``"latest"`` the shard logs a warning saying so and starts empty, so that
-    the shards serve for that restore), and what
-    :meth:`CheckpointManager.restore` raises.
+    the shards serve for that restore), and what :meth:`CheckpointManager.restore` raises.
     """
     if spec is None or len(spec.shards) == 1:
         return checkpoints.recover(restore)
     checkpoints.recover(None, spec.owns_leftover)
     if not restore:
         return None
-    if restore == LATEST:
-        snapshot = _newer_snapshot(checkpoints, spec)
-        if snapshot is not None:
-            checkpoints.restore(snapshot, as_saved=True)
-            log.info("restored this shard's own snapshot %s, newer than the cluster's latest "
-                     "checkpoint", snapshot)
-            return snapshot
-    named = checkpoints.latest() if restore == LATEST else restore
+    snapshot = _newer_snapshot(checkpoints, spec) if restore == LATEST else None
+    named = snapshot or (checkpoints.latest() if restore == LATEST else restore)
     if named is None:
         log.warning("--restore latest: no checkpoint in %s yet; starting empty",
                     checkpoints.directory)
@@ -234,11 +229,11 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     try:
         with BundleReader(path) as reader:  # checks the index's checksums
             num_shards = reader.num_shards
-            own = shard_entries(reader, spec.task_index) if num_shards == len(spec.shards) \
-                else []
+            entries = shard_entries(reader)
+            own = entries if snapshot else shard_entries(reader, spec.task_index)
     except OSError as e:
         raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
-    if num_shards != len(spec.shards) and restore == LATEST:
+    if not snapshot and num_shards != len(spec.shards) and restore == LATEST:
         # The documented way to change the shard count restores from a client, which needs
         # the shards serving: a supervisor restarting them with --restore latest must not
         # loop on this checkpoint.
@@ -248,15 +243,19 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
             "%s`), which places every variable on the shards there are", named, num_shards,
             len(spec.shards), named)
         return None
-    if num_shards != len(spec.shards):
+    if not snapshot and num_shards != len(spec.shards):
         raise FailedPreconditionError(
             f"cannot restore {clip(repr(named))} on shard {spec.task_index}: it has "
             f"{num_shards} data files, the cluster {len(spec.shards)} shards; restore it "
             f"from a client (`varstore restore {clip(named)}`), which places every variable "
             "on the shards there are")
-    if own:
-        checkpoints.restore(named, own, as_saved=True)
-    log.info("restored this shard's %d variables of %s", len(own), named)
+    names = {entry.variable for entry in own}
+    chosen = owners.select(entries, names, named) if owners is not None else own
+    if chosen:
+        checkpoints.restore(named, chosen, as_saved=True)
+    log.info("restored this shard's %d variables of %s%s", len(chosen), named,
+             " (its own snapshot, newer than the cluster's latest checkpoint)"
+             if snapshot else "")
     return named
 
 

@@ -94,11 +94,15 @@ class CreateGuard:
                     if self._pending[name] <= 0:
                         del self._pending[name]
 
-    def _confirm(self, names: Sequence[str]) -> None:
+    def placements(self, names: Sequence[str]) -> list[int]:
+        """Where shard 0's table, as it is now, places ``names`` (-1: it does not know the
+        name). Raises the error of asking shard 0 (``UnavailableError`` when it is down)."""
         if self.table is not None:
-            shards = [self.table.place(n, lookup_only=True) for n in names]
-        else:
-            shards = self._ask_shard_0(names)
+            return [self.table.place(n, lookup_only=True) for n in names]
+        return self._ask_shard_0(names)
+
+    def _confirm(self, names: Sequence[str]) -> None:
+        shards = self.placements(names)
         for name, shard in zip(names, shards, strict=True):
             if shard != self.task_index:
                 where = ("does not know it" if shard < 0
