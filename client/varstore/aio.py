@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from varstore.client import DEFAULT_ADDRESS, RUN_STREAM_METHOD, ClientBase, VariableInfo
+from varstore.client import RUN_STREAM_METHOD, ClientBase, VariableInfo
 from varstore.cluster import reachable_shards
 from varstore.common import codec
 from varstore.common.errors import OpError, UnimplementedError
@@ -51,7 +50,7 @@ from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder
-from varstore.transport import Transport, is_read_only
+from varstore.transport import Transport, is_read_only, resolve_address
 
 __all__ = ["Client", "ClusterClient", "RemoteVariable", "connect"]
 
@@ -116,9 +115,9 @@ class Client(ClientBase):
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls: Any = None, timeout: float | None = None) -> None:
         super().__init__()
-        self.address = address or os.environ.get("VARSTORE_ADDRESS") or DEFAULT_ADDRESS
+        self.address, source = resolve_address(address)
         self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout,
-                                   aio=True)
+                                   aio=True, source=source)
         self.stub = pb_grpc.VariableServiceStub(self.transport.channel)
         self.run_stream = self.transport.channel.stream_stream(
             RUN_STREAM_METHOD, request_serializer=codec.serialize_chunk,
@@ -314,7 +313,8 @@ async def _completed(value: Any) -> Any:
 
 async def connect(address: str | None = None, *, token: str | None = None, tls: Any = None,
                   timeout: float | None = None) -> Client:
-    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else localhost:7011);
+    """Connects to a server (``address``, else ``VARSTORE_ADDRESS``, else TF_CONFIG's first ps
+    task, else localhost:7011);
     to every shard when that server is one of a cluster (a :class:`ClusterClient`).
 
     Raises ``UnavailableError`` naming the address and the likely cause (see

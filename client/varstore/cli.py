@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from varstore.proto import varstore_pb2 as pb
 
 
-def _address(args: argparse.Namespace) -> str | None:
-    return args.address or os.environ.get("VARSTORE_ADDRESS")
+def _address(args: argparse.Namespace) -> str:
+    """The server address: ``--address``, else ``$VARSTORE_ADDRESS``, else TF_CONFIG's first
+    ps task, else localhost:7011 (as the clients resolve it)."""
+    from varstore.transport import resolve_address
+    return resolve_address(args.address)[0]
 
 
 # TLS settings of the client commands: flag, Namespace attribute, environment variable.
@@ -48,7 +51,8 @@ def _tls(args: argparse.Namespace) -> Any:
 
 def _connect(args: argparse.Namespace):  # noqa: ANN202 - varstore.Client
     from varstore.cluster import connect
-    return connect(_address(args), token=args.token, timeout=args.timeout, tls=_tls(args))
+    # No --address: connect() takes it from the environment and says so in its errors.
+    return connect(args.address, token=args.token, timeout=args.timeout, tls=_tls(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,7 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     last = s.last_checkpoint or "none"
     if s.last_checkpoint:
         last += f" ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.last_checkpoint_time))})"
-    print(f"address:          {_address(args) or 'localhost:7011'}")
+    print(f"address:          {_address(args)}")
     print(f"version:          {s.version}")
     print(f"uptime:           {s.uptime_seconds:.0f}s")
     print(f"variables:        {s.variable_count}")
@@ -183,7 +187,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     """Removes every variable, after asking for confirmation unless ``--yes``."""
-    address = _address(args) or "localhost:7011"
+    address = _address(args)
     if not args.yes:
         if not sys.stdin.isatty():
             print("varstore reset: refusing to remove every variable without --yes "

@@ -7,9 +7,7 @@ client (:mod:`varstore.scopes`) and are shared with other clients by full name o
 from __future__ import annotations
 
 import contextlib
-import json
 import operator
-import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,22 +32,11 @@ from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
 from varstore.request import RequestBuilder, checkpoint_entries
 from varstore.scopes import EagerScopes, Naming, check_initializer_dtype, refuse_eager
-from varstore.transport import Transport, is_read_only
+from varstore.transport import Transport, is_read_only, resolve_address
 
-DEFAULT_ADDRESS = "localhost:7011"
-TF_CONFIG = "TF_CONFIG"
 # Called with varstore's chunk codec (codec.serialize_chunk/parse_chunk) instead of the
 # generated stub's protobuf one: same bytes on the wire, fewer copies.
 RUN_STREAM_METHOD = "/varstore.v1.VariableService/RunStream"
-
-
-def tf_config_address(environ: Any = os.environ) -> str | None:
-    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None."""
-    try:
-        ps = json.loads(environ.get(TF_CONFIG, "") or "{}").get("cluster", {}).get("ps")
-    except (ValueError, AttributeError):
-        return None
-    return ps[0] if isinstance(ps, list) and ps and isinstance(ps[0], str) else None
 
 
 @dataclass(frozen=True)
@@ -225,9 +212,9 @@ class Client(ClientBase):
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls: Any = None, timeout: float | None = None) -> None:
         super().__init__()
-        self.address = (address or os.environ.get("VARSTORE_ADDRESS") or tf_config_address()
-                        or DEFAULT_ADDRESS)
-        self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout)
+        self.address, source = resolve_address(address)
+        self.transport = Transport(self.address, token=token, tls=tls, timeout=timeout,
+                                   source=source)
         # The saver of each prefix this client saved (see save()).
         self._savers: dict[str, str] = {}
         self.stub = pb_grpc.VariableServiceStub(self.transport.channel)

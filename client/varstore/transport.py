@@ -9,6 +9,7 @@ goes through :meth:`Transport.invoke` or :meth:`Transport.invoke_async`, which s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import random
@@ -16,7 +17,7 @@ import re
 import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,10 @@ from varstore.proto import varstore_pb2 as pb
 T = TypeVar("T")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_ADDRESS = "localhost:7011"
+# Where a client with no address finds one: this variable, else TF_CONFIG's first ps task.
+ADDRESS_VARIABLE = "VARSTORE_ADDRESS"
+TF_CONFIG = "TF_CONFIG"
 # Attempts of a call that is safe to repeat; the waits between them (0.1 s doubling) add up to
 # about 3 s, long enough for a restarted server to come back.
 RETRIES = 6
@@ -76,13 +81,38 @@ def is_busy(error: grpc.RpcError) -> bool:
             and (error.details() or "").endswith(_BUSY_ENDINGS))
 
 
-def parse_address(address: str) -> tuple[str, int] | None:
+def tf_config_address(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None."""
+    try:
+        ps = json.loads(environ.get(TF_CONFIG, "") or "{}").get("cluster", {}).get("ps")
+    except (ValueError, AttributeError):
+        return None
+    return ps[0] if isinstance(ps, list) and ps and isinstance(ps[0], str) else None
+
+
+def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ
+                    ) -> tuple[str, str]:
+    """The server address to use and where it came from, which every message naming the
+    address says: ``address`` when given (source ""), else ``$VARSTORE_ADDRESS``, else the
+    first ps task of ``TF_CONFIG``, else localhost:7011."""
+    if address:
+        return address, ""
+    if environ.get(ADDRESS_VARIABLE):
+        return environ[ADDRESS_VARIABLE], f"${ADDRESS_VARIABLE}"
+    found = tf_config_address(environ)
+    if found is not None:
+        return found, f"{TF_CONFIG}'s cluster.ps[0]"
+    return DEFAULT_ADDRESS, f"the default; no address given, ${ADDRESS_VARIABLE} unset"
+
+
+def parse_address(address: str, source: str = "") -> tuple[str, int] | None:
     """``(host, port)`` of a ``HOST:PORT`` or ``[IPv6]:PORT`` address; None for gRPC's own
     target syntax (``unix:PATH``, ``dns:///...``). Raises ``InvalidArgumentError`` for anything
-    else, e.g. a bare port, saying what was probably meant."""
+    else, e.g. a bare port, saying what was probably meant (and the address's ``source``, as
+    :func:`resolve_address` names it)."""
     if _URI.match(address):
         return None
-    quoted = repr(address[:_QUOTE])
+    quoted = repr(address[:_QUOTE]) + (f" (from {source})" if source else "")
     named, sep, port = address.rpartition(":")
     host = named[1:-1] if named.startswith("[") and named.endswith("]") else named
     if address.isdigit():
@@ -125,10 +155,14 @@ class Transport:
     mapping. Raises ``InvalidArgumentError`` for a malformed address."""
 
     def __init__(self, address: str, *, token: str | None = None, tls: Any = None,
-                 timeout: float | None = None, aio: bool = False) -> None:
-        """With ``aio``, the channel is a ``grpc.aio`` one (for ``varstore.aio``)."""
+                 timeout: float | None = None, aio: bool = False, source: str = "") -> None:
+        """With ``aio``, the channel is a ``grpc.aio`` one (for ``varstore.aio``); ``source``
+        says where the address came from (:func:`resolve_address`)."""
         self.address = address
-        self.endpoint = parse_address(address)
+        # The address as every message names it: with its source when it came from the
+        # environment (a bad $VARSTORE_ADDRESS is fixed there, not in the code).
+        self.named = f"{address} (from {source})" if source else address
+        self.endpoint = parse_address(address, source)
         self.timeout = timeout
         self.tls = bool(tls)
         token = token or os.environ.get("VARSTORE_TOKEN")
@@ -270,7 +304,7 @@ class Transport:
         :func:`varstore.common.errors.unavailable`); the gRPC error stays reachable as its
         ``grpc_error`` attribute, and callers raise it ``from None``, so a traceback shows
         ours alone."""
-        error = from_rpc_error(e, self.address)
+        error = from_rpc_error(e, self.named)
         error.grpc_error = e
         return error
 
@@ -299,7 +333,7 @@ class _Readiness:
         if state == grpc.ChannelConnectivity.READY:
             return True
         if state == grpc.ChannelConnectivity.SHUTDOWN:
-            raise UnavailableError(f"the channel to {self.transport.address} was closed")
+            raise UnavailableError(f"the channel to {self.transport.named} was closed")
         if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             kind, error = self.probe()
             if error is not None and kind != "timeout":
@@ -321,7 +355,7 @@ class _Readiness:
         setting = ("the server may not use TLS, or another CA signed its certificate" if t.tls
                    else "the server may require TLS: pass tls=varstore.TLSConfig(...)")
         return UnavailableError(
-            f"the server at {t.address} accepts connections but the gRPC handshake failed: "
+            f"the server at {t.named} accepts connections but the gRPC handshake failed: "
             f"{setting}, or it is not a varstore server")
 
     def timed_out(self) -> UnavailableError:
@@ -332,12 +366,12 @@ class _Readiness:
             return error
         if kind == "open":
             return UnavailableError(
-                f"the server at {t.address} accepts connections but did not answer within "
+                f"the server at {t.named} accepts connections but did not answer within "
                 f"{t.connect_timeout:g}s: it is busy or hung, or not a varstore server (wait "
                 f"longer with connect(timeout=...) or --timeout)")
         why = "connections to it time out" if kind == "timeout" else "no answer"
         return UnavailableError(
-            f"cannot reach a varstore server at {t.address} within {t.connect_timeout:g}s: "
+            f"cannot reach a varstore server at {t.named} within {t.connect_timeout:g}s: "
             f"{why} (is the host up and `varstore serve` running there? is a firewall "
             f"dropping the connections?)")
 
@@ -353,7 +387,7 @@ class _Readiness:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
             return "unknown_host", UnavailableError(
-                f"cannot reach {t.address}: unknown host {host[:_QUOTE]!r} (check the name; "
+                f"cannot reach {t.named}: unknown host {host[:_QUOTE]!r} (check the name; "
                 f"localhost is this machine)")
         failures: list[OSError] = []
         for family, kind, proto, _, sockaddr in infos:
@@ -366,11 +400,11 @@ class _Readiness:
                 failures.append(e)
         if any(isinstance(e, ConnectionRefusedError) for e in failures):
             return "refused", UnavailableError(
-                f"no varstore server at {t.address}: connection refused (start one with "
+                f"no varstore server at {t.named}: connection refused (start one with "
                 f"`varstore serve --port {port}`, or check the host and port)")
         if failures and all(isinstance(e, TimeoutError) for e in failures):
-            return "timeout", UnavailableError(f"connections to {t.address} time out")
+            return "timeout", UnavailableError(f"connections to {t.named} time out")
         reason = (failures[0].strerror or str(failures[0])) if failures else "no address"
         return "unreachable", UnavailableError(
-            f"cannot connect to {t.address}: {reason} (check the host, the port and "
+            f"cannot connect to {t.named}: {reason} (check the host, the port and "
             f"firewalls)")

@@ -140,10 +140,12 @@ def test_tf_config_for_a_ps_task() -> None:
 @pytest.mark.parametrize(("config", "message"), [
     ("{", "TF_CONFIG is not valid JSON"),
     ('{"cluster": {"worker": ["w:1"]}}', "TF_CONFIG has no cluster.ps"),
+    ('{"cluster": {"ps": ["ps0"]}, "task": {"type": "ps", "index": 0}}',
+     "^TF_CONFIG: cluster address 'ps0' is not HOST:PORT"),
     ('{"cluster": {"ps": ["p:1"]}, "task": {"type": "worker", "index": 0}}',
      "names task type 'worker': varstore serve runs the ps tasks"),
     ('{"cluster": {"ps": ["p:1"]}, "task": {"type": "ps", "index": 3}}',
-     r"task index 3 is not in \[0, 1\)"),
+     r"^TF_CONFIG: task index 3 is not in \[0, 1\)"),
 ])
 def test_bad_tf_config_is_refused(config: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -219,13 +221,22 @@ def test_greedy_load_balancing_strategy_by_bytes() -> None:
 
 
 def test_workers_find_the_first_ps_task_in_tf_config() -> None:
-    from varstore.client import tf_config_address
     from varstore.placement import task_of
+    from varstore.transport import tf_config_address
     config = {"cluster": {"ps": ["ps-0:2222", "ps-1:2222"], "worker": ["w-0:2222"]},
               "task": {"type": "worker", "index": 0}}
     assert tf_config_address({"TF_CONFIG": json.dumps(config)}) == "ps-0:2222"
     assert tf_config_address({"TF_CONFIG": "{not json"}) is None
     assert tf_config_address({}) is None
+    # Where a client's address came from, which its errors name.
+    from varstore.transport import resolve_address
+    assert resolve_address("h:1", {"VARSTORE_ADDRESS": "e:2"}) == ("h:1", "")
+    assert resolve_address(None, {"VARSTORE_ADDRESS": "e:2", "TF_CONFIG": json.dumps(config)}
+                           ) == ("e:2", "$VARSTORE_ADDRESS")
+    assert resolve_address("", {"TF_CONFIG": json.dumps(config)}) == \
+        ("ps-0:2222", "TF_CONFIG's cluster.ps[0]")
+    assert resolve_address(None, {}) == \
+        ("localhost:7011", "the default; no address given, $VARSTORE_ADDRESS unset")
     assert [task_of("/job:ps/task:2"), task_of("/job:ps"), task_of("")] == [2, None, None]
     with pytest.raises(ValueError, match="the task must be a number"):
         task_of("/job:ps/task:x")

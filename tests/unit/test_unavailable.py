@@ -31,6 +31,9 @@ REFUSED = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0
     ("DNS resolution failed for nohost:7011: C-ares status is not ARES_SUCCESS",
      "is not reachable: its host name does not resolve",
      "C-ares status is not ARES_SUCCESS"),
+    ("errors resolving ps1:7011: [field:hostname lookup error:address lookup failed for "
+     "ps1:7011: Domain name not found]", "is not reachable: its host name does not resolve",
+     "Domain name not found]"),
     ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:7011: "
      "Connection timed out", "is not reachable: connections time out", "Connection timed out"),
     ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:7011: "

@@ -184,7 +184,7 @@ _UNREACHABLE: tuple[tuple[tuple[str, ...], str], ...] = (
      "is not reachable: connection refused, so nothing listens there now (the server "
      "stopped or crashed, or the address is wrong); check that `varstore serve` runs there "
      "and its log"),
-    (("dns", "name resolution", "resolve", "name or service not known", "unknown host"),
+    (("dns", "resolv", "lookup", "name or service not known", "unknown host"),
      "is not reachable: its host name does not resolve (check the name)"),
     (("no route to host", "network is unreachable", "host is unreachable"),
      "is not reachable: the network cannot reach the host (check the host and firewalls)"),
@@ -198,9 +198,10 @@ _UNREACHABLE: tuple[tuple[tuple[str, ...], str], ...] = (
 # may quote gRPC's words about another shard) begins otherwise and is kept whole.
 _GRPC_OPENINGS = ("failed to connect", "connections to all backends", "socket closed",
                   "connection reset", "connection refused", "recvmsg", "sendmsg", "broken pipe",
-                  "goaway", "stream removed", "dns resolution", "keepalive", "empty address",
-                  "transport closed", "endpoint", "unavailable", "connection closed",
-                  "ssl", "handshake", "timeout", "deadline", "no route", "network")
+                  "goaway", "stream removed", "dns resolution", "errors resolving", "keepalive",
+                  "empty address", "transport closed", "endpoint", "unavailable",
+                  "connection closed", "ssl", "handshake", "timeout", "deadline", "no route",
+                  "network")
 # The most characters of gRPC's own details an UNAVAILABLE message ends with.
 _GRPC_DETAIL = 100
 

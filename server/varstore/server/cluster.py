@@ -128,8 +128,9 @@ def spec_from_tf_config(text: str) -> ClusterSpec:
     """The cluster of a ``TF_CONFIG`` value for a ps task, as TFJob sets it:
     ``{"cluster": {"ps": [...], ...}, "task": {"type": "ps", "index": I}}``.
 
-    Raises ``ValueError`` for malformed JSON, a missing ``cluster.ps`` or a task that is not
-    a ps task (workers connect to the cluster; they do not serve it).
+    Raises ``ValueError`` for malformed JSON, a missing ``cluster.ps``, a bad address in it
+    (the message names ``TF_CONFIG``) or a task that is not a ps task (workers connect to the
+    cluster; they do not serve it).
     """
     try:
         config = json.loads(text)
@@ -149,7 +150,10 @@ def spec_from_tf_config(text: str) -> ClusterSpec:
     index = task.get("index", 0)
     if not isinstance(index, int) or isinstance(index, bool):
         raise ValueError(f"{TF_CONFIG} task.index must be an integer")
-    return ClusterSpec(tuple(ps), index)
+    try:
+        return ClusterSpec(tuple(ps), index)
+    except ValueError as e:  # a bad address or index: fixed in TF_CONFIG, not in flags
+        raise ValueError(f"{TF_CONFIG}: {e}") from None
 
 
 # Every shard writing a final checkpoint of its own part into the one shared folder would make
