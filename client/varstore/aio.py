@@ -149,11 +149,11 @@ class Client(ClientBase):
 
     def pull(self, variables: Iterable[RemoteVariable]) -> Awaitable[list[np.ndarray]]:
         """The values of ``variables``, read in one round trip."""
-        return self._drive(pull_steps(list(variables)))
+        return self._drive(pull_steps(variables))
 
     def push(self, values: Mapping[RemoteVariable, Any]) -> Awaitable[None]:
         """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
-        return self._drive(push_steps(values.items()))
+        return self._drive(push_steps(values))
 
     async def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends one request; returns the fetched arrays and the variables' infos.

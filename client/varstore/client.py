@@ -25,6 +25,7 @@ from varstore.handles import (
     Reply,
     Steps,
     VariableHandle,
+    name_list,
     pull_steps,
     push_steps,
 )
@@ -258,11 +259,11 @@ class Client(ClientBase):
 
     def pull(self, variables: Iterable[RemoteVariable]) -> list[np.ndarray]:
         """The values of ``variables``, read in one round trip."""
-        return self._drive(pull_steps(list(variables)))
+        return self._drive(pull_steps(variables))
 
     def push(self, values: Mapping[RemoteVariable, Any]) -> None:
         """Assigns every ``{variable: value}`` in one round trip, atomically per variable."""
-        self._drive(push_steps(values.items()))
+        self._drive(push_steps(values))
 
     def run(self, builder: RequestBuilder, expect_bytes: int = 0) -> Reply:
         """Sends one request; returns the fetched arrays and the variables' infos.
@@ -307,9 +308,7 @@ class Client(ClientBase):
         Raises ``NotFoundError`` (nothing removed) when a named variable does not exist,
         ``InvalidArgumentError`` unless exactly one of ``variables`` and ``scope`` is given.
         """
-        if isinstance(variables, str | bytes) or hasattr(variables, "op_name"):
-            variables = [variables]  # one name, not its characters
-        names = [getattr(v, "op_name", v) for v in variables]
+        names = name_list(variables, "delete() argument 'variables'")
         if bool(names) == (scope is not None):
             raise InvalidArgumentError("delete takes variables or a scope ("
                                        f"{'not both' if names else 'give one of them'})")
@@ -344,7 +343,8 @@ class Client(ClientBase):
         ``timeout`` seconds pass; returns the names still uninitialized."""
         response = self.transport.call(
             self.stub.WaitInitialized,
-            pb.WaitInitializedRequest(names=list(names), timeout_seconds=timeout),
+            pb.WaitInitializedRequest(names=name_list(names, "wait_initialized() argument "
+                                                      "'names'"), timeout_seconds=timeout),
             timeout=timeout + 10.0)
         return list(response.uninitialized)
 

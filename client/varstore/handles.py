@@ -8,14 +8,14 @@ a variable's metadata and its operations as Steps; :class:`RemoteVariable` (here
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from varstore.common import codec, dtypes
 from varstore.common.dtypes import DType
-from varstore.common.errors import InvalidArgumentError, NotFoundError
+from varstore.common.errors import InvalidArgumentError, NotFoundError, clip
 from varstore.proto import varstore_pb2 as pb
 from varstore.request import RequestBuilder
 
@@ -34,15 +34,75 @@ class Driver(Protocol):
 
 
 def as_int_indices(indices: Any) -> np.ndarray:
-    """``indices`` as int64; raises ``TypeError`` unless they are integers."""
+    """``indices`` as int64; raises ``TypeError`` unless they are integers (TF 1.x graph
+    mode's message; TF 2 eager raises ``InvalidArgumentError``)."""
     idx = np.asarray(indices)
     if idx.dtype.kind not in "iu":
-        raise TypeError(f"indices must be integers, got {idx.dtype}")
+        try:
+            name = dtypes.as_dtype(idx.dtype).name
+        except TypeError:
+            name = str(idx.dtype)
+        raise TypeError(f"Value passed to parameter 'indices' has DataType {name} not in list "
+                        f"of allowed values: int32, int64")
     return idx.astype(np.int64, copy=False)
+
+
+def _tf_shape(shape: Sequence[int]) -> str:
+    """A shape as TF's kernels print it: ``[784,100]``."""
+    return f"[{','.join(str(d) for d in shape)}]"
+
+
+def _described(value: Any) -> str:
+    """``value`` for a message: its type and, for names and numbers, a bounded repr."""
+    if isinstance(value, VariableHandle):
+        return f"the variable {value.op_name!r}"
+    if isinstance(value, str | bytes | int | float | np.generic) or value is None:
+        return f"{type(value).__name__} {clip(repr(value), 80)}"
+    return type(value).__name__
+
+
+def variable_list(variables: Any, what: str) -> list[VariableHandle]:
+    """``variables`` (an iterable of variable handles) as a list.
+
+    Raises ``TypeError`` naming the argument ``what`` (``"pull() argument 'variables'"``)
+    for one handle, a name or anything else not a list of handles, rather than failing on
+    its first use."""
+    if isinstance(variables, str | bytes | VariableHandle) or variables is None \
+            or not isinstance(variables, Iterable):
+        hint = " (a list of one: [v])" if isinstance(variables, VariableHandle) else ""
+        raise TypeError(f"{what} must be a list of variables (from Variable or get_variable)"
+                        f"{hint}, got {_described(variables)}")
+    out = list(variables)
+    for v in out:
+        if not hasattr(v, "op_name"):
+            raise TypeError(f"{what} must hold variables returned by Variable or "
+                            f"get_variable, got {_described(v)}")
+    return out
+
+
+def name_list(variables: Any, what: str) -> list[str]:
+    """The full names of ``variables``: handles or full names, or one of them (one name, not
+    its characters). Raises ``TypeError`` naming the argument ``what`` for anything else."""
+    if isinstance(variables, str | bytes) or hasattr(variables, "op_name"):
+        variables = [variables]
+    if variables is None or not isinstance(variables, Iterable):
+        raise TypeError(f"{what} must be variables or their full names, got "
+                        f"{_described(variables)}")
+    names = []
+    for v in variables:
+        name = getattr(v, "op_name", v)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must be variables or their full names, got "
+                            f"{_described(v)}")
+        names.append(name)
+    return names
 
 
 def pull_steps(variables: Sequence[VariableHandle]) -> Steps:
     """Reads ``variables`` in one request; returns their values."""
+    variables = variable_list(variables, "pull() argument 'variables'")
     b = RequestBuilder()
     for v in variables:
         b.fetch(b.node("read", variable=v.op_name))
@@ -50,11 +110,16 @@ def pull_steps(variables: Sequence[VariableHandle]) -> Steps:
     return values
 
 
-def push_steps(values: Iterable[tuple[VariableHandle, Any]]) -> Steps:
-    """Assigns each ``(variable, value)`` in one request; raises ``InvalidArgumentError``
-    before sending when a value has the wrong shape."""
+def push_steps(values: Mapping[VariableHandle, Any]) -> Steps:
+    """Assigns each ``{variable: value}`` in one request; raises before sending (nothing
+    changed) ``ValueError`` when a value has the wrong shape, ``TypeError`` when it does not
+    fit the variable's dtype or ``values`` is no dict of variables."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"push() argument 'values' must be a dict {{variable: value}}, got "
+                        f"{_described(values)}")
+    variable_list(list(values), "push() argument 'values'")
     b = RequestBuilder()
-    for var, value in values:
+    for var, value in values.items():
         array = var._full_value(value)
         b.target(b.node("assign", [b.const(array, var.dtype)], variable=var.op_name))
     yield b, 0
@@ -103,16 +168,36 @@ class VariableHandle:
         self._save_slice_info = info
 
     def _value(self, value: Any) -> np.ndarray:
-        return dtypes.to_numpy(value, self.dtype)
+        """``value`` as this variable's dtype by TF's rules (:func:`dtypes.convert`): numpy
+        values are cast, a Python float for an integer variable raises ``TypeError``."""
+        return dtypes.convert(value, self.dtype)
 
     def _full_value(self, value: Any) -> np.ndarray:
         """``value`` as a whole new value of this variable; checked here so that a request
-        assigning several variables is refused before any of them changes."""
+        assigning several variables is refused before any of them changes.
+
+        Raises ``ValueError`` for another shape (TF's ``assign``, no broadcasting),
+        ``TypeError`` for a value that does not fit the dtype."""
         array = self._value(value)
         if array.shape != self.shape:
+            raise ValueError(
+                f"Cannot assign value to variable '{self.name}': Shape mismatch. The variable "
+                f"shape {self.shape}, and the assigned value shape {array.shape} are "
+                f"incompatible.")
+        return array
+
+    def _delta(self, op: str, value: Any) -> np.ndarray:
+        """``assign_add``'s or ``assign_sub``'s ``value``, of exactly the variable's shape
+        (TF's ``AssignAddVariableOp``: no broadcasting, a scalar included) and a numeric
+        dtype; raises ``InvalidArgumentError`` (TF's message) or ``TypeError``."""
+        array = self._value(value)
+        if self.dtype.is_bool or self.dtype.is_string:
+            raise InvalidArgumentError(f"{op} {self.op_name}: no kernel for dtype "
+                                       f"{self.dtype.name}")
+        if array.shape != self.shape:
             raise InvalidArgumentError(
-                f"Assign {self.op_name}: value has shape {list(array.shape)}, variable has "
-                f"shape {list(self.shape)}")
+                f"Cannot update variable with shape {_tf_shape(self.shape)} using a Tensor "
+                f"with shape {_tf_shape(array.shape)}, shapes must be equal.")
         return array
 
     # Each ``_*_steps`` method converts its arguments when called (so that bad input raises
@@ -121,11 +206,23 @@ class VariableHandle:
     def _assign_steps(self, op: str, value: Any) -> Steps:
         """``assign`` (a whole new value), ``assign_add`` or ``assign_sub``."""
         return self._update_steps(op, [self._full_value(value) if op == "assign"
-                                       else self._value(value)])
+                                       else self._delta(op, value)])
 
     def _scatter_steps(self, op: str, indices: Any, updates: Any) -> Steps:
-        """``scatter_add``, ``scatter_sub`` or ``scatter_update`` of rows ``indices``."""
-        return self._update_steps(op, [as_int_indices(indices), self._value(updates)])
+        """``scatter_add``, ``scatter_sub`` or ``scatter_update`` of rows ``indices``.
+
+        Raises ``InvalidArgumentError`` unless ``updates`` has shape ``indices.shape +
+        shape[1:]`` or is a scalar (TF's ``ResourceScatterUpdate`` rule, its message),
+        ``TypeError`` for non-integer indices or updates that do not fit the dtype."""
+        idx = as_int_indices(indices)
+        array = self._value(updates)
+        want = idx.shape + self.shape[1:]
+        if self.shape and array.shape not in (want, ()):
+            raise InvalidArgumentError(
+                f"Must have updates.shape = indices.shape + params.shape[1:] or updates.shape "
+                f"= [], got updates.shape {_tf_shape(array.shape)}, indices.shape "
+                f"{_tf_shape(idx.shape)}, params.shape {_tf_shape(self.shape)}")
+        return self._update_steps(op, [idx, array])
 
     def _recovering(self, make: Callable[[], Steps]) -> Steps:
         """``make()``'s steps; when the server has lost this variable (it restarted empty)

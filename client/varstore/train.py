@@ -35,7 +35,7 @@ from varstore import initializers
 from varstore.common import dtypes
 from varstore.common.errors import DeadlineExceededError, OpError
 from varstore.common.protocol import APPLIED, PENDING, STALE
-from varstore.handles import VariableHandle
+from varstore.handles import VariableHandle, name_list, variable_list
 from varstore.optimizers import (
     AdagradOptimizer,
     AdamOptimizer,
@@ -237,11 +237,19 @@ def apply_gradients(client: Runner, optimizer: Optimizer, grads: Mapping[Any, An
     (push-pull), and the result is ``(global_step, [values])``; a synchronous replica that
     waits for the others reads them in a second request once the step is applied.
 
-    A gradient is an array of the variable's shape or a tuple ``(indices, values)``. Raises
-    ``ValueError`` for a gradient of the wrong shape, ``InvalidArgumentError`` from the server
-    for an index out of range.
+    A gradient is an array of the variable's shape or a tuple ``(indices, values)``, converted
+    as TensorFlow converts it (numpy arrays cast to the variable's dtype). Raises
+    ``ValueError`` for a gradient of the wrong shape (never broadcast) or None, ``TypeError``
+    for a Python value that does not fit the dtype or ``grads`` not a dict of variables,
+    ``InvalidArgumentError`` from the server for an index out of range.
     """
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"apply_gradients() argument 'grads' must be a dict "
+                        f"{{variable: gradient}}, got {type(grads).__name__}")
+    variable_list(list(grads), "apply_gradients() argument 'grads'")
     b = RequestBuilder()
+    if fetch is not None:
+        fetch = variable_list(fetch, "apply_gradients() argument 'fetch'")
     nodes = [(var, _gradient_nodes(b, var, grad)) for var, grad in grads.items()]
     step, values = optimizer._run(client, b, nodes, None if global_step is None else
                                   global_step.op_name, local_step, fetch or ())
@@ -257,14 +265,14 @@ def _gradient_nodes(b: RequestBuilder, var: Trainable, grad: Any) -> GradientNod
         if indices.dtype.kind not in "iu" or indices.ndim != 1:
             raise ValueError(f"indices of the gradient of {var.op_name} must be a 1-D integer "
                              f"array, got {indices.dtype} of shape {indices.shape}")
-        values = dtypes.to_numpy(grad[1], var.dtype)
+        values = dtypes.convert(grad[1], var.dtype)
         want = indices.shape + tuple(var.shape[1:])
         if not var.shape or values.shape != want:
             raise ValueError(f"Gradient values of {var.op_name} have shape {values.shape}, "
                              f"expected {want} for {indices.size} indices into "
                              f"{tuple(var.shape)}")
         return (b.const(indices.astype(np.int64), dtypes.int64), b.const(values, var.dtype))
-    value = dtypes.to_numpy(grad, var.dtype)
+    value = dtypes.convert(grad, var.dtype)
     if value.shape != tuple(var.shape):
         raise ValueError(f"Gradient of {var.op_name} has shape {value.shape}, the variable "
                          f"{tuple(var.shape)}")
@@ -302,11 +310,11 @@ def initialize_or_restore(client: TrainingClient[Any], variables: Sequence[Varia
     runs, so workers never train on values the checkpoint is about to replace. Raises the
     server's errors (``DataLossError``, ``NotFoundError``...) when a checkpoint cannot be read.
     """
+    variables = variable_list(variables, "initialize_or_restore() argument 'variables'")
     latest = client.latest_checkpoint(checkpoint_dir or "")
     if latest is not None:
         client.restore(latest)
         log.info("restored %s", latest)
-    variables = list(variables)
     check = RequestBuilder()
     for var in variables:
         check.fetch(check.node("is_initialized", variable=var.op_name))
@@ -337,7 +345,7 @@ def wait_until_ready(client: TrainingClient[Any], variables: Sequence[Any],
     Raises ``DeadlineExceededError`` naming the variables still uninitialized after
     ``timeout`` seconds.
     """
-    names = [getattr(v, "op_name", v) for v in variables]
+    names = name_list(variables, "wait_until_ready() argument 'variables'")
     deadline = time.monotonic() + timeout
     pending = client.wait_initialized(names, 0.0)
     while pending:

@@ -189,13 +189,14 @@ def test_a_large_reply_over_the_stream_applies_once(client: vs.Client) -> None:
 
 
 def test_a_large_fetch_as_the_last_node_is_checked_too(client: vs.Client) -> None:
-    client.Variable(np.zeros(20 << 20, np.float32), name="big")
+    client.Variable(np.ones(20 << 20, np.float32), name="big")
     b = RequestBuilder()
-    b.fetch(b.node("read", variable="big"))
-    b.fetch(b.node("assign_add", [b.const(np.float32(1), F32)], variable="big"))
+    read = b.node("read", variable="big")
+    b.fetch(read)
+    b.fetch(b.node("assign_add", [read], variable="big"))  # doubles it
     with pytest.raises(ResourceExhaustedError):
         client.run(b)
-    assert float(_read(client, "big", 80 << 20).max()) == 0.0
+    assert float(_read(client, "big", 80 << 20).max()) == 1.0
 
 
 def _accumulate(step: int, fail: bool) -> RequestBuilder:

@@ -270,6 +270,23 @@ def check_convertible(value: Any, dtype: DType) -> None:
                             f"'{type(item).__name__}'.")
 
 
+def convert(value: Any, dtype: DType) -> np.ndarray:
+    """``value`` as a numpy array of ``dtype`` by TensorFlow's conversion rules
+    (``tf.convert_to_tensor(value, dtype)``, tensor_util.py): numpy values are cast (a float64
+    array becomes a float32 or int32 one), Python values must fit (:func:`check_convertible`:
+    no float to an integer, no int to bool).
+
+    Raises:
+        ValueError: ``value`` is None (TF's message).
+        TypeError: a Python value that does not fit ``dtype``.
+    """
+    if value is None:
+        raise ValueError("Attempt to convert a value (None) with an unsupported type "
+                         "(<class 'NoneType'>) to a Tensor.")
+    check_convertible(value, dtype)
+    return to_numpy(value, dtype)
+
+
 def _short(value: Any) -> str:
     """``repr(value)`` cut for messages that quote user input."""
     return clip(repr(value), 80)

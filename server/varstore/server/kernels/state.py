@@ -76,19 +76,28 @@ def _assign(ctx: Context, node: NodeDef, inputs: list[Any]) -> np.ndarray:
     return var.read()
 
 
+def _check_numeric(var: Variable, what: str) -> None:
+    """Adding to a bool or string variable: TF registers no such kernel."""
+    if var.dtype.is_bool or var.dtype.is_string:
+        raise InvalidArgumentError(f"{what}: no kernel adds to a {var.dtype.name} variable")
+
+
 def _update(ctx: Context, node: NodeDef, inputs: list[Any], ufunc: np.ufunc) -> np.ndarray:
+    """``assign_add``/``assign_sub``: the delta must have the variable's dtype and exactly
+    its shape (TF's ``AssignAddVariableOp``: no broadcasting, not even of a scalar)."""
     var = ctx.variable(node)
     current = var.read()
     delta = np.asarray(inputs[0])
+    _check_numeric(var, f"{node.op} {clip(var.name)}")
     if delta.dtype != current.dtype:
         raise InvalidArgumentError(
             f"{node.op} {clip(var.name)}: delta has dtype {dtypes.as_dtype(delta.dtype).name}, "
             f"variable has dtype {var.dtype.name}")
-    if delta.shape != current.shape and \
-            np.broadcast_shapes(delta.shape, current.shape) != current.shape:
+    if delta.shape != current.shape:
         raise InvalidArgumentError(
-            f"{node.op} {clip(var.name)}: delta of shape {list(delta.shape)} does not fit "
-            f"variable of shape {list(current.shape)}")
+            f"{node.op} {clip(var.name)}: Cannot update variable with shape "
+            f"{list(current.shape)} using a Tensor with shape {list(delta.shape)}, shapes must "
+            f"be equal")
     ufunc(current, delta, out=current)
     ctx.store.touched(var)
     return current
@@ -113,7 +122,10 @@ def _scatter(ctx: Context, node: NodeDef, inputs: list[Any], mode: str) -> np.nd
     want = idx.shape + var.shape[1:]
     if updates.shape != want and updates.shape != ():
         raise InvalidArgumentError(
-            f"{what}: updates have shape {list(updates.shape)}, expected {list(want)}")
+            f"{what}: updates have shape {list(updates.shape)}, expected {list(want)} "
+            f"(indices.shape + params.shape[1:]) or [] (TF's rule)")
+    if mode != "update":
+        _check_numeric(var, what)
     if updates.dtype != current.dtype:
         raise InvalidArgumentError(
             f"{what}: updates have dtype {dtypes.as_dtype(updates.dtype).name}, variable has "
