@@ -89,18 +89,24 @@ class ClientBase(EagerScopes):
 
     def _variable_steps(self, initial_value: Any, name: str | None, dtype: Any,
                         trainable: bool) -> Steps:
-        """``Variable``: converts ``initial_value`` now; the steps create the variable."""
+        """``Variable``: takes the name and converts ``initial_value`` now; the steps create
+        the variable. As in TF's ``Variable``, a value that fails to convert (or a callable
+        that raises) leaves the name used, None or an invalid name leaves it free; a variable
+        the server refuses gives the name back."""
+        if initial_value is None:
+            raise ValueError("initial_value must be specified.")
+        full, give_back = self.naming.variable_name(name)
         if callable(initial_value):
             initial_value = initial_value()
         if dtype is None:
             dtype = dtypes.infer(initial_value)
         else:
             dtype = dtypes.as_dtype(dtype)
-            dtypes.check_convertible(initial_value, dtype)
-        value = dtypes.to_numpy(initial_value, dtype)
-        full = self.naming.variable_name(name)
-        return self._create_steps(full, dtype, value.shape, trainable,
-                                  lambda b: b.const(value, dtype), "Variable", "initial_value")
+        value = dtypes.convert(initial_value, dtype)
+        return _undone_on_failure(
+            self._create_steps(full, dtype, value.shape, trainable,
+                               lambda b: b.const(value, dtype), "Variable", "initial_value"),
+            give_back)
 
     def _get_variable_steps(self, name: str, shape: Any, dtype: Any, initializer: Any,
                             trainable: bool, partitioner: Any = None) -> Steps:
@@ -200,6 +206,15 @@ class ClientBase(EagerScopes):
         except NotFoundError:
             return None
         return self._handle(infos[0])
+
+
+def _undone_on_failure(steps: Steps, undo: Callable[[], None]) -> Steps:
+    """``steps``, calling ``undo`` when they fail (the server refused, the call was cancelled)."""
+    try:
+        return (yield from steps)
+    except BaseException:
+        undo()
+        raise
 
 
 class Client(ClientBase):

@@ -129,6 +129,8 @@ class Naming:
 
     def __init__(self) -> None:
         self._names_in_use: dict[str, int] = {}
+        # While variable_name runs: what unique_name changed, (key, previous count or None).
+        self._claims: list[tuple[str, int | None]] | None = None
         self.name_stack = ""
         self.var_scope = VariableScope(False, dtype=dtypes.float32)
         self._scope_counts: dict[str, int] = {}
@@ -145,16 +147,21 @@ class Naming:
         key = name.lower()
         i = self._names_in_use.get(key, 0)
         if mark_as_used:
-            self._names_in_use[key] = i + 1
+            self._mark(key, i + 1)
         if i > 0:
             base = key
             while key in self._names_in_use:
                 key = f"{base}_{i}"
                 i += 1
             if mark_as_used:
-                self._names_in_use[key] = 1
+                self._mark(key, 1)
             name = f"{name}_{i - 1}"
         return name
+
+    def _mark(self, key: str, count: int) -> None:
+        if self._claims is not None:
+            self._claims.append((key, self._names_in_use.get(key)))
+        self._names_in_use[key] = count
 
     def op_name(self, name: str) -> str:
         """The full name of an op created as ``name`` (TF's ``Graph.create_op``): a name
@@ -188,10 +195,27 @@ class Naming:
         finally:
             self.name_stack = old
 
-    def variable_name(self, name: str | None) -> str:
-        """The full name ``tf.Variable(name=...)`` gets: a unique name scope of its own."""
-        with self.name_scope(name, "Variable") as scope:
-            return scope[:-1]
+    def variable_name(self, name: str | None) -> tuple[str, Callable[[], None]]:
+        """The full name ``tf.Variable(name=...)`` gets (a unique name scope of its own), and
+        a function giving the name back, for a variable the server refused: the next
+        ``Variable(name=...)`` gets the same name again. Other calls may take names
+        meanwhile (asyncio): unique_name skips every name still in use, so none repeats.
+
+        Raises ``ValueError`` for a name TF refuses, leaving no name used (as TF)."""
+        self._claims = claims = []
+        try:
+            with self.name_scope(name, "Variable") as scope:
+                full = scope[:-1]
+        finally:
+            self._claims = None
+
+        def give_back() -> None:
+            for key, previous in reversed(claims):
+                if previous is None:
+                    self._names_in_use.pop(key, None)
+                else:
+                    self._names_in_use[key] = previous
+        return full, give_back
 
     # --- variable scopes ------------------------------------------------------------------
 

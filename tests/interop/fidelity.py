@@ -45,6 +45,7 @@ MODULES = (
     "tests.interop.test_tf1_fidelity_signatures",
     "tests.interop.test_tf1_fidelity_devices",
     "tests.interop.test_tf1_fidelity_partitioned",
+    "tests.interop.test_tf1_fidelity_failures",
     "tests.server.test_eager_fidelity",
 )
 
