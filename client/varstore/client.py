@@ -28,6 +28,7 @@ from varstore.handles import (
     name_list,
     pull_steps,
     push_steps,
+    undone_on_failure,
 )
 from varstore.proto import varstore_pb2 as pb
 from varstore.proto import varstore_pb2_grpc as pb_grpc
@@ -103,7 +104,7 @@ class ClientBase(EagerScopes):
         else:
             dtype = dtypes.as_dtype(dtype)
         value = dtypes.convert(initial_value, dtype)
-        return _undone_on_failure(
+        return undone_on_failure(
             self._create_steps(full, dtype, value.shape, trainable,
                                lambda b: b.const(value, dtype), "Variable", "initial_value"),
             give_back)
@@ -206,15 +207,6 @@ class ClientBase(EagerScopes):
         except NotFoundError:
             return None
         return self._handle(infos[0])
-
-
-def _undone_on_failure(steps: Steps, undo: Callable[[], None]) -> Steps:
-    """``steps``, calling ``undo`` when they fail (the server refused, the call was cancelled)."""
-    try:
-        return (yield from steps)
-    except BaseException:
-        undo()
-        raise
 
 
 class Client(ClientBase):

@@ -100,6 +100,15 @@ def name_list(variables: Any, what: str) -> list[str]:
     return names
 
 
+def undone_on_failure(steps: Steps, undo: Callable[[], None]) -> Steps:
+    """``steps``, calling ``undo`` when they fail (the server refused, the call was cancelled)."""
+    try:
+        return (yield from steps)
+    except BaseException:
+        undo()
+        raise
+
+
 def pull_steps(variables: Sequence[VariableHandle]) -> Steps:
     """Reads ``variables`` in one request; returns their values."""
     variables = variable_list(variables, "pull() argument 'variables'")
