@@ -90,24 +90,18 @@ class ClientBase(EagerScopes):
 
     def _variable_steps(self, initial_value: Any, name: str | None, dtype: Any,
                         trainable: bool) -> Steps:
-        """``Variable``: takes the name and converts ``initial_value`` now; the steps create
-        the variable. As in TF's ``Variable``, a value that fails to convert (or a callable
-        that raises) leaves the name used, None or an invalid name leaves it free; a variable
-        the server refuses gives the name back."""
+        """``Variable``: takes the name, converts ``initial_value`` now (a failure leaves the
+        name used, as TF's); the steps create the variable, or give the name back."""
         if initial_value is None:
             raise ValueError("initial_value must be specified.")
         full, give_back = self.naming.variable_name(name)
         if callable(initial_value):
             initial_value = initial_value()
-        if dtype is None:
-            dtype = dtypes.infer(initial_value)
-        else:
-            dtype = dtypes.as_dtype(dtype)
+        dtype = dtypes.infer(initial_value) if dtype is None else dtypes.as_dtype(dtype)
         value = dtypes.convert(initial_value, dtype)
-        return undone_on_failure(
-            self._create_steps(full, dtype, value.shape, trainable,
-                               lambda b: b.const(value, dtype), "Variable", "initial_value"),
-            give_back)
+        return undone_on_failure(self._create_steps(
+            full, dtype, value.shape, trainable, lambda b: b.const(value, dtype), "Variable",
+            "initial_value"), give_back)
 
     def _get_variable_steps(self, name: str, shape: Any, dtype: Any, initializer: Any,
                             trainable: bool, partitioner: Any = None) -> Steps:
@@ -350,8 +344,7 @@ class Client(ClientBase):
         ``timeout`` seconds pass; returns the names still uninitialized."""
         response = self.transport.call(
             self.stub.WaitInitialized,
-            pb.WaitInitializedRequest(names=name_list(names, "wait_initialized() argument "
-                                                      "'names'"), timeout_seconds=timeout),
+            pb.WaitInitializedRequest(names=name_list(names, "names"), timeout_seconds=timeout),
             timeout=timeout + 10.0)
         return list(response.uninitialized)
 

@@ -74,7 +74,7 @@ class PartitionedVariable(partitioned.Partitioned):
             return value
         if isinstance(value, partitioned.Partitioned):
             return list(value)
-        array = dtypes.to_numpy(value, self.dtype)
+        array = dtypes.convert(value, self.dtype)
         axis = self._partition_axes()[0]
         if array.ndim != len(self.shape) or array.shape[axis] != self.shape[axis]:
             from varstore.common.errors import InvalidArgumentError
@@ -100,11 +100,11 @@ class PartitionedVariable(partitioned.Partitioned):
     def _update_steps(self, op: str, value: Any) -> Steps:
         pairs = list(zip(self._parts, self._split(value), strict=True))
         if op == "assign":
-            yield from push_steps(pairs)
+            yield from push_steps(dict(pairs))
         else:
             b = RequestBuilder()
             for part, delta in pairs:
-                array = part._value(delta)
+                array = part._delta(op, delta)
                 b.target(b.node(op, [b.const(array, part.dtype)], variable=part.op_name))
             yield b, 0
         return list(self._parts)
