@@ -23,7 +23,8 @@ thread for as long as its client makes it last: streams (``RunStream``, ``Save``
   no timeout, for the whole request message, so a client sending it slowly (any client, with
   a token or on a server without any) would hold a thread per call until it held them all.
   Unary methods are therefore served as request streams read to their end before the method
-  runs: a request that has not all come within ``REQUEST_GRACE_SECONDS`` is a transfer, which
+  runs: a request the watchdog finds not all come at more than ``REQUEST_GRACE_ROUNDS`` of its
+  rounds (half a second, longer when the server is too busy to look) is a transfer, which
   takes a transfer slot (then the stream rules above apply) or, without a free one, is
   cancelled; a unary request of zero messages or of more than one is UNIMPLEMENTED, gRPC's
   status for a cardinality violation (gRPC's own unary handling answers zero messages so and
@@ -58,9 +59,11 @@ LONG_UNARY_METHODS = frozenset({"/varstore.v1.VariableService/WaitInitialized"})
 WAITING_STREAMS = frozenset({"/grpc.health.v1.Health/Watch"})
 # How often stalled streams are looked for.
 WATCHDOG_SECONDS = 0.1
-# How long a unary request may take to arrive before it needs a transfer slot (a small one
-# comes with its call's headers; a large one of an old client, up to 64 MiB, takes longer).
-REQUEST_GRACE_SECONDS = 0.5
+# How many watchdog rounds may find a unary request still coming before it needs a transfer
+# slot (a small one comes with its call's headers; a large one of an old client, up to
+# 64 MiB, takes longer). Rounds, not seconds: a server too busy to hand a request over that
+# is there is too busy to run its watchdog too.
+REQUEST_GRACE_ROUNDS = 5
 _NOTHING = object()
 
 
@@ -170,11 +173,14 @@ class Capacity:
         if slots is not None:
             slots.give_back(stream.peer)
 
-    def _late(self, stream: _Stream, now: float) -> str | None:
-        """Gives a unary request that has not come within ``REQUEST_GRACE_SECONDS`` a transfer
-        slot; returns why its call is cancelled when none is free, else None."""
-        if not stream.unary or stream.slots is not None or stream.waiting_since is None \
-                or stream.waited + now - stream.waiting_since <= REQUEST_GRACE_SECONDS:
+    def _late(self, stream: _Stream) -> str | None:
+        """Counts a watchdog round that finds a unary request still coming, and gives one that
+        has been so past ``REQUEST_GRACE_ROUNDS`` a transfer slot; returns why its call is
+        cancelled when none is free, else None."""
+        if not stream.unary or stream.slots is not None or stream.waiting_since is None:
+            return None
+        stream.late_rounds += 1
+        if stream.late_rounds <= REQUEST_GRACE_ROUNDS:
             return None
         with self._lock:
             if stream not in self._streams:  # its request came meanwhile
@@ -182,7 +188,8 @@ class Capacity:
             try:
                 self.transfers.take(stream.peer)
             except ResourceExhaustedError as e:
-                return f"its request took over {REQUEST_GRACE_SECONDS}s to come, and {e.message}"
+                return (f"its request had not all come after "
+                        f"{stream.late_rounds * WATCHDOG_SECONDS:.1f}s, and {e.message}")
             stream.slots = self.transfers
         return None
 
@@ -192,7 +199,7 @@ class Capacity:
             with self._lock:
                 streams = list(self._streams)
             for stream in streams:
-                reason = self._late(stream, now) or stream.stalled(now, self.limits)
+                reason = self._late(stream) or stream.stalled(now, self.limits)
                 if reason is not None:
                     log.warning("cancelled %s from %s: %s", stream.method, stream.peer, reason)
                     self._unwatch(stream)
@@ -208,6 +215,7 @@ class _Stream:
         self.context = context
         self.unary = unary
         self.slots: Slots | None = None
+        self.late_rounds = 0  # watchdog rounds that found the unary request still coming
         self.waiting_since: float | None = None
         self.waited = 0.0  # seconds spent waiting for request messages, before this wait
         self.received = 0
