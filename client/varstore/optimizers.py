@@ -205,9 +205,9 @@ class Optimizer:
 
 
 def read_after(b: RequestBuilder, node: int | None, variables: Sequence[Trainable]) -> int:
-    """Fetches the value of each of ``variables`` once ``node`` ran (if given); returns their
-    bytes."""
-    after = [] if node is None else [node]
+    """Fetches the value of each of ``variables`` once ``node`` (if given) and ``b``'s
+    targets ran; returns their bytes."""
+    after = [*([] if node is None else [node]), *b.targets]
     for var in variables:
         b.fetch(b.node("read", variable=var.op_name, control_inputs=after))
     return sum(int(np.prod(var.shape, dtype=np.int64)) * var.dtype.itemsize

@@ -229,13 +229,17 @@ def _split_step(client: Runner, global_step: str,
 def apply_gradients(client: Runner, optimizer: Optimizer, grads: Mapping[Any, Any],
                     global_step: Trainable | None = None,
                     local_step: int | None = None,
-                    fetch: Sequence[Trainable] | None = None) -> Any:
+                    fetch: Sequence[Trainable] | None = None,
+                    builder: RequestBuilder | None = None) -> Any:
     """Applies ``{variable: gradient}`` with ``optimizer`` in one round trip and increments
     ``global_step``; returns the global step after the update (None without one).
 
     With ``fetch`` (variables), the same round trip also reads their values after the update
     (push-pull), and the result is ``(global_step, [values])``; a synchronous replica that
     waits for the others reads them in a second request once the step is applied.
+    ``builder``, a request holding other updates as targets (no fetches), is sent with the
+    step, atomically; ``fetch`` reads after them too. A stale or waiting synchronous
+    replica's request still applies them.
 
     A gradient is an array of the variable's shape or a tuple ``(indices, values)``, converted
     as TensorFlow converts it (numpy arrays cast to the variable's dtype). Raises
@@ -247,7 +251,7 @@ def apply_gradients(client: Runner, optimizer: Optimizer, grads: Mapping[Any, An
         raise TypeError(f"apply_gradients() argument 'grads' must be a dict "
                         f"{{variable: gradient}}, got {type(grads).__name__}")
     variable_list(list(grads), "apply_gradients() argument 'grads'")
-    b = RequestBuilder()
+    b = RequestBuilder() if builder is None else builder
     if fetch is not None:
         fetch = variable_list(fetch, "apply_gradients() argument 'fetch'")
     nodes = [(var, _gradient_nodes(b, var, grad)) for var, grad in grads.items()]

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 
 import varstore as vs
-from tests.interop.test_tensorflow_plugin import KERAS, OPTIMIZERS, Model, _keras_run
+from tests.interop.test_tensorflow_plugin import (
+    KERAS,
+    OPTIMIZERS,
+    Model,
+    _keras_run,
+    _pulled,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow")
@@ -88,13 +94,6 @@ def _aggregate(feeds_in: list[Any], passes: list[list[Any]], average: bool
     return feed
 
 
-def _server_values(client: vs.Client, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = sorted(like)
-    handles = [vs.RemoteVariable(client, n, vs.as_dtype(like[n].dtype.name), like[n].shape)
-               for n in names]
-    return dict(zip(names, client.pull(handles), strict=True))
-
-
 CASES = {"adam-sum": ("adam", False), "momentum-mean": ("momentum", True),
          "ftrl-sum": ("ftrl", False),
          "local-mean": ("proximal", True)}
@@ -112,11 +111,11 @@ def test_the_server_changes_every_nth_step_by_what_tensorflow_applies_to_the_agg
     with model.graph.as_default():
         with tf1.train.MonitoredTrainingSession(hooks=[vst.SyncHook(client=address)]) as sess:
             local = model.trainable(sess)
-            server = _server_values(client, local)
+            server = _pulled(client, local)
             for t in range(N * UPDATES):
                 sess.run(model.train_op, model.feeds(t))
                 now, step = model.trainable(sess), sess.run(model.global_step)
-                on_server = _server_values(client, local)
+                on_server = _pulled(client, local)
                 assert step == (t + 1) // N
                 for name in local:
                     changed = (t + 1) % N == 0
@@ -124,10 +123,9 @@ def test_the_server_changes_every_nth_step_by_what_tensorflow_applies_to_the_agg
                     # The local variables are the server's after every step.
                     np.testing.assert_array_equal(now[name], on_server[name], err_msg=name)
                 local, server = now, on_server
-    got = _server_values(client, expected) if kind != "proximal" else {
-        **local, "global_step": np.int64(step)}
-    if kind != "proximal":
-        assert sorted(v.name for v in client.list_variables()) == sorted(expected)
+    # A local optimizer's slots are mirrored: the server holds them too.
+    got = _pulled(client, expected)
+    assert sorted(v.name for v in client.list_variables()) == sorted(expected)
     for name, value in got.items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
@@ -201,9 +199,9 @@ def test_keras_pushes_every_nth_step_the_mean_keras_accumulation_applies(
     expected, _ = _keras_plain_accumulating(KERAS["nesterov"], how, 2)
     real = vst.DistributedOptimizer
 
-    def wrap(opt: Any, client: Any = None) -> Any:
+    def wrap(opt: Any, client: Any = None, **kwargs: Any) -> Any:
         return real(opt, client, backward_passes_per_step=2,
-                    average_aggregated_gradients=True)
+                    average_aggregated_gradients=True, **kwargs)
     monkeypatch.setattr(vst, "DistributedOptimizer", wrap)
     got, iterations = _keras_run(KERAS["nesterov"], wrap=True, how=how, address=address)
     assert iterations == 4
@@ -215,8 +213,8 @@ def test_keras_pushes_every_nth_step_the_mean_keras_accumulation_applies(
 def test_keras_adam_on_the_server_gets_one_update_per_n_passes(
         address: str, client: vs.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     real = vst.DistributedOptimizer
-    monkeypatch.setattr(vst, "DistributedOptimizer", lambda opt, client=None: real(
-        opt, client, backward_passes_per_step=4))
+    monkeypatch.setattr(vst, "DistributedOptimizer", lambda opt, client=None, **kwargs: real(
+        opt, client, backward_passes_per_step=4, **kwargs))
     _, iterations = _keras_run(KERAS["adam"], wrap=True, how="fit", address=address)
     assert iterations == 2
     assert vs.train.get_or_create_global_step(client).numpy() == 2

@@ -41,11 +41,31 @@ def _dense(x: Any, units: int, name: str, activation: Any = None) -> Any:
     return activation(out) if activation else out
 
 
+def _batch_norm(x: Any, name: str) -> Any:
+    """Batch normalization as ``tf1.layers.batch_normalization`` builds it in training (Keras 3
+    removed ``tf1.layers``): trainable ``gamma``, ``beta``; non-trainable moving statistics
+    updated by ops in ``UPDATE_OPS``, as TensorFlow's ``assign_moving_average`` (momentum
+    0.99)."""
+    with tf1.variable_scope(name):
+        gamma = tf1.get_variable("gamma", [x.shape[1]], initializer=tf1.ones_initializer())
+        beta = tf1.get_variable("beta", [x.shape[1]], initializer=tf1.zeros_initializer())
+        moving = [tf1.get_variable(n, [x.shape[1]], initializer=init, trainable=False)
+                  for n, init in (("moving_mean", tf1.zeros_initializer()),
+                                  ("moving_variance", tf1.ones_initializer()))]
+    mean, variance = tf.nn.moments(x, [0])
+    for var, value in zip(moving, (mean, variance), strict=True):
+        tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS,
+                              tf1.assign_sub(var, (var - value) * 0.01))
+    return tf.nn.batch_normalization(x, mean, variance, beta, gamma, 1e-3)
+
+
 class Model:
-    """A small classifier with an embedding (sparse gradients) and two dense layers."""
+    """A small classifier with an embedding (sparse gradients) and two dense layers; with
+    ``norm``, batch normalization after the first, its ``UPDATE_OPS`` run before the train
+    op as TensorFlow documents."""
 
     def __init__(self, make_optimizer: Callable[[], Any] | None, wrap: bool,
-                 address: str | None = None, **wrap_args: Any) -> None:
+                 address: str | None = None, norm: bool = False, **wrap_args: Any) -> None:
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.x = tf1.placeholder(tf.float32, [None, 4], name="x")
@@ -55,6 +75,8 @@ class Model:
                                    initializer=tf1.random_normal_initializer(seed=3))
             hidden = _dense(self.x + tf.nn.embedding_lookup(emb, self.ids), 8, "dense",
                             tf.nn.relu)
+            if norm:
+                hidden = _batch_norm(hidden, "norm")
             self.logits = _dense(hidden, 3, "out")
             loss = tf1.losses.sparse_softmax_cross_entropy(self.y, self.logits)
             self.global_step = tf1.train.get_or_create_global_step()
@@ -63,7 +85,8 @@ class Model:
                 opt = make_optimizer()
                 if wrap:
                     opt = vst.DistributedOptimizer(opt, client=address, **wrap_args)
-                self.train_op = opt.minimize(loss, global_step=self.global_step)
+                with tf1.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+                    self.train_op = opt.minimize(loss, global_step=self.global_step)
 
     def feeds(self, step: int) -> dict[Any, np.ndarray]:
         """Step ``step``'s minibatch; ids repeat, so sparse rows must be summed."""
@@ -87,15 +110,25 @@ def _train(model: Model, hooks: list[Any], steps: range) -> dict[str, np.ndarray
             return values
 
 
-def _plain(make_optimizer: Callable[[], Any]) -> tuple[dict[str, np.ndarray], Any]:
-    """Trains without varstore; returns the values and the session's variables by name."""
-    model = Model(make_optimizer, wrap=False)
+def _plain(make_optimizer: Callable[[], Any], norm: bool = False
+           ) -> tuple[dict[str, np.ndarray], Any]:
+    """Trains without varstore; returns every global variable's value by name, and the
+    model."""
+    model = Model(make_optimizer, wrap=False, norm=norm)
     with model.graph.as_default(), tf1.Session() as sess:
         sess.run(tf1.global_variables_initializer())
         for t in range(STEPS):
             sess.run(model.train_op, model.feeds(t))
         every = sess.run({v.op.name: v for v in tf1.global_variables()})
     return every, model
+
+
+def _pulled(client: vs.Client, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The server's values of the variables named in ``like``, of their dtypes and shapes."""
+    names = sorted(like)
+    handles = [vs.RemoteVariable(client, n, vs.as_dtype(like[n].dtype.name), like[n].shape)
+               for n in names]
+    return dict(zip(names, client.pull(handles), strict=True))
 
 
 OPTIMIZERS = {
@@ -115,8 +148,7 @@ def test_one_worker_trains_as_tensorflow_and_the_server_holds_what_saver_writes(
     assert got["global_step"] == STEPS
     names = sorted(v.name for v in client.list_variables())
     assert names == sorted(expected)
-    values = dict(zip(names, client.pull(vs.RemoteVariable(client, n, vs.as_dtype(
-        expected[n].dtype.name), expected[n].shape) for n in names), strict=True))
+    values = _pulled(client, expected)
     for name, value in expected.items():
         np.testing.assert_allclose(values[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
         if name in got:
@@ -129,15 +161,17 @@ def test_an_optimizer_the_server_does_not_run_pushes_its_changes(address: str,
         return tf1.train.ProximalAdagradOptimizer(0.1, l1_regularization_strength=0.01)
     expected, _ = _plain(make)
     model = Model(make, wrap=True, address=address)
-    assert len(model.graph.get_collection("varstore_variables")) == 6
+    # The five trained variables, their accumulators (mirrored) and the global step.
+    assert len(model.graph.get_collection("varstore_variables")) == 11
     got = _train(model, [vst.SyncHook(client=address)], range(STEPS))
     names = sorted(v.name for v in client.list_variables())
-    assert names == ["dense/bias", "dense/kernel", "emb", "global_step", "out/bias",
-                     "out/kernel"]
-    for name, value in got.items():
-        if name != "global_step":
-            np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7,
-                                       err_msg=name)
+    assert names == sorted(expected)
+    assert "dense/kernel/ProximalAdagrad" in names
+    on_server = _pulled(client, expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(on_server[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+        if name in got:
+            np.testing.assert_array_equal(got[name], on_server[name], err_msg=name)
     assert got["global_step"] == STEPS
 
 
@@ -281,16 +315,21 @@ def test_the_tf1_example_trains_with_two_worker_processes(tmp_path: Path) -> Non
 # --- TF2: Keras fit and GradientTape loops ----------------------------------------------------
 
 def _keras_run(make_optimizer: Callable[[], Any], wrap: bool, how: str,
-               address: str | None = None) -> tuple[list[np.ndarray], int]:
-    """Trains a small Keras model with ``fit`` or a ``tf.function`` GradientTape loop;
-    returns its trainable values and the optimizer's iterations."""
+               address: str | None = None, norm: bool = False
+               ) -> tuple[list[np.ndarray], int]:
+    """Trains a small Keras model (with ``norm``, batch normalization and dropout after the
+    hidden layer) with ``fit`` or a GradientTape loop, in a ``tf.function`` (``tape``) or
+    eagerly (``eager``); returns the values of its variables (``model.variables``) and the
+    optimizer's iterations."""
     import keras
     keras.utils.set_random_seed(0)
+    extra = [keras.layers.BatchNormalization(name="norm"),
+             keras.layers.Dropout(0.25, seed=1)] if norm else []
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, "relu", name="hidden"),
-                              keras.layers.Dense(3, name="out")], name="net")
+                              *extra, keras.layers.Dense(3, name="out")], name="net")
     opt = make_optimizer()
     if wrap:
-        opt = vst.DistributedOptimizer(opt, client=address)
+        opt = vst.DistributedOptimizer(opt, client=address, model=model)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype(np.float32)
     y = rng.integers(0, 3, 32)
@@ -299,15 +338,15 @@ def _keras_run(make_optimizer: Callable[[], Any], wrap: bool, how: str,
         model.compile(optimizer=opt, loss=loss)
         model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     else:
-        @tf.function
         def step(xb: Any, yb: Any) -> None:
             with tf.GradientTape() as tape:
-                value = loss(yb, model(xb))
+                value = loss(yb, model(xb, training=True))
             grads = tape.gradient(value, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        run = step if how == "eager" else tf.function(step)
         for i in range(8):
-            step(x[4 * i:4 * i + 4], y[4 * i:4 * i + 4])
-    return [v.numpy() for v in model.trainable_variables], int(opt.iterations.numpy())
+            run(x[4 * i:4 * i + 4], y[4 * i:4 * i + 4])
+    return [v.numpy() for v in model.variables], int(opt.iterations.numpy())
 
 
 KERAS = {"adam": lambda: __import__("keras").optimizers.Adam(0.01),

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,15 +20,21 @@ from varstore.client import Client
 from varstore.common import dtypes
 from varstore.optimizers import Optimizer
 from varstore.tensorflow.accumulate import GradientAccumulator, check_backward_passes
-from varstore.tensorflow.exchange import Exchange, VariableSpec
+from varstore.tensorflow.exchange import Exchange, Mirror, VariableSpec
 from varstore.tensorflow.server_side import tf1_server_optimizer
 from varstore.train import SyncReplicasOptimizer
 
 tf1 = tf.compat.v1
 
-# The graph collection of the variables DistributedOptimizers keep on the server; SyncHook
-# synchronizes these.
+# The graph collection of the variables DistributedOptimizers keep on the server (those they
+# train, the non-trainable ones they mirror, the global step); SyncHook warns about the
+# global variables outside it.
 VARIABLES = "varstore_variables"
+
+# Each graph's Mirrors (one per apply_gradients), which SyncHook tells the loaded values.
+_MIRRORS: weakref.WeakKeyDictionary[Any, list[Mirror]] = weakref.WeakKeyDictionary()
+
+log = logging.getLogger(__name__)
 
 
 def spec_of(variable: Any) -> VariableSpec:
@@ -50,7 +58,7 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
 
     Optimizers the server does not run (see :mod:`varstore.tensorflow.server_side`) are run
     locally, and the change they made is pushed as one atomic ``assign_add`` per variable;
-    their slots then stay local to each worker. With ``replicas_to_aggregate``, the server
+    their slots are mirrored as below. With ``replicas_to_aggregate``, the server
     averages that many workers' gradients per global step before applying them, as
     ``SyncReplicasOptimizer``; it needs ``global_step``.
 
@@ -61,6 +69,15 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
     Sparse gradients are aggregated as concatenated rows (see
     :mod:`varstore.tensorflow.accumulate`). Raises ``TypeError``/``ValueError`` for a
     ``backward_passes_per_step`` that is not an integer > 0.
+
+    The graph's other global variables that are not trainable (batch normalization's moving
+    statistics, updated by ``UPDATE_OPS``; a local optimizer's slots), minus the
+    ``LOCAL_VARIABLES``, those another ``DistributedOptimizer`` keeps and the global step,
+    are kept on the server too: each push carries what the step changed in them, read after
+    the ops the step depends on (``control_dependencies(UPDATE_OPS)``, as TensorFlow
+    documents), as an ``assign_add`` of the change (see :class:`exchange.Mirror`), and their
+    values after it come back and are assigned locally. Variables created after
+    ``apply_gradients`` are not among them.
     """
 
     def __init__(self, optimizer: Any, client: Client | str | None = None,
@@ -125,53 +142,51 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
             op_name = scope[:-1] if scope else self.get_name()
             acc = self._accumulator
             if acc is None:
-                return self._apply(pairs, specs, step_spec, global_step, op_name)
+                return self._apply(graph, pairs, specs, step_spec, global_step, op_name)
             due, sparse = accumulate(acc, specs, [g for g, _ in pairs])
 
             def push() -> Any:
                 grads = aggregated(acc, specs, sparse)
-                applied = self._apply(list(zip(grads, variables, strict=True)), specs,
-                                      step_spec, global_step, "push")
+                applied = self._apply(graph, list(zip(grads, variables, strict=True)),
+                                      specs, step_spec, global_step, "push")
                 with tf1.control_dependencies([applied]):
                     return tf.constant(True)
 
             pushed = tf.cond(due, push, lambda: tf.constant(False), name="every_nth")
             return tf.group(pushed, name=op_name)
 
-    def _apply(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
+    def _apply(self, graph: Any, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
                step_spec: VariableSpec | None, global_step: Any, name: str) -> Any:
-        """The op pushing ``pairs`` (at once: no accumulation) and assigning what comes
-        back."""
+        """The op pushing ``pairs`` (at once: no accumulation) with the mirrored variables'
+        changes, and assigning what comes back."""
+        variables = [v for _, v in pairs]
         if self._server is None:
-            outputs = self._push_local_update(pairs, specs, step_spec)
+            # A copy: the Identity a reference variable's read_value() makes (under
+            # disable_v2_behavior) shares the variable's buffer, which the update changes.
+            before = [tf.raw_ops.DeepCopy(x=v.read_value()) for v in variables]
+            with tf1.control_dependencies(before):
+                update = self._optimizer.apply_gradients(pairs)
+            with tf1.control_dependencies([update]):
+                inputs = [v.read_value() - b for v, b in zip(variables, before, strict=True)]
+                mirrored, current = mirror_of(graph, [*variables, global_step])
         else:
-            outputs = self._push_gradients(pairs, specs, step_spec, global_step)
-        return self._assign([v for _, v in pairs], global_step, outputs, name)
-
-    def _push_gradients(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
-                        step_spec: VariableSpec | None, global_step: Any) -> list[Any]:
-        inputs, sparse = flatten([g for g, _ in pairs])
-        synchronous = isinstance(self._server, SyncReplicasOptimizer)
-        if synchronous:
-            inputs.append(tf1.convert_to_tensor(global_step))
-        assert self._server is not None
-        call = functools.partial(_push_pull, self._exchange, self._server, specs, sparse,
-                                 step_spec, synchronous)
-        return tf1.numpy_function(call, inputs, _types(specs, step_spec), stateful=True,
-                                  name="PushPull")
-
-    def _push_local_update(self, pairs: list[tuple[Any, Any]], specs: list[VariableSpec],
-                           step_spec: VariableSpec | None) -> list[Any]:
-        # A copy: the Identity a reference variable's read_value() makes (under
-        # disable_v2_behavior) shares the variable's buffer, which the update changes.
-        before = [tf.raw_ops.DeepCopy(x=v.read_value()) for _, v in pairs]
-        with tf1.control_dependencies(before):
-            update = self._optimizer.apply_gradients(pairs)
-        with tf1.control_dependencies([update]):
-            deltas = [v.read_value() - b for (_, v), b in zip(pairs, before, strict=True)]
-        call = functools.partial(self._exchange.push_deltas, specs, step_spec)
-        return tf1.numpy_function(lambda *d: call(d), deltas, _types(specs, step_spec),
-                                  stateful=True, name="PushDeltas")
+            inputs, sparse = flatten([g for g, _ in pairs])
+            mirrored, current = mirror_of(graph, [*variables, global_step])
+        mirror = Mirror([spec_of(v) for v in mirrored])
+        _MIRRORS.setdefault(graph, []).append(mirror)
+        types = _types([*specs, *mirror.specs], step_spec)
+        if self._server is None:
+            call = functools.partial(numpy_push_deltas, self._exchange, specs, step_spec, mirror)
+            outputs = tf1.numpy_function(call, [*inputs, *current], types, stateful=True,
+                                         name="PushDeltas")
+        else:
+            synchronous = isinstance(self._server, SyncReplicasOptimizer)
+            extra = [tf1.convert_to_tensor(global_step)] if synchronous else []
+            call = functools.partial(numpy_push_pull, self._exchange, self._server, specs, sparse,
+                                     step_spec, synchronous, mirror, len(inputs))
+            outputs = tf1.numpy_function(call, [*inputs, *current, *extra], types,
+                                         stateful=True, name="PushPull")
+        return self._assign([*variables, *mirrored], global_step, outputs, name)
 
     @staticmethod
     def _assign(variables: list[Any], global_step: Any, outputs: list[Any], name: str
@@ -186,6 +201,19 @@ class DistributedOptimizer(tf.compat.v1.train.Optimizer):
             assigns.append(tf1.assign(global_step, tf.cast(step, global_step.dtype.base_dtype)
                                       ).op)
         return tf.group(*assigns, name=name)
+
+
+def mirror_of(graph: Any, exclude: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The global variables of ``graph`` a new push mirrors (not trainable, not local, not
+    kept by another push, not in ``exclude``), added to :data:`VARIABLES`, and their values
+    read now (under the control dependencies in force)."""
+    skip = {id(v) for v in [*exclude, *graph.get_collection(VARIABLES),
+                            *graph.get_collection(tf1.GraphKeys.LOCAL_VARIABLES)]}
+    mirrored = [v for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)
+                if id(v) not in skip and not v.trainable]
+    for var in mirrored:
+        graph.add_to_collection(VARIABLES, var)
+    return mirrored, [v.read_value() for v in mirrored]
 
 
 def flatten(grads: Sequence[Any]) -> tuple[list[Any], list[bool]]:
@@ -255,14 +283,24 @@ def _types(specs: Sequence[VariableSpec], step: VariableSpec | None) -> list[Any
     return types + [tf.int64] if step is not None else types
 
 
-def _push_pull(exchange: Exchange, optimizer: Optimizer, specs: list[VariableSpec],
-               sparse: list[bool], step: VariableSpec | None, synchronous: bool,
-               *arrays: Any) -> list[Any]:
-    """The numpy side of ``PushPull``: gradients in, new values (and global step) out; a
-    synchronous step's last input is the global step the gradients were computed at."""
+def numpy_push_pull(exchange: Exchange, optimizer: Optimizer, specs: list[VariableSpec],
+                    sparse: list[bool], step: VariableSpec | None, synchronous: bool,
+                    mirror: Mirror, flat: int, *arrays: Any) -> list[Any]:
+    """The numpy side of ``PushPull``: ``flat`` gradient arrays and the mirrored variables'
+    values in, new values (and global step) out; a synchronous step's last input is the
+    global step the gradients were computed at."""
     local_step = arrays[-1] if synchronous else None
-    grads = arrays[:-1] if synchronous else arrays
-    return exchange.push_pull(optimizer, specs, sparse, step, grads, local_step)
+    current = arrays[flat:len(arrays) - 1 if synchronous else len(arrays)]
+    return exchange.push_pull(optimizer, specs, sparse, step, arrays[:flat], local_step,
+                              mirror, current)
+
+
+def numpy_push_deltas(exchange: Exchange, specs: list[VariableSpec],
+                      step: VariableSpec | None, mirror: Mirror, *arrays: Any) -> list[Any]:
+    """The numpy side of ``PushDeltas``: the trained variables' changes, then the mirrored
+    variables' values, in; new values (and global step) out."""
+    return exchange.push_deltas(specs, step, arrays[:len(specs)], mirror,
+                                arrays[len(specs):])
 
 
 def default_is_chief() -> bool:
@@ -282,13 +320,16 @@ class SyncHook(tf.compat.v1.train.SessionRunHook):
     """Starts a worker on the server, for ``MonitoredTrainingSession(hooks=[...])``.
 
     Once the session exists, the chief (``is_chief``; by default from ``TF_CONFIG``, see
-    :func:`default_is_chief`) declares the variables that ``DistributedOptimizer`` keeps on
-    the server (``var_list``: by default those of the graph's optimizers and the global
-    step), restores the newest checkpoint of ``checkpoint_dir`` on the server or initializes
-    them with its own initial values; other workers wait on the server until that is done
-    (``DeadlineExceededError`` after ``timeout`` seconds). Then every worker loads the
-    server's values into its local variables. Raises ``InvalidArgumentError`` when the
-    server has a variable of another shape or dtype.
+    :func:`default_is_chief`) declares the variables on the server (``var_list``: by default
+    every global variable of the graph that is not in ``LOCAL_VARIABLES``, as TensorFlow's
+    ``Saver`` saves them, and the global step), restores the newest checkpoint of
+    ``checkpoint_dir`` on the server or initializes them with its own initial values; other
+    workers wait on the server until that is done (``DeadlineExceededError`` after
+    ``timeout`` seconds). Then every worker loads the server's values into its local
+    variables. A warning names the global variables that no ``DistributedOptimizer`` step
+    sends the changes of (created after ``minimize``, or trainable without a gradient).
+    Raises ``InvalidArgumentError`` when the server has a variable of another shape or
+    dtype.
     """
 
     def __init__(self, client: Client | str | None = None, is_chief: bool | None = None,
@@ -302,15 +343,21 @@ class SyncHook(tf.compat.v1.train.SessionRunHook):
         self._variables: list[Any] = []
         self._load: Any = None
         self._feeds: list[Any] = []
+        self._graph: Any = None
 
     def begin(self) -> None:
         """Builds the ops that load the server's values (the graph is still open here)."""
-        graph = tf1.get_default_graph()
-        variables = list(self._var_list or graph.get_collection(VARIABLES)
-                         or tf1.global_variables())
+        graph = self._graph = tf1.get_default_graph()
+        kept = graph.get_collection(VARIABLES)
+        variables = list(self._var_list or _saved(graph, kept))
         step = tf1.train.get_global_step(graph)
         if step is not None and not any(v is step for v in variables):
             variables.append(step)
+        outside = [v.op.name for v in variables if not any(k is v for k in kept)]
+        if kept and outside:
+            log.warning("varstore: no DistributedOptimizer step sends the changes of %s "
+                        "(created after minimize, or trainable without a gradient); the "
+                        "server keeps them as loaded", ", ".join(outside)[:1000])
         self._variables = variables
         self._feeds = [tf1.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
         with tf1.name_scope("varstore_load"):
@@ -324,3 +371,16 @@ class SyncHook(tf.compat.v1.train.SessionRunHook):
         values = self._exchange.start(specs, self._is_chief, local, self._checkpoint_dir,
                                       self._timeout)
         session.run(self._load, dict(zip(self._feeds, values, strict=True)))
+        loaded = {s.name: v for s, v in zip(specs, values, strict=True)}
+        for mirror in _MIRRORS.get(self._graph, []):
+            mirror.reset(loaded)
+
+
+def _saved(graph: Any, kept: Sequence[Any]) -> list[Any]:
+    """What ``SyncHook`` declares by default: the variables the graph's pushes keep, then
+    the other global variables but the ``LOCAL_VARIABLES`` (TensorFlow's ``Saver`` saves the
+    global ones)."""
+    local = {id(v) for v in graph.get_collection(tf1.GraphKeys.LOCAL_VARIABLES)}
+    seen = {id(v) for v in kept}
+    return [*kept, *(v for v in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)
+                     if id(v) not in seen and id(v) not in local)]

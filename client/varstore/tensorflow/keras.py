@@ -7,6 +7,9 @@ first step starts the worker on the server (the chief initializes or restores th
 the others wait for that, and everyone loads the server's values; done eagerly, at trace time
 under ``tf.function``), and every step pushes the gradients and assigns the values that come
 back in the same round trip. The optimizer's ``iterations`` follows the server's global step.
+Given the ``model``, its non-trainable variables (batch normalization's moving statistics,
+updated in the layers' calls) are kept on the server too, their changes carried by that
+round trip (see :class:`varstore.tensorflow.exchange.Mirror`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from varstore.client import Client
 from varstore.common import dtypes
 from varstore.optimizers import Optimizer
 from varstore.tensorflow.accumulate import GradientAccumulator
-from varstore.tensorflow.exchange import Exchange, VariableSpec
+from varstore.tensorflow.exchange import Exchange, Mirror, VariableSpec
 from varstore.tensorflow.graph import (
     accumulate,
     accumulator,
     aggregated,
     default_is_chief,
     flatten,
+    numpy_push_deltas,
+    numpy_push_pull,
 )
 from varstore.tensorflow.server_side import keras_server_optimizer
 from varstore.train import GLOBAL_STEP, SyncReplicasOptimizer
@@ -56,6 +61,9 @@ class _Distributed(_KerasOptimizer):
     _varstore_start: dict[str, Any]
     _varstore_started: bool
     _varstore_accumulator: GradientAccumulator | None
+    _varstore_model: Any
+    _varstore_mirrored: list[Any]
+    _varstore_mirror: Mirror
 
     def _backend_apply_gradients(self, grads: Sequence[Any],
                                  trainable_variables: Sequence[Any]) -> None:
@@ -83,39 +91,52 @@ class _Distributed(_KerasOptimizer):
 
     def _varstore_apply(self, grads: list[Any], variables: list[Any],
                         specs: list[VariableSpec]) -> None:
-        """Pushes one step's gradients (or the local optimizer's changes) and assigns the
-        values and the global step that come back."""
+        """Pushes one step's gradients (or the local optimizer's changes) with the mirrored
+        variables' changes, and assigns the values and the global step that come back."""
         iterations = self.iterations
+        mirror, mirrored = self._varstore_mirror, self._varstore_mirrored
+        # Read after the step's forward pass: tf.function orders a resource's ops as written.
+        current = [tf.identity(v.value) for v in mirrored]
+        types = _types([*specs, *mirror.specs])
         if self._varstore_server is None:
             before = [tf.identity(v.value) for v in variables]
             super()._backend_apply_gradients(grads, variables)
             deltas = [v.value - b for v, b in zip(variables, before, strict=True)]
-            call = functools.partial(self._varstore.push_deltas, specs, STEP)
-            outputs = tf.numpy_function(lambda *d: call(d), deltas, _types(specs),
-                                        stateful=True, name="PushDeltas")
+            call = functools.partial(numpy_push_deltas, self._varstore, specs, STEP, mirror)
+            outputs = tf.numpy_function(call, [*deltas, *current], types, stateful=True,
+                                        name="PushDeltas")
             # Keras adds one to iterations after this method; the server's step already did.
-            _assign(variables, iterations, outputs, 1)
+            _assign([*variables, *mirrored], iterations, outputs, 1)
             return
         inputs, sparse = flatten(grads)
         synchronous = isinstance(self._varstore_server, SyncReplicasOptimizer)
-        if synchronous:
-            inputs.append(tf.convert_to_tensor(iterations))
-        call = functools.partial(_push_pull, self._varstore, self._varstore_server, specs,
-                                 sparse, synchronous)
-        outputs = tf.numpy_function(call, inputs, _types(specs), stateful=True,
+        extra = [tf.convert_to_tensor(iterations)] if synchronous else []
+        call = functools.partial(numpy_push_pull, self._varstore, self._varstore_server,
+                                 specs, sparse, STEP, synchronous, mirror, len(inputs))
+        outputs = tf.numpy_function(call, [*inputs, *current, *extra], types, stateful=True,
                                     name="PushPull")
-        _assign(variables, iterations, outputs, 1)
+        _assign([*variables, *mirrored], iterations, outputs, 1)
 
     def _varstore_begin(self, variables: list[Any], specs: list[VariableSpec]) -> None:
-        """The worker's start, run eagerly once (see :meth:`Exchange.start`)."""
+        """The worker's start, run eagerly once (see :meth:`Exchange.start`): the trained
+        variables, the model's non-trainable ones (mirrored) and the global step."""
+        trained = {id(v) for v in variables}
+        model = self._varstore_model
+        mirrored = [] if model is None else [v for v in model.variables
+                                             if not v.trainable and id(v) not in trained]
+        mirror = Mirror([spec_of(v) for v in mirrored])
+        every = [*variables, *mirrored]
         iterations = self.iterations
-        local = [np.asarray(v) for v in variables] + [np.int64(int(iterations))]
-        values = self._varstore.start([*specs, STEP], self._varstore_chief,
+        local = [np.asarray(v) for v in every] + [np.int64(int(iterations))]
+        all_specs = [*specs, *mirror.specs, STEP]
+        values = self._varstore.start(all_specs, self._varstore_chief,
                                       local if self._varstore_chief else None,
                                       **self._varstore_start)
-        for var, value in zip(variables, values, strict=False):
+        for var, value in zip(every, values, strict=False):
             var.assign(value)
         iterations.assign(values[-1])
+        mirror.reset({s.name: v for s, v in zip(all_specs, values, strict=True)})
+        self._varstore_mirror, self._varstore_mirrored = mirror, mirrored
         self._varstore_started = True
 
 
@@ -132,18 +153,11 @@ def _assign(variables: list[Any], iterations: Any, outputs: list[Any], ahead: in
     iterations.assign(tf.cast(step, iterations.dtype) - ahead)
 
 
-def _push_pull(exchange: Exchange, optimizer: Optimizer, specs: list[VariableSpec],
-               sparse: list[bool], synchronous: bool, *arrays: Any) -> list[Any]:
-    local_step = arrays[-1] if synchronous else None
-    grads = arrays[:-1] if synchronous else arrays
-    return exchange.push_pull(optimizer, specs, sparse, STEP, grads, local_step)
-
-
 def distributed(optimizer: Any, client: Client | str | None = None,
                 is_chief: bool | None = None, checkpoint_dir: str | None = None,
                 timeout: float = 600.0, replicas_to_aggregate: int | None = None,
                 backward_passes_per_step: int = 1,
-                average_aggregated_gradients: bool = False) -> Any:
+                average_aggregated_gradients: bool = False, model: Any = None) -> Any:
     """A Keras optimizer of ``optimizer``'s class and configuration that trains through the
     server (see the module docstring). ``is_chief`` defaults as in
     :func:`varstore.tensorflow.graph.default_is_chief`; the chief restores the newest
@@ -151,7 +165,11 @@ def distributed(optimizer: Any, client: Client | str | None = None,
     other optimizers run locally and push their changes. ``backward_passes_per_step`` and
     ``average_aggregated_gradients`` aggregate gradients locally as Horovod's (see
     :class:`varstore.tensorflow.graph.DistributedOptimizer`); ``iterations`` then counts the
-    server's updates, not the passes. Raises ``ValueError`` for ``replicas_to_aggregate``
+    server's updates, not the passes. ``model`` (a Keras model or layer, a ``tf.Module``:
+    anything with ``variables``) puts its non-trainable variables on the server too, mirrored
+    as :class:`varstore.tensorflow.graph.DistributedOptimizer` mirrors a graph's (without
+    it, only the variables that get gradients are). Raises ``ValueError`` for
+    ``replicas_to_aggregate``
     with an optimizer the server does not run, ``TypeError``/``ValueError`` for a
     ``backward_passes_per_step`` that is not an integer > 0."""
     acc = accumulator(backward_passes_per_step, average_aggregated_gradients)
@@ -170,4 +188,5 @@ def distributed(optimizer: Any, client: Client | str | None = None,
     wrapped._varstore_start = {"checkpoint_dir": checkpoint_dir, "timeout": timeout}
     wrapped._varstore_started = False
     wrapped._varstore_accumulator = acc
+    wrapped._varstore_model = model
     return wrapped
