@@ -45,8 +45,9 @@ def run_worker(args: argparse.Namespace) -> None:
     model = keras.Sequential([keras.Input((64,)),
                               keras.layers.Dense(64, activation="relu", name="hidden"),
                               keras.layers.Dense(10, name="softmax")], name="digits")
+    # model=: its non-trainable variables (none here; BatchNormalization's) go to the server.
     opt = vst.DistributedOptimizer(keras.optimizers.Adam(args.learning_rate),
-                                   client=args.address, is_chief=args.task == 0)
+                                   client=args.address, is_chief=args.task == 0, model=model)
     model.compile(optimizer=opt, metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train[shard], y_train[shard], batch_size=args.batch_size, epochs=args.epochs,

@@ -20,9 +20,14 @@ Variables keep their TensorFlow names. ``SyncHook`` lets the chief initialize or
 them on the server while the other workers wait there. The server's address comes from
 ``client=`` (a ``varstore.Client`` or ``"host:port"``) or ``VARSTORE_ADDRESS``.
 
+Every other global variable of the graph is on the server too (as on TensorFlow's ps): the
+non-trainable ones changed outside the optimizer (batch normalization's moving statistics,
+updated by ``UPDATE_OPS``) are mirrored, each push carrying what the step changed in them as
+an ``assign_add`` (see :class:`varstore.tensorflow.exchange.Mirror`).
+
 Optimizers the server does not run are run by each worker, which pushes the change they made
-as one atomic ``assign_add`` per variable: updates stay atomic, but slot variables (momenta,
-moments) are each worker's own and not in the server's checkpoint.
+as one atomic ``assign_add`` per variable: updates stay atomic, and their slot variables
+(momenta, moments) are mirrored, so a worker's step uses its copy of them.
 
 ``backward_passes_per_step=N`` (and ``average_aggregated_gradients``) aggregates gradients
 locally over N steps and pushes them on every N-th, as Horovod's (see
