@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,47 @@ def test_two_workers_changes_of_the_statistics_add_up_on_the_server(
     assert vs.train.get_or_create_global_step(client).numpy() == 2
 
 
+def test_synchronous_replicas_changes_of_the_statistics_add_up_on_the_server(
+        address: str, client: vs.Client) -> None:
+    """Both replicas step from the initial values (their gradients make one global step):
+    the server's statistics move by both steps' changes, and both workers get them back."""
+    initial = {"norm/moving_mean": np.zeros(8, np.float32),
+               "norm/moving_variance": np.ones(8, np.float32)}
+    each = [_one_step(t) for t in range(2)]
+    started = threading.Barrier(2, timeout=120)
+    local: dict[int, dict[str, np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def worker(task: int) -> None:
+        try:
+            model = Model(OPTIMIZERS["momentum"], wrap=True, address=address, norm=True,
+                          replicas_to_aggregate=2, timeout=120)
+            hook = vst.SyncHook(client=address, is_chief=task == 0, timeout=120)
+            with model.graph.as_default():
+                with tf1.train.MonitoredTrainingSession(hooks=[hook]) as sess:
+                    started.wait()
+                    sess.run(model.train_op, model.feeds(task))
+                    local[task] = sess.run({v.op.name: v for v in tf1.global_variables()
+                                            if v.op.name in MOVING})
+        except BaseException as e:
+            errors.append(e)
+            started.abort()
+
+    threads = [threading.Thread(target=worker, args=(task,)) for task in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    on_server = _pulled(client, initial)
+    for name in MOVING:
+        both = initial[name] + (each[0][name] - initial[name]) + (each[1][name] - initial[name])
+        np.testing.assert_allclose(on_server[name], both, rtol=1e-6, err_msg=name)
+        for task in (0, 1):
+            np.testing.assert_array_equal(local[task][name], on_server[name], err_msg=name)
+    assert vs.train.get_or_create_global_step(client).numpy() == 1
+
+
 def test_a_variable_no_step_pushes_is_declared_and_named_in_a_warning(
         address: str, client: vs.Client, caplog: pytest.LogCaptureFixture) -> None:
     model = Model(OPTIMIZERS["adam"], wrap=True, address=address)
@@ -189,3 +231,18 @@ def test_keras_accumulation_sends_the_statistics_on_every_nth_step(
               for n in ("moving_mean", "moving_variance")]
     for value, local in zip(client.pull(moving), got[4:6], strict=True):
         np.testing.assert_array_equal(value, local)
+
+
+def test_keras_without_a_model_warns_that_its_other_variables_stay_local(
+        address: str, client: vs.Client, caplog: pytest.LogCaptureFixture) -> None:
+    import keras
+    w = keras.Variable(np.zeros(2, np.float32), name="w")
+    opt = vst.DistributedOptimizer(keras.optimizers.SGD(1.0), client=address)
+    with caplog.at_level(logging.WARNING, "varstore.tensorflow.keras"):
+        opt.apply_gradients([(tf.ones(2), w)])
+    assert [r.getMessage() for r in caplog.records] == [
+        "varstore: DistributedOptimizer was given no model=: only the variables it trains "
+        "are on the server, not the model's non-trainable ones (batch normalization's moving "
+        "statistics)"]
+    np.testing.assert_array_equal(w.numpy(), [-1, -1])
+    assert sorted(v.name for v in client.list_variables()) == ["global_step", w.path]

@@ -15,6 +15,7 @@ round trip (see :class:`varstore.tensorflow.exchange.Mirror`).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,8 @@ from varstore.tensorflow.server_side import keras_server_optimizer
 from varstore.train import GLOBAL_STEP, SyncReplicasOptimizer
 
 STEP = VariableSpec(GLOBAL_STEP, dtypes.int64, (), trainable=False)
+
+log = logging.getLogger(__name__)
 
 
 def spec_of(variable: Any) -> VariableSpec:
@@ -122,6 +125,10 @@ class _Distributed(_KerasOptimizer):
         variables, the model's non-trainable ones (mirrored) and the global step."""
         trained = {id(v) for v in variables}
         model = self._varstore_model
+        if model is None:
+            log.warning("varstore: DistributedOptimizer was given no model=: only the "
+                        "variables it trains are on the server, not the model's "
+                        "non-trainable ones (batch normalization's moving statistics)")
         mirrored = [] if model is None else [v for v in model.variables
                                              if not v.trainable and id(v) not in trained]
         mirror = Mirror([spec_of(v) for v in mirrored])
