@@ -172,8 +172,8 @@ def distributed(optimizer: Any, client: Client | str | None = None,
     other optimizers run locally and push their changes. ``backward_passes_per_step`` and
     ``average_aggregated_gradients`` aggregate gradients locally as Horovod's (see
     :class:`varstore.tensorflow.graph.DistributedOptimizer`); ``iterations`` then counts the
-    server's updates, not the passes. ``model`` (a Keras model or layer, a ``tf.Module``:
-    anything with ``variables``) puts its non-trainable variables on the server too, mirrored
+    server's updates, not the passes. ``model`` (a Keras model or layer, whose ``variables``
+    are Keras variables) puts its non-trainable variables on the server too, mirrored
     as :class:`varstore.tensorflow.graph.DistributedOptimizer` mirrors a graph's (without
     it, only the variables that get gradients are). Raises ``ValueError`` for
     ``replicas_to_aggregate``
