@@ -167,7 +167,11 @@ class Mirror:
     on the worker's copy, so a concurrent worker's change since the last synchronization
     reaches the result unscaled (``+ (v' - v)`` instead of ``0.9 * (v' - v)``); with one
     worker the two agree. Booleans and strings, which have no difference, are assigned
-    (the last writer wins, as under TensorFlow's ps). Thread-safe.
+    (the last writer wins, as under TensorFlow's ps). A failed request leaves the
+    synchronized values as they were, so the next step sends its change again. The
+    bookkeeping is thread-safe, but a worker that runs steps in several threads at once can
+    send a concurrent step's local change twice (each sends what changed since the last
+    reply).
     """
 
     def __init__(self, specs: Sequence[VariableSpec]) -> None:
