@@ -24,6 +24,40 @@ def each(cases: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
 
 @graph
+def synchronization_and_aggregation(tf: Any, env: Any) -> Any:
+    sync, agg = tf.VariableSynchronization, tf.VariableAggregation
+    return each({
+        "on_read": lambda: tf.Variable(1.0, synchronization=sync.ON_READ, name="a").trainable,
+        "on_read_trainable": lambda: tf.Variable(1.0, synchronization=sync.ON_READ,
+                                                 trainable=True, name="b").trainable,
+        "on_read_get_variable": lambda: tf.get_variable(
+            "c", [1], synchronization=sync.ON_READ).trainable,
+        "trainable_variables": lambda: [v.name for v in tf.trainable_variables()],
+        "bad_aggregation": lambda: tf.Variable(1.0, aggregation="bogus", name="d").name,
+        "bad_aggregation_get_variable": lambda: tf.get_variable(
+            "e", [1], aggregation="bogus").name,
+        "bad_synchronization": lambda: tf.Variable(1.0, synchronization=7, name="f").name,
+        "sum_and_mean": lambda: [
+            tf.Variable(1.0, aggregation=agg.SUM, name="g").trainable,
+            tf.get_variable("h", [1], aggregation=agg.MEAN,
+                            synchronization=sync.ON_WRITE).trainable],
+        "numbers": lambda: tf.Variable(1.0, synchronization=3, aggregation=1,
+                                       name="i").trainable,
+    })
+
+
+@graph
+def variable_shape_argument(tf: Any, env: Any) -> Any:
+    return each({
+        "incompatible": lambda: tf.Variable([1.0, 2.0], shape=[3]).name,
+        "other_rank": lambda: tf.Variable([1.0, 2.0], shape=[2, 1]).name,
+        "same": lambda: tf.Variable([1.0, 2.0], shape=[2], name="s").shape.as_list(),
+        "not_validated": lambda: tf.Variable([1.0, 2.0], shape=[3], validate_shape=False,
+                                             name="n").name,
+    })
+
+
+@graph
 def variable_arguments(tf: Any, env: Any) -> Any:
     def in_collection() -> Any:
         tf.Variable(1.0, collections=["mine"], name="b")

@@ -135,6 +135,8 @@ from varstore.v1.variable_scope import (
 )
 from varstore.v1.variables import (
     Variable,
+    VariableAggregation,
+    VariableSynchronization,
     global_variables,
     global_variables_initializer,
     report_uninitialized_variables,
@@ -162,7 +164,8 @@ def as_dtype(type_value: Any) -> DType:
 
 __all__ = [
     "AUTO_REUSE", "DType", "Graph", "GraphKeys", "IndexedSlices", "Operation",
-    "PartitionedVariable", "Session", "Tensor", "TensorShape", "Variable", "VariableScope",
+    "PartitionedVariable", "Session", "Tensor", "TensorShape", "Variable",
+    "VariableAggregation", "VariableScope", "VariableSynchronization",
     "abs", "add", "add_to_collection", "as_dtype", "assign", "assign_add", "assign_sub",
     "bfloat16", "bool", "boolean_mask", "cast", "complex128", "complex64", "concat", "constant",
     "constant_initializer", "control_dependencies", "convert_to_tensor", "device", "divide",

@@ -97,11 +97,13 @@ class Saver:
     server remembers the list while it runs. ``pad_step_number`` writes ``path-00000003``.
 
     Accepted with TF's signature but meaningless for a server: ``reshape``, ``sharded`` (the
-    server decides the shards), ``name``, ``restore_sequentially``, ``saver_def``,
-    ``builder``, ``write_version`` (always V2), ``filename`` and ``save_relative_paths`` (the
-    state file always holds paths relative to its folder, which lies on the server).
+    server decides the shards), ``name``, ``restore_sequentially``, ``write_version=2``,
+    ``filename`` and ``save_relative_paths`` (the state file always holds paths relative to
+    its folder, which lies on the server).
     Raises ``ValueError`` when there is nothing to save (unless ``allow_empty``), when two
-    variables share a key, or for ``defer_build`` with a ``var_list``.
+    variables share a key, for ``defer_build`` with a ``var_list``, and for what would
+    change what is saved and that the server cannot do: a ``saver_def`` or ``builder``
+    (TF's graph-building machinery) or ``write_version=1`` (TF's deprecated V1 format).
     """
 
     def __init__(self, var_list: Sequence[Variable] | Mapping[str, Variable] | None = None,
@@ -111,6 +113,13 @@ class Saver:
                  builder: Any = None, defer_build: bool = False, allow_empty: bool = False,
                  write_version: int = 2, pad_step_number: bool = False,
                  save_relative_paths: bool = False, filename: str | None = None) -> None:
+        for key, value in (("saver_def", saver_def), ("builder", builder)):
+            if value is not None:
+                raise ValueError(f"Saver({key}=...) is not supported: varstore's server "
+                                 f"saves the variables of var_list itself, with no graph.")
+        if write_version != 2:
+            raise ValueError(f"Saver(write_version={write_version!r}) is not supported: the "
+                             f"server writes V2 checkpoints (tf.train.SaverDef.V2) only.")
         if defer_build and var_list:
             raise ValueError("If `var_list` is provided then build cannot be deferred. "
                              "Either set defer_build=False or var_list=None.")

@@ -18,7 +18,7 @@ from varstore.v1.array_ops import convert_to_tensor
 from varstore.v1.graph import GraphKeys, get_default_graph, graph_of
 from varstore.v1.init_ops import initializer_tensor
 from varstore.v1.shapes import as_shape
-from varstore.v1.variables import Variable
+from varstore.v1.variables import Variable, validate_synchronization_aggregation_trainable
 
 __all__ = ["AUTO_REUSE", "VariableScope", "get_variable", "get_variable_scope", "name_scope",
            "variable_scope"]
@@ -77,9 +77,10 @@ def get_variable(name: str, shape: Any = None, dtype: Any = None, initializer: A
     ``custom_getter(getter, name, ...)`` is called instead of the getter, as in TF;
     ``constraint`` is kept on the variable; ``use_resource=True`` gives a variable whose
     dtype is the base dtype (TF 1.x: ``float32`` for a resource variable, ``float32_ref``
-    for a reference one). ``caching_device``, ``synchronization`` and ``aggregation`` are
-    accepted and change nothing (every value lives on the server). Arguments left None take
-    the variable scope's defaults.
+    for a reference one). ``synchronization`` and ``aggregation`` are checked as TF checks
+    them, and ``synchronization=ON_READ`` makes the variable non-trainable unless
+    ``trainable`` is given; ``caching_device`` is accepted and changes nothing (every value
+    lives on the server). Arguments left None take the variable scope's defaults.
     """
     graph = get_default_graph()
     scope = graph.naming.var_scope
@@ -87,6 +88,8 @@ def get_variable(name: str, shape: Any = None, dtype: Any = None, initializer: A
     partitioner = partitioner if partitioner is not None else scope.partitioner
     custom_getter = custom_getter if custom_getter is not None else scope.custom_getter
     full = graph.naming.full_name(name)
+    _, _, trainable = validate_synchronization_aggregation_trainable(
+        synchronization, aggregation, trainable, full)
     with graph.name_scope(None):
         if dtype is not None and initializer is not None and not callable(initializer):
             dtype = dtypes.as_dtype(dtype)

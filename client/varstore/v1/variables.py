@@ -8,6 +8,7 @@ creates it on the server, uninitialized, the first time it runs the graph, and r
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Any, Literal, overload
 
@@ -27,7 +28,60 @@ from varstore.v1.graph import (
     op_scope,
 )
 from varstore.v1.operators import TensorOperators
-from varstore.v1.shapes import TensorShape
+from varstore.v1.shapes import TensorShape, as_shape, merge
+
+
+class VariableSynchronization(enum.Enum):
+    """When a distributed variable is aggregated (TF's ``tf.VariableSynchronization``);
+    ``ON_READ`` makes a variable non-trainable by default."""
+
+    AUTO = 0
+    NONE = 1
+    ON_WRITE = 2
+    ON_READ = 3
+
+
+class VariableAggregation(enum.Enum):
+    """How a distributed variable is aggregated (TF's ``tf.compat.v1.VariableAggregation``)."""
+
+    NONE = 0
+    SUM = 1
+    MEAN = 2
+    ONLY_FIRST_REPLICA = 3
+    ONLY_FIRST_TOWER = 3  # noqa: PIE796 - TF's deprecated alias
+
+
+def _as_mode(kind: type[enum.Enum], value: Any) -> enum.Enum:
+    """``value`` as a ``kind``: one of its members, TensorFlow's own enum member of that
+    name (same values), or the value. Raises ``ValueError``."""
+    if isinstance(value, enum.Enum) and type(value).__name__.startswith(kind.__name__):
+        value = value.value
+    return kind(value)
+
+
+def validate_synchronization_aggregation_trainable(
+        synchronization: Any, aggregation: Any, trainable: bool | None, name: Any
+        ) -> tuple[enum.Enum, enum.Enum, bool]:
+    """TF's rule (``variables.validate_synchronization_aggregation_trainable``): both modes
+    checked, and ``trainable`` None is True unless ``synchronization`` is ``ON_READ``.
+
+    Raises ``ValueError``: ``Invalid variable aggregation mode: ... for variable: NAME``
+    (TF's message; likewise for synchronization)."""
+    try:
+        agg = _as_mode(VariableAggregation,
+                       0 if aggregation is None else aggregation)
+    except ValueError:
+        raise ValueError(f"Invalid variable aggregation mode: {aggregation} for variable: "
+                         f"{name}") from None
+    try:
+        sync = _as_mode(VariableSynchronization,
+                        0 if synchronization is None else synchronization)
+    except ValueError:
+        raise ValueError(f"Invalid variable synchronization mode: {synchronization} for "
+                         f"variable: {name}") from None
+    if trainable is None:
+        trainable = sync != VariableSynchronization.ON_READ
+    return sync, agg, bool(trainable)
 
 
 class Variable(TensorOperators[Tensor]):
@@ -36,13 +90,17 @@ class Variable(TensorOperators[Tensor]):
     ``name`` is ``"op_name:0"`` made unique in the graph (``name1``, ``name1_1``), under the
     current name scope. ``==`` is identity; arithmetic operators build ops on the value.
     TF 1.x's arguments are taken in its order: ``constraint`` is kept (as TF, optimizers do
-    not apply it); ``validate_shape``, ``caching_device``, ``expected_shape``,
-    ``import_scope``, ``synchronization``, ``aggregation`` and ``shape`` are accepted and
-    change nothing (a server variable has the fully known shape of its initial value;
-    ``assign(..., validate_shape=False)`` changes it); ``use_resource=True`` only makes
+    not apply it); ``shape`` must be compatible with the initial value's (as TF's
+    ``Assign``), ``synchronization`` and ``aggregation`` are checked as TF checks them and
+    ``synchronization=ON_READ`` makes the variable non-trainable unless ``trainable`` is
+    given; ``validate_shape``, ``caching_device``, ``expected_shape`` (TF ignores it too)
+    and ``import_scope`` (TF uses it only with a ``variable_def``) are accepted and change
+    nothing: a server variable has the fully known shape of its initial value (TF reports a
+    partly unknown ``shape`` or, with ``validate_shape=False``, an unknown one), and
+    ``assign(..., validate_shape=False)`` changes it; ``use_resource=True`` only makes
     :attr:`dtype` the base dtype, as a TF resource variable's.
-    Raises ``ValueError`` when ``initial_value`` is missing or its shape is not fully known,
-    and for a ``variable_def`` (MetaGraphs are TF-only).
+    Raises ``ValueError`` when ``initial_value`` is missing or its shape is not fully known
+    or not ``shape``, for bad modes, and for a ``variable_def`` (MetaGraphs are TF-only).
     """
 
     def __init__(self, initial_value: Any = None, trainable: bool | None = None,
@@ -59,7 +117,8 @@ class Variable(TensorOperators[Tensor]):
                              "not read; create the variable from an initial_value.")
         if constraint is not None and not callable(constraint):
             raise ValueError("The `constraint` argument must be a callable.")
-        self.trainable = True if trainable is None else bool(trainable)
+        _, _, self.trainable = validate_synchronization_aggregation_trainable(
+            synchronization, aggregation, trainable, name)
         self.constraint = constraint
         self._use_resource = bool(use_resource)
         self.created_by = "Variable"
@@ -74,6 +133,8 @@ class Variable(TensorOperators[Tensor]):
                 initial = convert_to_tensor(initial_value, dtype=dtype, name="initial_value")
             if not initial.shape.is_fully_defined():
                 raise ValueError(f"initial_value must have a shape specified: {initial}")
+            if shape is not None and validate_shape:  # TF's Assign checks them
+                merge(as_shape(shape), initial.shape, f"{op_name}/Assign", "Assign")
             self._initial_value = initial
             self._ref = graph.create_op(op_name, "VariableV2", "read", (), initial.dtype,
                                         initial.shape, variable=op_name).outputs[0]
