@@ -35,7 +35,7 @@ from varstore.cluster import reachable_shards
 from varstore.common import codec
 from varstore.common.errors import OpError, UnimplementedError
 from varstore.common.protocol import ROUTED_METADATA
-from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps
+from varstore.handles import Reply, Steps, VariableHandle, pull_steps, push_steps, text
 from varstore.placement import (
     ClusterSteps,
     Find,
@@ -205,7 +205,7 @@ class Client(ClientBase):
 
     async def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on the server (all, or those under ``scope``), sorted by name."""
-        request = pb.ListVariablesRequest(scope=scope or "")
+        request = pb.ListVariablesRequest(scope=text(scope, "scope"))
         response = await self.transport.invoke_async(
             lambda **options: self.stub.ListVariables(request, **options), idempotent=True)
         return [VariableInfo.from_proto(v) for v in response.variables]

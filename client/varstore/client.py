@@ -28,6 +28,7 @@ from varstore.handles import (
     name_list,
     pull_steps,
     push_steps,
+    text,
     undone_on_failure,
 )
 from varstore.proto import varstore_pb2 as pb
@@ -336,7 +337,7 @@ class Client(ClientBase):
     def list_variables(self, scope: str | None = None) -> list[VariableInfo]:
         """Variables on the server (all, or those under ``scope``), sorted by name."""
         response = self.transport.call(self.stub.ListVariables,
-                                       pb.ListVariablesRequest(scope=scope or ""))
+                                       pb.ListVariablesRequest(scope=text(scope, "scope")))
         return [VariableInfo.from_proto(v) for v in response.variables]
 
     def wait_initialized(self, names: Sequence[str] = (), timeout: float = 60.0) -> list[str]:
@@ -378,7 +379,7 @@ class Client(ClientBase):
              latest_filename: str | None = None, write_state: bool = True,
              saver: str | None = None) -> str:
         """Asks the server to write a checkpoint; returns its path (``prefix-STEP`` with
-        ``global_step``, any integer).
+        ``global_step``, an integer or an integer variable).
 
         Retention is TensorFlow 1's ``Saver`` rule: the saves of one ``prefix`` by this client
         form one saver, which keeps the newest ``max_to_keep`` of the checkpoints it wrote
@@ -402,9 +403,12 @@ class Client(ClientBase):
         """:meth:`save` for savers that keep their own identity (``varstore.v1``'s
         ``Saver``): ``saver`` as is ("" deletes nothing), ``keep_checkpoint_every_n_hours``
         as TensorFlow's ``Saver``. Returns the last progress message: ``path`` and the
-        saver's ``last_checkpoints``."""
+        saver's ``last_checkpoints``. ``global_step`` may be a variable, read first (as TF's
+        ``Saver.save`` reads a step tensor)."""
+        if hasattr(global_step, "op_name"):
+            global_step = int(self._drive(global_step._read_steps()))
         request = pb.SaveRequest(
-            prefix=prefix, entries=checkpoint_entries(var_list),
+            prefix=text(prefix, "prefix"), entries=checkpoint_entries(var_list),
             has_global_step=global_step is not None,
             global_step=0 if global_step is None else operator.index(global_step),
             max_to_keep=operator.index(max_to_keep or 0), saver=saver,
@@ -415,7 +419,8 @@ class Client(ClientBase):
     def restore(self, prefix: str, var_list: Any = None,
                 progress: Callable[[pb.CheckpointProgress], None] | None = None) -> str:
         """Asks the server to restore variables from a checkpoint; returns its path."""
-        request = pb.RestoreRequest(prefix=prefix, entries=checkpoint_entries(var_list))
+        request = pb.RestoreRequest(prefix=text(prefix, "prefix"),
+                                    entries=checkpoint_entries(var_list))
         return self._checkpoint_call(self.stub.Restore, request, progress).path
 
     def _checkpoint_call(self, method: Any, request: Any,
@@ -436,7 +441,8 @@ class Client(ClientBase):
         """The newest checkpoint in the server's checkpoint folder (or a folder inside it),
         as its state file ``latest_filename`` (default ``checkpoint``) records it."""
         response = self.transport.call(self.stub.LatestCheckpoint, pb.LatestCheckpointRequest(
-            directory=directory, latest_filename=latest_filename or ""))
+            directory=text(directory, "directory"),
+            latest_filename=text(latest_filename, "latest_filename")))
         return response.path or None
 
     def list_checkpoints(self, directory: str = "") -> list[pb.CheckpointInfo]:
@@ -448,8 +454,8 @@ class Client(ClientBase):
 
         Raises ``PermissionDeniedError`` for a folder outside the checkpoint folder.
         """
-        response = self.transport.call(self.stub.ListCheckpoints,
-                                       pb.ListCheckpointsRequest(directory=directory))
+        response = self.transport.call(self.stub.ListCheckpoints, pb.ListCheckpointsRequest(
+            directory=text(directory, "directory")))
         if response.truncated:
             warnings.warn("the server's checkpoint folder holds more than one listing shows: "
                           "some checkpoints are missing from it", stacklevel=2)

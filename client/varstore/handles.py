@@ -100,6 +100,16 @@ def name_list(variables: Any, what: str) -> list[str]:
     return names
 
 
+def text(value: Any, what: str) -> str:
+    """``value`` (a str, or None for "") for a string field of a request; raises
+    ``TypeError`` naming the argument ``what`` for anything else (a variable, a number)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"argument '{what}' must be a string, got {_described(value)}")
+    return value
+
+
 def undone_on_failure(steps: Steps, undo: Callable[[], None]) -> Steps:
     """``steps``, calling ``undo`` when they fail (the server refused, the call was cancelled)."""
     try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from varstore.common import codec
 from varstore.common.dtypes import DType
+from varstore.common.errors import clip
 from varstore.proto import varstore_pb2 as pb
 
 
@@ -100,6 +101,10 @@ def checkpoint_entries(var_list: Any) -> list[pb.CheckpointEntry]:
     list are taken as they are."""
     if var_list is None:
         return []
+    if isinstance(var_list, str | bytes) or hasattr(var_list, "op_name") \
+            or not isinstance(var_list, Iterable):
+        raise TypeError(f"Variables to save should be passed in a dict or a list. Got "
+                        f"{clip(repr(var_list), 100)}")
     if not isinstance(var_list, Mapping) and all(
             isinstance(e, pb.CheckpointEntry) for e in var_list):
         return list(var_list)
@@ -121,8 +126,11 @@ def checkpoint_entries(var_list: Any) -> list[pb.CheckpointEntry]:
             part = None if info is None else info.to_proto()
             if part is not None:
                 part.full_name = key
-            entries.append(pb.CheckpointEntry(key=key, variable=getattr(v, "op_name", v),
-                                              slice=part))
+            name = getattr(v, "op_name", v)
+            if not isinstance(key, str) or not isinstance(name, str):
+                raise TypeError(f"var_list must hold variables or their full names, got "
+                                f"{type(key if not isinstance(key, str) else v).__name__}")
+            entries.append(pb.CheckpointEntry(key=key, variable=name, slice=part))
     return entries
 
 

@@ -247,6 +247,11 @@ def apply_gradients(client: Runner, optimizer: Optimizer, grads: Mapping[Any, An
     for a Python value that does not fit the dtype or ``grads`` not a dict of variables,
     ``InvalidArgumentError`` from the server for an index out of range.
     """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"apply_gradients() argument 'optimizer' must be an Optimizer "
+                        f"(varstore.train), got {type(optimizer).__name__}")
+    if global_step is not None:
+        variable_list([global_step], "apply_gradients() argument 'global_step'")
     if not isinstance(grads, Mapping):
         raise TypeError(f"apply_gradients() argument 'grads' must be a dict "
                         f"{{variable: gradient}}, got {type(grads).__name__}")

@@ -134,6 +134,22 @@ for _label, _op, _value in [
     _fed_update(_label, _op, _value)
 
 
+@PROGRAMS.graph
+def graph_feeds_of_other_types(tf: Any, env: Any) -> Any:
+    # TF casts fed floats and numpy values (np.asarray(value, dtype)) but refuses a Python
+    # int that does not survive the conversion; shapes must be compatible.
+    i = tf.placeholder(tf.int32, shape=[])
+    f = tf.placeholder(tf.float32, shape=[2])
+    b = tf.placeholder(tf.bool, shape=[])
+    with env.session() as sess:
+        return [error(lambda: sess.run(i, {i: 0.5}).tolist()),
+                error(lambda: sess.run(i, {i: np.float64(2.7)}).tolist()),
+                error(lambda: sess.run(f, {f: [1, 2]}).tolist()),
+                error(lambda: sess.run(i, {i: 2 ** 40})), error(lambda: sess.run(b, {b: 2})),
+                error(lambda: sess.run(b, {b: 1}).tolist()),
+                error(lambda: sess.run(f, {f: 1.0}))]
+
+
 @pytest.mark.tensorflow
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_agrees_with_tensorflow(name: str, address: str, tmp_path: Path) -> None:

@@ -125,6 +125,11 @@ class Session:
                 raise TypeError(
                     "The value of a feed cannot be a tf.Tensor object. Acceptable feed values "
                     "include Python scalars, strings, lists, numpy ndarrays, or TensorHandles.")
+            if isinstance(value, int) and not _int_fits(value, tensor.dtype):
+                raise TypeError(
+                    f"Type of feed value {value} with type {type(value)} is not compatible with "
+                    f"Tensor type {tensor.dtype.as_numpy_dtype}. Try explicitly setting the "
+                    f"type of the feed tensor to a larger type (e.g. int64).")
             array = dtypes.to_numpy(value, tensor.dtype)
             if not tensor.shape.is_compatible_with(array.shape):
                 raise ValueError(f"Cannot feed value of shape {array.shape} for Tensor "
@@ -181,3 +186,14 @@ def _python_value(value: np.ndarray) -> Any:
     """A fetched array as TF returns it: a numpy scalar (or bytes) for a 0-d value."""
     return value[()] if value.ndim == 0 else value
 
+
+def _int_fits(value: int, dtype: dtypes.DType) -> bool:
+    """TF's ``Session.run`` check of a Python int fed to ``dtype``: it must survive the
+    conversion unchanged (2 for a bool, 2**40 for int32 do not; session.py). Other feed values
+    are cast as numpy casts them, as TF's ``np.asarray(value, dtype)``."""
+    if dtype.is_string:
+        return False
+    try:
+        return bool(dtype.as_numpy_dtype(value) == value)
+    except OverflowError:
+        return False
