@@ -12,7 +12,15 @@ newest checkpoint of the server's checkpoint folder (or initializes the model), 
 checkpoint every ``--save-secs`` seconds and at the end, and reports progress. A worker that
 is killed can be started again with ``--task``; when the server is restarted (``varstore
 serve --restore latest``), the workers reconnect and training continues at the checkpoint's
-global step.
+global step. A worker started while the server is down waits for it; each gives up after
+``--reconnect-secs`` without a server.
+
+What a worker retries: ``UnavailableError``, which a stopping server answers for every call it
+did not run ("the server is shutting down; nothing was changed") and a client raises for a
+server it cannot reach, and ``CancelledError``, which ends a call the server cut after its
+grace period (10 s) or one in flight when the server crashed: such a call's gradients may or
+may not have been applied, and one step pushed twice or lost does not matter to SGD (code that
+must know, such as a counter, reads the variable back).
 """
 
 from __future__ import annotations
@@ -32,7 +40,12 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import varstore as vs
-from varstore.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from varstore.errors import (
+    CancelledError,
+    FailedPreconditionError,
+    NotFoundError,
+    UnavailableError,
+)
 
 HIDDEN = 64
 CLASSES = 10
@@ -123,6 +136,23 @@ def start(client: vs.Client, task: int, say: Callable[[str], None]) -> list[vs.R
     return variables
 
 
+def connect(args: argparse.Namespace, say: Callable[[str], None]) -> vs.Client:
+    """A client of ``--address``, waiting up to ``--reconnect-secs`` for a server that is not
+    up yet (or restarting). Raises ``UnavailableError`` when none answered by then."""
+    deadline = time.monotonic() + args.reconnect_secs
+    waiting = False
+    while True:
+        try:
+            return vs.connect(args.address)
+        except UnavailableError as e:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                say(f"waiting up to {args.reconnect_secs:g}s for the server: {e}")
+                waiting = True
+        time.sleep(1.0)
+
+
 class Log:
     """Prints a worker's lines, prefixed with its task."""
 
@@ -144,8 +174,8 @@ def run_worker(args: argparse.Namespace) -> None:
     optimizer: vs.train.Optimizer = vs.train.AdamOptimizer(args.learning_rate)
     if args.sync:
         optimizer = vs.train.SyncReplicasOptimizer(optimizer, args.workers, timeout=300)
-    with vs.connect(args.address) as client:
-        variables = start(client, task, say)
+    with connect(args, say) as client:
+        variables: list[vs.RemoteVariable] | None = None
         saver = vs.train.CheckpointSaver(client, save_secs=args.save_secs) if task == 0 \
             else None
         reported = -1
@@ -155,6 +185,8 @@ def run_worker(args: argparse.Namespace) -> None:
         step = 0
         while True:
             try:
+                if variables is None:
+                    variables = start(client, task, say)
                 if params is None:
                     *params, pulled_step = client.pull(variables)
                     step = int(pulled_step)
@@ -172,24 +204,23 @@ def run_worker(args: argparse.Namespace) -> None:
                     fetch=variables[:4])
                 if saver is not None:
                     saver.maybe_save(step)
-            except UnavailableError:
+                if task == 0 and step // args.log_every > reported:
+                    reported = step // args.log_every
+                    test = accuracy(client.pull(variables[:4]), data.x_test, data.y_test)
+                    say(f"step {step:5d}  loss {loss:.3f}  batch accuracy "
+                        f"{batch_accuracy:.3f}  test accuracy {test:.3f}")
+            except (UnavailableError, CancelledError) as e:
                 params = None
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > args.reconnect_secs:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    say(f"{type(e).__name__}: {e}; retrying for up to "
+                        f"{args.reconnect_secs:g}s")
+                elif time.monotonic() - down_since > args.reconnect_secs:
                     raise
-                say("server unavailable; retrying")
                 time.sleep(1.0)
-                continue
             except (NotFoundError, FailedPreconditionError):
                 say("the server lost the model (restarted without --restore?); starting over")
-                params = None
-                variables = start(client, task, say)
-                continue
-            if task == 0 and step // args.log_every > reported:
-                reported = step // args.log_every
-                test = accuracy(client.pull(variables[:4]), data.x_test, data.y_test)
-                say(f"step {step:5d}  loss {loss:.3f}  batch accuracy {batch_accuracy:.3f}  "
-                    f"test accuracy {test:.3f}")
+                params = variables = None
         if saver is not None:
             *params, pulled_step = client.pull(variables)
             step = int(pulled_step)

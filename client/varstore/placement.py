@@ -28,12 +28,13 @@ import numpy as np
 from varstore.common import codec, dtypes
 from varstore.common.errors import (
     AbortedError,
+    CancelledError,
     FailedPreconditionError,
     OpError,
     UnavailableError,
     clip,
 )
-from varstore.common.protocol import PLACEMENT_REFUSED
+from varstore.common.protocol import PLACEMENT_REFUSED, READ_ONLY_OPS
 from varstore.handles import Reply
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import varstore_pb2 as pb
@@ -228,7 +229,10 @@ class Placement:
         learnt it; nothing created there) makes this client forget where the request's
         variables are; a request sent to one shard is then looked up and sent again (up to
         PLACEMENT_ATTEMPTS times), one spanning shards raises the ``AbortedError`` (the
-        other shards' parts may have run)."""
+        other shards' parts may have run). A shard that is unavailable (it stops, or is down)
+        raises ``UnavailableError`` for a request it alone runs (nothing was changed) or that
+        only reads, and ``CancelledError`` for one spanning shards that changes something
+        (the others' parts may have run)."""
         attempt = 1
         while True:
             try:
@@ -267,8 +271,16 @@ class Placement:
         infos: dict[int, pb.VariableInfo] = {}
         for stage in range(plan.stages):
             parts = plan.parts(stage, values)
-            replies = yield RunParts([(p.shard, p.builder, expect_bytes if p.fetched else 0)
-                                      for p in parts])
+            try:
+                replies = yield RunParts([(p.shard, p.builder, expect_bytes if p.fetched else 0)
+                                          for p in parts])
+            except UnavailableError as e:
+                # The shard ran nothing, but the others may have run their parts.
+                reads = not builder.specs and all(n.op in READ_ONLY_OPS for n in builder.nodes)
+                if reads or (len(parts) == 1 and stage == 0):
+                    raise
+                raise CancelledError(f"{e.message}; the request's parts on the other shards "
+                                     "may have run: it may have been partly applied") from e
             for part, (fetched, part_infos) in zip(parts, replies, strict=True):
                 values.update(zip(part.fetched, fetched, strict=True))
                 infos.update(zip(part.specs, part_infos, strict=True))

@@ -24,7 +24,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from varstore.common.errors import InvalidArgumentError, OpError, UnavailableError, from_rpc_error
+from varstore.common.errors import (
+    InvalidArgumentError,
+    OpError,
+    UnavailableError,
+    from_rpc_error,
+    is_dropped,
+)
 from varstore.common.protocol import MAX_MESSAGE_BYTES, READ_ONLY_OPS
 from varstore.proto import varstore_pb2 as pb
 
@@ -294,7 +300,7 @@ class Transport:
             return delay * random.uniform(0.5, 1.0)
         if not idempotent or tries + 1 >= RETRIES or not hasattr(error, "code"):
             return None
-        if error.code() != grpc.StatusCode.UNAVAILABLE:
+        if error.code() != grpc.StatusCode.UNAVAILABLE and not is_dropped(error):
             return None
         return float(BACKOFF_SECONDS * 2 ** tries)
 
@@ -303,7 +309,13 @@ class Transport:
         (UNAVAILABLE names the address and says what happened there, see
         :func:`varstore.common.errors.unavailable`); the gRPC error stays reachable as its
         ``grpc_error`` attribute, and callers raise it ``from None``, so a traceback shows
-        ours alone."""
+        ours alone.
+
+        Which calls changed nothing: an ``UnavailableError`` is a call the server did not run
+        (a stopping server refused it, gRPC dropped it before it ran, or the server could not
+        be reached), except one whose message says that the server went away during the call
+        (it was killed): then, and for a ``CancelledError`` (the server stopped while it ran,
+        past its grace period), the call may or may not have been applied."""
         error = from_rpc_error(e, self.named)
         error.grpc_error = e
         return error

@@ -120,3 +120,53 @@ def test_training_survives_a_killed_worker_and_a_restarted_server(tmp_path: Path
     assert final_step >= 1000
     # Asynchronous steps around the restart make the last point noisier than a quiet run's.
     assert accuracy >= 0.85, output
+
+
+def test_every_worker_survives_a_graceful_restart_and_a_worker_can_start_first(
+        tmp_path: Path) -> None:
+    # README "With a server of your own": Ctrl-C the server while four workers train, start a
+    # worker while it is down, restart it with --restore latest on its port (report F19).
+    server = start_server_process(tmp_path / "ckpt")
+    restarted_server = None
+    flags = ["--address", server.address, "--steps", "600", "--save-secs", "0.3"]
+    run = subprocess.Popen(_example(*flags), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(150.0, run.kill)
+    watchdog.start()
+    seen: list[str] = []
+    late = None
+    try:
+        lines = _lines(run, seen)
+        next(line for line in lines if re.match(r"^worker 0: saved model\.ckpt-\d+$", line))
+        server.process.send_signal(signal.SIGINT)
+        _, log = server.process.communicate(timeout=60)
+        assert server.process.returncode == 0, log
+        late = subprocess.Popen(_example(*flags, "--workers", "5", "--task", "4"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        late_lines = _lines(late, seen)
+        waiting = next(late_lines)
+        assert waiting.startswith(f"worker 4: waiting up to 120s for the server: no varstore "
+                                  f"server at {server.address}: connection refused"), waiting
+        restarted_server = start_server_process(tmp_path / "ckpt", "--port", str(server.port),
+                                                "--restore", "latest")
+        rest, _ = run.communicate(timeout=120)
+        seen.append(rest)
+        late_rest, _ = late.communicate(timeout=60)
+        seen.append(late_rest)
+    finally:
+        watchdog.cancel()
+        for process in (run, late):
+            if process is not None and process.poll() is None:
+                process.kill()
+        stop_server_process(restarted_server or server)
+    output = "".join(seen)
+    # No worker died: the launcher reports none failed, the late one finished too.
+    assert run.returncode == 0, output
+    assert late.returncode == 0, output
+    assert "Traceback" not in output
+    assert "CancelledError" not in output
+    assert re.search(r"^worker 4: done at step 60\d$", output, re.M), output
+    for task in (1, 2, 3):
+        assert re.search(rf"^worker {task}: done at step 60\d$", output, re.M), output
+    assert "worker 0: reconnected at global step" in output
+    assert _final(output)[0] >= 600

@@ -159,11 +159,37 @@ def from_status(code: grpc.StatusCode, message: str) -> OpError:
     return _BY_CODE.get(code, UnknownError)(message)
 
 
+# gRPC's own statuses for calls a server ends without its code deciding: CANCELLED with this
+# bare message for a call the server received and never ran (gRPC's stop cancels the calls it
+# holds and those that arrive meanwhile, varstore.server.shutdown; the server's request
+# watchdog cancels a request that does not come), and UNAVAILABLE with the second for a call
+# that still ran when the stop's grace period ended: it may or may not have changed something.
+_DROPPED = "CANCELLED"
+_CUT_WHILE_RUNNING = "Cancelling all calls"
+
+
+def is_dropped(error: grpc.RpcError) -> bool:
+    """Whether the server ended the call with gRPC's bare CANCELLED, before running it (see
+    :data:`_DROPPED`): nothing was changed, and the call may be repeated."""
+    return (hasattr(error, "code") and error.code() == grpc.StatusCode.CANCELLED
+            and hasattr(error, "details") and error.details() == _DROPPED)
+
+
 def from_rpc_error(error: grpc.RpcError, address: str | None = None) -> OpError:
     """The exception for a failed call, carrying the server's message; with the ``address``
-    called, UNAVAILABLE says in the user's terms what happened there (:func:`unavailable`)."""
+    called, UNAVAILABLE says in the user's terms what happened there (:func:`unavailable`).
+    A call the server dropped before running it (:func:`is_dropped`) is an
+    ``UnavailableError`` saying that nothing was changed; one it cut while it ran, at the end
+    of its stop's grace period, a ``CancelledError`` saying that it may have been applied."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else None
+    server = "the server" if address is None else f"the varstore server at {address}"
+    if is_dropped(error):
+        return UnavailableError(f"{server} ended the call before running it (it is shutting "
+                                "down or was overloaded); nothing was changed")
+    if code == grpc.StatusCode.UNAVAILABLE and details == _CUT_WHILE_RUNNING:
+        return CancelledError(f"{server} stopped while it ran the call (past its grace "
+                              "period): it may or may not have been applied")
     if not details:  # no status (a bare RpcError): never its repr, "<_InactiveRpcError ...>"
         details = code.name if isinstance(code, grpc.StatusCode) else str(code)
     if address is not None and code == grpc.StatusCode.UNAVAILABLE:

@@ -36,6 +36,7 @@ from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.servicer import VariableServicer, add_to_server
 from varstore.server.shard_restart import RestartOwners
+from varstore.server.shutdown import QUIET_SECONDS, ShutdownGate
 from varstore.server.status import StatusInterceptor
 from varstore.server.store import VariableStore
 
@@ -95,6 +96,7 @@ class Server:
     health: health.HealthServicer
     metrics: ServerMetrics
     capacity: Capacity
+    gate: ShutdownGate
     # The bound ``/metrics`` port, when the config asked for one.
     metrics_port: int | None = None
     save_on_exit: bool = True
@@ -110,15 +112,18 @@ class Server:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.timer.start()
 
-    def stop(self, grace: float | None = 5.0) -> bool:
-        """Reports NOT_SERVING, stops accepting calls, ends every wait at once (its caller
-        gets UNAVAILABLE) and gives the calls in flight up to ``grace`` seconds before they
-        are cancelled; finishes a checkpoint in progress and writes a final one when the
-        store changed since the last (unless ``save_on_exit`` is off: then it logs what is
-        discarded); then closes the metrics endpoint. Returns False when that final
-        checkpoint was due and could not be written."""
+    def stop(self, grace: float | None = 5.0, quiet: float = QUIET_SECONDS) -> bool:
+        """Reports NOT_SERVING, ends every wait at once and refuses every call that has not
+        started (their callers get UNAVAILABLE: nothing was changed) until none came for
+        ``quiet`` seconds (see varstore.server.shutdown), then stops accepting calls and
+        gives the calls that run up to ``grace`` seconds before they are cancelled; finishes
+        a checkpoint in progress and writes a final one when the store changed since the
+        last (unless ``save_on_exit`` is off: then it logs what is discarded); then closes
+        the metrics endpoint. Returns False when that final checkpoint was due and could not
+        be written."""
         self.health.enter_graceful_shutdown()
-        self.store.stopping.set()
+        self.timer.pause()
+        self.gate.close(quiet)
         self.grpc_server.stop(grace).wait()
         self.capacity.close()
         snapshot = self.snapshot() if self.snapshot is not None else True
@@ -187,10 +192,12 @@ def create_server(config: ServerConfig) -> Server:
                                 capacity, metrics.load,
                                 len(spec.shards) if spec is not None else 1,
                                 cluster_servicer.guard, auth=auth)
-    # Statuses outermost (every error below becomes one), then the limits (which see requests
-    # as the bytes that came), then metrics (which count the calls authentication refuses).
+    # Statuses outermost (every error below becomes one), then the refusals of a stopping
+    # server, then the limits (which see requests as the bytes that came), then metrics
+    # (which count the calls authentication refuses).
+    gate = ShutdownGate(store.stopping)
     interceptors: list[grpc.ServerInterceptor] = [
-        StatusInterceptor(), CapacityInterceptor(capacity), MetricsInterceptor(metrics)]
+        StatusInterceptor(), gate, CapacityInterceptor(capacity), MetricsInterceptor(metrics)]
     if auth is not None:
         interceptors.append(auth)
     credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -258,11 +265,11 @@ def create_server(config: ServerConfig) -> Server:
     if spec is not None and len(spec.shards) > 1 and not saves_cluster:
         shard = spec
         return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
-                      capacity, metrics_port, False, SHARD_NO_FINAL_SAVE,
+                      capacity, gate, metrics_port, False, SHARD_NO_FINAL_SAVE,
                       (lambda: cluster_service.save_shard_snapshot(checkpoints, shard))
                       if config.save_on_exit else None)
     return Server(server, port, store, checkpoints, timer, health_servicer, metrics,
-                  capacity, metrics_port, config.save_on_exit)
+                  capacity, gate, metrics_port, config.save_on_exit)
 
 
 def _hint_restore(checkpoints: CheckpointManager, folder: Path | str) -> None:

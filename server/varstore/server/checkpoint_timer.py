@@ -54,6 +54,11 @@ class SaveTimer:
                                            daemon=True)
             self._thread.start()
 
+    def pause(self) -> None:
+        """Starts no more periodic saves (one in progress finishes): the server is stopping,
+        and :meth:`stop` writes the final one."""
+        self._stopping.set()
+
     def stop(self, save: bool = True, why_not: str = "--no-save-on-exit") -> bool:
         """Stops the timer and waits for a save or restore in progress; then, when variables
         changed since the store was last saved whole (or restored at start-up), writes a
