@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
+from tests.extras import require_installed
 from tests.interop.test_v1_semantics import _NODE_DEF as NODE_DEF
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,9 +164,8 @@ print("RESULTS " + json.dumps(fidelity.run_tensorflow()))
 @functools.cache
 def tensorflow_results() -> dict[str, Any]:
     """Every program's observation under TensorFlow, computed once per test session in a
-    subprocess; skips the calling test when TensorFlow is not installed."""
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed")
+    subprocess; fails the calling test, saying what to install, without TensorFlow."""
+    require_installed("tensorflow")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", _RUNNER], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -11,7 +11,6 @@ which is the rule those follow (issue #11), against the varstore code in ``VARST
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import pytest
 
 import varstore as vs
 import varstore.v1 as vtf
+from tests.extras import require_installed
 from varstore.server.app import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -371,8 +371,7 @@ print("RESULTS " + json.dumps(out))
 @pytest.fixture(scope="module")
 def tensorflow_results() -> dict[str, Any]:
     """Every program's outcome under TensorFlow, computed once in a subprocess."""
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed")
+    require_installed("tensorflow")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run([sys.executable, "-c", _RUNNER], cwd=ROOT,

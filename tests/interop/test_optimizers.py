@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import varstore as vs
+from tests.extras import require
 from varstore.errors import InvalidArgumentError, NotFoundError
 from varstore.train import (
     AdagradOptimizer,
@@ -320,7 +321,7 @@ def _graph_run(tf: Any, tf1: Any, case: str, session: Callable[[Any], Any]
 
 def _tensorflow_run(case: str) -> tuple[str, dict[str, np.ndarray]]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    tf = pytest.importorskip("tensorflow")
+    tf = require("tensorflow")
     return _graph_run(tf, tf.compat.v1, case, lambda g: tf.compat.v1.Session(graph=g))
 
 
@@ -388,7 +389,7 @@ def test_graph_mode_slots_and_errors(address: str) -> None:
 def test_checkpoint_keys_match_what_tensorflow_writes(server: Any, client: vs.Client,
                                                       tmp_path: Any, case: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    tf = pytest.importorskip("tensorflow")
+    tf = require("tensorflow")
     tf1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():

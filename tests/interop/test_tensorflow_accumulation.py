@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import varstore as vs
+from tests.extras import require
 from tests.interop.test_tensorflow_plugin import (
     KERAS,
     OPTIMIZERS,
@@ -28,10 +29,10 @@ from tests.interop.test_tensorflow_plugin import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+tf = require("tensorflow")
 tf1 = tf.compat.v1
-vst = pytest.importorskip("varstore.tensorflow")
-accumulate = pytest.importorskip("varstore.tensorflow.accumulate")
+vst = require("varstore.tensorflow")
+accumulate = require("varstore.tensorflow.accumulate")
 
 pytestmark = pytest.mark.tensorflow
 

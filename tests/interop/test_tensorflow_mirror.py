@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import varstore as vs
+from tests.extras import require
 from tests.interop.test_tensorflow_plugin import (
     KERAS,
     OPTIMIZERS,
@@ -30,9 +31,9 @@ from tests.interop.test_tensorflow_plugin import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+tf = require("tensorflow")
 tf1 = tf.compat.v1
-vst = pytest.importorskip("varstore.tensorflow")
+vst = require("varstore.tensorflow")
 
 pytestmark = pytest.mark.tensorflow
 

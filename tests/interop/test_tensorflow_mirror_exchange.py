@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import varstore as vs
+from tests.extras import require
 
-exchange_module = pytest.importorskip("varstore.tensorflow.exchange")
+exchange_module = require("varstore.tensorflow.exchange")
 Exchange, Mirror, VariableSpec = (exchange_module.Exchange, exchange_module.Mirror,
                                   exchange_module.VariableSpec)
 

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 import varstore as vs
+from tests.extras import require
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
+tf = require("tensorflow")
 tf1 = tf.compat.v1
-vst = pytest.importorskip("varstore.tensorflow")
+vst = require("varstore.tensorflow")
 
 pytestmark = pytest.mark.tensorflow
 
@@ -291,7 +292,7 @@ def test_distributed_optimizer_refuses_what_it_cannot_wrap() -> None:
 
 
 def test_the_tf1_example_trains_with_two_worker_processes(tmp_path: Path) -> None:
-    pytest.importorskip("sklearn")
+    require("sklearn")
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "tf1_mnist_style.py"), "--workers", "2", "--steps",
          "400", "--log-every", "1000", "--checkpoint-dir", str(tmp_path)],
@@ -372,7 +373,7 @@ def test_keras_trains_as_keras_with_its_variables_on_the_server(
 
 
 def test_the_keras_example_fits_with_two_worker_processes(tmp_path: Path) -> None:
-    pytest.importorskip("sklearn")
+    require("sklearn")
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "keras_fit.py"), "--epochs", "10",
          "--checkpoint-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)

@@ -23,6 +23,7 @@ import pytest
 
 import varstore as vs
 import varstore.aio
+from tests.extras import require
 from tests.interop.fidelity import ROOT, jsonable
 
 # name: (variable dtype, variable shape, method, arguments)
@@ -86,7 +87,7 @@ def run_tensorflow() -> dict[str, Any]:
 @functools.cache
 def tensorflow_results() -> dict[str, Any]:
     """The cases under TensorFlow, once per test session, in a subprocess."""
-    pytest.importorskip("tensorflow")
+    require("tensorflow")
     code = ("import json; from tests.interop import test_update_values as t; "
             "print('RESULTS ' + json.dumps(t.run_tensorflow()))")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}

@@ -9,7 +9,6 @@ subprocess so that ``disable_v2_behavior`` stays out of this process) and compar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 import varstore.v1 as vtf
+from tests.extras import require_installed
 
 Program = Callable[[Any, Callable[[], Any]], Any]
 PROGRAMS: dict[str, Program] = {}
@@ -459,8 +459,7 @@ print("RESULTS " + json.dumps(out))
 @pytest.fixture(scope="module")
 def tensorflow_results() -> dict[str, Any]:
     """Every program's output under TensorFlow, computed once in a subprocess."""
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed")
+    require_installed("tensorflow")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", _RUNNER], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -12,12 +12,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import varstore as vs
 from tests.conftest import start_server_process, stop_server_process
+from tests.extras import require
 
-pytest.importorskip("sklearn")
+require("sklearn")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_digits.py"
 REPORT = re.compile(r"^worker 0: step\s+(\d+)\s.*test accuracy ([\d.]+)$", re.M)

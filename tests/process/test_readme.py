@@ -19,12 +19,14 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
+from tests.extras import missing_hint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,7 +102,7 @@ def test_python_block_runs_and_prints_what_it_says(block: Block, folder: Path,
     code = block.code.replace(DEFAULT_ADDRESS, server_process.address)
     result = subprocess.run([sys.executable, "-c", code], cwd=folder, env=_env(server_process),
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, missing_hint(result.stderr) + result.stderr
     promised = [m[1] for m in map(PRINT_COMMENT.match, block.code.splitlines()) if m]
     assert result.stdout.splitlines() == promised
 
@@ -170,8 +172,29 @@ def test_bash_block_runs_as_written(block: Block, folder: Path,
             result = subprocess.run(["bash", "-c", command], cwd=folder,
                                     env=_env(server_process), capture_output=True, text=True,
                                     timeout=300)
-            assert result.returncode == 0, result.stderr
+            assert result.returncode == 0, missing_hint(result.stderr) + result.stderr
             promised = re.search(r"prints (.*)$", block.code)
             if promised:
                 assert promised[1] in result.stdout.splitlines()[-1], result.stdout
 
+
+
+def test_a_block_whose_extra_is_missing_fails_saying_what_to_install() -> None:
+    # Without TensorFlow the README's TensorFlow block failed with a bare traceback. (A folder
+    # of its own, not tmp_path: the inner pytest's clean-up of old tmp_paths may remove ours.)
+    block = next(b for b in RUNNABLE if b.language == "python" and not FILE_BLOCK.match(b.code)
+                 and re.search(r"^import tensorflow", b.code, re.MULTILINE))
+    with tempfile.TemporaryDirectory() as hiding:
+        (Path(hiding) / "tensorflow").mkdir()
+        (Path(hiding) / "tensorflow" / "__init__.py").write_text(
+            "raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n")
+        paths = [hiding, *filter(None, [os.environ.get("PYTHONPATH")])]
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"{Path(__file__).relative_to(ROOT)}::test_python_block_runs_and_prints_what_it_"
+             f"says[{block.id}]"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "AssertionError: tensorflow is not installed: pip install -e '.[interop]' (or the " \
+        "README's `pip install -e \".[test,interop,examples]\"`" in done.stdout, \
+        done.stdout[-3000:]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import varstore.v1 as tf
+from tests.extras import require
 
 TF_DATA = Path(__file__).parents[1] / "data" / "tf_checkpoints"
 
@@ -48,7 +49,7 @@ def test_save_with_global_step_keeps_the_newest(address: str, folder: Path) -> N
 
 @pytest.mark.tensorflow
 def test_tensorflow_reads_what_saver_wrote(address: str, folder: Path) -> None:
-    real_tf = pytest.importorskip("tensorflow")
+    real_tf = require("tensorflow")
     with tf.variable_scope("layer"):
         w = tf.get_variable("W", [2, 3], initializer=tf.constant_initializer(
             np.arange(6, dtype=np.float32).reshape(2, 3)))
