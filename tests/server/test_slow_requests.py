@@ -92,7 +92,7 @@ def test_half_sent_requests_on_many_connections_hold_no_thread(small_server: Ser
                                                                token: str | None) -> None:
     # Two on each connection, more than the server has threads in all; fewer than it admits
     # at once (four a thread: past that gRPC refuses calls, the victims' too, whatever
-    # they send; the half-sent calls are cancelled within a second but a flood of them keeps
+    # they send; the half-sent calls are cancelled within seconds but a flood of them keeps
     # the server at that limit).
     connections = [HalfSentCalls(small_server.port, 2, token=token)
                    for _ in range(STALLED // 2)]
@@ -170,11 +170,11 @@ class _SlowLink:
 
 
 def test_a_large_request_over_a_slow_link_is_served(server: Server) -> None:
-    # 512 KiB in one unary Run, at about 320 KiB/s: it comes over more than a second, past the
-    # grace a request has before it needs a transfer slot, and there is one.
+    # 512 KiB in one unary Run, at about 160 KiB/s: it comes over some seconds, past the grace
+    # a request has before it needs a transfer slot (a second), and there is one.
     with vs.connect(f"127.0.0.1:{server.port}") as c:
         c.get_variable("big", [1 << 17], initializer=vs.zeros_initializer)
-    link = _SlowLink(server.port, 16 << 10, 0.05)
+    link = _SlowLink(server.port, 8 << 10, 0.05)
     try:
         with vs.connect(f"127.0.0.1:{link.port}", timeout=VICTIM_DEADLINE) as slow:
             big = slow.get_variable("big", [1 << 17])

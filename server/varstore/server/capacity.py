@@ -24,7 +24,7 @@ thread for as long as its client makes it last: streams (``RunStream``, ``Save``
   a token or on a server without any) would hold a thread per call until it held them all.
   Unary methods are therefore served as request streams read to their end before the method
   runs: a request the watchdog finds not all come at more than ``REQUEST_GRACE_ROUNDS`` of its
-  rounds (half a second, longer when the server is too busy to look) is a transfer, which
+  rounds (a second, longer when the server is too busy to look) is a transfer, which
   takes a transfer slot (then the stream rules above apply) or, without a free one, is
   cancelled; a unary request of zero messages or of more than one is UNIMPLEMENTED, gRPC's
   status for a cardinality violation (gRPC's own unary handling answers zero messages so and
@@ -63,7 +63,7 @@ WATCHDOG_SECONDS = 0.1
 # slot (a small one comes with its call's headers; a large one of an old client, up to
 # 64 MiB, takes longer). Rounds, not seconds: a server too busy to hand a request over that
 # is there is too busy to run its watchdog too.
-REQUEST_GRACE_ROUNDS = 5
+REQUEST_GRACE_ROUNDS = 10
 _NOTHING = object()
 
 
