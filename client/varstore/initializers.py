@@ -6,6 +6,7 @@ Each initializer adds the node that computes a variable's initial value to a req
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -131,16 +132,38 @@ class random_uniform_initializer(Initializer):  # noqa: N801 - TensorFlow's name
 
 
 class glorot_uniform_initializer(Initializer):  # noqa: N801 - TensorFlow's name
-    """Uniform on [-limit, limit], limit = sqrt(6 / (fan_in + fan_out)); TF's default."""
+    """Uniform on [-limit, limit], limit = sqrt(6 / (fan_in + fan_out)); TF's default.
+
+    The fans are the variable's, or for a part of a partitioned variable the full
+    variable's (``fan_shape``, set by :func:`for_part`), as TF computes them from its
+    ``partition_info``."""
 
     op = "glorot_uniform"
 
     def __init__(self, seed: int | None = None, dtype: Any = None) -> None:
         super().__init__(dtype)
         self.seed = seed
+        self.fan_shape: list[int] | None = None
 
     def attrs(self) -> dict[str, Any]:
-        return {"seed": self.seed}
+        if self.fan_shape is None:
+            return {"seed": self.seed}
+        return {"seed": self.seed, "fan_shape": self.fan_shape}
+
+
+def for_part(initializer: Any, dtype: DType, full_shape: Sequence[int]) -> Any:
+    """The initializer of each part of a partitioned variable of shape ``full_shape``
+    (``initializer``: what ``get_variable`` was given; None is the default): glorot's fans
+    come from the full shape, as TF's ``partition_info`` gives them. Others are returned
+    as they are."""
+    if initializer is None or isinstance(initializer, Initializer) or (
+            isinstance(initializer, type) and issubclass(initializer, Initializer)):
+        resolved = resolve(initializer, dtype)
+        if isinstance(resolved, glorot_uniform_initializer):
+            resolved = copy.copy(resolved)
+            resolved.fan_shape = [int(d) for d in full_shape]
+        return resolved
+    return initializer
 
 
 def resolve(initializer: Any, dtype: DType) -> Initializer:

@@ -100,6 +100,18 @@ def partitioned_along_axis_1_as_one_tensor(tf: Any, env: Any) -> Any:
 
 
 @PROGRAMS.graph
+def glorot_parts_use_the_full_shape(tf: Any, env: Any) -> Any:
+    """Each part is drawn with the limit of the full [1000, 10] variable (TF's
+    partition_info), not of its [500, 10] part."""
+    v = tf.get_variable("g", [1000, 10], partitioner=tf.fixed_size_partitioner(2))
+    with env.session() as sess:
+        sess.run(tf.global_variables_initializer())
+        biggest = float(np.abs(sess.run(tf.convert_to_tensor(v))).max())
+    limit = (6.0 / (1000 + 10)) ** 0.5
+    return [biggest <= limit, biggest > 0.95 * limit]
+
+
+@PROGRAMS.graph
 def concat_of_tensors(tf: Any, env: Any) -> Any:
     a = tf.constant([[1.0, 2.0]])
     b = tf.constant([[3.0, 4.0], [5.0, 6.0]])

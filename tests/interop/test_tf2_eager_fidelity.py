@@ -128,6 +128,15 @@ def assign_whole_values(api: Any, lib: Any, tf: Any) -> Any:
 
 
 @program
+def glorot_fans_of_the_full_variable(api: Any, lib: Any, tf: Any) -> Any:
+    """TF draws each part of a glorot-initialized variable with the full shape's limit."""
+    limit = (6.0 / (1000 + 10)) ** 0.5
+    v = api.get_variable("g", [1000, 10], partitioner=lib.fixed_size_partitioner(2))
+    biggest = float(np.abs(whole(v)).max())
+    return [biggest <= limit, biggest > 0.95 * limit]
+
+
+@program
 def trainable_parts(api: Any, lib: Any, tf: Any) -> Any:
     v = api.get_variable("p", [4, 3], partitioner=lib.fixed_size_partitioner(2),
                          trainable=False)

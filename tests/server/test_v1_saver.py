@@ -156,9 +156,11 @@ def test_saver_errors(address: str) -> None:
 
 def test_saver_arguments_the_server_cannot_honour_are_refused() -> None:
     v = tf.Variable(1.0, name="v")
-    for kwargs, message in [({"saver_def": object()}, r"^Saver\(saver_def=\.\.\.\) is not"),
-                            ({"builder": object()}, r"^Saver\(builder=\.\.\.\) is not"),
-                            ({"write_version": 1}, r"^Saver\(write_version=1\) is not .* V2")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"saver_def": object()}, r"^Saver\(saver_def=\.\.\.\) is not"),
+        ({"builder": object()}, r"^Saver\(builder=\.\.\.\) is not"),
+        ({"write_version": 1}, r"^Saver\(write_version=1\) is not .* V2")]
+    for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             tf.train.Saver([v], **kwargs)
     assert tf.train.Saver([v], write_version=2, sharded=True, reshape=True).last_checkpoints == []

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from varstore import initializers
 from varstore.common import dtypes
 from varstore.common.dtypes import DType
 from varstore.proto import varstore_pb2 as pb
@@ -300,7 +301,8 @@ def get_partitioned_variable(name: str, shape: Any, dtype: DType, initializer: A
             index = tuple(slice(o, o + n) for o, n in zip(offset, part_shape, strict=True))
             var = make_part(f"{name}/part_{i}", None, value[index])
         else:
-            var = make_part(f"{name}/part_{i}", part_shape, initializer)
+            var = make_part(f"{name}/part_{i}", part_shape,
+                            initializers.for_part(initializer, dtype, full))
         var._set_save_slice_info(SaveSliceInfo(name, full, offset, part_shape))
         made.append(var)
     result = kind(name, shape, dtype, made, parts)

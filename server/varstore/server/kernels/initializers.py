@@ -100,9 +100,15 @@ def _random_uniform(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
 
 
 def _glorot_uniform(ctx: Context, node: NodeDef, _: list[Any]) -> np.ndarray:
+    """Glorot's uniform values; the fans come from ``fan_shape`` when given (the full shape
+    of a partitioned variable this node fills one part of, as TF's ``partition_info``)."""
     dtype = _float_dtype(node)
     shape = _random_shape(ctx, node, dtype)
-    fan_in, fan_out = _fans(shape)
+    fan_shape = node.attr("fan_shape")
+    if fan_shape is not None and len(fan_shape) != len(shape):
+        raise InvalidArgumentError(f"glorot_uniform: fan_shape {list(fan_shape)} and shape "
+                                   f"{list(shape)} differ in rank")
+    fan_in, fan_out = _fans(shape if fan_shape is None else tuple(fan_shape))
     limit = math.sqrt(6.0 / max(1.0, fan_in + fan_out))
     return _cast(_rng(node).uniform(-limit, limit, size=shape), dtype)
 
