@@ -32,6 +32,7 @@ from varstore.server.checkpoints import CheckpointManager
 from varstore.server.cluster import SHARD_NO_FINAL_SAVE, ClusterSpec, local_shards
 from varstore.server.cluster_saver import ClusterSaver, shard_channel, shard_credentials
 from varstore.server.executor import Executor
+from varstore.server.folder_lock import FolderLock, lock_folder
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.servicer import VariableServicer, add_to_server
@@ -104,6 +105,8 @@ class Server:
     why_not_saved: str = "--no-save-on-exit"
     # A shard's own exit save instead (varstore.server.cluster_service.save_shard_snapshot).
     snapshot: Callable[[], bool] | None = None
+    # The lock on the checkpoint folder, released when the server stopped.
+    folder_lock: FolderLock | None = None
 
     def start(self) -> None:
         """Starts serving (the port is already bound); the health service reports SERVING."""
@@ -130,6 +133,8 @@ class Server:
         written = self.timer.stop(save=self.save_on_exit, why_not=self.why_not_saved) and \
             snapshot
         self.metrics.close()
+        if self.folder_lock is not None:
+            self.folder_lock.release()
         return written
 
 
@@ -140,9 +145,25 @@ def create_server(config: ServerConfig) -> Server:
     token file cannot be read, ``ValueError`` for inconsistent TLS settings, an empty or
     malformed token file (or one with only read-only tokens for a cluster) or a non-loopback
     address without protection (see :func:`check_exposure`), ``OpError`` (NotFoundError,
-    DataLossError...) when ``config.restore`` fails.
+    DataLossError...) when ``config.restore`` fails, ``FailedPreconditionError`` when
+    another server holds the checkpoint folder (:mod:`varstore.server.folder_lock`; this one
+    holds it until :meth:`Server.stop`).
     """
     check_exposure(config)
+    lock = lock_folder(Path(config.checkpoint_dir),
+                       config.task_index if len(config.cluster) > 1 else None)
+    try:
+        server = _build(config)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    server.folder_lock = lock
+    return server
+
+
+def _build(config: ServerConfig) -> Server:
+    """:func:`create_server` once the checkpoint folder is locked."""
     # One budget for all the server holds for clients: variables, and every call in flight.
     store = VariableStore(budget=MemoryBudget(config.max_memory, config.max_request_bytes))
     executor = Executor(store, max_tensor_bytes=config.max_memory or 1 << 36)
