@@ -31,6 +31,7 @@ from varstore.common.errors import (
     CancelledError,
     FailedPreconditionError,
     OpError,
+    PermissionDeniedError,
     UnavailableError,
     clip,
 )
@@ -216,7 +217,16 @@ class Placement:
             key=lambda p: bool(p.colocate_with))
         if not order:
             return
-        placed = yield Place(cpb.PlaceRequest(variables=order, epoch=reply.epoch))
+        try:
+            placed = yield Place(cpb.PlaceRequest(variables=order, epoch=reply.epoch))
+        except PermissionDeniedError:
+            if len(order) != len(held):
+                raise
+            # A read-only token may not record placements in the table (a restarted shard 0
+            # relearns them from other clients): it reads the names where the shards hold them.
+            for placement in order:
+                self.known[placement.name] = placement.shard
+            return
         for placement, shard in zip(order, placed.shards, strict=True):
             self.known[placement.name] = shard
 

@@ -9,9 +9,11 @@ use it wait for its creator's outcome.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,9 +261,11 @@ def test_restore_racing_a_create_with_another_shape(client: vs.Client, server: S
     client.Variable(np.arange(4, dtype=np.float32), name="v")
     client.Variable(np.int64(5), name="other")
     client.save("ck")
-    # A second server on the same folder starts empty: its restore creates the variables.
-    second = create_server(ServerConfig(host="127.0.0.1", port=0,
-                                        checkpoint_dir=server.checkpoints.directory))
+    # A second server with a copy of the folder starts empty: its restore creates the
+    # variables.
+    copy = Path(server.checkpoints.directory).with_name(f"copy{attempt}")
+    shutil.copytree(server.checkpoints.directory, copy)
+    second = create_server(ServerConfig(host="127.0.0.1", port=0, checkpoint_dir=copy))
     second.start()
     try:
         with vs.connect(f"127.0.0.1:{second.port}") as a, \
