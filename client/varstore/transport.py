@@ -9,7 +9,6 @@ goes through :meth:`Transport.invoke` or :meth:`Transport.invoke_async`, which s
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import random
@@ -32,6 +31,7 @@ from varstore.common.errors import (
     is_dropped,
 )
 from varstore.common.protocol import MAX_MESSAGE_BYTES, READ_ONLY_OPS
+from varstore.common.tf_config import TF_CONFIG, tf_config_of
 from varstore.proto import varstore_pb2 as pb
 
 T = TypeVar("T")
@@ -40,7 +40,6 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_ADDRESS = "localhost:7011"
 # Where a client with no address finds one: this variable, else TF_CONFIG's first ps task.
 ADDRESS_VARIABLE = "VARSTORE_ADDRESS"
-TF_CONFIG = "TF_CONFIG"
 # Attempts of a call that is safe to repeat; the waits between them (0.1 s doubling) add up to
 # about 3 s, long enough for a restarted server to come back.
 RETRIES = 6
@@ -88,12 +87,12 @@ def is_busy(error: grpc.RpcError) -> bool:
 
 
 def tf_config_address(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None."""
-    try:
-        ps = json.loads(environ.get(TF_CONFIG, "") or "{}").get("cluster", {}).get("ps")
-    except (ValueError, AttributeError):
-        return None
-    return ps[0] if isinstance(ps, list) and ps and isinstance(ps[0], str) else None
+    """The first ps task of ``TF_CONFIG`` (as Kubeflow's TFJob sets it), or None.
+
+    Raises ``ValueError`` naming ``TF_CONFIG`` when it is malformed.
+    """
+    ps = tf_config_of(environ).cluster.get("ps")
+    return ps[0] if ps else None
 
 
 def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ

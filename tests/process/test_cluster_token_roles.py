@@ -55,10 +55,11 @@ def test_a_read_only_token_reads_after_shard_0_restarted(tmp_path: Path) -> None
     replacement = None
     try:
         names = [f"layer{i}/W" for i in range(4)]
-        with vs.connect(cluster.address, token="writer-123") as writer, \
-                writer.device("/job:ps/task:1"):  # shard 1 keeps them across the restart
-            for i, name in enumerate(names):
-                writer.get_variable(name, shape=[8], initializer=vs.constant_initializer(i))
+        with vs.connect(cluster.address, token="writer-123") as writer:
+            assert isinstance(writer, ClusterClient)
+            with writer.device("/job:ps/task:1"):  # shard 1 keeps them across the restart
+                for i, name in enumerate(names):
+                    writer.get_variable(name, shape=[8], initializer=vs.constant_initializer(i))
         replacement = restart_shard(cluster, 0, "--token-file", str(tokens))
         with vs.connect(cluster.addresses[1], token="reader-789") as reader:
             with reader.variable_scope("", reuse=True):

@@ -6,7 +6,6 @@ computation to the wrapped one, and a ``SessionRunHook`` that synchronizes the s
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import weakref
@@ -18,6 +17,7 @@ import tensorflow as tf
 
 from varstore.client import Client
 from varstore.common import dtypes
+from varstore.common.tf_config import tf_config_of
 from varstore.optimizers import Optimizer
 from varstore.tensorflow.accumulate import GradientAccumulator, check_backward_passes
 from varstore.tensorflow.exchange import Exchange, Mirror, VariableSpec
@@ -305,15 +305,10 @@ def numpy_push_deltas(exchange: Exchange, specs: list[VariableSpec],
 
 def default_is_chief() -> bool:
     """Whether this process is varstore's chief when ``SyncHook`` is not told: from
-    ``TF_CONFIG`` (the ``chief`` task, or worker 0 when there is none), else True."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task") or {}
-    if not task:
-        return True
-    if task.get("type") == "chief":
-        return True
-    has_chief = bool((config.get("cluster") or {}).get("chief"))
-    return not has_chief and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+    ``TF_CONFIG`` (the ``chief`` task, or worker 0 when there is none), else True.
+
+    Raises ``ValueError`` naming ``TF_CONFIG`` when it is malformed."""
+    return tf_config_of(os.environ).is_chief()
 
 
 class SyncHook(tf.compat.v1.train.SessionRunHook):

@@ -25,7 +25,6 @@ giving back their charge to ``--max-memory``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -37,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from varstore.common.errors import FailedPreconditionError, InvalidArgumentError, clip
+from varstore.common.tf_config import TF_CONFIG, parse_tf_config
 from varstore.server.budget import MemoryBudget
 from varstore.server.store import VARIABLE_BYTES, validate_name
 
-TF_CONFIG = "TF_CONFIG"
 # Addresses a shard listens on for every interface: a client reaches such a shard at the host
 # it used to reach the shard that told it the cluster.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
@@ -132,26 +131,15 @@ def spec_from_tf_config(text: str) -> ClusterSpec:
     (the message names ``TF_CONFIG``) or a task that is not a ps task (workers connect to the
     cluster; they do not serve it).
     """
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{TF_CONFIG} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{TF_CONFIG} must be a JSON object")
-    cluster = config.get("cluster")
-    ps = cluster.get("ps") if isinstance(cluster, dict) else None
-    if not isinstance(ps, list) or not ps or not all(isinstance(a, str) for a in ps):
+    config = parse_tf_config(text)
+    ps = config.cluster.get("ps")
+    if not ps:
         raise ValueError(f"{TF_CONFIG} has no cluster.ps list of addresses")
-    task = config.get("task")
-    if not isinstance(task, dict) or task.get("type", "ps") != "ps":
-        kind = task.get("type") if isinstance(task, dict) else None
-        raise ValueError(f"{TF_CONFIG} names task type {clip(repr(kind))}: varstore serve runs "
-                         "the ps tasks")
-    index = task.get("index", 0)
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise ValueError(f"{TF_CONFIG} task.index must be an integer")
+    if config.task_type not in (None, "ps"):
+        raise ValueError(f"{TF_CONFIG} names task type {clip(repr(config.task_type))}: "
+                         "varstore serve runs the ps tasks")
     try:
-        return ClusterSpec(tuple(ps), index)
+        return ClusterSpec(tuple(ps), config.task_index)
     except ValueError as e:  # a bad address or index: fixed in TF_CONFIG, not in flags
         raise ValueError(f"{TF_CONFIG}: {e}") from None
 
