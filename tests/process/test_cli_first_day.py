@@ -144,3 +144,22 @@ def test_restore_takes_a_local_path_into_the_servers_folder(saved: ServerProcess
 def _bind(client: vs.Client, name: str) -> vs.RemoteVariable:
     with client.variable_scope("", reuse=True):
         return client.get_variable(name, [3])
+
+
+def test_serve_refuses_settings_it_cannot_honour_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "varstore.toml"
+    config.write_text('restore = ["a"]\nmax_memory = "5Q"\n')
+    for args, error in (
+            (("--keep", "-1"), "varstore serve: --keep must be an integer >= 0, got -1"),
+            (("--save-every", "nan"), "varstore serve: --save-every must be a number of "
+                                      "seconds >= 0"),
+            (("--max-memory", "-5"), "'-5' is not a size"),
+            (("--config", str(config)), "'5Q' is not a size")):
+        result = varstore("serve", "--port", "0", "--checkpoint-dir", str(tmp_path / "c"),
+                          *args)
+        assert result.returncode != 0 and error in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    config.write_text('restore = ["a"]\n')
+    result = varstore("serve", "--port", "0", "--config", str(config))
+    assert result.returncode == 1
+    assert "--restore must be 'latest' or a checkpoint prefix, got ['a']" in result.stderr

@@ -36,6 +36,7 @@ from varstore.server.folder_lock import FolderLock, lock_folder
 from varstore.server.metrics import MetricsInterceptor, ServerMetrics
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.servicer import VariableServicer, add_to_server
+from varstore.server.settings import check_settings
 from varstore.server.shard_restart import RestartOwners
 from varstore.server.shutdown import QUIET_SECONDS, ShutdownGate
 from varstore.server.status import StatusInterceptor
@@ -83,6 +84,11 @@ class ServerConfig:
     # Under ``varstore serve --shards N``: a private folder where shard I also listens on
     # ``shard-I.sock``, so that shard 0 saves the cluster over it (varstore.server.shards).
     local_socket_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        """Raises ``ValueError`` naming the flag of a setting of the wrong type or out of
+        range (:func:`varstore.server.settings.check_settings`)."""
+        check_settings(vars(self))
 
 
 @dataclass

@@ -100,7 +100,8 @@ def check_state_filename(name: str) -> str:
 
 
 class CheckpointFolder:
-    """One checkpoint folder (created on first save) and the paths clients may use in it."""
+    """One checkpoint folder (created when the server starts, or on first save) and the paths
+    clients may use in it."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)

@@ -22,6 +22,7 @@ from varstore.common.errors import OpError
 from varstore.server.app import DEFAULT_PORT, ServerConfig, create_server
 from varstore.server.cluster import cluster_settings, parse_addresses
 from varstore.server.daemon import DaemonError, ServeProcess
+from varstore.server.settings import parse_size
 
 log = logging.getLogger("varstore.server")
 
@@ -87,11 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B") or "0"
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -118,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             values[name] = Path(values[name])
     for name in ("max_memory", "max_request_bytes"):
         if isinstance(values.get(name), str):
-            values[name] = _size(values[name])
+            values[name] = parse_size(values[name])
     return ServerConfig(**values)
 
 
