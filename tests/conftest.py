@@ -50,6 +50,15 @@ def client(address: str) -> Iterator[vs.Client]:
         yield c
 
 
+def folder_names(folder: Path) -> list[str]:
+    """The names in a checkpoint folder, sorted, without the lock files a running server keeps
+    there (varstore.server.folder_lock); [] for a folder that does not exist."""
+    if not folder.exists():
+        return []
+    return sorted(n for n in os.listdir(folder)
+                  if not (n.startswith(".varstore") and n.endswith(".lock")))
+
+
 @dataclass
 class ServerProcess:
     """A `varstore serve` subprocess and where it listens."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import varstore as vs
-from tests.conftest import start_server_process, stop_server_process
+from tests.conftest import folder_names, start_server_process, stop_server_process
 from tests.process.test_cluster import connected, start_cluster_from
 from varstore.server.bundle import BundleReader
 
@@ -79,7 +79,7 @@ def test_shard_0_killed_mid_commit_leaves_the_old_or_the_new_checkpoint(
         replacement = start_server_process(
             folder, "--cluster", ",".join(cluster.addresses), "--task-index", "0",
             "--port", cluster.addresses[0].rpartition(":")[2])
-        assert sorted(p.name for p in folder.iterdir()) == [
+        assert folder_names(folder) == [
             "checkpoint", "m.data-00000-of-00002", "m.data-00001-of-00002", "m.index"]
         with connected(cluster.address) as client:
             assert client.latest_checkpoint() == "m"
@@ -113,12 +113,12 @@ def test_a_directory_in_the_way_refuses_the_cluster_save_before_anything_moves(
             client.save("m")
             # Any client can make a directory where a data file of "n" would go.
             client.save("n.data-00001-of-00002/x")
-            before = sorted(p.name for p in folder.iterdir())
+            before = folder_names(folder)
             with pytest.raises(vs.errors.InvalidArgumentError,
                                match="cannot write checkpoint n: n.data-00001-of-00002 is a "
                                      "directory or no regular file"):
                 client.save("n")
-            assert sorted(p.name for p in folder.iterdir()) == before
+            assert folder_names(folder) == before
             assert client.latest_checkpoint() == "m"
     finally:
         stop_server_process(cluster.server)

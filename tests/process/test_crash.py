@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import text_format
 
 import varstore as vs
-from tests.conftest import start_server_process, stop_server_process
+from tests.conftest import folder_names, start_server_process, stop_server_process
 from varstore.proto import tensor_bundle_pb2 as bundle_pb
 from varstore.server.bundle import TEMP_MARK
 
@@ -83,7 +83,7 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path) -> Non
 
     server = start_server_process(ckpt, "--restore", "latest")
     try:
-        assert sorted(os.listdir(ckpt)) == [
+        assert folder_names(ckpt) == [
             "checkpoint", "model.ckpt-1.data-00000-of-00001", "model.ckpt-1.index"]
         state = _state(ckpt)
         assert state.model_checkpoint_path == "model.ckpt-1"
@@ -143,7 +143,7 @@ def test_sigterm_with_no_save_on_exit_writes_nothing(tmp_path: Path) -> None:
     server.process.send_signal(signal.SIGTERM)
     server.process.communicate(timeout=60)
     assert server.process.returncode == 0
-    assert not ckpt.exists() or os.listdir(ckpt) == []
+    assert folder_names(ckpt) == []
 
 
 def test_bad_restore_fails_start_up(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_a_state_file_listing_files_outside_the_folder_deletes_nothing(
     victim.mkdir()
     for name in ("model.ckpt-1.index", "model.ckpt-1.data-00000-of-00001"):
         (victim / name).write_text("not the server's")
-    ckpt_dir.mkdir()
+    ckpt_dir.mkdir(exist_ok=True)
     # TF1 writes absolute paths; these point outside the folder, and inside it at a file
     # another program wrote.
     (ckpt_dir / "mine.index").write_text("another program's")

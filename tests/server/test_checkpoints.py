@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import text_format
 
 import varstore as vs
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, folder_names
 from tests.unit.test_bundle import EXPECTED, SHAPES, TF_DATA, _same, _sample
 from varstore import dtypes
 from varstore.errors import (
@@ -52,13 +52,14 @@ def ckpt_dir(server: Server) -> Path:
 
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[Callable[..., vs.Client]]:
-    """Starts more in-process servers on the same checkpoint folder as ``server``."""
+    """Starts more in-process servers, on the checkpoint folder of ``server`` unless told
+    another (``checkpoint_dir=``; one server holds a folder at a time)."""
     servers: list[Server] = []
     clients: list[vs.Client] = []
 
     def start(**config: Any) -> vs.Client:
-        srv = create_server(ServerConfig(host="127.0.0.1", port=0,
-                                         checkpoint_dir=tmp_path / "ckpt", **config))
+        config.setdefault("checkpoint_dir", tmp_path / "ckpt")
+        srv = create_server(ServerConfig(host="127.0.0.1", port=0, **config))
         srv.start()
         servers.append(srv)
         clients.append(vs.connect(f"127.0.0.1:{srv.port}"))
@@ -127,7 +128,7 @@ def test_save_writes_tensorflow_files_and_the_state_file(client: vs.Client, ckpt
     step = client.Variable(7, name="step")
     assert client.save("model.ckpt", global_step=3) == "model.ckpt-3"
     assert client.save("sub/dir/model.ckpt") == "sub/dir/model.ckpt"
-    assert sorted(os.listdir(ckpt_dir)) == [
+    assert folder_names(ckpt_dir) == [
         "checkpoint", "model.ckpt-3.data-00000-of-00001", "model.ckpt-3.index", "sub"]
     assert sorted(os.listdir(ckpt_dir / "sub" / "dir")) == [
         "checkpoint", "model.ckpt.data-00000-of-00001", "model.ckpt.index"]
@@ -184,7 +185,9 @@ def test_every_dtype_round_trips_through_a_fresh_server(
             written[name] = _sample(dtype, shape, rng)
             client.Variable(written[name], name=name, dtype=dtype)
     assert client.save("all", global_step=1) == "all-1"
-    other = fresh()
+    copy = Path(client.status().checkpoint_dir).with_name("copy")
+    shutil.copytree(client.status().checkpoint_dir, copy)
+    other = fresh(checkpoint_dir=copy)
     assert other.list_variables() == []
     assert other.restore("all-1") == "all-1"
     infos = {v.name: v for v in other.list_variables()}
@@ -220,7 +223,7 @@ def test_uninitialized_variable_fails_the_save_and_writes_nothing(client: vs.Cli
     with pytest.raises(FailedPreconditionError,
                        match="Attempting to use uninitialized value layer/W"):
         client.save("model.ckpt")
-    assert not ckpt_dir.exists() or os.listdir(ckpt_dir) == []
+    assert folder_names(ckpt_dir) == []
 
 
 def test_saving_nothing_or_a_missing_variable_fails(client: vs.Client) -> None:
@@ -235,7 +238,7 @@ def test_saving_the_same_prefix_again_replaces_it(client: vs.Client, ckpt_dir: P
     client.save("model.ckpt")
     v.assign(np.full(4, 7, np.float32))
     client.save("model.ckpt")
-    assert sorted(os.listdir(ckpt_dir)) == [
+    assert folder_names(ckpt_dir) == [
         "checkpoint", "model.ckpt.data-00000-of-00001", "model.ckpt.index"]
     assert list(_state(ckpt_dir).all_model_checkpoint_paths) == ["model.ckpt"]
     v.assign(np.zeros(4, np.float32))
@@ -248,7 +251,7 @@ def test_max_to_keep_deletes_old_checkpoints(client: vs.Client, ckpt_dir: Path) 
     for step in range(1, 6):
         v.assign(step)
         client.save("model.ckpt", global_step=step, max_to_keep=2)
-    assert sorted(os.listdir(ckpt_dir)) == [
+    assert folder_names(ckpt_dir) == [
         "checkpoint", "model.ckpt-4.data-00000-of-00001", "model.ckpt-4.index",
         "model.ckpt-5.data-00000-of-00001", "model.ckpt-5.index"]
     state = _state(ckpt_dir)
@@ -576,7 +579,7 @@ def test_recovery_finishes_committed_saves_and_drops_uncommitted_ones(tmp_path: 
     (ckpt / "sub" / "y.data-00000-of-00001.tempstate123").write_bytes(b"TF's")
     fresh = CheckpointManager(VariableStore(), ckpt)
     fresh.recover()
-    assert sorted(os.listdir(ckpt)) == [
+    assert folder_names(ckpt) == [
         "checkpoint", "kept.data-00000-of-00001", "kept.index", "old.data-00000-of-00001",
         "old.index", "sub"]
     assert os.listdir(ckpt / "sub") == ["y.data-00000-of-00001.tempstate123"]
@@ -685,4 +688,4 @@ def test_bad_state_file_names_are_refused(client: vs.Client, ckpt_dir: Path, bad
         client.save("m", latest_filename=bad)
     with pytest.raises(InvalidArgumentError, match="latest_filename"):
         client.latest_checkpoint("", latest_filename=bad)
-    assert not ckpt_dir.exists() or not os.listdir(ckpt_dir)
+    assert folder_names(ckpt_dir) == []

@@ -4,7 +4,6 @@ restores of any region of a stored tensor, whole or sliced."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 import varstore as vs
 import varstore.v1 as tf
+from tests.conftest import folder_names
 from varstore import cli, dtypes
 from varstore.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from varstore.proto import varstore_pb2 as pb
@@ -55,8 +55,7 @@ def _entry(key: str, variable: str, offset: list[int] | None = None,
 
 
 def _files(server: Server) -> list[str]:
-    folder = server.checkpoints.directory
-    return os.listdir(folder) if folder.exists() else []
+    return folder_names(server.checkpoints.directory)
 
 
 def _values(client: vs.Client) -> dict[str, np.ndarray]:

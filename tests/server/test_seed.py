@@ -7,6 +7,7 @@ made relative to the server's checkpoint folder. ``tf.Session()`` finds the serv
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +28,11 @@ def seed_program(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @contextlib.contextmanager
 def new_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Another training job: a new server on the same checkpoint folder, a new graph."""
+    """Another training job: a new server on a copy of the checkpoint folder (one server
+    holds a folder at a time), a new graph."""
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "next_job")
     server = create_server(ServerConfig(host="127.0.0.1", port=0,
-                                        checkpoint_dir=tmp_path / "ckpt"))
+                                        checkpoint_dir=tmp_path / "next_job"))
     server.start()
     monkeypatch.setenv("VARSTORE_ADDRESS", f"127.0.0.1:{server.port}")
     tf.reset_default_graph()
