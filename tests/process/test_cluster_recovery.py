@@ -281,7 +281,7 @@ def test_shards_restarted_alone_save_only_what_changed_since_their_restore(
     restarted: list[ServerProcess] = []
     with contextlib.ExitStack() as stack:
         stack.callback(stop_server_process, cluster.server)
-        stack.callback(lambda: [stop_server_process(p) for p in restarted])
+        stack.callback(lambda: list(map(stop_server_process, restarted)))
         client = stack.enter_context(connected(cluster.address, timeout=5))
         v = _model(client)
         assert client.save("model.ckpt", global_step=1) == "model.ckpt-1"

@@ -110,9 +110,11 @@ def test_timer_and_sigterm_write_checkpoints(tmp_path: Path) -> None:
     server = start_server_process(ckpt, "--save-every", "0.2", "--keep", "2")
     with vs.connect(server.address) as c:
         w = c.Variable(np.arange(4, dtype=np.float32), name="w")
+        def saved_step() -> int:
+            return int((c.latest_checkpoint() or "-0").rsplit("-", 1)[1])
+
         for n in range(1, 4):  # a period saves only when the store changed since the last
-            _wait_for(lambda n=n: int((c.latest_checkpoint() or "-0").rsplit("-", 1)[1]) >= n,
-                      step=0.05)
+            _wait_for(lambda n=n: saved_step() >= n, step=0.05)  # type: ignore[misc]
             w.assign_add(np.zeros(4, np.float32))  # a change (its version), the same value
         step = c.Variable(np.int64(1000), name="global_step")
         _wait_for(lambda: c.latest_checkpoint() == "model.ckpt-1000", step=0.05)
@@ -129,8 +131,8 @@ def test_timer_and_sigterm_write_checkpoints(tmp_path: Path) -> None:
         with vs.connect(server.address) as c:
             handles = {v.name: vs.RemoteVariable(c, v.name, v.dtype, v.shape)
                        for v in c.list_variables()}
-            w, step_value = c.pull([handles["w"], handles["global_step"]])
-        assert w.tolist() == [0.0, 1.0, 2.0, 3.0] and step_value == 1234
+            w_value, step_value = c.pull([handles["w"], handles["global_step"]])
+        assert w_value.tolist() == [0.0, 1.0, 2.0, 3.0] and step_value == 1234
     finally:
         stop_server_process(server)
 
