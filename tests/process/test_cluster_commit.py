@@ -159,7 +159,7 @@ def test_a_reader_opened_mid_commit_reads_one_checkpoint_whole(tmp_path: Path,
                 saver.join()
                 stop.set()
                 releaser.join()
-                assert sorted(p.name for p in folder.iterdir()) == [
+                assert folder_names(folder) == [
                     "checkpoint", "m.data-00000-of-00002", "m.data-00001-of-00002", "m.index"]
                 expected = 1.0 if STEPS[step] == "old" else 2.0
                 for key in ("w0", "w1"):

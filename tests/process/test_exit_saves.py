@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import varstore as vs
-from tests.conftest import ServerProcess, start_server_process
+from tests.conftest import ServerProcess, folder_names, start_server_process
 from tests.pki import Pki, make_pki
 from tests.process.test_cluster import start_cluster_from
 from varstore.cluster import ClusterClient
@@ -84,7 +84,7 @@ def _ctrl_c(server: ServerProcess) -> str:
 
 
 def _files(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    return {name: (folder / name).stat().st_mtime_ns for name in folder_names(folder)}
 
 
 def test_a_cluster_restored_and_left_untouched_writes_nothing_on_exit(tmp_path: Path) -> None:
