@@ -119,7 +119,7 @@ def undone_on_failure(steps: Steps, undo: Callable[[], None]) -> Steps:
         raise
 
 
-def pull_steps(variables: Sequence[VariableHandle]) -> Steps:
+def pull_steps(variables: Iterable[VariableHandle] | Any) -> Steps:
     """Reads ``variables`` in one request; returns their values."""
     variables = variable_list(variables, "pull() argument 'variables'")
     b = RequestBuilder()
@@ -129,7 +129,7 @@ def pull_steps(variables: Sequence[VariableHandle]) -> Steps:
     return values
 
 
-def push_steps(values: Mapping[VariableHandle, Any]) -> Steps:
+def push_steps(values: Mapping[VariableHandle, Any] | Any) -> Steps:
     """Assigns each ``{variable: value}`` in one request; raises before sending (nothing
     changed) ``ValueError`` when a value has the wrong shape, ``TypeError`` when it does not
     fit the variable's dtype or ``values`` is no dict of variables."""

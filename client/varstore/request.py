@@ -108,7 +108,7 @@ def checkpoint_entries(var_list: Any) -> list[pb.CheckpointEntry]:
     if not isinstance(var_list, Mapping) and all(
             isinstance(e, pb.CheckpointEntry) for e in var_list):
         return list(var_list)
-    items: list[tuple[str, Any]]
+    items: list[tuple[Any, Any]]
     if isinstance(var_list, Mapping):
         items = list(var_list.items())
     else:

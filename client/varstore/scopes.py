@@ -202,7 +202,8 @@ class Naming:
         meanwhile (asyncio): unique_name skips every name still in use, so none repeats.
 
         Raises ``ValueError`` for a name TF refuses, leaving no name used (as TF)."""
-        self._claims = claims = []
+        claims: list[tuple[str, int | None]] = []
+        self._claims = claims
         try:
             with self.name_scope(name, "Variable") as scope:
                 full = scope[:-1]

@@ -23,7 +23,8 @@ def w(client: vs.Client) -> vs.RemoteVariable:
         return client.Variable(np.zeros((3, 2), np.float32), name="W")
 
 
-CALLS: dict[str, tuple[Callable[[vs.Client, Any], Any], str]] = {
+# The client is Any here: these calls pass wrong types on purpose.
+CALLS: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
     "pull_names": (lambda c, w: c.pull(["layer1/W"]),
                    r"pull\(\) argument 'variables' must hold variables returned by Variable or "
                    r"get_variable, got str 'layer1/W'"),
@@ -87,8 +88,9 @@ def test_asyncio_client_names_the_argument_too(address: str) -> None:
         async with await varstore.aio.connect(address) as aclient:
             v = await aclient.Variable(np.zeros(2, np.float32), name="v")
             out = []
-            for bad in (lambda: aclient.pull(["v"]), lambda: aclient.push([(v, 1.0)]),
-                        lambda: aclient.list_variables(v)):
+            loose: Any = aclient  # wrong types on purpose
+            for bad in (lambda: loose.pull(["v"]), lambda: loose.push([(v, 1.0)]),
+                        lambda: loose.list_variables(v)):
                 try:
                     await bad()
                 except TypeError as e:
