@@ -32,6 +32,7 @@ from varstore.common.errors import (
     UnimplementedError,
     clip,
 )
+from varstore.common.parts import check_whole_parts
 from varstore.common.protocol import ROUTED_METADATA
 from varstore.placement import (
     ClusterSteps,
@@ -212,9 +213,15 @@ class ClusterClient(Client):
         Raises ``NotFoundError`` (nothing removed) for a named variable no shard holds,
         ``UnavailableError`` naming a shard that is down (nothing removed when it was down
         before the deletion); a shard failing while the others delete raises its error
-        saying what the others removed."""
+        saying what the others removed; ``InvalidArgumentError`` (nothing removed) when some
+        parts of a partitioned variable would go and others stay, on any shards (a full name
+        of parts deletes them all, as on one server)."""
+        listed = self.list_variables()  # every shard answers, or none deletes
+        parts = {v.name: v.save_slice.full_name if v.save_slice else None for v in listed}
         if request.names:
-            names = list(dict.fromkeys(request.names))
+            names = list(dict.fromkeys(p for n in request.names for p in (
+                [n] if n in parts else [m for m, f in parts.items() if f == n] or [n])))
+            check_whole_parts(names, parts.items())
             self._locate([], names)
             groups: dict[int, list[str]] = {}
             for name in names:
@@ -228,7 +235,9 @@ class ClusterClient(Client):
                                         "cluster (nothing removed)")
             calls = [(k, pb.DeleteRequest(names=groups[k])) for k in shards]
         else:
-            self.list_variables(request.scope or None)  # every shard answers, or none deletes
+            scope = request.scope.rstrip("/")
+            check_whole_parts([n for n in parts if not scope or n == scope or
+                               n.startswith(scope + "/")], parts.items())
             calls = [(k, request) for k in range(len(self.shards))]
         lists = self._apply(calls, lambda c: Client._delete(self.shards[c[0]], c[1]),
                             lambda c: c[0], lambda _, names: names, "removed")

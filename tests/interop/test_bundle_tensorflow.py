@@ -122,3 +122,20 @@ def test_tensorflow_slices_match_ours(tmp_path: Path, tf: Any) -> None:
     with BundleReader(tmp_path / "ours") as r:
         assert [k for k in r._table if k.startswith(b"\x00")] == big_keys
         _same(r.read("big"), big)
+
+
+def test_tensorflow_reads_an_empty_checkpoint(tmp_path: Path, tf: Any) -> None:
+    # A store emptied by deletions is saved as an empty checkpoint (the exit save, the timer,
+    # a shard's snapshot): TensorFlow reads it (no tensors) and names it latest. (Its own
+    # SaveV2 refuses to write one: "Length for attr 'dtypes' of 0 must be at least 1".)
+    from varstore.server.checkpoints import CheckpointManager
+    from varstore.server.store import VariableStore
+    saved = CheckpointManager(VariableStore(), tmp_path / "ours").save(
+        "model.ckpt", global_step=3, internal=True)
+    assert saved.path == "model.ckpt-3"
+    ours = tmp_path / "ours" / "model.ckpt-3"
+    assert tf.train.latest_checkpoint(str(tmp_path / "ours")) == str(ours)
+    assert tf.train.list_variables(str(tmp_path / "ours")) == []
+    restored = CheckpointManager(VariableStore(), tmp_path / "ours")
+    assert restored.restore("latest", as_saved=0) == "model.ckpt-3"
+    assert len(restored.store) == 0 and restored.unsaved() == []

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import varstore as vs
 import varstore.v1 as tf
-from tests.conftest import start_server_process, stop_server_process
+from tests.conftest import ServerProcess, start_server_process, stop_server_process
 from tests.process.test_cluster import (
     connected,
     shard_contents,
@@ -189,3 +190,54 @@ def _holds_emb_whole(folder: Path) -> bool:
                 ((0, 0), (15, 4)), ((15, 0), (15, 4)))
     except (OSError, NotFoundError):  # deleted by retention meanwhile
         return False
+
+
+def test_a_shard_stopped_alone_snapshots_its_parts_which_go_only_together(
+        tmp_path: Path) -> None:
+    # A shard holding a part of a partitioned variable could not write its snapshot ("the
+    # parts saved under 'emb' do not cover its full shape") and came back with all its
+    # variables rolled back (attack5 10); deleting one part alone made every later save fail
+    # (attack5 11).
+    cluster = start_cluster(tmp_path / "ckpt", 2)
+    replacement = None
+
+    def restart_1() -> ServerProcess:
+        return start_server_process(
+            cluster.server.checkpoint_dir, "--cluster", ",".join(cluster.addresses),
+            "--task-index", "1", "--port", cluster.addresses[1].rpartition(":")[2],
+            "--restore", "latest")
+    try:
+        _v1_model(cluster.address, 2, "init", "model")
+        os.kill(cluster.pids[1], signal.SIGKILL)
+        replacement = restart_1()
+        with connected(cluster.address, timeout=5) as client:
+            handles = {v.name: vs.RemoteVariable(client, v.name, v.dtype, v.shape)
+                       for v in client.list_variables()}
+            on_1 = sorted(n for n in handles if client.shard_of(n) == 1)
+            part = next(n for n in on_1 if n.startswith("emb/part_"))
+            for handle in handles.values():
+                handle.assign_add(np.full(handle.shape, 1000.0, np.float32))
+            stop_server_process(replacement)
+            _, err = replacement.process.communicate(timeout=60)
+            assert "wrote this shard's own snapshot" in err, err[-2000:]
+            replacement = restart_1()
+            saved = {"emb/part_0": FULL[:15], "emb/part_1": FULL[15:], "dense/b": BIAS}
+            for name, handle in handles.items():
+                np.testing.assert_array_equal(handle.numpy(), saved[name] + 1000)
+            with vs.Client(replacement.address) as alone:
+                restored = alone.list_variables()
+                assert sorted(v.name for v in restored) == on_1
+                assert all(v.save_slice is not None and v.save_slice.full_name == "emb"
+                           for v in restored if v.name.startswith("emb/"))
+            with pytest.raises(vs.errors.InvalidArgumentError,
+                               match=f"^cannot delete {part} alone: it is a part of the "
+                                     "partitioned variable 'emb', whose part emb/part_"):
+                client.delete([part])
+            assert sorted(v.name for v in client.list_variables()) == sorted(handles)
+            assert client.save("after") == "after"
+            assert client.delete(["emb"]) == ["emb/part_0", "emb/part_1"]
+            assert [v.name for v in client.list_variables()] == ["dense/b"]
+    finally:
+        if replacement is not None:
+            stop_server_process(replacement)
+        stop_server_process(cluster.server)

@@ -18,7 +18,13 @@ import pytest
 
 import varstore as vs
 from tests.conftest import ServerProcess, start_server_process, stop_server_process
-from tests.process.test_cluster import Cluster, connected, start_cluster, start_cluster_from
+from tests.process.test_cluster import (
+    Cluster,
+    connected,
+    shard_contents,
+    start_cluster,
+    start_cluster_from,
+)
 from varstore.cluster import ClusterClient
 from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
@@ -288,13 +294,13 @@ def test_shards_restarted_alone_save_only_what_changed_since_their_restore(
         restarted.append(restart_shard(cluster, 1, "--restore", "latest"))
         stop_server_process(restarted[-1])
         _, err = restarted[-1].process.communicate(timeout=60)
-        assert "no changes since the last save or restore: no snapshot to write" in err
+        assert "no changes since what --restore latest restores: no snapshot to write" in err
         assert not list(folder.glob(".shard-*"))
         restarted[-1] = restart_shard(cluster, 1, "--restore", "latest", kill=False)
         restarted.append(restart_shard(cluster, 0, "--restore", "latest"))
         stop_server_process(restarted[-1])
         _, err = restarted[-1].process.communicate(timeout=60)
-        assert "no changes since the last checkpoint: nothing to save on exit" in err
+        assert "--restore latest restores: nothing to save on exit" in err
         assert sorted(p.name for p in folder.glob("*.index")) == ["model.ckpt-1.index"]
         v.assign(-1.0)  # on shard 1, while shard 0 is down
         restarted[-1] = restart_shard(cluster, 0, "--restore", "latest", kill=False)
@@ -304,3 +310,52 @@ def test_shards_restarted_alone_save_only_what_changed_since_their_restore(
         from varstore.server.bundle import BundleReader
         with BundleReader(folder / "model.ckpt-2") as reader:
             assert float(reader.read("v")) == -1.0
+
+
+def test_a_shard_stopped_alone_keeps_what_restore_latest_would_not_bring_back(
+        tmp_path: Path) -> None:
+    # A save that shard 0 refused at its commit, or wrote where --restore latest does not
+    # look (another folder, no state file), counted as saved on every shard that wrote its
+    # part: a shard stopped alone wrote no snapshot and came back rolled back (attack5 01).
+    # Deleting a shard's variables was no change to save: they came back (attack5 07).
+    folder = tmp_path / "ckpt"
+    cluster = start_cluster(folder, 2)
+    restarted: list[ServerProcess] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop_server_process, cluster.server)
+        stack.callback(lambda: [stop_server_process(p) for p in restarted])
+        client = stack.enter_context(connected(cluster.address, timeout=5))
+        v = _model(client)
+        with client.device("/job:ps/task:1"):
+            client.get_variable("gone", [], initializer=vs.ones_initializer)
+        assert client.save("model.ckpt", global_step=0) == "model.ckpt-0"
+        restarted.append(restart_shard(cluster, 1, "--restore", "latest"))
+
+        def stop_and_restart() -> str:
+            stop_server_process(restarted[-1])
+            _, err = restarted[-1].process.communicate(timeout=60)
+            restarted[-1] = restart_shard(cluster, 1, "--restore", "latest", kill=False)
+            return err
+
+        v.assign_add(5.0)
+        client.delete(["gone"])
+        with pytest.raises(vs.errors.InvalidArgumentError, match="max_to_keep must be >= 0"):
+            client.save("refused", max_to_keep=-1)
+        assert client.save("best/model") == "best/model"
+        assert client.save_checkpoint("nostate", write_state=False).path == "nostate"
+        assert "wrote this shard's own snapshot" in stop_and_restart()
+        assert shard_contents(cluster) == [["big"], ["v"]]
+        with client.variable_scope("", reuse=True):
+            assert client.get_variable("v", []).numpy() == 15.0
+        # The snapshot is no checkpoint of the cluster (attack5 14): not listed, not restored.
+        assert sorted(c.path for c in client.list_checkpoints()) == [
+            "best/model", "model.ckpt-0", "nostate"]
+        with pytest.raises(vs.errors.InvalidArgumentError, match="shard's own snapshot"):
+            client.restore(".shard-00001-of-00002.snapshot")
+        # The shard's last variable deleted: an empty snapshot, nothing comes back.
+        client.delete(["v"])
+        assert "wrote this shard's own snapshot" in stop_and_restart()
+        assert shard_contents(cluster) == [["big"], []]
+        # Restored from that snapshot and left untouched: nothing more to write.
+        assert "no snapshot to write" in stop_and_restart()
+        assert shard_contents(cluster) == [["big"], []]

@@ -144,7 +144,7 @@ def test_a_restored_cluster_timer_writes_only_after_a_change(tmp_path: Path) -> 
         assert server.process.returncode == 0
         # The idle periods wrote nothing (the counter would have passed 2), nor did the exit.
         assert _timer_files(folder) == _cluster_checkpoint(1) + _cluster_checkpoint(2)
-        assert "no changes since the last checkpoint: nothing to save on exit" in err
+        assert "--restore latest restores: nothing to save on exit" in err
     finally:
         stop_server_process(server)
 

@@ -96,7 +96,7 @@ def test_a_cluster_restored_and_left_untouched_writes_nothing_on_exit(tmp_path: 
     before = _files(folder)
     err = _ctrl_c(_start(tmp_path, "--restore", "latest"))
     assert _files(folder) == before  # nothing written or rewritten, no shard's snapshot
-    assert "no changes since the last checkpoint: nothing to save on exit" in err
+    assert "--restore latest restores: nothing to save on exit" in err
     # Any change after the restore counts, on any shard.
     server = _start(tmp_path, "--restore", "latest")
     with vs.connect(server.address) as client:
@@ -174,3 +174,75 @@ def test_the_cli_speaks_tls_from_flags_or_the_environment(tmp_path: Path, pki: P
     finally:
         server.process.terminate()
         server.process.communicate(timeout=60)
+
+
+def _stop(server: ServerProcess) -> str:
+    """SIGTERM to one server; its log, once it exited with status 0."""
+    server.process.terminate()
+    _, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0, err[-2000:]
+    return err
+
+
+def test_one_server_saves_on_exit_what_restore_latest_would_not_bring_back(
+        tmp_path: Path) -> None:
+    # After a save into another folder, one without a state file or one refused, SIGTERM
+    # wrote nothing and --restore latest rolled v back to 0 (attack5 02); after reset, it
+    # brought every deleted variable back (attack5 07).
+    folder = tmp_path / "ckpt"
+
+    def start(*flags: str) -> ServerProcess:
+        _STARTED.append(start_server_process(folder, *flags))
+        return _STARTED[-1]
+
+    server = start()
+    with vs.connect(server.address) as client:
+        v = client.Variable(0, dtype=vs.int64, name="v")
+        client.Variable(1.0, name="w")
+        assert client.save("model.ckpt", global_step=0) == "model.ckpt-0"
+        for _ in range(10):
+            v.assign_add(1)
+        assert client.save("best/model") == "best/model"
+        assert client.save_checkpoint("nostate", write_state=False).path == "nostate"
+        with pytest.raises(vs.errors.InvalidArgumentError, match="max_to_keep must be >= 0"):
+            client.save("refused", max_to_keep=-1)
+    assert "final checkpoint written: model.ckpt-1" in _stop(server)
+    server = start("--restore", "latest")
+    with vs.connect(server.address) as client:
+        with client.variable_scope("", reuse=True):
+            assert client.get_variable("v", [], dtype=vs.int64).numpy() == 10
+        assert client.reset() == ["v", "w"]
+    assert "final checkpoint written: model.ckpt-2" in _stop(server)
+    assert _saved(folder, 2) == {}  # an empty checkpoint (TensorFlow reads it: interop)
+    server = start("--restore", "latest")
+    with vs.connect(server.address) as client:
+        assert client.list_variables() == []
+    assert "--restore latest restores: nothing to save on exit" in _stop(server)
+
+
+def test_a_cluster_saves_on_exit_what_restore_latest_would_not_bring_back(
+        tmp_path: Path) -> None:
+    # After a save shard 0 refused at its commit, or one into another folder, every shard
+    # answered "nothing unsaved": the whole cluster wrote nothing on exit and lost every
+    # change (attack5 01b); after reset the deleted variables came back (attack5 07).
+    folder = tmp_path / "ckpt"
+    server = _start(tmp_path)
+    with vs.connect(server.address) as client:
+        _change(server)
+        assert client.save("model.ckpt", global_step=0) == "model.ckpt-0"
+        with client.variable_scope("", reuse=True):
+            client.get_variable("v1", []).assign_add(5.0)
+        with pytest.raises(vs.errors.InvalidArgumentError, match="max_to_keep must be >= 0"):
+            client.save("refused", max_to_keep=-1)
+        assert client.save("best/model") == "best/model"
+    assert "final checkpoint of the whole cluster written: model.ckpt-1" in _ctrl_c(server)
+    assert _saved(folder, 1) == {"v0": 10.0, "v1": 16.0, "v2": 12.0, "v3": 13.0}
+    server = _start(tmp_path, "--restore", "latest")
+    with vs.connect(server.address) as client:
+        assert sorted(client.reset()) == ["v0", "v1", "v2", "v3"]
+    assert "final checkpoint of the whole cluster written: model.ckpt-2" in _ctrl_c(server)
+    assert _saved(folder, 2) == {}
+    server = _start(tmp_path, "--restore", "latest")
+    with vs.connect(server.address) as client:
+        assert client.list_variables() == []
+    assert "--restore latest restores: nothing to save on exit" in _ctrl_c(server)

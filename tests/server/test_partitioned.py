@@ -233,3 +233,25 @@ def test_ls_shows_where_a_part_lies(client: vs.Client, address: str,
     assert capsys.readouterr().out.splitlines() == [
         "emb/part_0\tfloat32\t[5, 4]  (part of emb [10, 4] at [0, 0])",
         "emb/part_1\tfloat32\t[5, 4]  (part of emb [10, 4] at [5, 0])"]
+
+
+def test_one_part_is_deleted_only_with_the_others(client: vs.Client, address: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # `varstore rm emb/part_1` succeeded, then every save of the store failed ("the parts
+    # saved under 'emb' do not cover its full shape"), the exit save too (attack5 11).
+    with tf.Graph().as_default():
+        tf.get_variable("emb", [10, 4], partitioner=tf.fixed_size_partitioner(2))
+        tf.get_variable("c", [], dtype=tf.int64, initializer=tf.zeros_initializer())
+        with tf.Session(address) as sess:
+            sess.run(tf.global_variables_initializer())
+    refusal = ("cannot delete emb/part_1 alone: it is a part of the partitioned variable "
+               "'emb', whose part emb/part_0 would stay and no checkpoint could hold it; "
+               "delete every part, or the variable by its name 'emb'")
+    assert cli.main(["rm", "--address", address, "emb/part_1"]) == 1
+    assert refusal in capsys.readouterr().err
+    with pytest.raises(InvalidArgumentError, match="^cannot delete emb/part_1 alone"):
+        client.delete(scope="emb/part_1")
+    assert [v.name for v in client.list_variables()] == ["c", "emb/part_0", "emb/part_1"]
+    assert client.save("m") == "m"
+    assert client.delete(["emb"]) == ["emb/part_0", "emb/part_1"]
+    assert [v.name for v in client.list_variables()] == ["c"]

@@ -100,9 +100,9 @@ class ClusterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Unsaved(self, request, context):
-        """The variables this shard created, changed or deleted since it last saved its part of the
-        cluster or restored it at start-up (every variable it holds when it did neither): shard 0
-        asks before its first save of the cluster whether one is due.
+        """The variables this shard created, changed or deleted since the checkpoint that
+        `--restore latest` would restore on it now (its data file of the folder's latest, or its
+        own snapshot when newer) was committed or restored: shard 0 asks whether a save is due.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,7 +4,8 @@ whether its folder's ``checkpoint`` state file names it as the latest.
 
 A checkpoint is complete when its ``.index`` file and every data file the data files' own names
 announce (``PREFIX.data-0000I-of-0000N``) are there; temporary files of saves in progress
-(``.tempstate``) are not checkpoints. The walk follows no symbolic link out of the folder and
+(``.tempstate``) and a cluster shard's own snapshot (``.shard-0000I-of-0000N.snapshot``, its
+variables only) are not checkpoints. The walk follows no symbolic link out of the folder and
 stops after ``MAX_ENTRIES`` directory entries or ``MAX_CHECKPOINTS`` checkpoints (the answer
 then says it is incomplete), so a huge folder costs the server a bounded amount of work.
 """
@@ -19,6 +20,7 @@ from varstore.server.bundle import TEMP_MARK
 from varstore.server.bundle.naming import DATA_FILE
 from varstore.server.bundle.state import latest_checkpoint
 from varstore.server.checkpoint_folder import CheckpointFolder
+from varstore.server.cluster import is_snapshot
 
 # Directory entries one listing reads at most, and checkpoints it reports at most.
 MAX_ENTRIES = 100_000
@@ -82,6 +84,8 @@ def _in_folder(root: str, here: str, files: list[str]) -> list[ListedCheckpoint]
         if not name.endswith(".index") or TEMP_MARK in name:
             continue
         prefix = name[:-len(".index")]
+        if is_snapshot(prefix):
+            continue  # a shard's own snapshot: no checkpoint of the cluster
         counts = [n for n, shards in data.get(prefix, {}).items()
                   if 0 < n and shards == set(range(n))]
         if len(counts) != 1:

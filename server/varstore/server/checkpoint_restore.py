@@ -20,7 +20,8 @@ from varstore.server.checkpoint_progress import Tally
 from varstore.server.slices import Entry, SaveSlice
 from varstore.server.store import Variable, VariableStore, validate_name, value_nbytes
 
-__all__ = ["OBJECT_GRAPH_KEY", "RESTORE_THREADS", "Item", "Restoring", "shard_entries",
+__all__ = ["NOT_VARIABLES", "OBJECT_GRAPH_KEY", "PART_NAMES_KEY", "RESTORE_THREADS", "Item",
+           "Restoring", "part_names_tensor", "shard_entries",
            "stored_parts"]
 
 # Restores read and verify tensors on this many threads: reads and checksums of different
@@ -28,6 +29,11 @@ __all__ = ["OBJECT_GRAPH_KEY", "RESTORE_THREADS", "Item", "Restoring", "shard_en
 RESTORE_THREADS = min(4, os.cpu_count() or 1)
 # TF2 object-based checkpoints describe their object graph under this key; it is no variable.
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# A cluster shard's own snapshot (varstore.server.cluster_service.save_shard_snapshot) holds
+# some parts of a partitioned variable only, so their names cannot follow from their order
+# among all slices: it names them under this key (see part_names_tensor); it is no variable.
+PART_NAMES_KEY = "_VARSTORE_PART_NAMES"
+NOT_VARIABLES = frozenset({OBJECT_GRAPH_KEY, PART_NAMES_KEY})
 
 @dataclass(frozen=True)
 class Item:
@@ -100,14 +106,16 @@ class Restoring:
         """Every key of the checkpoint as entries: into the server's parts of a partitioned
         variable of that name (re-sliced, whatever slices the checkpoint stores), else the
         variable of that name, else, for a tensor stored in slices, new parts ``KEY/part_I``
-        (TensorFlow's names, in offset order) that keep their slice info."""
+        (TensorFlow's names, in offset order, or as a snapshot names them) that keep their
+        slice info."""
+        names = _part_names(self.reader)
         held: dict[str, list[Variable]] = {}
         for var in self.store.variables():
             if var.save_slice is not None:
                 held.setdefault(var.save_slice.full_name, []).append(var)
         entries: list[Entry] = []
         for key in self.reader.keys():
-            if key == OBJECT_GRAPH_KEY:
+            if key in NOT_VARIABLES:
                 continue
             whole = self.store.find(key) is not None
             if not whole and key in held:
@@ -117,7 +125,7 @@ class Restoring:
             if whole or not info.sliced:
                 entries.append(Entry(key, key))
                 continue
-            entries += stored_parts(info)
+            entries += stored_parts(info, names=names)
         return entries
 
     def run(self, plan: Plan, tally: Tally) -> None:
@@ -216,11 +224,15 @@ class Restoring:
             raise
 
 
-def stored_parts(info: TensorInfo, shard: int | None = None) -> list[Entry]:
+def stored_parts(info: TensorInfo, shard: int | None = None,
+                 names: dict[tuple[str, tuple[int, ...]], str] | None = None) -> list[Entry]:
     """The parts ``KEY/part_I`` of a tensor stored in slices (TensorFlow's names, in offset
-    order), as entries restoring each from its slice; with ``shard``, those stored in that
-    data file. Raises ``InvalidArgumentError`` for a slice varstore cannot hold."""
-    return [Entry(info.key, f"{info.key}/part_{i}",
+    order; ``names`` by key and offset when given, as :func:`part_names_tensor` wrote them),
+    as entries restoring each from its slice; with ``shard``, those stored in that data file.
+    Raises ``InvalidArgumentError`` for a slice varstore cannot hold or an invalid name."""
+    names = names or {}
+    return [Entry(info.key, validate_name(names.get((info.key, tuple(offset)),
+                                                    f"{info.key}/part_{i}")),
                   SaveSlice.checked(info.key, info.shape, offset, shape))
             for i, ((offset, shape), stored) in enumerate(zip(info.slices, info.shards,
                                                                strict=True))
@@ -230,17 +242,36 @@ def stored_parts(info: TensorInfo, shard: int | None = None) -> list[Entry]:
 def shard_entries(reader: BundleReader, shard: int | None = None) -> list[Entry]:
     """The variables of a checkpoint as a cluster's shard restores them at start-up: the
     tensors, and the slices of partitioned ones (as parts ``KEY/part_I``), stored in data
-    file ``shard`` (None: in any)."""
+    file ``shard`` (None: in any); a snapshot's parts by the names it stored."""
+    names = _part_names(reader)
     entries: list[Entry] = []
     for key in reader.keys():
-        if key == OBJECT_GRAPH_KEY:
+        if key in NOT_VARIABLES:
             continue
         info = reader.entry(key)
         if info.sliced:
-            entries += stored_parts(info, shard)
+            entries += stored_parts(info, shard, names)
         elif shard is None or info.shards == (shard,):
             entries.append(Entry(key, key))
     return entries
+
+
+def part_names_tensor(plan: Sequence[tuple[str, Variable, SaveSlice | None]]) -> np.ndarray:
+    """What a snapshot stores under :data:`PART_NAMES_KEY`: for each part of ``plan`` (key,
+    variable, slice) the string ``KEY NUL OFFSETS NUL NAME`` (offsets comma-separated)."""
+    return np.array([f"{key}\0{','.join(map(str, part.offset))}\0{var.name}".encode()
+                     for key, var, part in plan if part is not None], dtype=object)
+
+
+def _part_names(reader: BundleReader) -> dict[tuple[str, tuple[int, ...]], str]:
+    """The part names a snapshot stored (:func:`part_names_tensor`), by key and offset."""
+    if PART_NAMES_KEY not in reader.keys():
+        return {}
+    names = {}
+    for line in reader.read(PART_NAMES_KEY).reshape(-1):
+        key, offset, name = bytes(line).decode().split("\0")
+        names[key, tuple(int(d) for d in offset.split(",") if d)] = name
+    return names
 
 
 class _Buffers:

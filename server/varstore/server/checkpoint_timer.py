@@ -1,7 +1,8 @@
 """The server's save timer (``--save-every``/``--keep``): ``model.ckpt-STEP`` every few
-seconds and a final checkpoint when the server stops, each only when the store changed since
-it was last saved whole or restored at start-up (nothing changed, nothing written), as one
-saver of its own.
+seconds and a final checkpoint when the server stops, each only when the store differs from
+what ``--restore latest`` would restore now (:mod:`varstore.server.durability`: nothing
+changed, nothing written; a store emptied by deletions is written as an empty checkpoint),
+as one saver of its own.
 
 ``STEP`` is the value of the store's scalar integer variable ``global_step`` when it has one
 (TensorFlow's convention); otherwise a counter that continues after the newest
@@ -61,11 +62,11 @@ class SaveTimer:
 
     def stop(self, save: bool = True, why_not: str = "--no-save-on-exit") -> bool:
         """Stops the timer and waits for a save or restore in progress; then, when variables
-        changed since the store was last saved whole (or restored at start-up), writes a
-        final checkpoint, or with ``save`` off logs which changes are discarded and
-        ``why_not`` (issue #13: a parameter server's state is the training run). Failures are
-        logged as errors, not raised; returns False when the final checkpoint was due and
-        could not be written (so the process can exit with an error)."""
+        were created, changed or deleted since the checkpoint ``--restore latest`` would restore
+        now, writes a final checkpoint, or with ``save`` off logs which changes are discarded and
+        ``why_not`` (issue #13: a parameter server's state is the training run). Failures are logged
+        as errors, not raised; returns False when the final checkpoint was due and could not be
+        written (so the process can exit with an error)."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
@@ -85,7 +86,8 @@ class SaveTimer:
 
     def _final(self, changed: list[str], save: bool, why_not: str) -> bool:
         if not changed:
-            log.info("no changes since the last checkpoint: nothing to save on exit")
+            log.info("no changes since the checkpoint --restore latest restores: nothing to "
+                     "save on exit")
         elif save:
             return self._save_logged("final")
         else:
@@ -97,14 +99,15 @@ class SaveTimer:
     def save_periodic(self) -> str | None:
         """Writes ``model.ckpt-STEP`` as the timer's saver, which keeps the newest ``keep`` of
         its own checkpoints; returns its path, or None (writing nothing) when the store is
-        empty or unchanged since it was last saved whole or restored at start-up. Raises what
-        :meth:`CheckpointManager.save` and :meth:`ClusterSaver.save` raise."""
+        what ``--restore latest`` would restore now (:meth:`CheckpointManager.unsaved`).
+        Raises what :meth:`CheckpointManager.save` and :meth:`ClusterSaver.save` raise."""
         if self.cluster is not None:
             return self.cluster.save(TIMER_PREFIX, self._next_step, self.keep, TIMER_SAVER)
-        if not len(self.checkpoints.store) or not self.checkpoints.unsaved():
+        if not self.checkpoints.unsaved():
             return None
         return self.checkpoints.save(TIMER_PREFIX, global_step=self._timer_step(),
-                                     max_to_keep=self.keep, saver=TIMER_SAVER).path
+                                     max_to_keep=self.keep, saver=TIMER_SAVER,
+                                     internal=True).path
 
     def _run(self) -> None:
         while not self._stopping.wait(self.save_every):
@@ -123,8 +126,8 @@ class SaveTimer:
             return False
         if path is None:  # each period of an idle server: not worth an INFO line each
             log.log(logging.INFO if kind == "final" else logging.DEBUG,
-                    "%s checkpoint skipped: the store is empty or unchanged since its last "
-                    "save or restore", kind)
+                    "%s checkpoint skipped: the store is what --restore latest restores",
+                    kind)
         elif kind == "final":
             log.info("final checkpoint%s written: %s",
                      "" if self.cluster is None else " of the whole cluster", path)

@@ -12,6 +12,7 @@ taken here and :class:`~varstore.server.checkpoint_progress.Progress` into messa
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from varstore.common import dtypes
 from varstore.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -39,13 +41,27 @@ from varstore.server.bundle import (
     merge_shards,
 )
 from varstore.server.bundle import write_state as write_state_file
+from varstore.server.bundle.naming import data_path
 from varstore.server.checkpoint_folder import (
     CheckpointFolder,
     check_state_filename,
     os_error,
 )
 from varstore.server.checkpoint_progress import PIECE_BYTES, ProgressSink, Saved, Tally
-from varstore.server.checkpoint_restore import OBJECT_GRAPH_KEY, Restoring
+from varstore.server.checkpoint_restore import (
+    OBJECT_GRAPH_KEY,
+    PART_NAMES_KEY,
+    Restoring,
+    part_names_tensor,
+)
+from varstore.server.cluster import is_snapshot, refuse_snapshot
+from varstore.server.durability import (
+    CHANGED,
+    Durability,
+    Versions,
+    changed_names,
+    versions_of,
+)
 from varstore.server.retention import (
     Retention,
     SaverSettings,
@@ -86,8 +102,11 @@ class CheckpointManager:
         self.last_saved: tuple[str, float] | None = None
         self.retention = Retention()
         self._lock = threading.Lock()
-        # Each variable's (identity, version) when the store was last saved whole or restored.
-        self._saved_versions: dict[str, tuple[int, int]] = {}
+        # What recent checkpoints held (varstore.server.durability), and the data files
+        # holding this server's variables of the checkpoint `--restore latest` would restore
+        # now (a shard of a cluster sets its own: varstore.server.cluster_service).
+        self.durability = Durability()
+        self.recovery_files: Callable[[], list[str]] = self._latest_files
 
     @property
     def directory(self) -> Path:
@@ -100,7 +119,8 @@ class CheckpointManager:
              global_step: int | None = None, max_to_keep: int = 0,
              progress: ProgressSink | None = None, *, saver: Hashable | None = None,
              latest_filename: str = "", write_state: bool = True,
-             keep_every_hours: float = 0.0) -> Saved:
+             keep_every_hours: float = 0.0, internal: bool = False,
+             snapshot: bool = False) -> Saved:
         """Writes checkpoint ``prefix`` (``prefix-STEP`` with ``global_step``), records it in
         the state file ``latest_filename`` (default ``checkpoint``) of its folder, and deletes
         what TensorFlow's ``Saver`` would: the oldest of the checkpoints ``saver`` itself wrote
@@ -110,21 +130,26 @@ class CheckpointManager:
         ``entries`` name the variables and the keys they are saved under (parts of a
         partitioned variable as slices of one key, see :mod:`varstore.server.slices`); None
         saves every variable under its own name, parts as slices of their full name's tensor.
-        Nothing is written when it fails before the checkpoint's files are in
-        place; when the state file cannot be updated after that, the error says that the
-        checkpoint was written and the state file still names the previous one. Raises
+        ``internal`` (the server's own exit, timer and snapshot saves): an empty store is
+        written as an empty checkpoint (a store emptied by deletions must be saved too), and a
+        shard's snapshot name is allowed; ``snapshot`` (a shard's own): its parts of
+        partitioned variables need not cover them and keep their names (``PART_NAMES_KEY``).
+
+        Nothing is written when it fails before the checkpoint's files are in place; when the
+        state file cannot be updated after that, the error says that the checkpoint was
+        written and the state file still names the previous one. Raises
         ``PermissionDeniedError`` for a path outside the folder, ``NotFoundError`` for a
         missing variable, ``FailedPreconditionError`` for an uninitialized one or an empty
-        store, ``InvalidArgumentError`` for a bad prefix, key, state file name or retention
-        setting, and the file errors of :func:`os_error`.
+        store, ``InvalidArgumentError`` for a bad prefix (a shard's snapshot name included),
+        key, state file name or retention setting, and the file errors of :func:`os_error`.
         """
         settings = SaverSettings(saver, max_to_keep, latest_filename, write_state,
                                  keep_every_hours)
-        named, path = self._target(prefix, global_step, settings)
+        named, path = self._target(prefix, global_step, settings, internal)
         with self._lock:
             started = time.monotonic()
-            plan = self._save_plan(entries)
-            versions = self._versions() if entries is None else None
+            plan = self._save_plan(entries, whole=not snapshot, empty=internal)
+            versions = versions_of(plan)  # before the copies: a later update is unsaved
             tally = Tally(progress, len(plan), sum(var.nbytes for _, var, _ in plan))
             state_file = check_state_filename(latest_filename) if write_state else None
             created: list[str] = []
@@ -133,6 +158,8 @@ class CheckpointManager:
                 with BundleWriter(self.folder.temp_prefix(path)) as writer:
                     for key, var, part in plan:
                         _write_variable(writer, key, var, part, tally)
+                    if snapshot:
+                        writer.add(PART_NAMES_KEY, part_names_tensor(plan), dtypes.string)
                 files = self.folder.commit(path)
             except OSError as e:
                 self.folder.discard(path, created)
@@ -140,17 +167,17 @@ class CheckpointManager:
             except BaseException:
                 self.folder.discard(path, created)
                 raise
-            if versions is not None:
-                self._saved_versions = versions
+            self.durability.record(files[0], versions)
             log.info("saved checkpoint %s (%d tensors, %d bytes)", named, len(plan),
                      tally.progress.bytes_done)
             self._observe("save", started, tally.progress.bytes_done)
             return self._record(named, path, files, settings)
 
-    def _target(self, prefix: str, global_step: int | None,
-                settings: SaverSettings) -> tuple[str, str]:
+    def _target(self, prefix: str, global_step: int | None, settings: SaverSettings,
+                internal: bool = False) -> tuple[str, str]:
         """The checkpoint's name (``prefix-STEP`` with a step) and real path, after checking
-        the name and ``settings``; raises ``InvalidArgumentError``/``PermissionDeniedError``."""
+        the name (a shard's snapshot name only ``internal``) and ``settings``; raises
+        ``InvalidArgumentError``/``PermissionDeniedError``."""
         check_retention(settings.max_to_keep, settings.keep_every_hours)
         check_state_filename(settings.latest_filename)
         named = prefix if global_step is None else f"{prefix}-{global_step}"
@@ -158,6 +185,8 @@ class CheckpointManager:
             raise InvalidArgumentError(
                 f"checkpoint prefix {clip(repr(named))} contains {TEMP_MARK!r}, which marks "
                 "unfinished files")
+        if not internal:
+            refuse_snapshot(named)
         return named, self.folder.resolve(named)
 
     def _record(self, named: str, path: str, files: list[str],
@@ -210,14 +239,14 @@ class CheckpointManager:
 
     def save_part(self, part: str, entries: Sequence[Entry]) -> int:
         """Writes ``entries`` as one uncommitted part of a cluster's sharded save (see
-        :mod:`varstore.server.cluster_service`); returns the bytes written. A part of every
-        variable counts as a save of the whole store (:meth:`unsaved`). Raises as
-        :meth:`save`."""
+        :mod:`varstore.server.cluster_service`); returns the bytes written. What the part
+        holds counts as saved only once shard 0's commit made it the data file
+        ``--restore latest`` reads (:meth:`unsaved`). Raises as :meth:`save`."""
         path = self.folder.resolve(part)
         with self._lock:
-            versions = self._versions()
             # A shard without variables writes an empty part: data file I is always shard I's.
-            plan = self._save_plan(entries, whole=False) if entries else []
+            plan = self._save_plan(entries, whole=False, empty=True)
+            versions = versions_of(plan)
             tally = Tally(None, len(plan), sum(var.nbytes for _, var, _ in plan))
             try:
                 with BundleWriter(path) as writer:
@@ -225,8 +254,7 @@ class CheckpointManager:
                         _write_variable(writer, key, var, slice_, tally)
             except OSError as e:
                 raise os_error(e, f"cannot write checkpoint part {clip(part)}") from None
-            if versions.keys() <= {entry.variable for entry in entries}:
-                self._saved_versions = versions
+            self.durability.record(data_path(path, 0, 1), versions)
         return tally.progress.bytes_done
 
     def commit_parts(self, parts: list[str], prefix: str, global_step: int | None,
@@ -268,10 +296,11 @@ class CheckpointManager:
                 raise
             return self._record(named, path, files, settings)
 
-    def _save_plan(self, entries: Sequence[Entry] | None, whole: bool = True
-                   ) -> list[tuple[str, Variable, SaveSlice | None]]:
+    def _save_plan(self, entries: Sequence[Entry] | None, whole: bool = True,
+                   empty: bool = False) -> list[tuple[str, Variable, SaveSlice | None]]:
         """``(key, variable, slice)`` to write, in TensorFlow's key order; ``whole``: the
-        slices of each key must cover it (see :func:`varstore.server.slices.check_save`)."""
+        slices of each key must cover it (see :func:`varstore.server.slices.check_save`);
+        ``empty``: nothing to write is no error (else TensorFlow's "No variables to save")."""
         plan: list[tuple[str, Variable, SaveSlice | None]]
         if entries is None:
             plan = [(var.save_slice.full_name if var.save_slice else var.name, var,
@@ -281,7 +310,7 @@ class CheckpointManager:
                 if not entry.key or entry.key.startswith("\x00"):
                     raise InvalidArgumentError(f"invalid checkpoint key {clip(repr(entry.key))}")
             plan = [(e.key, self.store.get(e.variable), e.slice) for e in entries]
-        if not plan:
+        if not plan and not empty:
             raise FailedPreconditionError("No variables to save")
         uninitialized = [var.name for _, var, _ in plan if not var.initialized]
         if uninitialized:
@@ -296,7 +325,7 @@ class CheckpointManager:
 
     def restore(self, prefix: str, entries: Sequence[Entry] | None = None,
                 progress: ProgressSink | None = None, verify_only: bool = False, *,
-                as_saved: bool = False) -> str:
+                as_saved: int | None = None) -> str:
         """Restores variables from checkpoint ``prefix`` (or ``"latest"``).
 
         ``entries`` name keys and variables (with a slice: the variable is that region of the
@@ -311,16 +340,20 @@ class CheckpointManager:
         file), ``InvalidArgumentError`` for a dtype or shape that differs from an existing
         variable's or a key that is no valid variable name, ``ResourceExhaustedError`` past
         the store's memory limit. With ``verify_only`` it checks all of that, every checksum
-        included, and changes nothing. With ``as_saved`` (a restore at start-up) the store as
-        restored counts as saved: :meth:`unsaved` lists only the changes after it.
+        included, and changes nothing. ``as_saved`` (a restore at start-up, into an empty
+        store) is the index of the data file holding this server's variables: the store as
+        restored is what that checkpoint holds (:meth:`unsaved`); only such restores may read
+        a shard's snapshot (``InvalidArgumentError``: it is no checkpoint of the cluster).
         """
         with self._lock:
             started = time.monotonic()
             named = self._resolve_latest() if prefix == LATEST else prefix
+            if as_saved is None:
+                refuse_snapshot(named)
             path = self.folder.resolve(named)
             self.folder.check_files(path, named)
             try:
-                with BundleReader(path) as reader:
+                with BundleReader(path, partial=is_snapshot(named)) as reader:
                     restoring = Restoring(self.store, reader, named)
                     plan = restoring.plan(entries)
                     tally = Tally(progress, len(plan), sum(item.size for item in plan))
@@ -330,8 +363,9 @@ class CheckpointManager:
                             tally.advance(item.size, 1)
                         return named
                     restoring.run(plan, tally)
-                    if as_saved:
-                        self._saved_versions = self._versions()
+                    if as_saved is not None:
+                        self.durability.record(
+                            data_path(path, as_saved, reader.num_shards), self._versions())
             except OSError as e:
                 raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
             self._observe("restore", started, tally.progress.bytes_done)
@@ -391,19 +425,36 @@ class CheckpointManager:
                 log.warning("--restore latest: no checkpoint in %s yet; starting empty",
                             self.directory)
                 return None
-            return self.restore(restore, as_saved=True)
+            return self.restore(restore, as_saved=0)
         except OpError as e:
             raise type(e)(f"cannot restore {clip(repr(restore))}: {e.message}") from e
 
-    def _versions(self) -> dict[str, tuple[int, int]]:
-        return {var.name: (id(var), var.version) for var in self.store.variables()}
+    def _versions(self) -> Versions:
+        return {var.name: (var.serial, var.version) for var in self.store.variables()}
+
+    def _latest_files(self) -> list[str]:
+        """The first data file of the checkpoint the root state file names latest (what
+        ``--restore latest`` restores on one server), of any data file count."""
+        named = self.latest()
+        if named is None:
+            return []
+        path = self.folder.resolve(named)
+        return sorted(glob.glob(glob.escape(path) + ".data-00000-of-*"))
 
     def unsaved(self) -> list[str]:
-        """Names of the variables created, changed or gone since the store was last saved
-        whole (or restored at start-up), sorted; waits for the save or restore in progress."""
+        """Names of the variables created, changed or gone since the checkpoint that
+        ``--restore latest`` would restore now was committed or restored (see
+        :mod:`varstore.server.durability`; without a record of it: since the server started
+        empty), sorted; waits for the save or restore in progress. A folder that cannot be
+        read counts every variable as unsaved."""
         with self._lock:
-            now, saved = self._versions(), self._saved_versions
-        return sorted(n for n in now.keys() | saved.keys() if now.get(n) != saved.get(n))
+            now = self._versions()
+            try:
+                saved = self.durability.held(self.recovery_files())
+            except (OpError, OSError) as e:
+                log.warning("cannot tell what --restore latest would restore: %s", e)
+                saved = {name: CHANGED for name in now}
+        return changed_names(now, saved or {})
 
     def _observe(self, kind: str, started: float, nbytes: int) -> None:
         if self.metrics is not None:

@@ -51,6 +51,21 @@ _CLUSTER_PART = re.compile(r"\.tempstate[0-9a-f]{8}_part-(?P<index>\d{5})-of-(?P
 _SNAPSHOT = re.compile(r"\.shard-(?P<index>\d{5})-of-(?P<count>\d{5})\.snapshot")
 
 
+def is_snapshot(prefix: str) -> bool:
+    """Whether checkpoint ``prefix`` is named as a shard's own snapshot
+    (:attr:`ClusterSpec.snapshot`), a name no client may save, restore or list."""
+    return _SNAPSHOT.match(os.path.basename(prefix)) is not None
+
+
+def refuse_snapshot(named: str) -> None:
+    """Raises ``InvalidArgumentError`` when checkpoint ``named`` is a shard's own snapshot,
+    which holds one shard's variables only and is no checkpoint of the cluster."""
+    if is_snapshot(named):
+        raise InvalidArgumentError(
+            f"{clip(repr(named))} is the name of a cluster shard's own snapshot (its "
+            "variables only, restored by that shard alone at start-up), not a checkpoint")
+
+
 def local_shards(folder: Path | None, count: int) -> tuple[str, ...]:
     """``unix:FOLDER/shard-I.sock`` for each of ``count`` task indexes (none without a folder).
 

@@ -77,8 +77,6 @@ class ClusterSaver:
         self._channels = {k: shard_channel(spec, k, credentials)
                           for k in range(len(spec.shards)) if k != 0}
         self._pool = ThreadPoolExecutor(len(spec.shards), thread_name_prefix="varstore-saver")
-        # What every shard held at the last whole save (None: none yet).
-        self._saved: Holdings | None = None
 
     @property
     def store(self) -> VariableStore:
@@ -95,13 +93,14 @@ class ClusterSaver:
              saver: Hashable) -> str | None:
         """Writes ``PREFIX-STEP`` of the whole cluster as ``saver`` (keeping its newest
         ``max_to_keep``); STEP is the cluster's integer scalar ``global_step``, else
-        ``next_step()``. Returns the path, or None (writing nothing) when no shard holds a
-        variable or nothing changed since the last save or start-up restore
-        (:meth:`unsaved`). Raises ``UnavailableError`` naming a shard that cannot be reached,
-        and what :meth:`CheckpointManager.commit_parts` raises (the parts are removed then)."""
-        held = self._holdings()
-        if not any(held) or not self._changed(held):
+        ``next_step()``. Returns the path, or None (writing nothing) when every shard holds what
+        ``--restore latest`` would restore on it now (:meth:`unsaved`; variables deleted since
+        count, so an emptied cluster writes an empty checkpoint). Raises ``UnavailableError`` naming
+        a shard that cannot be reached, and what :meth:`CheckpointManager.commit_parts` raises (the
+        parts are removed then)."""
+        if not self.unsaved():
             return None
+        held = self._holdings()
         found = self._global_step(held)
         step = found if found is not None else next_step()
         named = f"{prefix}-{step}"
@@ -125,26 +124,17 @@ class ClusterSaver:
         except OpError:
             remove_parts(self.checkpoints, parts)
             raise
-        self._saved = held
         return saved.path
 
     def unsaved(self) -> list[str]:
-        """Names of the variables created, changed or gone on any shard since the last whole
-        save of this saver, sorted; before its first, since each shard last saved its part or
-        restored it at start-up (``--restore``: a restore counts as the saved state, as on one
-        server), every variable of a shard that did neither. Raises ``UnavailableError``
-        naming a shard that cannot be reached."""
-        return self._changed(self._holdings())
-
-    def _changed(self, now: Holdings) -> list[str]:
-        """:meth:`unsaved`, with ``now`` what every shard holds."""
-        if self._saved is None:
-            return sorted({n for names in self._each(self._unsaved_on) for n in names})
-        return sorted({n for a, b in zip(now, self._saved, strict=True)
-                       for n in a.keys() | b.keys() if a.get(n) != b.get(n)})
+        """Names of the variables created, changed or gone on any shard since the checkpoint
+        that ``--restore latest`` would restore on that shard now (each shard's
+        :meth:`CheckpointManager.unsaved`, through the ``Unsaved`` RPC), sorted. Raises
+        ``UnavailableError`` naming a shard that cannot be reached."""
+        return sorted({n for names in self._each(self._unsaved_on) for n in names})
 
     def _unsaved_on(self, k: int) -> list[str]:
-        """Shard ``k``'s variables changed since it last saved its part or restored it."""
+        """Shard ``k``'s :meth:`CheckpointManager.unsaved`."""
         if k == 0:
             return self.checkpoints.unsaved()
         return list(self._call(k, lambda ch: cpb_grpc.ClusterServiceStub(ch).Unsaved,

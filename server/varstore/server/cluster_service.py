@@ -29,14 +29,19 @@ from varstore.proto import cluster_pb2 as cpb
 from varstore.proto import cluster_pb2_grpc as cpb_grpc
 from varstore.proto import varstore_pb2 as pb
 from varstore.server.auth import TokenAuthInterceptor, read_only_refusal
-from varstore.server.bundle import TEMP_MARK, BundleReader, checkpoint_files, index_path
+from varstore.server.bundle import TEMP_MARK, BundleReader, index_path
 from varstore.server.bundle.fsio import unlink_quietly
 from varstore.server.bundle.naming import data_path
 from varstore.server.checkpoint_folder import os_error
 from varstore.server.checkpoint_progress import Saved
-from varstore.server.checkpoint_restore import shard_entries
-from varstore.server.checkpoints import LATEST, OBJECT_GRAPH_KEY, CheckpointManager
-from varstore.server.cluster import ClusterSpec, PlacementTable, require_shared_folder
+from varstore.server.checkpoint_restore import NOT_VARIABLES, shard_entries
+from varstore.server.checkpoints import LATEST, CheckpointManager
+from varstore.server.cluster import (
+    ClusterSpec,
+    PlacementTable,
+    refuse_snapshot,
+    require_shared_folder,
+)
 from varstore.server.placement_guard import CreateGuard
 from varstore.server.retention import client_saver
 from varstore.server.shard_restart import RestartOwners
@@ -143,6 +148,7 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
                 raise NotFoundError(
                     f"no checkpoint is recorded in the checkpoint folder "
                     f"{self.checkpoints.directory}")
+        refuse_snapshot(named)
         path = self.checkpoints.folder.resolve(named)
         self.checkpoints.folder.check_files(path, named)
         try:
@@ -152,7 +158,7 @@ class ClusterServicer(cpb_grpc.ClusterServiceServicer):
                                                                full_shape=info.shape,
                                                                offset=offset, shape=shape)
                                                   for offset, shape in info.slices])
-                        for key in reader.keys() if key != OBJECT_GRAPH_KEY
+                        for key in reader.keys() if key not in NOT_VARIABLES
                         for info in [reader.entry(key)]]
         except OSError as e:
             raise os_error(e, f"cannot read checkpoint {clip(named)}") from None
@@ -215,6 +221,7 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     """
     if spec is None or len(spec.shards) == 1:
         return checkpoints.recover(restore)
+    checkpoints.recovery_files = lambda: _recovery_files(checkpoints, spec)
     checkpoints.recover(None, spec.owns_leftover)
     if not restore:
         return None
@@ -227,7 +234,8 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     path = checkpoints.folder.resolve(named)
     checkpoints.folder.check_files(path, named)
     try:
-        with BundleReader(path) as reader:  # checks the index's checksums
+        # Checks the index's checksums; a snapshot holds some slices of a tensor only.
+        with BundleReader(path, partial=snapshot is not None) as reader:
             num_shards = reader.num_shards
             entries = shard_entries(reader)
             own = entries if snapshot else shard_entries(reader, spec.task_index)
@@ -252,7 +260,7 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
     names = {entry.variable for entry in own}
     chosen = owners.select(entries, names, named) if owners is not None else own
     if chosen:
-        checkpoints.restore(named, chosen, as_saved=True)
+        checkpoints.restore(named, chosen, as_saved=0 if snapshot else spec.task_index)
     log.info("restored this shard's %d variables of %s%s", len(chosen), named,
              " (its own snapshot, newer than the cluster's latest checkpoint)"
              if snapshot else "")
@@ -261,19 +269,18 @@ def recover_shard(checkpoints: CheckpointManager, spec: ClusterSpec | None,
 
 def save_shard_snapshot(checkpoints: CheckpointManager, spec: ClusterSpec) -> bool:
     """The exit save of a shard that stops on its own (shard 0 saves the whole cluster):
-    writes every variable it holds as its own snapshot (:attr:`ClusterSpec.snapshot`, a
-    checkpoint no state file lists) when they changed since its last save or restore, so
-    that ``--restore latest`` brings back every acknowledged update (see
-    :func:`recover_shard`). Returns False, logging an error, when it could not be written."""
+    writes every variable it holds (its parts of partitioned variables as they are; none
+    at all when they were deleted) as its own snapshot (:attr:`ClusterSpec.snapshot`, a
+    checkpoint no state file lists and no client may restore) when they differ from what
+    ``--restore latest`` would restore on this shard now
+    (:meth:`CheckpointManager.unsaved`), so that ``--restore latest`` brings back every
+    acknowledged update and no deleted variable (see :func:`recover_shard`). Returns False,
+    logging an error, when it could not be written."""
     try:
         if not checkpoints.unsaved():
-            log.info("no changes since the last save or restore: no snapshot to write")
+            log.info("no changes since what --restore latest restores: no snapshot to write")
             return True
-        if not len(checkpoints.store):  # an older snapshot must not bring back what went
-            for file in checkpoint_files(checkpoints.folder.resolve(spec.snapshot)):
-                unlink_quietly(str(file))
-            return True
-        checkpoints.save(spec.snapshot, write_state=False)
+        checkpoints.save(spec.snapshot, write_state=False, internal=True, snapshot=True)
     except OpError as e:
         log.error("this shard's snapshot on exit was not written: %s: %s", type(e).__name__,
                   e.message)
@@ -281,6 +288,19 @@ def save_shard_snapshot(checkpoints: CheckpointManager, spec: ClusterSpec) -> bo
     log.info("wrote this shard's own snapshot %s on exit (--restore latest prefers it to "
              "the cluster's older checkpoints)", spec.snapshot)
     return True
+
+
+def _recovery_files(checkpoints: CheckpointManager, spec: ClusterSpec) -> list[str]:
+    """The data file ``--restore latest`` would restore this shard from now: its own
+    snapshot when newer than the cluster's latest checkpoint, else its own data file of that
+    one (see :func:`recover_shard`)."""
+    snapshot = _newer_snapshot(checkpoints, spec)
+    if snapshot is not None:
+        return [data_path(checkpoints.folder.resolve(snapshot), 0, 1)]
+    named = checkpoints.latest()
+    if named is None:
+        return []
+    return [data_path(checkpoints.folder.resolve(named), spec.task_index, len(spec.shards))]
 
 
 def _newer_snapshot(checkpoints: CheckpointManager, spec: ClusterSpec) -> str | None:

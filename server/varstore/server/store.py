@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ from varstore.common.errors import (
     clip,
 )
 from varstore.common.names import did_you_mean, is_valid_node_name
+from varstore.common.parts import check_whole_parts
 from varstore.server.budget import MemoryBudget
 from varstore.server.slices import SaveSlice
 from varstore.server.waits import Waiter
@@ -61,6 +63,9 @@ def validate_name(name: str) -> str:
     return name
 
 
+_SERIALS = itertools.count()
+
+
 @dataclass
 class Variable:
     """One server variable: metadata, value and the lock that guards the value."""
@@ -79,6 +84,9 @@ class Variable:
     # store (see varstore.server.slices).
     save_slice: SaveSlice | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Unique per variable object for the server's life (a deleted and re-created variable
+    # gets another): what the checkpoints compare with ``version`` (varstore.server.durability).
+    serial: int = field(default_factory=lambda: next(_SERIALS), repr=False, compare=False)
 
     @property
     def initialized(self) -> bool:
@@ -243,16 +251,22 @@ class VariableStore:
 
     def delete(self, names: Iterable[str] = (), scope: str | None = None) -> list[str]:
         """Removes the variables named ``names``, or (with ``scope``) every variable at or
-        under ``scope`` ("" for all of them); returns the removed names, sorted. Their memory
-        goes back to the budget; a request still running on one finishes on its own copy.
+        under ``scope`` ("" for all of them); returns the removed names, sorted. A name that
+        is no variable but the full name of a partitioned variable's parts held here removes
+        those parts. Their memory goes back to the budget; a request still running on one
+        finishes on its own copy.
 
         Raises:
             NotFoundError: a named variable does not exist (then nothing is removed).
+            InvalidArgumentError: some parts of a partitioned variable would go and others
+                stay (nothing is removed; see
+                :func:`varstore.common.parts.check_whole_parts`).
         """
         absent = None
         wanted = sorted(set(names))
         with self._lock:
             if scope is None:
+                wanted = sorted({part for n in wanted for part in self._parts_of(n)})
                 absent = next((n for n in wanted if getattr(self._vars.get(n), "pending",
                                                             True)), None)
                 if absent is not None:
@@ -261,6 +275,8 @@ class VariableStore:
                 prefix = scope.rstrip("/")
                 wanted = sorted(n for n, v in self._vars.items() if not v.pending and (
                     not prefix or n == prefix or n.startswith(prefix + "/")))
+            check_whole_parts(wanted, [(v.name, v.save_slice and v.save_slice.full_name)
+                                       for v in self._vars.values()])
             for name in wanted:
                 var = self._vars.pop(name)
                 if var.value is None:
@@ -270,6 +286,15 @@ class VariableStore:
         if absent is not None:
             raise self.missing(absent)  # outside the lock
         return wanted
+
+    def _parts_of(self, name: str) -> list[str]:
+        """``[name]``, or for the full name of a partitioned variable with no variable of its
+        own the parts of it held here (hold ``_lock``)."""
+        if name in self._vars:
+            return [name]
+        parts = [n for n, v in self._vars.items()
+                 if v.save_slice is not None and v.save_slice.full_name == name]
+        return parts or [name]
 
     def _reserve(self, memory: int, size: int, name: str) -> None:
         """Charges ``memory`` bytes to the budget (gives them back when negative) for ``size``
@@ -426,3 +451,4 @@ def _overhead(var: Variable) -> int:
     (:data:`varstore.common.codec.STRING_ELEMENT_BYTES`)."""
     elements = math.prod(var.shape) * STRING_ELEMENT_BYTES if var.dtype.is_string else 0
     return VARIABLE_BYTES + len(var.name) + elements
+

@@ -67,12 +67,17 @@ class BundleReader:
     positional I/O, so one reader may serve several threads.
     """
 
-    def __init__(self, prefix: str | os.PathLike[str]) -> None:
-        """Raises ``NotFoundError`` without an index file, ``DataLossError`` if it is corrupt,
+    def __init__(self, prefix: str | os.PathLike[str], partial: bool = False) -> None:
+        """``partial``: the slices of a tensor may leave part of it uncovered (a cluster
+        shard's own snapshot holds its parts only), whose regions it still reads; reading
+        such a tensor whole fails.
+
+        Raises ``NotFoundError`` without an index file, ``DataLossError`` if it is corrupt,
         ``InvalidArgumentError``/``UnimplementedError`` for an unsupported format version or
         a big-endian checkpoint, ``AbortedError`` if saves kept replacing it while it was
         being opened. A missing data file is ``NotFoundError`` when a tensor in it is read."""
         self.prefix = os.fspath(prefix)
+        self.partial = partial
         self.index_path = index_path(self.prefix)
         self._fds, self._sizes = open_checkpoint(self.prefix, self._load)
         self._lock = threading.Lock()
@@ -304,7 +309,11 @@ class BundleReader:
             self._check_extent(key, slice_proto, dtype, math.prod(n for _, n in bounds))
             total += slice_proto.size
         elements = math.prod(shape)
-        if elements > total if dtype.is_string else elements * dtype.itemsize != total:
+        if self.partial:  # no more bytes than the whole tensor takes
+            wrong = not dtype.is_string and elements * dtype.itemsize < total
+        else:
+            wrong = elements > total if dtype.is_string else elements * dtype.itemsize != total
+        if wrong:
             raise DataLossError(f"the slices of tensor {key} in {self.index_path} do not cover "
                                 f"its shape {list(shape)[:8]}")
         return total
