@@ -323,7 +323,7 @@ def test_a_shard_stopped_alone_keeps_what_restore_latest_would_not_bring_back(
     restarted: list[ServerProcess] = []
     with contextlib.ExitStack() as stack:
         stack.callback(stop_server_process, cluster.server)
-        stack.callback(lambda: [stop_server_process(p) for p in restarted])
+        stack.callback(lambda: list(map(stop_server_process, restarted)))
         client = stack.enter_context(connected(cluster.address, timeout=5))
         v = _model(client)
         with client.device("/job:ps/task:1"):

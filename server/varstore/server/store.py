@@ -275,7 +275,7 @@ class VariableStore:
                 prefix = scope.rstrip("/")
                 wanted = sorted(n for n, v in self._vars.items() if not v.pending and (
                     not prefix or n == prefix or n.startswith(prefix + "/")))
-            check_whole_parts(wanted, [(v.name, v.save_slice and v.save_slice.full_name)
+            check_whole_parts(wanted, [(v.name, v.save_slice.full_name if v.save_slice else None)
                                        for v in self._vars.values()])
             for name in wanted:
                 var = self._vars.pop(name)
