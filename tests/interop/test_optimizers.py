@@ -420,3 +420,21 @@ def test_checkpoint_keys_match_what_tensorflow_writes(server: Any, client: vs.Cl
     for key in expected.get_variable_to_shape_map():
         np.testing.assert_allclose(got.get_tensor(key), expected.get_tensor(key), rtol=1e-6,
                                    atol=1e-7, err_msg=key)
+
+
+def test_a_constraint_tensorflow_applies_is_refused(tf: Any) -> None:
+    """TF 1.x's optimizers project a variable with its constraint after each dense update;
+    varstore.v1's cannot, so apply_gradients raises instead of dropping it."""
+    import varstore.v1 as vtf
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        v = v1.Variable([1.0, -1.0], constraint=lambda x: v1.clip_by_value(x, 0.0, 0.5))
+        step = v1.train.GradientDescentOptimizer(1.0).apply_gradients([([0.0, -2.0], v)])
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            sess.run(step)
+            assert sess.run(v).tolist() == [0.5, 0.5]
+    with vtf.Graph().as_default():
+        w = vtf.Variable([1.0, -1.0], name="w", constraint=lambda x: x)
+        with pytest.raises(NotImplementedError, match=r"^apply_gradients: w has a constraint"):
+            vtf.train.GradientDescentOptimizer(1.0).apply_gradients([([0.0, -2.0], w)])

@@ -84,7 +84,9 @@ class GraphOptimizer(train.Optimizer):
 
         A gradient is a tensor or value of the variable's shape, an :class:`IndexedSlices`,
         or None (the variable is skipped). Raises ``ValueError`` when no pair has a gradient
-        or shapes differ, ``TypeError`` for a gradient of another dtype.
+        or shapes differ, ``TypeError`` for a gradient of another dtype, and
+        ``NotImplementedError`` for a variable with a ``constraint`` (TF's optimizers apply
+        it after the update; these cannot, and do not drop it silently).
         """
         pairs = list(grads_and_vars)
         if not pairs:
@@ -96,6 +98,12 @@ class GraphOptimizer(train.Optimizer):
         if not present:
             raise ValueError(f"No gradients provided for any variable: "
                              f"{[str(v) for _, v in pairs]}.")
+        for _, var in present:
+            if var.constraint is not None:  # TF's optimizer.py: _RefVariableProcessor
+                raise NotImplementedError(
+                    f"apply_gradients: {var.op.name} has a constraint, which TF's optimizers "
+                    f"apply after each update and varstore.v1's cannot; project the variable "
+                    f"with assign after the update instead.")
         graph = graph_of([v for _, v in present])
         with graph.as_default():
             first = min((v for _, v in present), key=lambda v: v.op.name)
