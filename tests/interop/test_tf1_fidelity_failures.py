@@ -103,6 +103,13 @@ for _label, _build in {
     "scatter_add_float_to_int": lambda tf, v, n: tf.scatter_add(n, [0], [0.5]),
     "scatter_update_rows": lambda tf, v, n: tf.scatter_update(v, [1], [[7.0, 8.0, 9.0]]),
     "scatter_add_scalar_update": lambda tf, v, n: tf.scatter_add(v, [0, 1], 2.0),
+    "scatter_update_short_row": lambda tf, v, n: tf.scatter_update(v, [1], [[7.0, 8.0]]),
+    "scatter_update_row_for_index_list": lambda tf, v, n: tf.scatter_update(v, [1],
+                                                                           [7.0, 8.0, 9.0]),
+    "scatter_update_row_for_one_index": lambda tf, v, n: tf.scatter_update(v, 1,
+                                                                          [7.0, 8.0, 9.0]),
+    "scatter_add_two_rows_for_one_index": lambda tf, v, n: tf.scatter_add(
+        v, [0], np.ones((2, 3), np.float32)),
 }.items():
     _static_update(_label, _build)
 

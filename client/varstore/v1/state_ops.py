@@ -70,8 +70,18 @@ def _scatter(kernel: str, op_type: str, ref: Any, indices: Any, updates: Any,
             raise TypeError(f"Value passed to parameter 'indices' has DataType "
                             f"{idx.dtype.name} not in list of allowed values: int32, int64")
         upd = convert_input(updates, var, op_type, "updates", "ref", "updates")
+        _check_updates(var, idx, upd, op_name, op_type)
         return graph.create_op(op_name, op_type, kernel, [var, idx, upd], var.dtype.base_dtype,
                                var.shape, variable=var.op.name).outputs[0]
+
+
+def _check_updates(var: Tensor, idx: Tensor, upd: Tensor, op_name: str, op_type: str) -> None:
+    """TF's ``ScatterUpdate`` shape function: ``updates`` is a scalar or has shape
+    ``indices.shape + ref.shape[1:]`` where the shapes are known; raises TF's ``ValueError``."""
+    if upd.shape.ndims == 0 or var.shape.ndims in (None, 0) or idx.shape.ndims is None:
+        return
+    want = shapes.TensorShape(idx.shape.as_list() + var.shape.as_list()[1:])
+    shapes.merge(upd.shape, want, op_name, op_type)
 
 
 def scatter_add(ref: Any, indices: Any, updates: Any, use_locking: bool = False,
