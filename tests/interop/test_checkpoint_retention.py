@@ -312,12 +312,13 @@ def _vs_cli(env: Env, address: str) -> None:
 
 
 def _vs_timer(env: Env, address: str, server: Server) -> None:
-    with vs.connect(address) as c:
-        c.Variable(1.0, name="w")
-        c.save(env.path("user"), global_step=1, max_to_keep=5)
     server.timer.keep = 1  # as --keep 1; the timer saves at its folder's root
-    server.timer.save_periodic()
-    server.timer.save_periodic()
+    with vs.connect(address) as c:
+        w = c.Variable(1.0, name="w")
+        c.save(env.path("user"), global_step=1, max_to_keep=5)
+        for _ in range(2):  # the timer writes only what --restore latest would not restore
+            w.assign_add(1.0)
+            server.timer.save_periodic()
 
 
 VARSTORE_SIDE: dict[str, Callable[..., None]] = {
