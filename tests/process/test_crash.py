@@ -57,8 +57,9 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path) -> Non
                    for i in range(BIG_VARIABLES)]
             marker = c.Variable(np.int64(1), name="marker")
             assert c.save("model.ckpt", global_step=1) == "model.ckpt-1"
+            hundred = np.full(BIG_ELEMENTS, 100, np.float32)  # TF's exact shape, no broadcast
             for v in big:
-                v.assign_add(np.float32(100))
+                v.assign_add(hundred)
             marker.assign(np.int64(2))
             failed: list[BaseException] = []
 
