@@ -79,6 +79,7 @@ def _in_folder(root: str, here: str, files: list[str]) -> list[ListedCheckpoint]
         latest = latest_checkpoint(here, STATE_FILE)
     except (OSError, ValueError):
         latest = None
+    latest_real = os.path.realpath(latest) if latest is not None else None
     out = []
     for name in files:
         if not name.endswith(".index") or TEMP_MARK in name:
@@ -101,5 +102,5 @@ def _in_folder(root: str, here: str, files: list[str]) -> list[ListedCheckpoint]
         out.append(ListedCheckpoint(
             path=os.path.relpath(full, root), nbytes=sum(s.st_size for s in stats),
             mtime=stats[0].st_mtime, shards=shards,
-            latest=latest is not None and os.path.realpath(latest) == os.path.realpath(full)))
+            latest=latest_real == os.path.realpath(full)))
     return out
