@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,7 +101,16 @@ def test_a_call_cut_past_the_grace_period_may_have_been_applied(tmp_path: Path) 
         while not done.wait(0.05):
             yield pb.RunChunk(data=b"x")
 
-    stopper = threading.Thread(target=lambda: (sending.wait(30), server.stop(grace=0.3)))
+    def stop_once_running() -> None:
+        # The call is counted in flight once it passed the shutdown gate (the metrics
+        # interceptor is after it); stopping before that would refuse it, not cut it.
+        sending.wait(30)
+        deadline = time.monotonic() + 30
+        while server.metrics.load.load(0).in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.stop(grace=0.3)
+
+    stopper = threading.Thread(target=stop_once_running)
     stopper.start()
     try:
         with pytest.raises(CancelledError) as cut:
